@@ -1,0 +1,142 @@
+//! The production [`RaftDisk`]: one sled tree in the replica's data directory.
+//!
+//! Keys: `e` + big-endian index → entry; `hs`, `cs`, `snap`, `id` → hard state, conf state,
+//! snapshot, identity. A batch is one `sled::Batch` (atomic) followed by `flush` (fsync)
+//! when fsync is on.
+
+use std::path::{Path, PathBuf};
+
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+
+use super::{decode_pb, encode_pb, DiskBatch, DiskState, Identity, RaftDisk};
+use crate::error::{Error, Result};
+
+const KEY_HARD_STATE: &[u8] = b"hs";
+const KEY_CONF_STATE: &[u8] = b"cs";
+const KEY_SNAPSHOT: &[u8] = b"snap";
+const KEY_IDENTITY: &[u8] = b"id";
+const ENTRY_PREFIX: u8 = b'e';
+
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut key = [ENTRY_PREFIX; 9];
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// sled-backed Raft storage.
+pub struct SledDisk {
+    db: sled::Db,
+    path: PathBuf,
+    fsync: bool,
+}
+
+impl SledDisk {
+    /// Opens (creating) the database in `path`.
+    pub fn open(path: &Path, fsync: bool) -> Result<Self> {
+        std::fs::create_dir_all(path).map_err(|e| Error::StorageWrite {
+            path: path.to_path_buf(),
+            reason: format!("cannot create the data dir: {e}"),
+        })?;
+        // sled panics on some kinds of corruption instead of returning an error; a corrupt
+        // data dir must become a clear error, not a crash.
+        let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open());
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(corrupt(path, e.to_string())),
+            Err(_) => return Err(corrupt(path, "sled panicked while opening it".into())),
+        };
+        Ok(SledDisk {
+            db,
+            path: path.to_path_buf(),
+            fsync,
+        })
+    }
+
+    fn write_error(&self, e: impl std::fmt::Display) -> Error {
+        Error::StorageWrite {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+fn corrupt(path: &Path, reason: String) -> Error {
+    Error::CorruptDataDir {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+impl RaftDisk for SledDisk {
+    fn load(&self) -> Result<DiskState> {
+        let path = &self.path;
+        let get = |key: &[u8]| {
+            self.db
+                .get(key)
+                .map_err(|e| corrupt(path, format!("reading {}: {e}", String::from_utf8_lossy(key))))
+        };
+        let mut state = DiskState::default();
+        if let Some(bytes) = get(KEY_IDENTITY)? {
+            let text = String::from_utf8_lossy(&bytes);
+            let (id, name) = text
+                .split_once('/')
+                .ok_or_else(|| corrupt(path, format!("bad identity record '{text}'")))?;
+            let replica_id = id
+                .parse()
+                .map_err(|_| corrupt(path, format!("bad identity record '{text}'")))?;
+            state.identity = Some(Identity {
+                replica_id,
+                cluster_name: name.to_string(),
+            });
+        }
+        if let Some(bytes) = get(KEY_HARD_STATE)? {
+            state.hard_state =
+                decode_pb::<HardState>(&bytes, "hard state").map_err(|r| corrupt(path, r))?;
+        }
+        if let Some(bytes) = get(KEY_CONF_STATE)? {
+            state.conf_state =
+                decode_pb::<ConfState>(&bytes, "conf state").map_err(|r| corrupt(path, r))?;
+        }
+        if let Some(bytes) = get(KEY_SNAPSHOT)? {
+            state.snapshot =
+                decode_pb::<Snapshot>(&bytes, "snapshot").map_err(|r| corrupt(path, r))?;
+        }
+        for item in self.db.scan_prefix([ENTRY_PREFIX]) {
+            let (_, value) = item.map_err(|e| corrupt(path, format!("reading the log: {e}")))?;
+            state
+                .entries
+                .push(decode_pb::<Entry>(&value, "log entry").map_err(|r| corrupt(path, r))?);
+        }
+        Ok(state)
+    }
+
+    fn write(&mut self, batch: DiskBatch) -> Result<()> {
+        let mut write = sled::Batch::default();
+        if let Some(identity) = &batch.identity {
+            write.insert(
+                KEY_IDENTITY,
+                format!("{}/{}", identity.replica_id, identity.cluster_name).into_bytes(),
+            );
+        }
+        for index in &batch.remove_entries {
+            write.remove(&entry_key(*index));
+        }
+        for entry in &batch.entries {
+            write.insert(&entry_key(entry.index), encode_pb(entry)?);
+        }
+        if let Some(hard_state) = &batch.hard_state {
+            write.insert(KEY_HARD_STATE, encode_pb(hard_state)?);
+        }
+        if let Some(conf_state) = &batch.conf_state {
+            write.insert(KEY_CONF_STATE, encode_pb(conf_state)?);
+        }
+        if let Some(snapshot) = &batch.snapshot {
+            write.insert(KEY_SNAPSHOT, encode_pb(snapshot)?);
+        }
+        self.db.apply_batch(write).map_err(|e| self.write_error(e))?;
+        if self.fsync {
+            self.db.flush().map_err(|e| self.write_error(e))?;
+        }
+        Ok(())
+    }
+}

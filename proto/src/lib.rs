@@ -1,0 +1,22 @@
+//! Fleet's wire types, generated from the `.proto` files in `proto/proto/`.
+//!
+//! - [`gcs`]: the control store: client-facing `Gcs` service (writes, linearizable reads,
+//!   watches, status, membership), the replica-to-replica `RaftTransport` service, the typed
+//!   table records and the commands that change them.
+//! - [`etcd`]: the small subset of etcd's v3 KV API that `fleet bench gcs` drives, so the
+//!   same client stack measures Fleet's GCS and etcd side by side.
+//!
+//! Raft's own messages (`eraftpb`, protobuf-2 types from the `raft` crate) never appear
+//! here as types: they travel as opaque bytes inside [`gcs::RaftEnvelope`].
+
+/// The control store's services and records (`package fleet.gcs`).
+#[allow(clippy::all, missing_docs)]
+pub mod gcs {
+    tonic::include_proto!("fleet.gcs");
+}
+
+/// The part of etcd's `etcdserverpb.KV` service that the GCS benchmark uses.
+#[allow(clippy::all, missing_docs)]
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
