@@ -1,1 +1,70 @@
-fn main(){}
+//! `fleet`: the operator's command. Thin: parses flags, installs tracing, calls library code.
+//!
+//! - `cmd::gcs`: `fleet gcs` (run a replica), `fleet gcs status`, `fleet gcs member add|remove`.
+//! - `cmd::kv`: `fleet kv put|get|list|delete`.
+//! - `cmd::bench`: `fleet bench gcs`.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Fleet: an actor-based distributed runtime.
+#[derive(Parser)]
+#[command(name = "fleet", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a control-store (GCS) replica, or operate on the GCS.
+    Gcs(cmd::gcs::GcsCommand),
+    /// Read and write the GCS's internal key-value store.
+    Kv(cmd::kv::KvCommand),
+    /// Benchmarks.
+    Bench(cmd::bench::BenchCommand),
+}
+
+fn install_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Gcs(command) => {
+                install_tracing(if command.is_daemon() { "info,raft=warn" } else { "warn" });
+                command.run().await
+            }
+            Command::Kv(command) => {
+                install_tracing("warn");
+                command.run().await
+            }
+            Command::Bench(command) => {
+                install_tracing("warn");
+                command.run().await
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -15,6 +15,7 @@
 //! - [`server`]: `run(config, incoming, connector, shutdown)`: one replica.
 //! - [`client`]: [`GcsClient`]: finds the leader, retries across leader changes, dedups
 //!   retried writes, typed table operations and resumable watches.
+//! - [`local_cluster`]: a cluster of real `fleet gcs` processes (tests, bench, chaos).
 //! - [`linearizability`]: a checker for register histories (simulation, chaos harness).
 //! - [`bench`]: the `fleet bench gcs` load generator.
 //!
@@ -25,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod linearizability;
+pub mod local_cluster;
 pub mod node;
 pub mod server;
 pub mod service;

@@ -504,6 +504,7 @@ impl Driver {
         self.transport.send(light.take_messages());
         self.apply_committed(light.take_committed_entries())?;
         self.raw.advance_apply();
+        self.answer_reads();
         Ok(())
     }
 
@@ -576,6 +577,15 @@ impl Driver {
         }
         let applied = self.handle.state.read().unwrap_or_else(|e| e.into_inner()).applied();
         let _ = self.applied_tx.send(applied);
+        Ok(())
+    }
+
+    /// Releases the reads whose ReadIndex this replica has applied.
+    fn answer_reads(&mut self) {
+        if self.reads_ready.is_empty() {
+            return;
+        }
+        let applied = self.handle.state.read().unwrap_or_else(|e| e.into_inner()).applied();
         let mut still_waiting = Vec::new();
         for (index, batch) in self.reads_ready.drain(..) {
             if index <= applied {
@@ -587,7 +597,6 @@ impl Driver {
             }
         }
         self.reads_ready = still_waiting;
-        Ok(())
     }
 
     fn apply_conf_change(&mut self, index: u64, data: &[u8]) -> Result<Vec<Member>> {

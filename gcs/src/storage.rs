@@ -416,6 +416,7 @@ mod tests {
             replica_id: 2,
             cluster_name: "t".into(),
         };
+        drop(store);
         let err = LogStore::open(reopen(), &other).err().expect("mismatch");
         assert!(err.to_string().contains("replica 1"), "{err}");
     }

@@ -39,11 +39,30 @@ impl SledDisk {
         })?;
         // sled panics on some kinds of corruption instead of returning an error; a corrupt
         // data dir must become a clear error, not a crash.
-        let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open());
-        let db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(e)) => return Err(corrupt(path, e.to_string())),
-            Err(_) => return Err(corrupt(path, "sled panicked while opening it".into())),
+        let mut attempts = 0;
+        let db = loop {
+            let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open());
+            match opened {
+                Ok(Ok(db)) => break db,
+                Ok(Err(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // The lock of a Db dropped a moment ago in this process can linger while
+                    // sled's flusher winds down; another live process keeps it.
+                    attempts += 1;
+                    if attempts >= 40 {
+                        return Err(Error::InvalidConfig {
+                            field: "--data-dir",
+                            reason: format!(
+                                "{} is in use by another process (a second replica with the same \
+                                 --data-dir?); give each replica its own directory",
+                                path.display()
+                            ),
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Ok(Err(e)) => return Err(corrupt(path, e.to_string())),
+                Err(_) => return Err(corrupt(path, "sled panicked while opening it".into())),
+            }
         };
         Ok(SledDisk {
             db,
