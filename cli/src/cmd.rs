@@ -40,4 +40,18 @@ pub struct AddressArgs {
     /// GCS replicas, comma-separated HOST:PORT.
     #[arg(long, env = "FLEET_ADDRESS", default_value = "127.0.0.1:6380")]
     pub address: String,
+    /// Give up after this many seconds without an answer from a leader.
+    #[arg(long, env = "FLEET_TIMEOUT_SECS", default_value_t = 30)]
+    pub timeout_secs: u64,
+}
+
+impl AddressArgs {
+    /// A GCS client for these flags.
+    pub fn client(&self) -> anyhow::Result<fleet_gcs::GcsClient> {
+        let options = fleet_gcs::client::ClientOptions {
+            deadline: std::time::Duration::from_secs(self.timeout_secs.max(1)),
+            ..Default::default()
+        };
+        Ok(fleet_gcs::GcsClient::connect_with(&self.address, options)?)
+    }
 }

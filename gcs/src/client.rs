@@ -122,7 +122,12 @@ fn decode<T: prost::Message + Default>(record: &Record) -> Result<T> {
 impl GcsClient {
     /// A client for the cluster at `addresses` (comma-separated `HOST:PORT`s).
     pub fn connect(addresses: &str) -> Result<Self> {
-        Ok(Self::with_connector(parse_endpoints(addresses)?, Arc::new(TcpConnector), ClientOptions::default()))
+        Self::connect_with(addresses, ClientOptions::default())
+    }
+
+    /// Like [`GcsClient::connect`], with options.
+    pub fn connect_with(addresses: &str, options: ClientOptions) -> Result<Self> {
+        Ok(Self::with_connector(parse_endpoints(addresses)?, Arc::new(TcpConnector), options))
     }
 
     /// A client over a given connector (simulation) with given options.

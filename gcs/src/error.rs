@@ -122,7 +122,7 @@ pub enum Error {
     InvalidRequest(String),
 
     /// A gRPC error from a replica that is not one of the cases above.
-    #[error("GCS RPC to {endpoint} failed: {status}")]
+    #[error("GCS RPC to {endpoint} failed: {}", describe_status(status))]
     Rpc {
         /// The replica.
         endpoint: String,
@@ -198,3 +198,20 @@ impl From<Error> for tonic::Status {
 
 /// The GCS result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A gRPC status as one line: its message and the root cause (e.g. "connection refused").
+pub fn describe_status(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    let mut root = None;
+    while let Some(cause) = source {
+        root = Some(cause.to_string());
+        source = cause.source();
+    }
+    if let Some(root) = root {
+        if !text.contains(&root) {
+            text = format!("{text}: {root}");
+        }
+    }
+    text
+}

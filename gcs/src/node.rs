@@ -18,7 +18,7 @@ use fleet_proto::gcs::{
     ChangeMemberRequest, Member, MemberChange, StatusResponse, WriteRequest, WriteResponse,
 };
 use prost::Message as _;
-use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message, Snapshot};
+use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, StateRole};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -310,9 +310,42 @@ impl Driver {
         Ok(())
     }
 
-    fn step(&mut self, message: Message) {
+    fn step(&mut self, mut message: Message) {
+        self.tolerate_lost_log(&mut message);
         if let Err(error) = self.raw.step(message) {
             tracing::debug!(%error, "dropped raft message");
+        }
+    }
+
+    /// A replica whose data dir was wiped comes back with an empty log under its old id.
+    /// raft-rs assumes logs are never lost: the leader keeps its old match index (and ignores
+    /// the follower's rejections as stale), and the follower panics when a heartbeat commits
+    /// past its log. Both sides are corrected here so the replica is caught up by snapshot.
+    fn tolerate_lost_log(&mut self, message: &mut Message) {
+        match message.get_msg_type() {
+            MessageType::MsgHeartbeat => {
+                let last = self.raw.store().last_log_index();
+                if message.commit > last {
+                    message.commit = last;
+                }
+            }
+            MessageType::MsgAppendResponse if message.reject && self.raw.raft.state == StateRole::Leader => {
+                let hint = message.reject_hint;
+                if let Some(progress) = self.raw.raft.mut_prs().get_mut(message.from) {
+                    if hint < progress.matched {
+                        tracing::warn!(
+                            replica = message.from,
+                            had = progress.matched,
+                            has = hint,
+                            "replica lost its log (wiped data dir?); catching it up from scratch"
+                        );
+                        progress.matched = hint;
+                        progress.next_idx = hint + 1;
+                        progress.become_probe();
+                    }
+                }
+            }
+            _ => {}
         }
     }
 

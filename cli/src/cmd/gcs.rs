@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use fleet_gcs::config::parse_peers;
-use fleet_gcs::{GcsClient, GcsConfig};
+use fleet_gcs::GcsConfig;
 use fleet_proto::gcs::MemberChange;
 
 use super::{shutdown_on_signal, AddressArgs};
@@ -113,7 +113,7 @@ impl GcsCommand {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.action {
             None => run_replica(self.replica).await,
-            Some(GcsAction::Status { address, json }) => status(&address.address, json).await,
+            Some(GcsAction::Status { address, json }) => status(&address, json).await,
             Some(GcsAction::Member { change }) => member(change).await,
         }
     }
@@ -155,8 +155,9 @@ async fn run_replica(args: ReplicaArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status(address: &str, json: bool) -> anyhow::Result<()> {
-    let client = GcsClient::connect(address)?;
+async fn status(address_args: &AddressArgs, json: bool) -> anyhow::Result<()> {
+    let client = address_args.client()?;
+    let address = &address_args.address;
     let mut rows = Vec::new();
     for endpoint in client.endpoints() {
         let row = match client.replica_status(endpoint).await {
@@ -231,7 +232,7 @@ async fn member(change: MemberAction) -> anyhow::Result<()> {
         }
         MemberAction::Remove { address, id } => (address, MemberChange::Remove, id, String::new()),
     };
-    let client = GcsClient::connect(&address.address)?;
+    let client = address.client()?;
     let members = client.change_member(kind, id, &peer_address).await?;
     for m in members {
         println!("{}\t{}\t{}", m.id, m.address, if m.voter { "voter" } else { "learner" });

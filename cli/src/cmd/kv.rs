@@ -2,7 +2,6 @@
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use fleet_gcs::GcsClient;
 
 use super::AddressArgs;
 
@@ -54,7 +53,7 @@ enum KvAction {
 impl KvCommand {
     /// Runs the command.
     pub async fn run(self) -> anyhow::Result<()> {
-        let client = GcsClient::connect(&self.address.address)?;
+        let client = self.address.client()?;
         let ns = &self.namespace;
         match self.action {
             KvAction::Put { key, value, if_absent } => {

@@ -1,0 +1,218 @@
+//! A 3-replica GCS of real processes: leader loss, a wiped follower, a replaced replica.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use fleet_gcs::local_cluster::{LocalCluster, LocalClusterOptions};
+use fleet_gcs::GcsClient;
+use fleet_proto::gcs::MemberChange;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{fleet_binary, serial};
+
+const TICK_MS: u64 = 100;
+const ELECTION_TICKS: usize = 10;
+
+fn options(snapshot_threshold: u64) -> LocalClusterOptions {
+    LocalClusterOptions {
+        tick_ms: TICK_MS,
+        election_ticks: ELECTION_TICKS,
+        snapshot_threshold,
+        ..LocalClusterOptions::default()
+    }
+}
+
+/// Acknowledged writes: key → value.
+type Acked = Arc<Mutex<BTreeMap<String, String>>>;
+
+/// `writers` clients each writing their own keys in a loop until `stop`.
+fn start_writers(cluster: &LocalCluster, writers: usize, stop: CancellationToken, acked: Acked) -> Result<JoinSet<u64>> {
+    let mut tasks = JoinSet::new();
+    for w in 0..writers {
+        let client = cluster.client()?;
+        let stop = stop.clone();
+        let acked = acked.clone();
+        tasks.spawn(async move {
+            let mut i = 0u64;
+            let mut failures = 0u64;
+            while !stop.is_cancelled() {
+                let key = format!("w{w}/{i:06}");
+                let value = format!("v{i}");
+                match client.kv_put("test", key.as_bytes(), value.as_bytes()).await {
+                    Ok(_) => {
+                        acked.lock().expect("lock").insert(key, value);
+                        i += 1;
+                    }
+                    Err(_) => failures += 1,
+                }
+            }
+            failures
+        });
+    }
+    Ok(tasks)
+}
+
+async fn wait_acked(acked: &Acked, at_least: usize, timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    while acked.lock().expect("lock").len() < at_least {
+        ensure!(started.elapsed() < timeout, "only {} writes acknowledged in {timeout:?}", acked.lock().expect("lock").len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Every acknowledged write reads back (linearizably, through the leader) with its value.
+async fn verify_acked(client: &GcsClient, acked: &Acked) -> Result<usize> {
+    let expected = acked.lock().expect("lock").clone();
+    let records = client.kv_list("test", b"").await?;
+    let actual: BTreeMap<String, String> = records
+        .into_iter()
+        .map(|r| (String::from_utf8_lossy(&r.key).into_owned(), String::from_utf8_lossy(&r.value).into_owned()))
+        .collect();
+    for (key, value) in &expected {
+        ensure!(actual.get(key) == Some(value), "acknowledged write {key}={value} reads back as {:?}", actual.get(key));
+    }
+    Ok(expected.len())
+}
+
+async fn wait_caught_up(client: &GcsClient, address: &str, target: u64, timeout: Duration) -> Result<u64> {
+    let started = Instant::now();
+    loop {
+        if let Ok(status) = client.replica_status(address).await {
+            if status.applied_index >= target {
+                return Ok(status.snapshot_index);
+            }
+        }
+        ensure!(started.elapsed() < timeout, "replica at {address} did not reach index {target} in {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_sigkill_loses_no_acknowledged_write() -> Result<()> {
+    let _serial = serial();
+    let dir = tempfile::tempdir()?;
+    let mut cluster = LocalCluster::start(&fleet_binary(), dir.path(), 3, options(10_000))?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let acked: Acked = Arc::default();
+    let stop = CancellationToken::new();
+    let mut writers = start_writers(&cluster, 4, stop.clone(), acked.clone())?;
+    wait_acked(&acked, 200, Duration::from_secs(30)).await?;
+
+    let killed_at = Instant::now();
+    cluster.kill(leader);
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let failover = killed_at.elapsed();
+    let before = acked.lock().expect("lock").len();
+    wait_acked(&acked, before + 200, Duration::from_secs(30)).await?;
+    stop.cancel();
+    while writers.join_next().await.is_some() {}
+
+    ensure!(new_leader != leader);
+    let election_timeout = Duration::from_millis(TICK_MS * ELECTION_TICKS as u64);
+    eprintln!("leader {leader} killed; replica {new_leader} led after {failover:?} (election timeout {election_timeout:?})");
+    ensure!(
+        failover <= 2 * election_timeout,
+        "new leader took {failover:?}, more than 2x the election timeout {election_timeout:?}"
+    );
+    let checked = verify_acked(&cluster.client()?, &acked).await?;
+    eprintln!("{checked} acknowledged writes all readable");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_follower_rejoins_from_a_snapshot() -> Result<()> {
+    let _serial = serial();
+    let dir = tempfile::tempdir()?;
+    let mut cluster = LocalCluster::start(&fleet_binary(), dir.path(), 3, options(100))?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).context("a follower")?;
+    let other = cluster.ids().into_iter().find(|id| *id != leader && *id != follower).context("another follower")?;
+    let client = cluster.client()?;
+    let acked: Acked = Arc::default();
+    let write = |range: std::ops::Range<u32>| {
+        let client = client.clone();
+        let acked = acked.clone();
+        async move {
+            for i in range {
+                let key = format!("k{i:05}");
+                client.kv_put("test", key.as_bytes(), b"x").await?;
+                acked.lock().expect("lock").insert(key, "x".into());
+            }
+            anyhow::Ok(())
+        }
+    };
+    write(0..150).await?;
+    cluster.kill(follower);
+    cluster.wipe(follower)?;
+    // Enough writes that the entries the wiped follower needs are compacted away.
+    write(150..450).await?;
+    let leader_address = cluster.address(leader).context("leader address")?.to_string();
+    let leader_status = client.replica_status(&leader_address).await?;
+    ensure!(leader_status.snapshot_index > 150, "the leader compacted its log ({leader_status:?})");
+
+    cluster.restart(follower, false)?;
+    let follower_address = cluster.address(follower).context("address")?.to_string();
+    let snapshot_index = wait_caught_up(&client, &follower_address, leader_status.commit_index, Duration::from_secs(30)).await?;
+    ensure!(snapshot_index > 1, "the wiped follower caught up by a snapshot (at {snapshot_index})");
+    let log = std::fs::read_to_string(cluster.log_path(follower).context("log")?)?;
+    ensure!(log.contains("installed snapshot"), "follower log shows the snapshot install");
+
+    // Make the rejoined follower necessary: without `other`, every write needs it.
+    cluster.kill(other);
+    write(450..500).await?;
+    // Then lose the leader: the rejoined follower and `other` must carry everything.
+    cluster.kill(leader);
+    cluster.restart(other, false)?;
+    cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let checked = verify_acked(&cluster.client()?, &acked).await?;
+    ensure!(checked == 500);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_replaced_by_membership_change_under_load() -> Result<()> {
+    let _serial = serial();
+    let dir = tempfile::tempdir()?;
+    let mut cluster = LocalCluster::start(&fleet_binary(), dir.path(), 3, options(200))?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let retiring = cluster.ids().into_iter().find(|id| *id != leader).context("a follower")?;
+    let acked: Acked = Arc::default();
+    let stop = CancellationToken::new();
+    let mut writers = start_writers(&cluster, 3, stop.clone(), acked.clone())?;
+    wait_acked(&acked, 300, Duration::from_secs(30)).await?;
+
+    // Start the replacement empty, add it, wait for it to catch up, remove the old one.
+    let new_address = cluster.start_joining(4)?;
+    let admin = cluster.client()?;
+    let members = admin.change_member(MemberChange::AddVoter, 4, &new_address).await?;
+    ensure!(members.iter().any(|m| m.id == 4 && m.voter), "replica 4 added: {members:?}");
+    let leader_address = cluster.address(leader).context("leader")?.to_string();
+    let target = admin.replica_status(&leader_address).await?.commit_index;
+    wait_caught_up(&admin, &new_address, target, Duration::from_secs(30)).await?;
+    let members = admin.change_member(MemberChange::Remove, retiring, "").await?;
+    ensure!(!members.iter().any(|m| m.id == retiring), "replica {retiring} removed: {members:?}");
+    cluster.forget(retiring);
+
+    let before = acked.lock().expect("lock").len();
+    wait_acked(&acked, before + 300, Duration::from_secs(30)).await?;
+    stop.cancel();
+    while writers.join_next().await.is_some() {}
+
+    let status = admin.replica_status(&new_address).await?;
+    let mut ids: Vec<u64> = status.members.iter().map(|m| m.id).collect();
+    ids.sort();
+    let mut expected: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|id| *id != retiring).collect();
+    expected.sort();
+    ensure!(ids == expected, "membership is {ids:?}, expected {expected:?}");
+    // The new member is a working voter: with one original replica down, it is needed.
+    let original = expected.iter().copied().find(|id| *id != 4 && *id != leader).context("original")?;
+    cluster.kill(original);
+    cluster.client()?.kv_put("test", b"after-replace", b"ok").await?;
+    acked.lock().expect("lock").insert("after-replace".into(), "ok".into());
+    verify_acked(&cluster.client()?, &acked).await?;
+    Ok(())
+}
