@@ -9,7 +9,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use fleet_proto::gcs::command::Op;
 use fleet_proto::gcs::gcs_client::GcsClient as GcsGrpc;
