@@ -37,7 +37,10 @@ fn install_tracing(default: &str) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -47,7 +50,11 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Gcs(command) => {
-                install_tracing(if command.is_daemon() { "info,raft=warn" } else { "warn" });
+                install_tracing(if command.is_daemon() {
+                    "info,raft=warn"
+                } else {
+                    "warn"
+                });
                 command.run().await
             }
             Command::Kv(command) => {

@@ -149,8 +149,14 @@ where
 
 fn print_result(prefix: &str, result: &LoadResult) {
     println!("{prefix}_write_throughput {:.0} ops/s", result.ops_per_sec);
-    println!("{prefix}_write_p50 {:.3} ms", result.p50.as_secs_f64() * 1e3);
-    println!("{prefix}_write_p99 {:.3} ms", result.p99.as_secs_f64() * 1e3);
+    println!(
+        "{prefix}_write_p50 {:.3} ms",
+        result.p50.as_secs_f64() * 1e3
+    );
+    println!(
+        "{prefix}_write_p99 {:.3} ms",
+        result.p99.as_secs_f64() * 1e3
+    );
     if result.errors > 0 {
         println!("{prefix}_write_errors {} count", result.errors);
     }
@@ -186,12 +192,20 @@ impl EtcdCluster {
             peers.push(free_loopback_address()?);
             clients.push(free_loopback_address()?);
         }
-        let initial: Vec<String> = peers.iter().enumerate().map(|(i, p)| format!("e{}=http://{p}", i + 1)).collect();
+        let initial: Vec<String> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("e{}=http://{p}", i + 1))
+            .collect();
         let mut children = Vec::new();
         for i in 0..n {
             let name = format!("e{}", i + 1);
-            let log = std::fs::File::create(dir.join(format!("{name}.log")))
-                .map_err(|e| Error::StorageWrite { path: dir.to_path_buf(), reason: e.to_string() })?;
+            let log = std::fs::File::create(dir.join(format!("{name}.log"))).map_err(|e| {
+                Error::StorageWrite {
+                    path: dir.to_path_buf(),
+                    reason: e.to_string(),
+                }
+            })?;
             let child = Command::new(binary)
                 .args(["--name", &name])
                 .arg("--data-dir")
@@ -216,7 +230,10 @@ impl EtcdCluster {
                 })?;
             children.push(((i + 1) as u64, child));
         }
-        Ok(EtcdCluster { children, client_addresses: clients })
+        Ok(EtcdCluster {
+            children,
+            client_addresses: clients,
+        })
     }
 
     fn channels(&self) -> Result<Vec<Channel>> {
@@ -231,12 +248,19 @@ impl EtcdCluster {
         let channels = self.channels()?;
         loop {
             let mut client = KvClient::new(channels[0].clone());
-            let put = PutRequest { key: b"ready".to_vec(), value: b"1".to_vec(), ..PutRequest::default() };
+            let put = PutRequest {
+                key: b"ready".to_vec(),
+                value: b"1".to_vec(),
+                ..PutRequest::default()
+            };
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), client.put(put)).await {
                 return Ok(());
             }
             if started.elapsed() > timeout {
-                return Err(Error::Timeout { what: "etcd to serve writes", millis: timeout.as_millis() as u64 });
+                return Err(Error::Timeout {
+                    what: "etcd to serve writes",
+                    millis: timeout.as_millis() as u64,
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -246,7 +270,14 @@ impl EtcdCluster {
     fn leader(&self) -> Option<usize> {
         let output = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.client_addresses.join(","), "endpoint", "status", "-w", "json"])
+            .args([
+                "--endpoints",
+                &self.client_addresses.join(","),
+                "endpoint",
+                "status",
+                "-w",
+                "json",
+            ])
             .output()
             .ok()?;
         let statuses: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
@@ -254,7 +285,10 @@ impl EtcdCluster {
             let endpoint = status["Endpoint"].as_str()?;
             let header = &status["Status"]["header"];
             if header["member_id"] == status["Status"]["leader"] {
-                return self.client_addresses.iter().position(|a| endpoint.ends_with(a.as_str()));
+                return self
+                    .client_addresses
+                    .iter()
+                    .position(|a| endpoint.ends_with(a.as_str()));
             }
         }
         None
@@ -276,7 +310,11 @@ async fn etcd_load(cluster: &EtcdCluster, options: &BenchOptions) -> Result<Load
     let mut clients = Vec::new();
     for c in 0..options.clients {
         let address = &cluster.client_addresses[c % cluster.client_addresses.len()];
-        clients.push(KvClient::new(TcpConnector.channel(address).map_err(Error::InvalidRequest)?));
+        clients.push(KvClient::new(
+            TcpConnector
+                .channel(address)
+                .map_err(Error::InvalidRequest)?,
+        ));
     }
     let clients = Arc::new(clients);
     let value = vec![b'x'; options.value_size];
@@ -285,7 +323,14 @@ async fn etcd_load(cluster: &EtcdCluster, options: &BenchOptions) -> Result<Load
         let value = value.clone();
         async move {
             let key = format!("bench/{c}/{}", i % 1000).into_bytes();
-            client.put(PutRequest { key, value, ..PutRequest::default() }).await.is_ok()
+            client
+                .put(PutRequest {
+                    key,
+                    value,
+                    ..PutRequest::default()
+                })
+                .await
+                .is_ok()
         }
     })
     .await)
@@ -298,7 +343,11 @@ async fn fleet_failover(cluster: &mut LocalCluster) -> Result<Duration> {
     let client = GcsClient::with_connector(
         cluster.addresses().split(',').map(str::to_string).collect(),
         Arc::new(TcpConnector),
-        ClientOptions { rpc_timeout: Duration::from_millis(300), initial_backoff: Duration::from_millis(5), ..ClientOptions::default() },
+        ClientOptions {
+            rpc_timeout: Duration::from_millis(300),
+            initial_backoff: Duration::from_millis(5),
+            ..ClientOptions::default()
+        },
     );
     client.kv_put("bench", b"failover", b"before").await?;
     let killed = Instant::now();
@@ -324,12 +373,19 @@ async fn etcd_failover(cluster: &mut EtcdCluster) -> Result<Duration> {
             continue;
         }
         let mut client = KvClient::new(channels[target].clone());
-        let put = PutRequest { key: b"failover".to_vec(), value: b"after".to_vec(), ..PutRequest::default() };
+        let put = PutRequest {
+            key: b"failover".to_vec(),
+            value: b"after".to_vec(),
+            ..PutRequest::default()
+        };
         if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(300), client.put(put)).await {
             return Ok(killed.elapsed());
         }
         if killed.elapsed() > Duration::from_secs(30) {
-            return Err(Error::Timeout { what: "etcd to elect a new leader", millis: 30_000 });
+            return Err(Error::Timeout {
+                what: "etcd to elect a new leader",
+                millis: 30_000,
+            });
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -345,20 +401,33 @@ pub async fn run(options: BenchOptions, binary: &Path) -> Result<()> {
             temp
         }
     };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::StorageWrite { path: dir.clone(), reason: e.to_string() })?;
-    println!("# clients={} value_size={} duration={:?} fsync=on", options.clients, options.value_size, options.duration);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::StorageWrite {
+        path: dir.clone(),
+        reason: e.to_string(),
+    })?;
+    println!(
+        "# clients={} value_size={} duration={:?} fsync=on",
+        options.clients, options.value_size, options.duration
+    );
     if options.system != BenchSystem::Etcd {
         for replicas in [1u64, 3] {
             let run_dir = dir.join(format!("fleet-{replicas}"));
             let _ = std::fs::remove_dir_all(&run_dir);
-            std::fs::create_dir_all(&run_dir).map_err(|e| Error::StorageWrite { path: run_dir.clone(), reason: e.to_string() })?;
-            let mut cluster = LocalCluster::start(binary, &run_dir, replicas, LocalClusterOptions::default())?;
+            std::fs::create_dir_all(&run_dir).map_err(|e| Error::StorageWrite {
+                path: run_dir.clone(),
+                reason: e.to_string(),
+            })?;
+            let mut cluster =
+                LocalCluster::start(binary, &run_dir, replicas, LocalClusterOptions::default())?;
             cluster.wait_for_leader(Duration::from_secs(15)).await?;
             let result = fleet_load(&cluster, &options).await?;
             print_result(&format!("fleet_gcs_{replicas}r"), &result);
             if options.failover && replicas == 3 {
                 let took = fleet_failover(&mut cluster).await?;
-                println!("fleet_gcs_3r_leader_failover {:.0} ms", took.as_secs_f64() * 1e3);
+                println!(
+                    "fleet_gcs_3r_leader_failover {:.0} ms",
+                    took.as_secs_f64() * 1e3
+                );
             }
         }
     }
@@ -366,7 +435,10 @@ pub async fn run(options: BenchOptions, binary: &Path) -> Result<()> {
         for replicas in [1usize, 3] {
             let run_dir = dir.join(format!("etcd-{replicas}"));
             let _ = std::fs::remove_dir_all(&run_dir);
-            std::fs::create_dir_all(&run_dir).map_err(|e| Error::StorageWrite { path: run_dir.clone(), reason: e.to_string() })?;
+            std::fs::create_dir_all(&run_dir).map_err(|e| Error::StorageWrite {
+                path: run_dir.clone(),
+                reason: e.to_string(),
+            })?;
             let mut cluster = EtcdCluster::start(&options.etcd_binary, &run_dir, replicas)?;
             cluster.wait_ready(Duration::from_secs(20)).await?;
             let result = etcd_load(&cluster, &options).await?;

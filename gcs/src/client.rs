@@ -92,7 +92,9 @@ pub fn parse_endpoints(spec: &str) -> Result<Vec<String>> {
     if endpoints.is_empty() {
         return Err(Error::InvalidConfig {
             field: "--address",
-            reason: "no GCS address given; pass --address HOST:PORT[,HOST:PORT...] or set FLEET_ADDRESS".into(),
+            reason:
+                "no GCS address given; pass --address HOST:PORT[,HOST:PORT...] or set FLEET_ADDRESS"
+                    .into(),
         });
     }
     for endpoint in &endpoints {
@@ -117,7 +119,10 @@ fn leader_hint(status: &Status) -> Option<String> {
 fn decode<T: prost::Message + Default>(record: &Record) -> Result<T> {
     T::decode(record.value.as_slice()).map_err(|e| Error::BadResponse {
         endpoint: String::new(),
-        reason: format!("undecodable record {}: {e}", String::from_utf8_lossy(&record.key)),
+        reason: format!(
+            "undecodable record {}: {e}",
+            String::from_utf8_lossy(&record.key)
+        ),
     })
 }
 
@@ -129,11 +134,19 @@ impl GcsClient {
 
     /// Like [`GcsClient::connect`], with options.
     pub fn connect_with(addresses: &str, options: ClientOptions) -> Result<Self> {
-        Ok(Self::with_connector(parse_endpoints(addresses)?, Arc::new(TcpConnector), options))
+        Ok(Self::with_connector(
+            parse_endpoints(addresses)?,
+            Arc::new(TcpConnector),
+            options,
+        ))
     }
 
     /// A client over a given connector (simulation) with given options.
-    pub fn with_connector(endpoints: Vec<String>, connector: Arc<dyn Connector>, options: ClientOptions) -> Self {
+    pub fn with_connector(
+        endpoints: Vec<String>,
+        connector: Arc<dyn Connector>,
+        options: ClientOptions,
+    ) -> Self {
         GcsClient {
             inner: Arc::new(Inner {
                 endpoints,
@@ -160,15 +173,22 @@ impl GcsClient {
     }
 
     fn grpc(&self, endpoint: &str) -> Result<GcsGrpc<Channel>> {
-        let mut channels = self.inner.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(client) = channels.get(endpoint) {
             return Ok(client.clone());
         }
-        let channel = self
-            .inner
-            .connector
-            .channel(endpoint)
-            .map_err(|reason| Error::InvalidConfig { field: "--address", reason })?;
+        let channel =
+            self.inner
+                .connector
+                .channel(endpoint)
+                .map_err(|reason| Error::InvalidConfig {
+                    field: "--address",
+                    reason,
+                })?;
         let client = GcsGrpc::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -177,7 +197,13 @@ impl GcsClient {
     }
 
     fn pick_endpoint(&self) -> String {
-        if let Some(leader) = self.inner.leader.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(leader) = self
+            .inner
+            .leader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
             return leader;
         }
         let i = self.inner.next_endpoint.fetch_add(1, Ordering::Relaxed);
@@ -212,13 +238,25 @@ impl GcsClient {
                     return Ok(value);
                 }
                 Ok(Err(status)) => status,
-                Err(_) => Status::deadline_exceeded(format!("{what}: no answer in {:?}", options.rpc_timeout)),
+                Err(_) => Status::deadline_exceeded(format!(
+                    "{what}: no answer in {:?}",
+                    options.rpc_timeout
+                )),
             };
             match status.code() {
-                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted => {}
-                Code::InvalidArgument => return Err(Error::InvalidRequest(status.message().to_string())),
+                Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::Unknown
+                | Code::Aborted => {}
+                Code::InvalidArgument => {
+                    return Err(Error::InvalidRequest(status.message().to_string()))
+                }
                 _ => {
-                    return Err(Error::Rpc { endpoint, status: Box::new(status) });
+                    return Err(Error::Rpc {
+                        endpoint,
+                        status: Box::new(status),
+                    });
                 }
             }
             last_error = format!("{endpoint}: {}", status.message());
@@ -247,7 +285,11 @@ impl GcsClient {
     /// Replicates a command (exactly once, across retries). Returns the version it applied at.
     pub async fn write(&self, op: Op) -> Result<u64> {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-        self.inner.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(seq);
+        self.inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seq);
         let command = Command { op: Some(op) };
         let result = self
             .with_leader("write", |mut client| {
@@ -268,7 +310,11 @@ impl GcsClient {
                 async move { client.write(request).await.map(|r| r.into_inner()) }
             })
             .await;
-        self.inner.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
+        self.inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&seq);
         let response = result?;
         match response.rejection {
             None => Ok(response.version),
@@ -289,7 +335,12 @@ impl GcsClient {
         .await
     }
 
-    async fn read_table<T: prost::Message + Default>(&self, table: Table, key: &str, prefix: bool) -> Result<Vec<T>> {
+    async fn read_table<T: prost::Message + Default>(
+        &self,
+        table: Table,
+        key: &str,
+        prefix: bool,
+    ) -> Result<Vec<T>> {
         let response = self
             .read(ReadRequest {
                 table: table as i32,
@@ -315,7 +366,13 @@ impl GcsClient {
     }
 
     /// Puts a value only when the key is at `expected_version` (0: absent).
-    pub async fn kv_compare_and_set(&self, namespace: &str, key: &[u8], value: &[u8], expected_version: u64) -> Result<u64> {
+    pub async fn kv_compare_and_set(
+        &self,
+        namespace: &str,
+        key: &[u8],
+        value: &[u8],
+        expected_version: u64,
+    ) -> Result<u64> {
         self.write(Op::KvPut(KvPut {
             namespace: namespace.into(),
             key: key.to_vec(),
@@ -372,7 +429,11 @@ impl GcsClient {
 
     /// Declares a node dead.
     pub async fn mark_node_dead(&self, node_id: &str, cause: &str) -> Result<u64> {
-        self.write(Op::MarkNodeDead(MarkNodeDead { node_id: node_id.into(), cause: cause.into() })).await
+        self.write(Op::MarkNodeDead(MarkNodeDead {
+            node_id: node_id.into(),
+            cause: cause.into(),
+        }))
+        .await
     }
 
     /// All nodes.
@@ -386,7 +447,13 @@ impl GcsClient {
     }
 
     /// Marks a running job finished.
-    pub async fn finish_job(&self, job_id: &str, state: JobState, end_ms: u64, message: &str) -> Result<u64> {
+    pub async fn finish_job(
+        &self,
+        job_id: &str,
+        state: JobState,
+        end_ms: u64,
+        message: &str,
+    ) -> Result<u64> {
         self.write(Op::FinishJob(FinishJob {
             job_id: job_id.into(),
             state: state as i32,
@@ -425,11 +492,11 @@ impl GcsClient {
 
     /// The live actor with this name in this namespace.
     pub async fn get_named_actor(&self, namespace: &str, name: &str) -> Result<Option<ActorInfo>> {
-        Ok(self
-            .list_actors()
-            .await?
-            .into_iter()
-            .find(|a| a.namespace == namespace && a.name == name && a.state != fleet_proto::gcs::ActorState::ActorDead as i32))
+        Ok(self.list_actors().await?.into_iter().find(|a| {
+            a.namespace == namespace
+                && a.name == name
+                && a.state != fleet_proto::gcs::ActorState::ActorDead as i32
+        }))
     }
 
     // ----- placement groups -----
@@ -446,7 +513,10 @@ impl GcsClient {
 
     /// Marks a placement group removed.
     pub async fn remove_placement_group(&self, id: &str) -> Result<u64> {
-        self.write(Op::RemovePlacementGroup(RemovePlacementGroup { placement_group_id: id.into() })).await
+        self.write(Op::RemovePlacementGroup(RemovePlacementGroup {
+            placement_group_id: id.into(),
+        }))
+        .await
     }
 
     /// All placement groups.
@@ -458,12 +528,16 @@ impl GcsClient {
 
     /// Applies a batch of object location changes in one proposal.
     pub async fn update_object_locations(&self, updates: Vec<ObjectLocationUpdate>) -> Result<u64> {
-        self.write(Op::ObjectLocations(ObjectLocationBatch { updates })).await
+        self.write(Op::ObjectLocations(ObjectLocationBatch { updates }))
+            .await
     }
 
     /// One object's locations.
     pub async fn get_object(&self, object_id: &str) -> Result<Option<ObjectInfo>> {
-        Ok(self.read_table(Table::Objects, object_id, false).await?.pop())
+        Ok(self
+            .read_table(Table::Objects, object_id, false)
+            .await?
+            .pop())
     }
 
     /// All objects.
@@ -483,12 +557,18 @@ impl GcsClient {
 
     /// Commits a checkpoint pointer (refused unless newer than the committed one).
     pub async fn commit_checkpoint(&self, checkpoint: CheckpointInfo) -> Result<u64> {
-        self.write(Op::CommitCheckpoint(CommitCheckpoint { checkpoint: Some(checkpoint) })).await
+        self.write(Op::CommitCheckpoint(CommitCheckpoint {
+            checkpoint: Some(checkpoint),
+        }))
+        .await
     }
 
     /// The latest committed checkpoint of an owner.
     pub async fn latest_checkpoint(&self, owner_id: &str) -> Result<Option<CheckpointInfo>> {
-        Ok(self.read_table(Table::Checkpoints, owner_id, false).await?.pop())
+        Ok(self
+            .read_table(Table::Checkpoints, owner_id, false)
+            .await?
+            .pop())
     }
 
     // ----- operations -----
@@ -499,17 +579,37 @@ impl GcsClient {
         let timeout = self.inner.options.rpc_timeout.min(Duration::from_secs(3));
         match tokio::time::timeout(timeout, client.status(StatusRequest {})).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(Error::Rpc { endpoint: endpoint.into(), status: Box::new(status) }),
-            Err(_) => Err(Error::Timeout { what: "a status answer", millis: timeout.as_millis() as u64 }),
+            Ok(Err(status)) => Err(Error::Rpc {
+                endpoint: endpoint.into(),
+                status: Box::new(status),
+            }),
+            Err(_) => Err(Error::Timeout {
+                what: "a status answer",
+                millis: timeout.as_millis() as u64,
+            }),
         }
     }
 
     /// Adds or removes a member through the leader; returns the new membership.
-    pub async fn change_member(&self, change: MemberChange, id: u64, address: &str) -> Result<Vec<Member>> {
-        let request = ChangeMemberRequest { change: change as i32, id, address: address.into() };
+    pub async fn change_member(
+        &self,
+        change: MemberChange,
+        id: u64,
+        address: &str,
+    ) -> Result<Vec<Member>> {
+        let request = ChangeMemberRequest {
+            change: change as i32,
+            id,
+            address: address.into(),
+        };
         self.with_leader("member change", |mut client| {
             let request = request.clone();
-            async move { client.change_member(request).await.map(|r| r.into_inner().members) }
+            async move {
+                client
+                    .change_member(request)
+                    .await
+                    .map(|r| r.into_inner().members)
+            }
         })
         .await
     }
@@ -545,7 +645,10 @@ impl WatchStream {
     pub async fn next(&mut self) -> Result<WatchUpdate> {
         loop {
             if self.stream.is_none() {
-                let request = WatchRequest { filters: self.filters.clone(), start_version: self.next_version };
+                let request = WatchRequest {
+                    filters: self.filters.clone(),
+                    start_version: self.next_version,
+                };
                 let stream = self
                     .client
                     .with_leader("watch", |mut client| {
@@ -555,7 +658,9 @@ impl WatchStream {
                     .await?;
                 self.stream = Some(stream);
             }
-            let Some(stream) = self.stream.as_mut() else { continue };
+            let Some(stream) = self.stream.as_mut() else {
+                continue;
+            };
             match stream.message().await {
                 Ok(Some(response)) => {
                     // Drop events already delivered (a resumed stream never repeats them, this
@@ -563,13 +668,21 @@ impl WatchStream {
                     let events: Vec<WatchEvent> = if response.resync {
                         response.events
                     } else {
-                        response.events.into_iter().filter(|e| e.version >= self.next_version).collect()
+                        response
+                            .events
+                            .into_iter()
+                            .filter(|e| e.version >= self.next_version)
+                            .collect()
                     };
                     self.next_version = response.version + 1;
                     if events.is_empty() && !response.resync {
                         continue;
                     }
-                    return Ok(WatchUpdate { resync: response.resync, events, version: response.version });
+                    return Ok(WatchUpdate {
+                        resync: response.resync,
+                        events,
+                        version: response.version,
+                    });
                 }
                 Ok(None) | Err(_) => {
                     self.stream = None;

@@ -62,13 +62,19 @@ impl GcsConfig {
     pub fn validate(&self) -> Result<()> {
         let invalid = |field, reason: String| Err(Error::InvalidConfig { field, reason });
         if self.id == 0 {
-            return invalid("--id", "replica ids start at 1; 0 is reserved by Raft".into());
+            return invalid(
+                "--id",
+                "replica ids start at 1; 0 is reserved by Raft".into(),
+            );
         }
         if self.cluster_name.is_empty() {
             return invalid("--cluster-name", "must not be empty".into());
         }
         if self.peers.contains_key(&0) {
-            return invalid("--peers", "replica ids start at 1; 0 is reserved by Raft".into());
+            return invalid(
+                "--peers",
+                "replica ids start at 1; 0 is reserved by Raft".into(),
+            );
         }
         if !self.join && !self.peers.contains_key(&self.id) {
             return invalid(
@@ -182,6 +188,8 @@ mod tests {
         let err = config.validate().expect_err("id not in peers").to_string();
         assert!(err.contains("--peers") && err.contains("--join"), "{err}");
         config.join = true;
-        config.validate().expect("joining replica need not be in peers");
+        config
+            .validate()
+            .expect("joining replica need not be in peers");
     }
 }

@@ -50,13 +50,19 @@ impl std::fmt::Display for Violation {
 }
 
 /// Checks one register's history.
-pub fn check_register<V: Clone + Eq + Hash + Debug>(initial: Option<V>, history: &[Operation<V>]) -> Result<(), String> {
+pub fn check_register<V: Clone + Eq + Hash + Debug>(
+    initial: Option<V>,
+    history: &[Operation<V>],
+) -> Result<(), String> {
     let ops: Vec<&Operation<V>> = history
         .iter()
         .filter(|op| !(op.ret.is_none() && matches!(op.kind, OpKind::Read(_))))
         .collect();
     if ops.len() > 4096 {
-        return Err(format!("history of {} operations is too long to check; split it", ops.len()));
+        return Err(format!(
+            "history of {} operations is too long to check; split it",
+            ops.len()
+        ));
     }
     let mut search = Search {
         ops: &ops,
@@ -74,7 +80,12 @@ pub fn check_register<V: Clone + Eq + Hash + Debug>(initial: Option<V>, history:
             .enumerate()
             .filter(|(i, op)| op.ret.is_some() && !search.done_at_best(*i))
             .take(5)
-            .map(|(_, op)| format!("client {} {:?} [{}, {:?}]", op.client, op.kind, op.call, op.ret))
+            .map(|(_, op)| {
+                format!(
+                    "client {} {:?} [{}, {:?}]",
+                    op.client, op.kind, op.call, op.ret
+                )
+            })
             .collect();
         Err(format!(
             "no linearization: at most {} of {} operations could be ordered (register then held {:?}); \
@@ -163,13 +174,18 @@ impl<V: Clone + Eq + Hash + Debug> Search<'_, V> {
 }
 
 /// Checks a key-value history: each key is a register that starts empty.
-pub fn check_kv<K: Clone + Ord + Debug, V: Clone + Eq + Hash + Debug>(history: &[(K, Operation<V>)]) -> Result<(), Violation> {
+pub fn check_kv<K: Clone + Ord + Debug, V: Clone + Eq + Hash + Debug>(
+    history: &[(K, Operation<V>)],
+) -> Result<(), Violation> {
     let mut by_key: BTreeMap<K, Vec<Operation<V>>> = BTreeMap::new();
     for (key, op) in history {
         by_key.entry(key.clone()).or_default().push(op.clone());
     }
     for (key, ops) in by_key {
-        check_register(None, &ops).map_err(|explanation| Violation { key: format!("{key:?}"), explanation })?;
+        check_register(None, &ops).map_err(|explanation| Violation {
+            key: format!("{key:?}"),
+            explanation,
+        })?;
     }
     Ok(())
 }
@@ -179,15 +195,30 @@ mod tests {
     use super::*;
 
     fn w(client: usize, call: u64, ret: Option<u64>, v: u32) -> Operation<u32> {
-        Operation { client, call, ret, kind: OpKind::Write(v) }
+        Operation {
+            client,
+            call,
+            ret,
+            kind: OpKind::Write(v),
+        }
     }
     fn r(client: usize, call: u64, ret: u64, v: Option<u32>) -> Operation<u32> {
-        Operation { client, call, ret: Some(ret), kind: OpKind::Read(v) }
+        Operation {
+            client,
+            call,
+            ret: Some(ret),
+            kind: OpKind::Read(v),
+        }
     }
 
     #[test]
     fn sequential_history_is_linearizable() {
-        let h = [w(0, 0, Some(1), 1), r(1, 2, 3, Some(1)), w(0, 4, Some(5), 2), r(1, 6, 7, Some(2))];
+        let h = [
+            w(0, 0, Some(1), 1),
+            r(1, 2, 3, Some(1)),
+            w(0, 4, Some(5), 2),
+            r(1, 6, 7, Some(2)),
+        ];
         assert!(check_register(None, &h).is_ok());
     }
 
@@ -200,7 +231,11 @@ mod tests {
 
     #[test]
     fn stale_read_after_acknowledged_write_is_caught() {
-        let h = [w(0, 0, Some(1), 1), w(0, 2, Some(3), 2), r(1, 4, 5, Some(1))];
+        let h = [
+            w(0, 0, Some(1), 1),
+            w(0, 2, Some(3), 2),
+            r(1, 4, 5, Some(1)),
+        ];
         let err = check_register(None, &h).expect_err("stale read");
         assert!(err.contains("no linearization"), "{err}");
     }
@@ -208,7 +243,12 @@ mod tests {
     #[test]
     fn new_then_old_across_reads_is_caught() {
         // Write of 2 overlaps both reads, but a read saw 2 and a later read saw 1.
-        let h = [w(0, 0, Some(1), 1), w(0, 2, Some(20), 2), r(1, 3, 4, Some(2)), r(2, 5, 6, Some(1))];
+        let h = [
+            w(0, 0, Some(1), 1),
+            w(0, 2, Some(20), 2),
+            r(1, 3, 4, Some(2)),
+            r(2, 5, 6, Some(1)),
+        ];
         assert!(check_register(None, &h).is_err());
     }
 

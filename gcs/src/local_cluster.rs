@@ -56,16 +56,25 @@ pub struct LocalCluster {
 
 /// A free loopback port (bound and released; the caller binds it soon after).
 pub fn free_loopback_address() -> Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Listen { address: "127.0.0.1:0".into(), source })?;
-    let address = listener
-        .local_addr()
-        .map_err(|source| Error::Listen { address: "127.0.0.1:0".into(), source })?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Listen {
+        address: "127.0.0.1:0".into(),
+        source,
+    })?;
+    let address = listener.local_addr().map_err(|source| Error::Listen {
+        address: "127.0.0.1:0".into(),
+        source,
+    })?;
     Ok(address.to_string())
 }
 
 impl LocalCluster {
     /// Starts replicas 1..=n of `binary` (the `fleet` executable) under `base_dir`.
-    pub fn start(binary: &Path, base_dir: &Path, n: u64, options: LocalClusterOptions) -> Result<Self> {
+    pub fn start(
+        binary: &Path,
+        base_dir: &Path,
+        n: u64,
+        options: LocalClusterOptions,
+    ) -> Result<Self> {
         let mut replicas = BTreeMap::new();
         for id in 1..=n {
             replicas.insert(
@@ -100,25 +109,46 @@ impl LocalCluster {
         let peers = self.initial_peers.clone();
         let options = self.options.clone();
         let binary = self.binary.clone();
-        let replica = self.replicas.get_mut(&id).ok_or_else(|| Error::InvalidRequest(format!("no replica {id}")))?;
+        let replica = self
+            .replicas
+            .get_mut(&id)
+            .ok_or_else(|| Error::InvalidRequest(format!("no replica {id}")))?;
         let log = File::options()
             .create(true)
             .append(true)
             .open(&replica.log)
-            .map_err(|e| Error::StorageWrite { path: replica.log.clone(), reason: e.to_string() })?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| Error::StorageWrite { path: replica.log.clone(), reason: e.to_string() })?;
+            .map_err(|e| Error::StorageWrite {
+                path: replica.log.clone(),
+                reason: e.to_string(),
+            })?;
+        let log_err = log.try_clone().map_err(|e| Error::StorageWrite {
+            path: replica.log.clone(),
+            reason: e.to_string(),
+        })?;
         let mut command = Command::new(&binary);
         command
-            .args(["gcs", "--id", &id.to_string(), "--listen", &replica.address, "--peers", &peers])
+            .args([
+                "gcs",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                &replica.address,
+                "--peers",
+                &peers,
+            ])
             .arg("--data-dir")
             .arg(&replica.data_dir)
             .args(["--cluster-name", &options.cluster_name])
             .args(["--tick-ms", &options.tick_ms.to_string()])
             .args(["--election-ticks", &options.election_ticks.to_string()])
-            .args(["--snapshot-threshold", &options.snapshot_threshold.to_string()])
-            .env("RUST_LOG", std::env::var("FLEET_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .args([
+                "--snapshot-threshold",
+                &options.snapshot_threshold.to_string(),
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("FLEET_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -138,7 +168,11 @@ impl LocalCluster {
 
     /// Every replica's address, comma-separated (the `--address` form).
     pub fn addresses(&self) -> String {
-        self.replicas.values().map(|r| r.address.clone()).collect::<Vec<_>>().join(",")
+        self.replicas
+            .values()
+            .map(|r| r.address.clone())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// One replica's address.
@@ -173,8 +207,10 @@ impl LocalCluster {
     pub fn wipe(&mut self, id: u64) -> Result<()> {
         if let Some(replica) = self.replicas.get(&id) {
             if replica.data_dir.exists() {
-                std::fs::remove_dir_all(&replica.data_dir)
-                    .map_err(|e| Error::StorageWrite { path: replica.data_dir.clone(), reason: e.to_string() })?;
+                std::fs::remove_dir_all(&replica.data_dir).map_err(|e| Error::StorageWrite {
+                    path: replica.data_dir.clone(),
+                    reason: e.to_string(),
+                })?;
             }
         }
         Ok(())
@@ -234,7 +270,10 @@ impl LocalCluster {
                 }
             }
             if started.elapsed() > timeout {
-                return Err(Error::Timeout { what: "a GCS leader", millis: timeout.as_millis() as u64 });
+                return Err(Error::Timeout {
+                    what: "a GCS leader",
+                    millis: timeout.as_millis() as u64,
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

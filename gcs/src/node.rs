@@ -32,6 +32,9 @@ use crate::transport::{PeerFeedback, PeerTransport};
 pub use logger::tracing_logger;
 
 /// A request from the client-facing service to the driver.
+// Proposals are the hot path: boxing the write would cost an allocation per request to save
+// a few bytes of channel slot.
+#[allow(clippy::large_enum_variant)]
 pub enum NodeRequest {
     /// Replicate a write; answered once applied.
     Propose {
@@ -196,10 +199,12 @@ impl Driver {
         let mut state = StateMachine::new(config.watch_history);
         let snapshot = store.latest_snapshot();
         if !snapshot.data.is_empty() {
-            state.restore_bytes(&snapshot.data).map_err(|reason| Error::CorruptDataDir {
-                path: config.data_dir.clone(),
-                reason,
-            })?;
+            state
+                .restore_bytes(&snapshot.data)
+                .map_err(|reason| Error::CorruptDataDir {
+                    path: config.data_dir.clone(),
+                    reason,
+                })?;
         }
         state.advance(store.snapshot_index());
         let applied = store.snapshot_index();
@@ -302,7 +307,10 @@ impl Driver {
             self.update_view();
             self.maybe_compact()?;
             if self.removed {
-                tracing::warn!(id = self.config.id, "this replica was removed from the cluster; stopping");
+                tracing::warn!(
+                    id = self.config.id,
+                    "this replica was removed from the cluster; stopping"
+                );
                 break;
             }
         }
@@ -329,7 +337,9 @@ impl Driver {
                     message.commit = last;
                 }
             }
-            MessageType::MsgAppendResponse if message.reject && self.raw.raft.state == StateRole::Leader => {
+            MessageType::MsgAppendResponse
+                if message.reject && self.raw.raft.state == StateRole::Leader =>
+            {
                 let hint = message.reject_hint;
                 if let Some(progress) = self.raw.raft.mut_prs().get_mut(message.from) {
                     if hint < progress.matched {
@@ -395,8 +405,10 @@ impl Driver {
                     let _ = respond.send(Err(self.handle.not_leader()));
                     return;
                 }
-                let mut cc = ConfChange::default();
-                cc.node_id = change.id;
+                let mut cc = ConfChange {
+                    node_id: change.id,
+                    ..ConfChange::default()
+                };
                 cc.set_change_type(match MemberChange::try_from(change.change) {
                     Ok(MemberChange::AddVoter) => ConfChangeType::AddNode,
                     Ok(MemberChange::AddLearner) => ConfChangeType::AddLearnerNode,
@@ -439,13 +451,25 @@ impl Driver {
         let state = self.handle.state.read().unwrap_or_else(|e| e.into_inner());
         let store = self.raw.store();
         let conf = store.conf_state();
-        let addresses = self.handle.addresses.read().unwrap_or_else(|e| e.into_inner());
+        let addresses = self
+            .handle
+            .addresses
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         let address_of = |id: &u64| addresses.get(id).cloned().unwrap_or_default();
         let members = conf
             .voters
             .iter()
-            .map(|id| Member { id: *id, address: address_of(id), voter: true })
-            .chain(conf.learners.iter().map(|id| Member { id: *id, address: address_of(id), voter: false }))
+            .map(|id| Member {
+                id: *id,
+                address: address_of(id),
+                voter: true,
+            })
+            .chain(conf.learners.iter().map(|id| Member {
+                id: *id,
+                address: address_of(id),
+                voter: false,
+            }))
             .collect();
         StatusResponse {
             id: self.config.id,
@@ -465,9 +489,15 @@ impl Driver {
 
     fn update_view(&mut self) {
         let raft = &self.raw.raft;
-        self.handle.view.leader_id.store(raft.leader_id, Ordering::Release);
+        self.handle
+            .view
+            .leader_id
+            .store(raft.leader_id, Ordering::Release);
         self.handle.view.term.store(raft.term, Ordering::Release);
-        self.handle.view.role.store(role_code(raft.state), Ordering::Release);
+        self.handle
+            .view
+            .role
+            .store(role_code(raft.state), Ordering::Release);
         let is_leader = raft.state == StateRole::Leader;
         if self.was_leader && !is_leader {
             // Proposals of a deposed leader may or may not commit; the client retries and the
@@ -545,11 +575,17 @@ impl Driver {
         let index = snapshot.get_metadata().index;
         {
             let mut state = self.handle.state.write().unwrap_or_else(|e| e.into_inner());
-            state.restore_bytes(&snapshot.data).map_err(|reason| Error::CorruptDataDir {
-                path: self.config.data_dir.clone(),
-                reason: format!("snapshot at {index} from the leader: {reason}"),
-            })?;
-            let mut addresses = self.handle.addresses.write().unwrap_or_else(|e| e.into_inner());
+            state
+                .restore_bytes(&snapshot.data)
+                .map_err(|reason| Error::CorruptDataDir {
+                    path: self.config.data_dir.clone(),
+                    reason: format!("snapshot at {index} from the leader: {reason}"),
+                })?;
+            let mut addresses = self
+                .handle
+                .addresses
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             for (id, member) in state.members() {
                 addresses.insert(*id, member.address.clone());
             }
@@ -584,7 +620,9 @@ impl Driver {
                         Err(error) => {
                             state.advance(index);
                             tracing::error!(index, %error, "skipping undecodable log entry");
-                            Err(Error::InvalidRequest(format!("undecodable write at {index}: {error}")))
+                            Err(Error::InvalidRequest(format!(
+                                "undecodable write at {index}: {error}"
+                            )))
                         }
                     };
                     if let Some(seq) = mine {
@@ -593,13 +631,21 @@ impl Driver {
                 }
                 EntryType::EntryConfChange => {
                     let members = self.apply_conf_change(index, &entry.data)?;
-                    if let Some(Waiter::Member(tx)) = mine.and_then(|seq| self.waiters.remove(&seq)) {
+                    if let Some(Waiter::Member(tx)) = mine.and_then(|seq| self.waiters.remove(&seq))
+                    {
                         let _ = tx.send(Ok(members));
                     }
                 }
                 EntryType::EntryConfChangeV2 => {
-                    tracing::error!(index, "ConfChangeV2 entries are not proposed by Fleet; skipped");
-                    self.handle.state.write().unwrap_or_else(|e| e.into_inner()).advance(index);
+                    tracing::error!(
+                        index,
+                        "ConfChangeV2 entries are not proposed by Fleet; skipped"
+                    );
+                    self.handle
+                        .state
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .advance(index);
                 }
             }
         }
@@ -608,7 +654,12 @@ impl Driver {
                 let _ = tx.send(answer);
             }
         }
-        let applied = self.handle.state.read().unwrap_or_else(|e| e.into_inner()).applied();
+        let applied = self
+            .handle
+            .state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .applied();
         let _ = self.applied_tx.send(applied);
         Ok(())
     }
@@ -618,7 +669,12 @@ impl Driver {
         if self.reads_ready.is_empty() {
             return;
         }
-        let applied = self.handle.state.read().unwrap_or_else(|e| e.into_inner()).applied();
+        let applied = self
+            .handle
+            .state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .applied();
         let mut still_waiting = Vec::new();
         for (index, batch) in self.reads_ready.drain(..) {
             if index <= applied {
@@ -633,10 +689,11 @@ impl Driver {
     }
 
     fn apply_conf_change(&mut self, index: u64, data: &[u8]) -> Result<Vec<Member>> {
-        let cc: ConfChange = decode_pb(data, "conf change").map_err(|reason| Error::CorruptDataDir {
-            path: self.config.data_dir.clone(),
-            reason,
-        })?;
+        let cc: ConfChange =
+            decode_pb(data, "conf change").map_err(|reason| Error::CorruptDataDir {
+                path: self.config.data_dir.clone(),
+                reason,
+            })?;
         let conf_state = self.raw.apply_conf_change(&cc)?;
         self.raw.mut_store().set_conf_state(conf_state.clone())?;
         let address = String::from_utf8_lossy(&cc.context).into_owned();
@@ -644,7 +701,15 @@ impl Driver {
         match cc.get_change_type() {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                 let voter = cc.get_change_type() == ConfChangeType::AddNode;
-                state.set_member(index, cc.node_id, Some(Member { id: cc.node_id, address: address.clone(), voter }));
+                state.set_member(
+                    index,
+                    cc.node_id,
+                    Some(Member {
+                        id: cc.node_id,
+                        address: address.clone(),
+                        voter,
+                    }),
+                );
                 if !address.is_empty() {
                     self.handle
                         .addresses
@@ -670,7 +735,12 @@ impl Driver {
         if applied < store.snapshot_index() + self.config.snapshot_threshold {
             return Ok(());
         }
-        let data = self.handle.state.read().unwrap_or_else(|e| e.into_inner()).snapshot_bytes();
+        let data = self
+            .handle
+            .state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot_bytes();
         let conf_state = store.conf_state().clone();
         self.raw.mut_store().compact(applied, conf_state, data)?;
         tracing::debug!(index = applied, "log compacted behind a snapshot");

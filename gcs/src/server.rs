@@ -32,15 +32,19 @@ pub fn open_store(config: &GcsConfig, disk: Box<dyn RaftDisk>) -> Result<LogStor
         cluster_name: config.cluster_name.clone(),
     };
     let (mut store, _) = LogStore::open(disk, &identity).map_err(|error| match error {
-        Error::DataDirMismatch { found_id, found_cluster, expected_id, expected_cluster, .. } => {
-            Error::DataDirMismatch {
-                path: config.data_dir.clone(),
-                found_id,
-                found_cluster,
-                expected_id,
-                expected_cluster,
-            }
-        }
+        Error::DataDirMismatch {
+            found_id,
+            found_cluster,
+            expected_id,
+            expected_cluster,
+            ..
+        } => Error::DataDirMismatch {
+            path: config.data_dir.clone(),
+            found_id,
+            found_cluster,
+            expected_id,
+            expected_cluster,
+        },
         Error::CorruptDataDir { reason, .. } => Error::CorruptDataDir {
             path: config.data_dir.clone(),
             reason,
@@ -54,7 +58,11 @@ pub fn open_store(config: &GcsConfig, disk: Box<dyn RaftDisk>) -> Result<LogStor
             members: config
                 .peers
                 .iter()
-                .map(|(id, address)| Member { id: *id, address: address.clone(), voter: true })
+                .map(|(id, address)| Member {
+                    id: *id,
+                    address: address.clone(),
+                    voter: true,
+                })
                 .collect(),
             ..StateSnapshot::default()
         };
@@ -125,15 +133,28 @@ where
 }
 
 /// Binds `listen` and runs a replica on real TCP with sled storage in `config.data_dir`.
-pub async fn run_tcp(config: GcsConfig, listen: SocketAddr, shutdown: CancellationToken) -> Result<()> {
+pub async fn run_tcp(
+    config: GcsConfig,
+    listen: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<()> {
     config.validate()?;
-    let listener = TcpListener::bind(listen).await.map_err(|source| Error::Listen {
-        address: listen.to_string(),
-        source,
-    })?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| Error::Listen {
+            address: listen.to_string(),
+            source,
+        })?;
     let disk = SledDisk::open(&config.data_dir, config.fsync)?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    run(config, Box::new(disk), incoming, Arc::new(TcpConnector), shutdown).await
+    run(
+        config,
+        Box::new(disk),
+        incoming,
+        Arc::new(TcpConnector),
+        shutdown,
+    )
+    .await
 }
 
 /// A single-replica GCS running inside this process (embedded mode, tests).
@@ -147,13 +168,18 @@ pub struct EmbeddedGcs {
 impl EmbeddedGcs {
     /// Starts a one-replica group on a free loopback port with its data in `data_dir`.
     pub async fn start(data_dir: impl Into<std::path::PathBuf>) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|source| Error::Listen {
-            address: "127.0.0.1:0".into(),
-            source,
-        })?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|source| Error::Listen {
+                address: "127.0.0.1:0".into(),
+                source,
+            })?;
         let address = listener
             .local_addr()
-            .map_err(|source| Error::Listen { address: "127.0.0.1:0".into(), source })?
+            .map_err(|source| Error::Listen {
+                address: "127.0.0.1:0".into(),
+                source,
+            })?
             .to_string();
         let mut config = GcsConfig::single(address.clone(), data_dir);
         // One replica elects itself at once; short ticks make that first election quick.
@@ -161,8 +187,18 @@ impl EmbeddedGcs {
         let disk = SledDisk::open(&config.data_dir, config.fsync)?;
         let shutdown = CancellationToken::new();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let task = tokio::spawn(run(config, Box::new(disk), incoming, Arc::new(TcpConnector), shutdown.clone()));
-        Ok(EmbeddedGcs { address, shutdown, task })
+        let task = tokio::spawn(run(
+            config,
+            Box::new(disk),
+            incoming,
+            Arc::new(TcpConnector),
+            shutdown.clone(),
+        ));
+        Ok(EmbeddedGcs {
+            address,
+            shutdown,
+            task,
+        })
     }
 
     /// Stops it and waits.

@@ -37,7 +37,11 @@ impl GcsService {
         GcsService { node, shutdown }
     }
 
-    async fn ask<T>(&self, what: &'static str, build: impl FnOnce(oneshot::Sender<Result<T>>) -> NodeRequest) -> Result<T> {
+    async fn ask<T>(
+        &self,
+        what: &'static str,
+        build: impl FnOnce(oneshot::Sender<Result<T>>) -> NodeRequest,
+    ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.node
             .requests
@@ -60,8 +64,10 @@ impl GcsService {
         if !self.node.view.is_leader() {
             return Err(self.node.not_leader());
         }
-        self.ask("a read index confirmation", |respond| NodeRequest::ReadBarrier { respond })
-            .await
+        self.ask("a read index confirmation", |respond| {
+            NodeRequest::ReadBarrier { respond }
+        })
+        .await
     }
 }
 
@@ -69,16 +75,27 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Se
 
 #[tonic::async_trait]
 impl Gcs for GcsService {
-    async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
+    async fn write(
+        &self,
+        request: Request<WriteRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
         if !self.node.view.is_leader() {
             return Err(self.node.not_leader().into());
         }
         let request = request.into_inner();
-        if request.command.as_ref().and_then(|c| c.op.as_ref()).is_none() {
+        if request
+            .command
+            .as_ref()
+            .and_then(|c| c.op.as_ref())
+            .is_none()
+        {
             return Err(Error::InvalidRequest("write carries no command".into()).into());
         }
         let answer = self
-            .ask("the write to commit", |respond| NodeRequest::Propose { request, respond })
+            .ask("the write to commit", |respond| NodeRequest::Propose {
+                request,
+                respond,
+            })
             .await?;
         Ok(Response::new(answer))
     }
@@ -123,13 +140,20 @@ impl Gcs for GcsService {
         Ok(Response::new(status))
     }
 
-    async fn change_member(&self, request: Request<ChangeMemberRequest>) -> Result<Response<ChangeMemberResponse>, Status> {
+    async fn change_member(
+        &self,
+        request: Request<ChangeMemberRequest>,
+    ) -> Result<Response<ChangeMemberResponse>, Status> {
         let change = request.into_inner();
         if change.id == 0 {
-            return Err(Error::InvalidRequest("member id 0 is reserved; ids start at 1".into()).into());
+            return Err(
+                Error::InvalidRequest("member id 0 is reserved; ids start at 1".into()).into(),
+            );
         }
         let members = self
-            .ask("the membership change to commit", |respond| NodeRequest::ChangeMember { change, respond })
+            .ask("the membership change to commit", |respond| {
+                NodeRequest::ChangeMember { change, respond }
+            })
             .await?;
         Ok(Response::new(ChangeMemberResponse { members }))
     }
@@ -166,11 +190,13 @@ async fn serve_watch(
                 Some(resync(&state))
             } else if cursor <= applied {
                 match state.changes_since(cursor, &request.filters) {
-                    Some(events) if !events.is_empty() || applied > last_sent_version => Some(WatchResponse {
-                        resync: false,
-                        events,
-                        version: applied,
-                    }),
+                    Some(events) if !events.is_empty() || applied > last_sent_version => {
+                        Some(WatchResponse {
+                            resync: false,
+                            events,
+                            version: applied,
+                        })
+                    }
                     Some(_) => None,
                     None => Some(resync(&state)),
                 }
@@ -242,8 +268,9 @@ impl RaftTransport for RaftService {
             )));
         }
         for bytes in envelope.messages {
-            let message: Message = decode_pb(&bytes, "raft message")
-                .map_err(|reason| Status::invalid_argument(format!("from replica {}: {reason}", envelope.from)))?;
+            let message: Message = decode_pb(&bytes, "raft message").map_err(|reason| {
+                Status::invalid_argument(format!("from replica {}: {reason}", envelope.from))
+            })?;
             self.node
                 .raft_messages
                 .send(message)

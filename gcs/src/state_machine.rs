@@ -10,11 +10,10 @@ pub mod table;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use fleet_proto::gcs::{
-    command::Op, ActorInfo, ActorState, CachedResponse, CheckpointInfo, ClientSession,
-    JobInfo, JobState, LocationChange, Member, NodeInfo, NodeState, ObjectInfo,
-    PlacementGroupInfo, PlacementGroupState, ReadRequest, Record, RejectCode, Rejection,
-    StateSnapshot, Table as TableKind, TaskEvent, WatchEvent, WatchFilter, WriteRequest,
-    WriteResponse,
+    command::Op, ActorInfo, ActorState, CachedResponse, CheckpointInfo, ClientSession, JobInfo,
+    JobState, LocationChange, Member, NodeInfo, NodeState, ObjectInfo, PlacementGroupInfo,
+    PlacementGroupState, ReadRequest, Record, RejectCode, Rejection, StateSnapshot,
+    Table as TableKind, TaskEvent, WatchEvent, WatchFilter, WriteRequest, WriteResponse,
 };
 use prost::Message;
 
@@ -59,15 +58,15 @@ pub struct StateMachine {
     history_floor: u64,
 }
 
-fn reject(code: RejectCode, message: impl Into<String>, current: Option<Record>) -> Rejection {
-    Rejection {
+fn reject(code: RejectCode, message: impl Into<String>, current: Option<Record>) -> Box<Rejection> {
+    Box::new(Rejection {
         code: code as i32,
         message: message.into(),
         current,
-    }
+    })
 }
 
-type Applied = Result<(), Rejection>;
+type Applied = Result<(), Box<Rejection>>;
 
 impl StateMachine {
     /// An empty state machine that keeps `history_capacity` changes for watchers.
@@ -133,7 +132,7 @@ impl StateMachine {
             if request.seq < session.first_unacked {
                 return WriteResponse {
                     version: index,
-                    rejection: Some(reject(
+                    rejection: Some(*reject(
                         RejectCode::StaleSession,
                         format!(
                             "write {} of client {client_id:x} was already answered and forgotten",
@@ -147,20 +146,37 @@ impl StateMachine {
         let mut events = Vec::new();
         let outcome = match request.command.and_then(|c| c.op) {
             Some(op) => self.apply_op(index, op, &mut events),
-            None => Err(reject(RejectCode::InvalidArgument, "write carries no command", None)),
+            None => Err(reject(
+                RejectCode::InvalidArgument,
+                "write carries no command",
+                None,
+            )),
         };
         let response = WriteResponse {
             version: index,
-            rejection: outcome.err(),
+            rejection: outcome.err().map(|rejection| *rejection),
         };
         self.record_events(events);
         if client_id != 0 {
-            self.remember(index, client_id, request.seq, request.first_unacked, &response);
+            self.remember(
+                index,
+                client_id,
+                request.seq,
+                request.first_unacked,
+                &response,
+            );
         }
         response
     }
 
-    fn remember(&mut self, index: u64, client_id: u64, seq: u64, first_unacked: u64, response: &WriteResponse) {
+    fn remember(
+        &mut self,
+        index: u64,
+        client_id: u64,
+        seq: u64,
+        first_unacked: u64,
+        response: &WriteResponse,
+    ) {
         let session = self.sessions.entry(client_id).or_default();
         session.last_active_index = index;
         session.first_unacked = session.first_unacked.max(first_unacked);
@@ -198,14 +214,22 @@ impl StateMachine {
             Op::Noop(_) => Ok(()),
             Op::KvPut(put) => {
                 if put.namespace.contains('\0') {
-                    return Err(reject(RejectCode::InvalidArgument, "KV namespaces cannot contain NUL", None));
+                    return Err(reject(
+                        RejectCode::InvalidArgument,
+                        "KV namespaces cannot contain NUL",
+                        None,
+                    ));
                 }
                 let key = kv_key(&put.namespace, &put.key);
                 let current = self.kv.get(&key);
                 if put.if_absent {
                     if let Some(row) = current {
                         let record = self.kv.record(&key, row);
-                        return Err(reject(RejectCode::AlreadyExists, "key exists", Some(record)));
+                        return Err(reject(
+                            RejectCode::AlreadyExists,
+                            "key exists",
+                            Some(record),
+                        ));
                     }
                 }
                 if let Some(expected) = put.expected_version {
@@ -238,7 +262,11 @@ impl StateMachine {
             Op::MarkNodeDead(dead) => {
                 let key = dead.node_id.as_bytes().to_vec();
                 let Some(row) = self.nodes.get(&key) else {
-                    return Err(reject(RejectCode::NotFound, format!("no node {}", dead.node_id), None));
+                    return Err(reject(
+                        RejectCode::NotFound,
+                        format!("no node {}", dead.node_id),
+                        None,
+                    ));
                 };
                 if row.value.state == NodeState::NodeDead as i32 {
                     return Ok(());
@@ -256,7 +284,11 @@ impl StateMachine {
                 let key = job.job_id.as_bytes().to_vec();
                 if let Some(row) = self.jobs.get(&key) {
                     let record = self.jobs.record(&key, row);
-                    return Err(reject(RejectCode::AlreadyExists, format!("job {} exists", job.job_id), Some(record)));
+                    return Err(reject(
+                        RejectCode::AlreadyExists,
+                        format!("job {} exists", job.job_id),
+                        Some(record),
+                    ));
                 }
                 let mut job = job;
                 if job.state == JobState::Unspecified as i32 {
@@ -268,17 +300,29 @@ impl StateMachine {
             Op::FinishJob(finish) => {
                 let key = finish.job_id.as_bytes().to_vec();
                 let Some(row) = self.jobs.get(&key) else {
-                    return Err(reject(RejectCode::NotFound, format!("no job {}", finish.job_id), None));
+                    return Err(reject(
+                        RejectCode::NotFound,
+                        format!("no job {}", finish.job_id),
+                        None,
+                    ));
                 };
                 if row.value.state != JobState::JobRunning as i32 {
                     let record = self.jobs.record(&key, row);
-                    return Err(reject(RejectCode::InvalidTransition, format!("job {} is not running", finish.job_id), Some(record)));
+                    return Err(reject(
+                        RejectCode::InvalidTransition,
+                        format!("job {} is not running", finish.job_id),
+                        Some(record),
+                    ));
                 }
                 if !matches!(
                     JobState::try_from(finish.state),
                     Ok(JobState::JobSucceeded | JobState::JobFailed | JobState::JobStopped)
                 ) {
-                    return Err(reject(RejectCode::InvalidArgument, "a finished job's state must be SUCCEEDED, FAILED or STOPPED", None));
+                    return Err(reject(
+                        RejectCode::InvalidArgument,
+                        "a finished job's state must be SUCCEEDED, FAILED or STOPPED",
+                        None,
+                    ));
                 }
                 let mut job = row.value.clone();
                 job.state = finish.state;
@@ -291,12 +335,20 @@ impl StateMachine {
             Op::UpdateActor(update) => self.update_actor(v, update, ev),
             Op::CreatePlacementGroup(pg) => {
                 if pg.placement_group_id.is_empty() || pg.bundles.is_empty() {
-                    return Err(reject(RejectCode::InvalidArgument, "a placement group needs an id and at least one bundle", None));
+                    return Err(reject(
+                        RejectCode::InvalidArgument,
+                        "a placement group needs an id and at least one bundle",
+                        None,
+                    ));
                 }
                 let key = pg.placement_group_id.as_bytes().to_vec();
                 if let Some(row) = self.placement_groups.get(&key) {
                     let record = self.placement_groups.record(&key, row);
-                    return Err(reject(RejectCode::AlreadyExists, format!("placement group {} exists", pg.placement_group_id), Some(record)));
+                    return Err(reject(
+                        RejectCode::AlreadyExists,
+                        format!("placement group {} exists", pg.placement_group_id),
+                        Some(record),
+                    ));
                 }
                 let mut pg = pg;
                 if pg.state == PlacementGroupState::Unspecified as i32 {
@@ -308,20 +360,36 @@ impl StateMachine {
             Op::UpdatePlacementGroup(update) => {
                 let key = update.placement_group_id.as_bytes().to_vec();
                 let Some(row) = self.placement_groups.get(&key) else {
-                    return Err(reject(RejectCode::NotFound, format!("no placement group {}", update.placement_group_id), None));
+                    return Err(reject(
+                        RejectCode::NotFound,
+                        format!("no placement group {}", update.placement_group_id),
+                        None,
+                    ));
                 };
                 if row.value.state != update.expected_state {
                     let record = self.placement_groups.record(&key, row);
-                    return Err(reject(RejectCode::CasFailed, "placement group state changed", Some(record)));
+                    return Err(reject(
+                        RejectCode::CasFailed,
+                        "placement group state changed",
+                        Some(record),
+                    ));
                 }
                 if row.value.state == PlacementGroupState::PgRemoved as i32 {
-                    return Err(reject(RejectCode::InvalidTransition, "placement group was removed", None));
+                    return Err(reject(
+                        RejectCode::InvalidTransition,
+                        "placement group was removed",
+                        None,
+                    ));
                 }
                 let mut pg = row.value.clone();
                 pg.state = update.new_state;
                 if !update.bundles.is_empty() {
                     if update.bundles.len() != pg.bundles.len() {
-                        return Err(reject(RejectCode::InvalidArgument, "bundle count cannot change", None));
+                        return Err(reject(
+                            RejectCode::InvalidArgument,
+                            "bundle count cannot change",
+                            None,
+                        ));
                     }
                     pg.bundles = update.bundles;
                 }
@@ -331,7 +399,11 @@ impl StateMachine {
             Op::RemovePlacementGroup(remove) => {
                 let key = remove.placement_group_id.as_bytes().to_vec();
                 let Some(row) = self.placement_groups.get(&key) else {
-                    return Err(reject(RejectCode::NotFound, format!("no placement group {}", remove.placement_group_id), None));
+                    return Err(reject(
+                        RejectCode::NotFound,
+                        format!("no placement group {}", remove.placement_group_id),
+                        None,
+                    ));
                 };
                 let mut pg = row.value.clone();
                 pg.state = PlacementGroupState::PgRemoved as i32;
@@ -361,10 +433,18 @@ impl StateMachine {
             }
             Op::CommitCheckpoint(commit) => {
                 let Some(checkpoint) = commit.checkpoint else {
-                    return Err(reject(RejectCode::InvalidArgument, "commit carries no checkpoint", None));
+                    return Err(reject(
+                        RejectCode::InvalidArgument,
+                        "commit carries no checkpoint",
+                        None,
+                    ));
                 };
                 if checkpoint.owner_id.is_empty() {
-                    return Err(reject(RejectCode::InvalidArgument, "checkpoint owner_id is empty", None));
+                    return Err(reject(
+                        RejectCode::InvalidArgument,
+                        "checkpoint owner_id is empty",
+                        None,
+                    ));
                 }
                 let key = checkpoint.owner_id.as_bytes().to_vec();
                 if let Some(row) = self.checkpoints.get(&key) {
@@ -388,7 +468,11 @@ impl StateMachine {
 
     fn register_node(&mut self, v: u64, node: NodeInfo, ev: &mut Vec<WatchEvent>) -> Applied {
         if node.node_id.is_empty() {
-            return Err(reject(RejectCode::InvalidArgument, "node_id is empty", None));
+            return Err(reject(
+                RejectCode::InvalidArgument,
+                "node_id is empty",
+                None,
+            ));
         }
         let key = node.node_id.as_bytes().to_vec();
         if let Some(row) = self.nodes.get(&key) {
@@ -412,15 +496,29 @@ impl StateMachine {
 
     fn register_actor(&mut self, v: u64, actor: ActorInfo, ev: &mut Vec<WatchEvent>) -> Applied {
         if actor.actor_id.is_empty() {
-            return Err(reject(RejectCode::InvalidArgument, "actor_id is empty", None));
+            return Err(reject(
+                RejectCode::InvalidArgument,
+                "actor_id is empty",
+                None,
+            ));
         }
         let key = actor.actor_id.as_bytes().to_vec();
         if let Some(row) = self.actors.get(&key) {
             let record = self.actors.record(&key, row);
-            return Err(reject(RejectCode::AlreadyExists, format!("actor {} exists", actor.actor_id), Some(record)));
+            return Err(reject(
+                RejectCode::AlreadyExists,
+                format!("actor {} exists", actor.actor_id),
+                Some(record),
+            ));
         }
-        if actor.state != ActorState::Unspecified as i32 && actor.state != ActorState::ActorPending as i32 {
-            return Err(reject(RejectCode::InvalidTransition, "actors are registered PENDING", None));
+        if actor.state != ActorState::Unspecified as i32
+            && actor.state != ActorState::ActorPending as i32
+        {
+            return Err(reject(
+                RejectCode::InvalidTransition,
+                "actors are registered PENDING",
+                None,
+            ));
         }
         if !actor.name.is_empty() {
             let name_key = (actor.namespace.clone(), actor.name.clone());
@@ -446,11 +544,20 @@ impl StateMachine {
         Ok(())
     }
 
-    fn update_actor(&mut self, v: u64, update: fleet_proto::gcs::UpdateActor, ev: &mut Vec<WatchEvent>) -> Applied {
+    fn update_actor(
+        &mut self,
+        v: u64,
+        update: fleet_proto::gcs::UpdateActor,
+        ev: &mut Vec<WatchEvent>,
+    ) -> Applied {
         use ActorState::*;
         let key = update.actor_id.as_bytes().to_vec();
         let Some(row) = self.actors.get(&key) else {
-            return Err(reject(RejectCode::NotFound, format!("no actor {}", update.actor_id), None));
+            return Err(reject(
+                RejectCode::NotFound,
+                format!("no actor {}", update.actor_id),
+                None,
+            ));
         };
         let record = self.actors.record(&key, row);
         if row.value.state != update.expected_state {
@@ -476,14 +583,21 @@ impl StateMachine {
         if !legal {
             return Err(reject(
                 RejectCode::InvalidTransition,
-                format!("actor {} cannot go from {from:?} to {to:?}", update.actor_id),
+                format!(
+                    "actor {} cannot go from {from:?} to {to:?}",
+                    update.actor_id
+                ),
                 Some(record),
             ));
         }
         let mut actor = row.value.clone();
         if update.count_restart {
             if to != ActorRestarting {
-                return Err(reject(RejectCode::InvalidArgument, "count_restart goes with RESTARTING", None));
+                return Err(reject(
+                    RejectCode::InvalidArgument,
+                    "count_restart goes with RESTARTING",
+                    None,
+                ));
             }
             if actor.max_restarts >= 0 && actor.num_restarts >= actor.max_restarts as u32 {
                 return Err(reject(
@@ -515,17 +629,26 @@ impl StateMachine {
         Ok(())
     }
 
-    fn apply_location(&mut self, v: u64, update: fleet_proto::gcs::ObjectLocationUpdate, ev: &mut Vec<WatchEvent>) {
+    fn apply_location(
+        &mut self,
+        v: u64,
+        update: fleet_proto::gcs::ObjectLocationUpdate,
+        ev: &mut Vec<WatchEvent>,
+    ) {
         let key = update.object_id.as_bytes().to_vec();
         let change = LocationChange::try_from(update.change).unwrap_or(LocationChange::LocationAdd);
         if change == LocationChange::LocationFree {
             self.objects.delete(&key, v, ev);
             return;
         }
-        let mut object = self.objects.get(&key).map(|row| row.value.clone()).unwrap_or_else(|| ObjectInfo {
-            object_id: update.object_id.clone(),
-            ..ObjectInfo::default()
-        });
+        let mut object = self
+            .objects
+            .get(&key)
+            .map(|row| row.value.clone())
+            .unwrap_or_else(|| ObjectInfo {
+                object_id: update.object_id.clone(),
+                ..ObjectInfo::default()
+            });
         match change {
             LocationChange::LocationAdd => {
                 if let Err(at) = object.node_ids.binary_search(&update.node_id) {
@@ -547,15 +670,27 @@ impl StateMachine {
 
     /// Serves a read from the applied state.
     pub fn read(&self, request: &ReadRequest) -> Vec<Record> {
-        let limit = if request.limit == 0 { usize::MAX } else { request.limit as usize };
+        let limit = if request.limit == 0 {
+            usize::MAX
+        } else {
+            request.limit as usize
+        };
         let kind = TableKind::try_from(request.table).unwrap_or(TableKind::Unspecified);
         macro_rules! scan {
             ($table:expr, $key:expr) => {{
                 let key: Vec<u8> = $key;
                 if request.prefix {
-                    $table.scan_prefix(&key).take(limit).map(|(k, row)| $table.record(k, row)).collect()
+                    $table
+                        .scan_prefix(&key)
+                        .take(limit)
+                        .map(|(k, row)| $table.record(k, row))
+                        .collect()
                 } else {
-                    $table.get(&key).map(|row| $table.record(&key, row)).into_iter().collect()
+                    $table
+                        .get(&key)
+                        .map(|row| $table.record(&key, row))
+                        .into_iter()
+                        .collect()
                 }
             }};
         }
@@ -574,7 +709,9 @@ impl StateMachine {
 
     /// Looks up a live named actor.
     pub fn named_actor(&self, namespace: &str, name: &str) -> Option<&ActorInfo> {
-        let id = self.actor_names.get(&(namespace.to_string(), name.to_string()))?;
+        let id = self
+            .actor_names
+            .get(&(namespace.to_string(), name.to_string()))?;
         self.actors.get(id.as_bytes()).map(|row| &row.value)
     }
 
@@ -588,7 +725,11 @@ impl StateMachine {
         Some(
             self.history
                 .range(start..)
-                .filter(|e| e.record.as_ref().is_some_and(|r| matches_filters(r, filters)))
+                .filter(|e| {
+                    e.record
+                        .as_ref()
+                        .is_some_and(|r| matches_filters(r, filters))
+                })
                 .cloned()
                 .collect(),
         )
@@ -618,7 +759,15 @@ impl StateMachine {
                 records.extend($table.iter().map(|(k, row)| $table.record(k, row)));
             )*};
         }
-        dump!(self.nodes, self.jobs, self.actors, self.placement_groups, self.objects, self.checkpoints, self.kv);
+        dump!(
+            self.nodes,
+            self.jobs,
+            self.actors,
+            self.placement_groups,
+            self.objects,
+            self.checkpoints,
+            self.kv
+        );
         // Task events in insertion order, so eviction order survives a restore.
         for key in &self.task_event_order {
             if let Some(row) = self.task_events.get(key) {
@@ -681,9 +830,10 @@ impl StateMachine {
         for (_, row) in fresh.actors.iter() {
             let actor = &row.value;
             if !actor.name.is_empty() && actor.state != ActorState::ActorDead as i32 {
-                fresh
-                    .actor_names
-                    .insert((actor.namespace.clone(), actor.name.clone()), actor.actor_id.clone());
+                fresh.actor_names.insert(
+                    (actor.namespace.clone(), actor.name.clone()),
+                    actor.actor_id.clone(),
+                );
             }
         }
         for session in snapshot.sessions {
@@ -707,7 +857,8 @@ impl StateMachine {
 
     /// Restores from encoded snapshot bytes.
     pub fn restore_bytes(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let snapshot = StateSnapshot::decode(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
+        let snapshot =
+            StateSnapshot::decode(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
         self.restore(snapshot)
     }
 }

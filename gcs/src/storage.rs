@@ -123,8 +123,7 @@ impl LogStore {
     }
 
     fn check_contiguous(&self) -> Result<()> {
-        let mut expected = self.snapshot_index() + 1;
-        for entry in &self.entries {
+        for (expected, entry) in (self.snapshot_index() + 1..).zip(self.entries.iter()) {
             if entry.index != expected {
                 return Err(Error::CorruptDataDir {
                     path: Default::default(),
@@ -134,7 +133,6 @@ impl LogStore {
                     ),
                 });
             }
-            expected += 1;
         }
         Ok(())
     }
@@ -147,9 +145,11 @@ impl LogStore {
         snapshot.mut_metadata().term = 1;
         snapshot.mut_metadata().set_conf_state(conf_state);
         snapshot.data = data.into();
-        let mut hard_state = HardState::default();
-        hard_state.term = 1;
-        hard_state.commit = 1;
+        let hard_state = HardState {
+            term: 1,
+            commit: 1,
+            ..HardState::default()
+        };
         self.apply_snapshot(snapshot)?;
         self.set_hard_state(hard_state)
     }
@@ -171,7 +171,9 @@ impl LogStore {
 
     /// The last log index (the snapshot's when the log is empty).
     pub fn last_log_index(&self) -> u64 {
-        self.entries.last().map_or(self.snapshot_index(), |e| e.index)
+        self.entries
+            .last()
+            .map_or(self.snapshot_index(), |e| e.index)
     }
 
     /// The current conf state.
@@ -363,11 +365,12 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8].into(),
+            ..Entry::default()
+        }
     }
 
     fn identity() -> Identity {
@@ -391,7 +394,9 @@ mod tests {
             .persist(vec![entry(5, 2), entry(6, 2), entry(7, 2)], None)
             .expect("overwrite");
         assert_eq!(store.term(6).expect("term"), 2);
-        store.compact(4, store.conf_state().clone(), b"s4".to_vec()).expect("compact");
+        store
+            .compact(4, store.conf_state().clone(), b"s4".to_vec())
+            .expect("compact");
         assert_eq!(store.first_index().expect("first"), 5);
         assert!(matches!(
             store.entries(3, 6, None, GetEntriesContext::empty(false)),
@@ -407,7 +412,10 @@ mod tests {
             .entries(5, 8, None, GetEntriesContext::empty(false))
             .expect("entries");
         assert_eq!(
-            entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            entries
+                .iter()
+                .map(|e| (e.index, e.term))
+                .collect::<Vec<_>>(),
             vec![(5, 2), (6, 2), (7, 2)]
         );
         assert_eq!(store.conf_state().voters, vec![1, 2, 3]);

@@ -203,7 +203,9 @@ impl PeerTask {
                     Err(error) => tracing::error!(%error, "cannot encode raft message"),
                 }
             }
-            let Some((_, c)) = client.as_mut() else { continue };
+            let Some((_, c)) = client.as_mut() else {
+                continue;
+            };
             let sent = tokio::time::timeout(Duration::from_secs(5), c.send(envelope)).await;
             let ok = matches!(sent, Ok(Ok(_)));
             if !ok {
@@ -212,13 +214,19 @@ impl PeerTask {
                     Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
                         tracing::error!(to = self.to, %address, "{}", status.message());
                     }
-                    Ok(Err(status)) => tracing::debug!(to = self.to, %address, %status, "send to peer failed"),
+                    Ok(Err(status)) => {
+                        tracing::debug!(to = self.to, %address, %status, "send to peer failed")
+                    }
                     Err(_) => tracing::debug!(to = self.to, %address, "send to peer timed out"),
                 }
                 let _ = self.feedback.try_send(PeerFeedback::Unreachable(self.to));
             }
             for to in snapshots {
-                let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
                 let _ = self.feedback.try_send(PeerFeedback::Snapshot(to, status));
             }
         }

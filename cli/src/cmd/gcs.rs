@@ -120,10 +120,12 @@ impl GcsCommand {
 }
 
 async fn run_replica(args: ReplicaArgs) -> anyhow::Result<()> {
-    let listen: SocketAddr = args
-        .listen
-        .parse()
-        .with_context(|| format!("--listen '{}' is not an IP:PORT address (e.g. 127.0.0.1:6380)", args.listen))?;
+    let listen: SocketAddr = args.listen.parse().with_context(|| {
+        format!(
+            "--listen '{}' is not an IP:PORT address (e.g. 127.0.0.1:6380)",
+            args.listen
+        )
+    })?;
     let advertise = args.advertise.unwrap_or_else(|| args.listen.clone());
     let peers = match &args.peers {
         Some(spec) => parse_peers(spec)?,
@@ -142,7 +144,9 @@ async fn run_replica(args: ReplicaArgs) -> anyhow::Result<()> {
         id: args.id,
         advertise_address: advertise,
         peers,
-        data_dir: args.data_dir.unwrap_or_else(|| PathBuf::from(format!("fleet-gcs-{}", args.id))),
+        data_dir: args
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("fleet-gcs-{}", args.id))),
         cluster_name: args.cluster_name,
         join: args.join,
         tick_interval: Duration::from_millis(args.tick_ms),
@@ -186,21 +190,43 @@ async fn status(address_args: &AddressArgs, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let reachable: Vec<_> = rows.iter().filter(|r| r.get("error").is_none()).collect();
-    if let Some(leader) = reachable.iter().find(|r| r["role"] == "leader").or(reachable.first()) {
+    if let Some(leader) = reachable
+        .iter()
+        .find(|r| r["role"] == "leader")
+        .or(reachable.first())
+    {
         let members: Vec<String> = leader["members"]
             .as_array()
             .map(|ms| {
                 ms.iter()
-                    .map(|m| format!("{}@{}{}", m["id"], m["address"].as_str().unwrap_or(""), if m["voter"] == true { "" } else { " (learner)" }))
+                    .map(|m| {
+                        format!(
+                            "{}@{}{}",
+                            m["id"],
+                            m["address"].as_str().unwrap_or(""),
+                            if m["voter"] == true { "" } else { " (learner)" }
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        println!("cluster {}  members: {}", leader["cluster_name"].as_str().unwrap_or(""), members.join(", "));
+        println!(
+            "cluster {}  members: {}",
+            leader["cluster_name"].as_str().unwrap_or(""),
+            members.join(", ")
+        );
     }
-    println!("{:<22} {:>3} {:<10} {:>6} {:>6} {:>10} {:>10} {:>10}", "ADDRESS", "ID", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED", "SNAPSHOT");
+    println!(
+        "{:<22} {:>3} {:<10} {:>6} {:>6} {:>10} {:>10} {:>10}",
+        "ADDRESS", "ID", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED", "SNAPSHOT"
+    );
     for row in &rows {
         if let Some(error) = row.get("error") {
-            println!("{:<22} unreachable: {}", row["address"].as_str().unwrap_or(""), error.as_str().unwrap_or(""));
+            println!(
+                "{:<22} unreachable: {}",
+                row["address"].as_str().unwrap_or(""),
+                error.as_str().unwrap_or("")
+            );
             continue;
         }
         println!(
@@ -223,11 +249,20 @@ async fn status(address_args: &AddressArgs, json: bool) -> anyhow::Result<()> {
 
 async fn member(change: MemberAction) -> anyhow::Result<()> {
     let (address, kind, id, peer_address) = match change {
-        MemberAction::Add { address, id, peer_address, learner } => {
+        MemberAction::Add {
+            address,
+            id,
+            peer_address,
+            learner,
+        } => {
             if peer_address.parse::<SocketAddr>().is_err() && !peer_address.contains(':') {
                 bail!("--peer-address '{peer_address}' is not HOST:PORT");
             }
-            let kind = if learner { MemberChange::AddLearner } else { MemberChange::AddVoter };
+            let kind = if learner {
+                MemberChange::AddLearner
+            } else {
+                MemberChange::AddVoter
+            };
             (address, kind, id, peer_address)
         }
         MemberAction::Remove { address, id } => (address, MemberChange::Remove, id, String::new()),
@@ -235,7 +270,12 @@ async fn member(change: MemberAction) -> anyhow::Result<()> {
     let client = address.client()?;
     let members = client.change_member(kind, id, &peer_address).await?;
     for m in members {
-        println!("{}\t{}\t{}", m.id, m.address, if m.voter { "voter" } else { "learner" });
+        println!(
+            "{}\t{}\t{}",
+            m.id,
+            m.address,
+            if m.voter { "voter" } else { "learner" }
+        );
     }
     Ok(())
 }

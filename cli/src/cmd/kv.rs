@@ -56,9 +56,15 @@ impl KvCommand {
         let client = self.address.client()?;
         let ns = &self.namespace;
         match self.action {
-            KvAction::Put { key, value, if_absent } => {
+            KvAction::Put {
+                key,
+                value,
+                if_absent,
+            } => {
                 let version = if if_absent {
-                    client.kv_compare_and_set(ns, key.as_bytes(), value.as_bytes(), 0).await?
+                    client
+                        .kv_compare_and_set(ns, key.as_bytes(), value.as_bytes(), 0)
+                        .await?
                 } else {
                     client.kv_put(ns, key.as_bytes(), value.as_bytes()).await?
                 };
@@ -83,11 +89,13 @@ impl KvCommand {
                 if json {
                     let rows: Vec<_> = records
                         .iter()
-                        .map(|r| serde_json::json!({
-                            "key": String::from_utf8_lossy(&r.key),
-                            "value": String::from_utf8_lossy(&r.value),
-                            "mod_version": r.mod_version,
-                        }))
+                        .map(|r| {
+                            serde_json::json!({
+                                "key": String::from_utf8_lossy(&r.key),
+                                "value": String::from_utf8_lossy(&r.value),
+                                "mod_version": r.mod_version,
+                            })
+                        })
                         .collect();
                     println!("{}", serde_json::to_string_pretty(&rows)?);
                 } else {

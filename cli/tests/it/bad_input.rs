@@ -7,17 +7,43 @@ use anyhow::{ensure, Result};
 use crate::{fleet_binary, serial};
 
 fn fleet(args: &[&str]) -> Result<(bool, String)> {
-    let output = Command::new(fleet_binary()).args(args).env("RUST_LOG", "error").output()?;
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(fleet_binary())
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     Ok((output.status.success(), text))
 }
 
 #[test]
 fn malformed_flags_name_the_flag() -> Result<()> {
     let _serial = serial();
-    let (ok, out) = fleet(&["gcs", "--id", "1", "--listen", "127.0.0.1:0", "--peers", "1=127.0.0.1:1,x=y"])?;
-    ensure!(!ok && out.contains("--peers") && out.contains("'x'"), "{out}");
-    let (ok, out) = fleet(&["gcs", "--id", "2", "--listen", "127.0.0.1:1", "--peers", "1=127.0.0.1:1"])?;
+    let (ok, out) = fleet(&[
+        "gcs",
+        "--id",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--peers",
+        "1=127.0.0.1:1,x=y",
+    ])?;
+    ensure!(
+        !ok && out.contains("--peers") && out.contains("'x'"),
+        "{out}"
+    );
+    let (ok, out) = fleet(&[
+        "gcs",
+        "--id",
+        "2",
+        "--listen",
+        "127.0.0.1:1",
+        "--peers",
+        "1=127.0.0.1:1",
+    ])?;
     ensure!(!ok && out.contains("--join"), "{out}");
     let (ok, out) = fleet(&["gcs", "--listen", "not-an-address"])?;
     ensure!(!ok && out.contains("--listen"), "{out}");
@@ -44,9 +70,32 @@ fn data_dir_of_another_replica_is_refused() -> Result<()> {
     child.kill()?;
     child.wait()?;
     let peers = format!("2={address}");
-    let (ok, out) = fleet(&["gcs", "--id", "2", "--listen", &address, "--peers", &peers, "--data-dir", data])?;
-    ensure!(!ok && out.contains("belongs to replica 1") && out.contains("--id 1"), "{out}");
-    let (ok, out) = fleet(&["gcs", "--id", "1", "--listen", &address, "--cluster-name", "other", "--data-dir", data])?;
+    let (ok, out) = fleet(&[
+        "gcs",
+        "--id",
+        "2",
+        "--listen",
+        &address,
+        "--peers",
+        &peers,
+        "--data-dir",
+        data,
+    ])?;
+    ensure!(
+        !ok && out.contains("belongs to replica 1") && out.contains("--id 1"),
+        "{out}"
+    );
+    let (ok, out) = fleet(&[
+        "gcs",
+        "--id",
+        "1",
+        "--listen",
+        &address,
+        "--cluster-name",
+        "other",
+        "--data-dir",
+        data,
+    ])?;
     ensure!(!ok && out.contains("cluster 'fleet'"), "{out}");
     Ok(())
 }
@@ -57,10 +106,19 @@ fn corrupt_data_dir_is_a_clear_error() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data)?;
-    std::fs::write(data.join("conf"), b"\x00\x01garbage that is not sled's config")?;
+    std::fs::write(
+        data.join("conf"),
+        b"\x00\x01garbage that is not sled's config",
+    )?;
     std::fs::write(data.join("db"), vec![0xAB; 4096])?;
     let address = fleet_gcs::local_cluster::free_loopback_address()?;
-    let (ok, out) = fleet(&["gcs", "--listen", &address, "--data-dir", data.to_str().unwrap_or_default()])?;
+    let (ok, out) = fleet(&[
+        "gcs",
+        "--listen",
+        &address,
+        "--data-dir",
+        data.to_str().unwrap_or_default(),
+    ])?;
     ensure!(!ok, "{out}");
     ensure!(out.contains("corrupt") && out.contains("--join"), "{out}");
     ensure!(!out.contains("panicked"), "no panic: {out}");
@@ -71,8 +129,19 @@ fn corrupt_data_dir_is_a_clear_error() -> Result<()> {
 fn unreachable_cluster_is_named() -> Result<()> {
     let _serial = serial();
     let address = fleet_gcs::local_cluster::free_loopback_address()?;
-    let (ok, out) = fleet(&["kv", "--address", &address, "--timeout-secs", "2", "get", "k"])?;
-    ensure!(!ok && out.contains(&address) && out.contains("FLEET_ADDRESS"), "{out}");
+    let (ok, out) = fleet(&[
+        "kv",
+        "--address",
+        &address,
+        "--timeout-secs",
+        "2",
+        "get",
+        "k",
+    ])?;
+    ensure!(
+        !ok && out.contains(&address) && out.contains("FLEET_ADDRESS"),
+        "{out}"
+    );
     let (ok, out) = fleet(&["gcs", "status", "--address", &address])?;
     ensure!(!ok && out.contains("unreachable"), "{out}");
     Ok(())

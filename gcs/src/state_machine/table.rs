@@ -30,7 +30,15 @@ macro_rules! prost_table_value {
     )*};
 }
 
-prost_table_value!(NodeInfo, JobInfo, ActorInfo, PlacementGroupInfo, ObjectInfo, TaskEvent, CheckpointInfo);
+prost_table_value!(
+    NodeInfo,
+    JobInfo,
+    ActorInfo,
+    PlacementGroupInfo,
+    ObjectInfo,
+    TaskEvent,
+    CheckpointInfo
+);
 
 impl TableValue for Vec<u8> {
     fn encode_value(&self) -> Vec<u8> {
@@ -120,7 +128,10 @@ impl<V: TableValue> Table<V> {
 
     /// Inserts or replaces the row, recording the change.
     pub fn put(&mut self, key: Vec<u8>, value: V, version: u64, events: &mut Vec<WatchEvent>) {
-        let create_version = self.rows.get(&key).map_or(version, |row| row.create_version);
+        let create_version = self
+            .rows
+            .get(&key)
+            .map_or(version, |row| row.create_version);
         let row = Row {
             value,
             create_version,
@@ -135,7 +146,12 @@ impl<V: TableValue> Table<V> {
     }
 
     /// Removes the row, recording the change; returns it.
-    pub fn delete(&mut self, key: &[u8], version: u64, events: &mut Vec<WatchEvent>) -> Option<Row<V>> {
+    pub fn delete(
+        &mut self,
+        key: &[u8],
+        version: u64,
+        events: &mut Vec<WatchEvent>,
+    ) -> Option<Row<V>> {
         let row = self.rows.remove(key)?;
         let mut record = self.record(key, &row);
         record.mod_version = version;

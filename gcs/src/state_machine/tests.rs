@@ -1,6 +1,6 @@
 use fleet_proto::gcs::{
-    command::Op, ActorInfo, ActorState, CheckpointInfo, Command, CommitCheckpoint, KvDelete,
-    KvPut, ObjectLocationBatch, ObjectLocationUpdate, ReadRequest, RejectCode, Table as TableKind,
+    command::Op, ActorInfo, ActorState, CheckpointInfo, Command, CommitCheckpoint, KvDelete, KvPut,
+    ObjectLocationBatch, ObjectLocationUpdate, ReadRequest, RejectCode, Table as TableKind,
     UpdateActor, WatchFilter, WriteRequest, WriteResponse,
 };
 
@@ -54,7 +54,11 @@ fn retried_write_applies_once() {
     write(&mut sm, 3, 8, 1, kv_put("a", "2"));
     let retry = write(&mut sm, 4, 7, 1, kv_put("a", "1"));
     assert_eq!(retry, first, "the retry gets the original answer");
-    assert_eq!(kv_get(&sm, "a").as_deref(), Some(&b"2"[..]), "and does not apply again");
+    assert_eq!(
+        kv_get(&sm, "a").as_deref(),
+        Some(&b"2"[..]),
+        "and does not apply again"
+    );
     // Once the client says seq 1 is acknowledged, a stale duplicate is refused.
     sm.apply_write(
         5,
@@ -62,7 +66,9 @@ fn retried_write_applies_once() {
             client_id: 7,
             seq: 2,
             first_unacked: 2,
-            command: Some(Command { op: Some(kv_put("b", "1")) }),
+            command: Some(Command {
+                op: Some(kv_put("b", "1")),
+            }),
         },
     );
     let stale = write(&mut sm, 6, 7, 1, kv_put("a", "1"));
@@ -82,10 +88,16 @@ fn kv_compare_and_set() {
             ..KvPut::default()
         })
     };
-    assert!(write(&mut sm, 2, 0, 0, cas(0)).rejection.is_none(), "absent key is version 0");
+    assert!(
+        write(&mut sm, 2, 0, 0, cas(0)).rejection.is_none(),
+        "absent key is version 0"
+    );
     let failed = write(&mut sm, 3, 0, 0, cas(0));
     assert_eq!(code(&failed), Some(RejectCode::CasFailed));
-    let current = failed.rejection.and_then(|r| r.current).expect("current record");
+    let current = failed
+        .rejection
+        .and_then(|r| r.current)
+        .expect("current record");
     assert_eq!(current.mod_version, 2);
     assert!(write(&mut sm, 4, 0, 0, cas(2)).rejection.is_none());
     let absent = Op::KvPut(KvPut {
@@ -94,7 +106,10 @@ fn kv_compare_and_set() {
         if_absent: true,
         ..KvPut::default()
     });
-    assert_eq!(code(&write(&mut sm, 5, 0, 0, absent)), Some(RejectCode::AlreadyExists));
+    assert_eq!(
+        code(&write(&mut sm, 5, 0, 0, absent)),
+        Some(RejectCode::AlreadyExists)
+    );
     write(&mut sm, 6, 0, 0, kv_put("k2", "x"));
     write(
         &mut sm,
@@ -135,30 +150,100 @@ fn transition(id: &str, from: ActorState, to: ActorState, count_restart: bool) -
 fn actor_state_machine_and_names() {
     use ActorState::*;
     let mut sm = StateMachine::new(100);
-    assert!(write(&mut sm, 2, 0, 0, actor("a1", "counter", 1)).rejection.is_none());
-    assert_eq!(code(&write(&mut sm, 3, 0, 0, actor("a2", "counter", 0))), Some(RejectCode::NameTaken));
-    assert_eq!(sm.named_actor("default", "counter").map(|a| a.actor_id.as_str()), Some("a1"));
-    // CAS: only the caller that saw PENDING wins.
-    assert!(write(&mut sm, 4, 0, 0, transition("a1", ActorPending, ActorAlive, false)).rejection.is_none());
+    assert!(write(&mut sm, 2, 0, 0, actor("a1", "counter", 1))
+        .rejection
+        .is_none());
     assert_eq!(
-        code(&write(&mut sm, 5, 0, 0, transition("a1", ActorPending, ActorAlive, false))),
+        code(&write(&mut sm, 3, 0, 0, actor("a2", "counter", 0))),
+        Some(RejectCode::NameTaken)
+    );
+    assert_eq!(
+        sm.named_actor("default", "counter")
+            .map(|a| a.actor_id.as_str()),
+        Some("a1")
+    );
+    // CAS: only the caller that saw PENDING wins.
+    assert!(write(
+        &mut sm,
+        4,
+        0,
+        0,
+        transition("a1", ActorPending, ActorAlive, false)
+    )
+    .rejection
+    .is_none());
+    assert_eq!(
+        code(&write(
+            &mut sm,
+            5,
+            0,
+            0,
+            transition("a1", ActorPending, ActorAlive, false)
+        )),
         Some(RejectCode::CasFailed)
     );
     assert_eq!(
-        code(&write(&mut sm, 6, 0, 0, transition("a1", ActorAlive, ActorPending, false))),
+        code(&write(
+            &mut sm,
+            6,
+            0,
+            0,
+            transition("a1", ActorAlive, ActorPending, false)
+        )),
         Some(RejectCode::InvalidTransition)
     );
-    assert!(write(&mut sm, 7, 0, 0, transition("a1", ActorAlive, ActorRestarting, true)).rejection.is_none());
-    assert!(write(&mut sm, 8, 0, 0, transition("a1", ActorRestarting, ActorAlive, false)).rejection.is_none());
+    assert!(write(
+        &mut sm,
+        7,
+        0,
+        0,
+        transition("a1", ActorAlive, ActorRestarting, true)
+    )
+    .rejection
+    .is_none());
+    assert!(write(
+        &mut sm,
+        8,
+        0,
+        0,
+        transition("a1", ActorRestarting, ActorAlive, false)
+    )
+    .rejection
+    .is_none());
     assert_eq!(
-        code(&write(&mut sm, 9, 0, 0, transition("a1", ActorAlive, ActorRestarting, true))),
+        code(&write(
+            &mut sm,
+            9,
+            0,
+            0,
+            transition("a1", ActorAlive, ActorRestarting, true)
+        )),
         Some(RejectCode::RestartsExhausted)
     );
-    assert!(write(&mut sm, 10, 0, 0, transition("a1", ActorAlive, ActorDead, false)).rejection.is_none());
-    assert!(sm.named_actor("default", "counter").is_none(), "a dead actor frees its name");
-    assert!(write(&mut sm, 11, 0, 0, actor("a2", "counter", 0)).rejection.is_none());
+    assert!(write(
+        &mut sm,
+        10,
+        0,
+        0,
+        transition("a1", ActorAlive, ActorDead, false)
+    )
+    .rejection
+    .is_none());
+    assert!(
+        sm.named_actor("default", "counter").is_none(),
+        "a dead actor frees its name"
+    );
+    assert!(write(&mut sm, 11, 0, 0, actor("a2", "counter", 0))
+        .rejection
+        .is_none());
     assert_eq!(
-        code(&write(&mut sm, 12, 0, 0, transition("a1", ActorDead, ActorAlive, false))),
+        code(&write(
+            &mut sm,
+            12,
+            0,
+            0,
+            transition("a1", ActorDead, ActorAlive, false)
+        )),
         Some(RejectCode::InvalidTransition)
     );
 }
@@ -177,8 +262,14 @@ fn checkpoints_only_move_forward() {
         })
     };
     assert!(write(&mut sm, 2, 0, 0, commit(5)).rejection.is_none());
-    assert_eq!(code(&write(&mut sm, 3, 0, 0, commit(4))), Some(RejectCode::StaleCheckpoint));
-    assert_eq!(code(&write(&mut sm, 4, 0, 0, commit(5))), Some(RejectCode::StaleCheckpoint));
+    assert_eq!(
+        code(&write(&mut sm, 3, 0, 0, commit(4))),
+        Some(RejectCode::StaleCheckpoint)
+    );
+    assert_eq!(
+        code(&write(&mut sm, 4, 0, 0, commit(5))),
+        Some(RejectCode::StaleCheckpoint)
+    );
     assert!(write(&mut sm, 5, 0, 0, commit(6)).rejection.is_none());
 }
 
@@ -233,7 +324,15 @@ fn snapshot_round_trip() {
     let mut sm = StateMachine::new(100);
     write(&mut sm, 2, 9, 1, actor("a1", "named", -1));
     write(&mut sm, 3, 9, 2, kv_put("k", "v"));
-    sm.set_member(4, 1, Some(fleet_proto::gcs::Member { id: 1, address: "x:1".into(), voter: true }));
+    sm.set_member(
+        4,
+        1,
+        Some(fleet_proto::gcs::Member {
+            id: 1,
+            address: "x:1".into(),
+            voter: true,
+        }),
+    );
     let bytes = sm.snapshot_bytes();
     let mut restored = StateMachine::new(100);
     restored.restore_bytes(&bytes).expect("restore");

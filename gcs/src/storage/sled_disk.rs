@@ -90,9 +90,12 @@ impl RaftDisk for SledDisk {
     fn load(&self) -> Result<DiskState> {
         let path = &self.path;
         let get = |key: &[u8]| {
-            self.db
-                .get(key)
-                .map_err(|e| corrupt(path, format!("reading {}: {e}", String::from_utf8_lossy(key))))
+            self.db.get(key).map_err(|e| {
+                corrupt(
+                    path,
+                    format!("reading {}: {e}", String::from_utf8_lossy(key)),
+                )
+            })
         };
         let mut state = DiskState::default();
         if let Some(bytes) = get(KEY_IDENTITY)? {
@@ -152,7 +155,9 @@ impl RaftDisk for SledDisk {
         if let Some(snapshot) = &batch.snapshot {
             write.insert(KEY_SNAPSHOT, encode_pb(snapshot)?);
         }
-        self.db.apply_batch(write).map_err(|e| self.write_error(e))?;
+        self.db
+            .apply_batch(write)
+            .map_err(|e| self.write_error(e))?;
         if self.fsync {
             self.db.flush().map_err(|e| self.write_error(e))?;
         }

@@ -44,13 +44,21 @@ impl Connected for SimStream {
 }
 
 impl AsyncRead for SimStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for SimStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -70,13 +78,15 @@ impl Connector for SimConnector {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_millis(500));
-        Ok(endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-            let target = target.clone();
-            async move {
-                let stream = turmoil::net::TcpStream::connect(target).await?;
-                Ok::<_, io::Error>(TokioIo::new(stream))
-            }
-        })))
+        Ok(
+            endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+                let target = target.clone();
+                async move {
+                    let stream = turmoil::net::TcpStream::connect(target).await?;
+                    Ok::<_, io::Error>(TokioIo::new(stream))
+                }
+            })),
+        )
     }
 }
 
@@ -123,8 +133,14 @@ fn run_seed(seed: u64) -> Result<(usize, usize, Duration), String> {
                     let accepted = listener.accept().await.map(|(stream, _)| SimStream(stream));
                     Some((accepted, listener))
                 });
-                fleet_gcs::server::run(replica_config(id), Box::new(disk), incoming, Arc::new(SimConnector), CancellationToken::new())
-                    .await?;
+                fleet_gcs::server::run(
+                    replica_config(id),
+                    Box::new(disk),
+                    incoming,
+                    Arc::new(SimConnector),
+                    CancellationToken::new(),
+                )
+                .await?;
                 Ok(())
             }
         });
@@ -134,7 +150,8 @@ fn run_seed(seed: u64) -> Result<(usize, usize, Duration), String> {
     let start = tokio::time::Instant::now();
     for c in 0..CLIENTS {
         let history = history.clone();
-        let mut rng = StdRng::seed_from_u64(seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut rng =
+            StdRng::seed_from_u64(seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         sim.client(format!("client{c}"), async move {
             let client = GcsClient::with_connector(
                 REPLICAS.iter().map(|r| format!("{r}:{PORT}")).collect(),
@@ -154,10 +171,26 @@ fn run_seed(seed: u64) -> Result<(usize, usize, Duration), String> {
                     let value = format!("c{c}-{i}");
                     let outcome = client.kv_put("sim", key.as_bytes(), value.as_bytes()).await;
                     let ret = outcome.is_ok().then(now);
-                    history.borrow_mut().push((key.into(), Operation { client: c, call, ret, kind: OpKind::Write(value) }));
+                    history.borrow_mut().push((
+                        key.into(),
+                        Operation {
+                            client: c,
+                            call,
+                            ret,
+                            kind: OpKind::Write(value),
+                        },
+                    ));
                 } else if let Ok(record) = client.kv_get("sim", key.as_bytes()).await {
                     let value = record.map(|r| String::from_utf8_lossy(&r.value).into_owned());
-                    history.borrow_mut().push((key.into(), Operation { client: c, call, ret: Some(now()), kind: OpKind::Read(value) }));
+                    history.borrow_mut().push((
+                        key.into(),
+                        Operation {
+                            client: c,
+                            call,
+                            ret: Some(now()),
+                            kind: OpKind::Read(value),
+                        },
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(0..400))).await;
             }
@@ -202,12 +235,16 @@ fn run_seed(seed: u64) -> Result<(usize, usize, Duration), String> {
         next_fault = sim.elapsed() + Duration::from_millis(nemesis.gen_range(300..2_500));
     }
     if faults < 3 {
-        return Err(format!("the workload ended after only {faults} faults; lengthen it"));
+        return Err(format!(
+            "the workload ended after only {faults} faults; lengthen it"
+        ));
     }
     let history = history.borrow().clone();
     let completed = history.iter().filter(|(_, op)| op.ret.is_some()).count();
     if completed < CLIENTS * OPS_PER_CLIENT / 4 {
-        return Err(format!("only {completed} operations completed; the cluster barely served ({faults} faults)"));
+        return Err(format!(
+            "only {completed} operations completed; the cluster barely served ({faults} faults)"
+        ));
     }
     check_kv(&history).map_err(|violation| {
         let mut by_key: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -224,8 +261,14 @@ fn three_replicas_stay_linearizable_under_crashes_and_partitions() {
     let seeds: Vec<u64> = match std::env::var("FLEET_SIM_SEED") {
         Ok(seed) => vec![seed.parse().expect("FLEET_SIM_SEED is a number")],
         Err(_) => {
-            let count: u64 = std::env::var("FLEET_SIM_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(12);
-            let base: u64 = std::env::var("FLEET_SIM_BASE_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
+            let count: u64 = std::env::var("FLEET_SIM_SEEDS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(12);
+            let base: u64 = std::env::var("FLEET_SIM_BASE_SEED")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
             (base..base + count).collect()
         }
     };
