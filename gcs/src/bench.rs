@@ -60,6 +60,8 @@ pub struct BenchOptions {
     pub work_dir: Option<PathBuf>,
     /// The etcd binary.
     pub etcd_binary: PathBuf,
+    /// fsync the Raft log (off only to find where time goes; etcd always syncs).
+    pub fsync: bool,
 }
 
 impl Default for BenchOptions {
@@ -72,6 +74,7 @@ impl Default for BenchOptions {
             failover: true,
             work_dir: None,
             etcd_binary: PathBuf::from("etcd"),
+            fsync: true,
         }
     }
 }
@@ -418,7 +421,12 @@ pub async fn run(options: BenchOptions, binary: &Path) -> Result<()> {
                 reason: e.to_string(),
             })?;
             let mut cluster =
-                LocalCluster::start(binary, &run_dir, replicas, LocalClusterOptions::default())?;
+                LocalCluster::start(
+                    binary,
+                    &run_dir,
+                    replicas,
+                    LocalClusterOptions { fsync: options.fsync, ..LocalClusterOptions::default() },
+                )?;
             cluster.wait_for_leader(Duration::from_secs(15)).await?;
             let result = fleet_load(&cluster, &options).await?;
             print_result(&format!("fleet_gcs_{replicas}r"), &result);

@@ -110,13 +110,23 @@ impl LogStore {
             })?,
         }
         let mut hard_state = state.hard_state;
-        hard_state.commit = hard_state.commit.max(state.snapshot.get_metadata().index);
+        let mut conf_state = state.conf_state;
+        let mut entries = state.entries;
+        let snapshot_meta = state.snapshot.get_metadata();
+        if hard_state.commit < snapshot_meta.index {
+            // The snapshot was written but the write that drops the log it covers was not
+            // (a crash in between): the snapshot is the newer truth.
+            hard_state.commit = snapshot_meta.index;
+            hard_state.term = hard_state.term.max(snapshot_meta.term);
+            conf_state = snapshot_meta.get_conf_state().clone();
+        }
+        entries.retain(|e| e.index > snapshot_meta.index);
         let store = LogStore {
             disk,
             hard_state,
-            conf_state: state.conf_state,
+            conf_state,
             snapshot: state.snapshot,
-            entries: state.entries,
+            entries,
         };
         store.check_contiguous()?;
         Ok((store, fresh))

@@ -146,6 +146,8 @@ struct PeerTask {
 impl PeerTask {
     async fn run(self, mut rx: mpsc::Receiver<Message>, shutdown: CancellationToken) {
         let mut client: Option<(String, RaftTransportClient<Channel>)> = None;
+        // Logged on change only: an unreachable peer is retried on every Raft heartbeat.
+        let mut reachable: Option<bool> = None;
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -208,6 +210,25 @@ impl PeerTask {
             };
             let sent = tokio::time::timeout(Duration::from_secs(5), c.send(envelope)).await;
             let ok = matches!(sent, Ok(Ok(_)));
+            if ok && reachable != Some(true) {
+                if reachable.is_some() {
+                    tracing::info!(to = self.to, %address, "replica reachable again");
+                }
+                reachable = Some(true);
+            }
+            if !ok && reachable != Some(false) {
+                let cause = match &sent {
+                    Ok(Err(status)) => crate::error::describe_status(status),
+                    _ => "no answer in 5 s".to_string(),
+                };
+                tracing::warn!(
+                    to = self.to,
+                    %address,
+                    %cause,
+                    "cannot reach replica; retrying (check that it runs and that --peers has its address)"
+                );
+                reachable = Some(false);
+            }
             if !ok {
                 match &sent {
                     Ok(Ok(_)) => {}

@@ -39,6 +39,9 @@ struct GcsBenchArgs {
     /// Keep data dirs and logs here.
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Run Fleet's replicas without fsync (diagnosis only: not equal durability).
+    #[arg(long)]
+    no_fsync: bool,
     /// The etcd binary (Debian's etcd-server).
     #[arg(long, default_value = "etcd")]
     etcd_binary: PathBuf,
@@ -61,6 +64,7 @@ impl BenchCommand {
                     failover: !args.no_failover,
                     work_dir: args.work_dir,
                     etcd_binary: args.etcd_binary,
+                    fsync: !args.no_fsync,
                 };
                 fleet_gcs::bench::run(options, &binary).await?;
             }

@@ -1,8 +1,14 @@
-//! The production [`RaftDisk`]: one sled tree in the replica's data directory.
+//! The production [`RaftDisk`]: sled in the replica's data directory.
 //!
-//! Keys: `e` + big-endian index → entry; `hs`, `cs`, `snap`, `id` → hard state, conf state,
-//! snapshot, identity. A batch is one `sled::Batch` (atomic) followed by `flush` (fsync)
-//! when fsync is on.
+//! The default tree holds the hot state: `e` + big-endian index → entry; `hs`, `cs`, `id` →
+//! hard state, conf state, identity. A batch of those is one `sled::Batch` (atomic) followed
+//! by `flush` (fsync) when fsync is on. The snapshot lives in a tree of its own: sled
+//! rewrites a whole tree node when it consolidates the node's updates, and a multi-megabyte
+//! snapshot sharing a node with the hard state would be rewritten with every few writes.
+//!
+//! A snapshot is written (and flushed) before the batch that drops the log it covers. A
+//! crash between the two leaves a snapshot newer than the hot state; `LogStore::open` sees
+//! the hard state's commit behind the snapshot and takes the snapshot's side.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +20,7 @@ use crate::error::{Error, Result};
 const KEY_HARD_STATE: &[u8] = b"hs";
 const KEY_CONF_STATE: &[u8] = b"cs";
 const KEY_SNAPSHOT: &[u8] = b"snap";
+const SNAPSHOT_TREE: &str = "snapshot";
 const KEY_IDENTITY: &[u8] = b"id";
 const ENTRY_PREFIX: u8 = b'e';
 
@@ -26,6 +33,7 @@ fn entry_key(index: u64) -> [u8; 9] {
 /// sled-backed Raft storage.
 pub struct SledDisk {
     db: sled::Db,
+    snapshots: sled::Tree,
     path: PathBuf,
     fsync: bool,
 }
@@ -64,8 +72,12 @@ impl SledDisk {
                 Err(_) => return Err(corrupt(path, "sled panicked while opening it".into())),
             }
         };
+        let snapshots = db
+            .open_tree(SNAPSHOT_TREE)
+            .map_err(|e| corrupt(path, format!("opening the snapshot tree: {e}")))?;
         Ok(SledDisk {
             db,
+            snapshots,
             path: path.to_path_buf(),
             fsync,
         })
@@ -119,7 +131,11 @@ impl RaftDisk for SledDisk {
             state.conf_state =
                 decode_pb::<ConfState>(&bytes, "conf state").map_err(|r| corrupt(path, r))?;
         }
-        if let Some(bytes) = get(KEY_SNAPSHOT)? {
+        let snapshot = self
+            .snapshots
+            .get(KEY_SNAPSHOT)
+            .map_err(|e| corrupt(path, format!("reading the snapshot: {e}")))?;
+        if let Some(bytes) = snapshot {
             state.snapshot =
                 decode_pb::<Snapshot>(&bytes, "snapshot").map_err(|r| corrupt(path, r))?;
         }
@@ -133,6 +149,12 @@ impl RaftDisk for SledDisk {
     }
 
     fn write(&mut self, batch: DiskBatch) -> Result<()> {
+        if let Some(snapshot) = &batch.snapshot {
+            self.snapshots
+                .insert(KEY_SNAPSHOT, encode_pb(snapshot)?)
+                .map_err(|e| self.write_error(e))?;
+            self.snapshots.flush().map_err(|e| self.write_error(e))?;
+        }
         let mut write = sled::Batch::default();
         if let Some(identity) = &batch.identity {
             write.insert(
@@ -151,9 +173,6 @@ impl RaftDisk for SledDisk {
         }
         if let Some(conf_state) = &batch.conf_state {
             write.insert(KEY_CONF_STATE, encode_pb(conf_state)?);
-        }
-        if let Some(snapshot) = &batch.snapshot {
-            write.insert(KEY_SNAPSHOT, encode_pb(snapshot)?);
         }
         self.db
             .apply_batch(write)
