@@ -3,7 +3,7 @@
 //! 3-node etcd on loopback through the same gRPC client stack; then leader failover time for
 //! both (SIGKILL the leader under a writer, time until the next acknowledged write).
 //!
-//! Prints one `name value unit` line per metric.
+//! Prints one `name value unit` line per metric: the median over `repeat` rounds.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -62,6 +62,8 @@ pub struct BenchOptions {
     pub etcd_binary: PathBuf,
     /// fsync the Raft log (off only to find where time goes; etcd always syncs).
     pub fsync: bool,
+    /// Rounds; every metric is reported as the median over rounds.
+    pub repeat: usize,
 }
 
 impl Default for BenchOptions {
@@ -75,6 +77,7 @@ impl Default for BenchOptions {
             work_dir: None,
             etcd_binary: PathBuf::from("etcd"),
             fsync: true,
+            repeat: 3,
         }
     }
 }
@@ -150,18 +153,50 @@ where
     }
 }
 
-fn print_result(prefix: &str, result: &LoadResult) {
-    println!("{prefix}_write_throughput {:.0} ops/s", result.ops_per_sec);
-    println!(
-        "{prefix}_write_p50 {:.3} ms",
-        result.p50.as_secs_f64() * 1e3
-    );
-    println!(
-        "{prefix}_write_p99 {:.3} ms",
-        result.p99.as_secs_f64() * 1e3
-    );
-    if result.errors > 0 {
-        println!("{prefix}_write_errors {} count", result.errors);
+/// Metric samples across repeated rounds; reported as medians.
+#[derive(Default)]
+struct Metrics {
+    samples: Vec<(String, String, Vec<f64>)>,
+}
+
+impl Metrics {
+    fn record(&mut self, name: &str, unit: &str, value: f64) {
+        match self.samples.iter_mut().find(|(n, _, _)| n == name) {
+            Some((_, _, values)) => values.push(value),
+            None => self.samples.push((name.into(), unit.into(), vec![value])),
+        }
+    }
+
+    fn record_load(&mut self, prefix: &str, result: &LoadResult) {
+        self.record(&format!("{prefix}_write_throughput"), "ops/s", result.ops_per_sec);
+        self.record(&format!("{prefix}_write_p50"), "ms", result.p50.as_secs_f64() * 1e3);
+        self.record(&format!("{prefix}_write_p99"), "ms", result.p99.as_secs_f64() * 1e3);
+        self.record(&format!("{prefix}_write_errors"), "count", result.errors as f64);
+    }
+
+    fn median(&self, name: &str) -> Option<f64> {
+        let (_, _, values) = self.samples.iter().find(|(n, _, _)| n == name)?;
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        Some(sorted[sorted.len() / 2])
+    }
+
+    fn print(&self) {
+        for (name, unit, values) in &self.samples {
+            let median = self.median(name).unwrap_or_default();
+            let runs: Vec<String> = values.iter().map(|v| format!("{v:.3}")).collect();
+            println!("{name} {median:.3} {unit}  # runs: {}", runs.join(" "));
+        }
+        for replicas in [1, 3] {
+            let fleet = self.median(&format!("fleet_gcs_{replicas}r_write_throughput"));
+            let etcd = self.median(&format!("etcd_{replicas}r_write_throughput"));
+            if let (Some(fleet), Some(etcd)) = (fleet, etcd) {
+                println!("ratio_fleet_over_etcd_{replicas}r_write_throughput {:.2} x", fleet / etcd);
+            }
+        }
+        if let (Some(fleet), Some(etcd)) = (self.median("fleet_gcs_3r_leader_failover"), self.median("etcd_3r_leader_failover")) {
+            println!("ratio_fleet_over_etcd_3r_leader_failover {:.2} x", fleet / etcd);
+        }
     }
 }
 
@@ -394,71 +429,64 @@ async fn etcd_failover(cluster: &mut EtcdCluster) -> Result<Duration> {
     }
 }
 
-/// Runs the benchmark with `binary` as the `fleet` executable.
+/// Runs the benchmark with `binary` as the `fleet` executable: `repeat` rounds, each
+/// measuring every configuration once (so the systems alternate under the same conditions);
+/// prints each metric's median and the runs.
 pub async fn run(options: BenchOptions, binary: &Path) -> Result<()> {
-    let temp;
     let dir = match &options.work_dir {
         Some(dir) => dir.clone(),
-        None => {
-            temp = std::env::temp_dir().join(format!("fleet-bench-{}", std::process::id()));
-            temp
-        }
+        None => std::env::temp_dir().join(format!("fleet-bench-{}", std::process::id())),
     };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::StorageWrite {
-        path: dir.clone(),
-        reason: e.to_string(),
-    })?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::StorageWrite { path: dir.clone(), reason: e.to_string() })?;
     println!(
-        "# clients={} value_size={} duration={:?} fsync=on",
-        options.clients, options.value_size, options.duration
+        "# clients={} value_size={} duration={:?} rounds={} fleet_fsync={} (etcd always fsyncs)",
+        options.clients, options.value_size, options.duration, options.repeat, options.fsync
     );
-    if options.system != BenchSystem::Etcd {
-        for replicas in [1u64, 3] {
-            let run_dir = dir.join(format!("fleet-{replicas}"));
-            let _ = std::fs::remove_dir_all(&run_dir);
-            std::fs::create_dir_all(&run_dir).map_err(|e| Error::StorageWrite {
-                path: run_dir.clone(),
-                reason: e.to_string(),
-            })?;
-            let mut cluster =
-                LocalCluster::start(
+    let mut metrics = Metrics::default();
+    for round in 0..options.repeat.max(1) {
+        eprintln!("round {}/{}", round + 1, options.repeat.max(1));
+        if options.system != BenchSystem::Etcd {
+            for replicas in [1u64, 3] {
+                let run_dir = fresh_dir(&dir, &format!("fleet-{replicas}"))?;
+                let mut cluster = LocalCluster::start(
                     binary,
                     &run_dir,
                     replicas,
                     LocalClusterOptions { fsync: options.fsync, ..LocalClusterOptions::default() },
                 )?;
-            cluster.wait_for_leader(Duration::from_secs(15)).await?;
-            let result = fleet_load(&cluster, &options).await?;
-            print_result(&format!("fleet_gcs_{replicas}r"), &result);
-            if options.failover && replicas == 3 {
-                let took = fleet_failover(&mut cluster).await?;
-                println!(
-                    "fleet_gcs_3r_leader_failover {:.0} ms",
-                    took.as_secs_f64() * 1e3
-                );
+                cluster.wait_for_leader(Duration::from_secs(15)).await?;
+                let result = fleet_load(&cluster, &options).await?;
+                metrics.record_load(&format!("fleet_gcs_{replicas}r"), &result);
+                if options.failover && replicas == 3 {
+                    let took = fleet_failover(&mut cluster).await?;
+                    metrics.record("fleet_gcs_3r_leader_failover", "ms", took.as_secs_f64() * 1e3);
+                }
+            }
+        }
+        if options.system != BenchSystem::Fleet {
+            for replicas in [1usize, 3] {
+                let run_dir = fresh_dir(&dir, &format!("etcd-{replicas}"))?;
+                let mut cluster = EtcdCluster::start(&options.etcd_binary, &run_dir, replicas)?;
+                cluster.wait_ready(Duration::from_secs(20)).await?;
+                let result = etcd_load(&cluster, &options).await?;
+                metrics.record_load(&format!("etcd_{replicas}r"), &result);
+                if options.failover && replicas == 3 {
+                    let took = etcd_failover(&mut cluster).await?;
+                    metrics.record("etcd_3r_leader_failover", "ms", took.as_secs_f64() * 1e3);
+                }
             }
         }
     }
-    if options.system != BenchSystem::Fleet {
-        for replicas in [1usize, 3] {
-            let run_dir = dir.join(format!("etcd-{replicas}"));
-            let _ = std::fs::remove_dir_all(&run_dir);
-            std::fs::create_dir_all(&run_dir).map_err(|e| Error::StorageWrite {
-                path: run_dir.clone(),
-                reason: e.to_string(),
-            })?;
-            let mut cluster = EtcdCluster::start(&options.etcd_binary, &run_dir, replicas)?;
-            cluster.wait_ready(Duration::from_secs(20)).await?;
-            let result = etcd_load(&cluster, &options).await?;
-            print_result(&format!("etcd_{replicas}r"), &result);
-            if options.failover && replicas == 3 {
-                let took = etcd_failover(&mut cluster).await?;
-                println!("etcd_3r_leader_failover {:.0} ms", took.as_secs_f64() * 1e3);
-            }
-        }
-    }
+    metrics.print();
     if options.work_dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
+}
+
+fn fresh_dir(parent: &Path, name: &str) -> Result<PathBuf> {
+    let dir = parent.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::StorageWrite { path: dir.clone(), reason: e.to_string() })?;
+    Ok(dir)
 }

@@ -39,6 +39,9 @@ struct GcsBenchArgs {
     /// Keep data dirs and logs here.
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Rounds; each metric is the median over them.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Run Fleet's replicas without fsync (diagnosis only: not equal durability).
     #[arg(long)]
     no_fsync: bool,
@@ -65,6 +68,7 @@ impl BenchCommand {
                     work_dir: args.work_dir,
                     etcd_binary: args.etcd_binary,
                     fsync: !args.no_fsync,
+                    repeat: args.repeat,
                 };
                 fleet_gcs::bench::run(options, &binary).await?;
             }
