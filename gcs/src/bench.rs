@@ -168,10 +168,26 @@ impl Metrics {
     }
 
     fn record_load(&mut self, prefix: &str, result: &LoadResult) {
-        self.record(&format!("{prefix}_write_throughput"), "ops/s", result.ops_per_sec);
-        self.record(&format!("{prefix}_write_p50"), "ms", result.p50.as_secs_f64() * 1e3);
-        self.record(&format!("{prefix}_write_p99"), "ms", result.p99.as_secs_f64() * 1e3);
-        self.record(&format!("{prefix}_write_errors"), "count", result.errors as f64);
+        self.record(
+            &format!("{prefix}_write_throughput"),
+            "ops/s",
+            result.ops_per_sec,
+        );
+        self.record(
+            &format!("{prefix}_write_p50"),
+            "ms",
+            result.p50.as_secs_f64() * 1e3,
+        );
+        self.record(
+            &format!("{prefix}_write_p99"),
+            "ms",
+            result.p99.as_secs_f64() * 1e3,
+        );
+        self.record(
+            &format!("{prefix}_write_errors"),
+            "count",
+            result.errors as f64,
+        );
     }
 
     fn median(&self, name: &str) -> Option<f64> {
@@ -191,11 +207,20 @@ impl Metrics {
             let fleet = self.median(&format!("fleet_gcs_{replicas}r_write_throughput"));
             let etcd = self.median(&format!("etcd_{replicas}r_write_throughput"));
             if let (Some(fleet), Some(etcd)) = (fleet, etcd) {
-                println!("ratio_fleet_over_etcd_{replicas}r_write_throughput {:.2} x", fleet / etcd);
+                println!(
+                    "ratio_fleet_over_etcd_{replicas}r_write_throughput {:.2} x",
+                    fleet / etcd
+                );
             }
         }
-        if let (Some(fleet), Some(etcd)) = (self.median("fleet_gcs_3r_leader_failover"), self.median("etcd_3r_leader_failover")) {
-            println!("ratio_fleet_over_etcd_3r_leader_failover {:.2} x", fleet / etcd);
+        if let (Some(fleet), Some(etcd)) = (
+            self.median("fleet_gcs_3r_leader_failover"),
+            self.median("etcd_3r_leader_failover"),
+        ) {
+            println!(
+                "ratio_fleet_over_etcd_3r_leader_failover {:.2} x",
+                fleet / etcd
+            );
         }
     }
 }
@@ -437,7 +462,10 @@ pub async fn run(options: BenchOptions, binary: &Path) -> Result<()> {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("fleet-bench-{}", std::process::id())),
     };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::StorageWrite { path: dir.clone(), reason: e.to_string() })?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::StorageWrite {
+        path: dir.clone(),
+        reason: e.to_string(),
+    })?;
     println!(
         "# clients={} value_size={} duration={:?} rounds={} fleet_fsync={} (etcd always fsyncs)",
         options.clients, options.value_size, options.duration, options.repeat, options.fsync
@@ -452,14 +480,21 @@ pub async fn run(options: BenchOptions, binary: &Path) -> Result<()> {
                     binary,
                     &run_dir,
                     replicas,
-                    LocalClusterOptions { fsync: options.fsync, ..LocalClusterOptions::default() },
+                    LocalClusterOptions {
+                        fsync: options.fsync,
+                        ..LocalClusterOptions::default()
+                    },
                 )?;
                 cluster.wait_for_leader(Duration::from_secs(15)).await?;
                 let result = fleet_load(&cluster, &options).await?;
                 metrics.record_load(&format!("fleet_gcs_{replicas}r"), &result);
                 if options.failover && replicas == 3 {
                     let took = fleet_failover(&mut cluster).await?;
-                    metrics.record("fleet_gcs_3r_leader_failover", "ms", took.as_secs_f64() * 1e3);
+                    metrics.record(
+                        "fleet_gcs_3r_leader_failover",
+                        "ms",
+                        took.as_secs_f64() * 1e3,
+                    );
                 }
             }
         }
@@ -487,6 +522,9 @@ pub async fn run(options: BenchOptions, binary: &Path) -> Result<()> {
 fn fresh_dir(parent: &Path, name: &str) -> Result<PathBuf> {
     let dir = parent.join(name);
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::StorageWrite { path: dir.clone(), reason: e.to_string() })?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::StorageWrite {
+        path: dir.clone(),
+        reason: e.to_string(),
+    })?;
     Ok(dir)
 }
