@@ -2,7 +2,11 @@
 //! building Fleet never needs a `protoc` binary on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/gcs.proto", "proto/etcd_kv.proto"];
+    let files = [
+        "proto/gcs.proto",
+        "proto/runtime.proto",
+        "proto/etcd_kv.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

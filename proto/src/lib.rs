@@ -3,6 +3,7 @@
 //! - [`gcs`]: the control store: client-facing `Gcs` service (writes, linearizable reads,
 //!   watches, status, membership), the replica-to-replica `RaftTransport` service, the typed
 //!   table records and the commands that change them.
+//! - [`runtime`]: the raylet (worker leases) and the core worker (task push, object fetch).
 //! - [`etcd`]: the small subset of etcd's v3 KV API that `fleet bench gcs` drives, so the
 //!   same client stack measures Fleet's GCS and etcd side by side.
 //!
@@ -13,6 +14,12 @@
 #[allow(clippy::all, missing_docs)]
 pub mod gcs {
     tonic::include_proto!("fleet.gcs");
+}
+
+/// The raylet and core-worker services (`package fleet.runtime`).
+#[allow(clippy::all, missing_docs)]
+pub mod runtime {
+    tonic::include_proto!("fleet.runtime");
 }
 
 /// The part of etcd's `etcdserverpb.KV` service that the GCS benchmark uses.

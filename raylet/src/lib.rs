@@ -1,4 +1,21 @@
-//! The per-node daemon (raylet): resources, the local scheduler, the worker pool, the
-//! shared-memory object store and transfer between nodes.
+//! The per-node daemon (raylet): resources and GPUs, the worker pool and leases, and the
+//! shared-memory object store.
 //!
-//! Empty on purpose: the single-node runtime issue builds it on the GCS in `fleet-gcs`.
+//! - [`config`]: what a raylet is given.
+//! - [`error`]: its errors.
+//! - [`resources`]: resource accounting with fractional amounts and GPU ids (pure).
+//! - [`gpu`]: GPU detection that never panics (no GPU is zero GPUs).
+//! - [`worker_pool`]: starting worker processes and watching them exit.
+//! - [`server`]: the gRPC service (worker registration, leases) and `start`.
+//! - [`object_store`]: the shared-memory object store with LRU spilling.
+
+pub mod config;
+pub mod error;
+pub mod gpu;
+pub mod object_store;
+pub mod resources;
+pub mod server;
+pub mod worker_pool;
+
+pub use config::RayletConfig;
+pub use error::{Error, Result};

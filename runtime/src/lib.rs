@@ -1,4 +1,30 @@
-//! The core worker linked into every driver and worker process: task submission,
-//! ownership and reference counting, execution.
+//! Fleet's core worker, linked into every driver and worker process.
 //!
-//! Empty on purpose: the single-node runtime issue builds it.
+//! - [`init`]: `init()` — worker mode, cluster mode or an embedded single-node cluster.
+//! - [`context`]: this process's core worker (identity, connections, memory store).
+//! - [`object_ref`]: `ObjectRef<T>`, arguments, the memory store of owned values.
+//! - [`submitter`]: remote function calls over reused worker leases, with retries.
+//! - [`actor`]: spawning actors, typed handles, ordered calls, restarts, named lookup, kill.
+//! - [`executor`]: the worker side: runs functions, hosts actors, checkpoints, serves objects.
+//! - [`registry`]: remote functions and actor classes registered at link time.
+//! - [`api`]: `put`, `get`, `get_all`, `wait`.
+//! - [`codec`], [`ids`], [`error`].
+
+pub mod actor;
+pub mod api;
+pub mod codec;
+pub mod context;
+pub mod error;
+pub mod executor;
+pub mod ids;
+pub mod init;
+pub mod object_ref;
+pub mod registry;
+pub mod submitter;
+
+pub use actor::{get_actor, get_actor_in, ActorBuilder, ActorHandle, ActorOptions, ActorType};
+pub use api::{get, get_all, kill, put, wait};
+pub use error::{Error, Location, RemoteError, Result, TaskFailure};
+pub use init::{gpu_ids, init, init_with, shutdown, InitOptions};
+pub use object_ref::{Arg, IntoArg, ObjectRef};
+pub use submitter::{submit_task, TaskOptions};

@@ -1,4 +1,45 @@
-//! Fleet's public API (`init`, `#[actor]`, `#[remote]`, `ObjectRef`, `get/put/wait`).
+//! Fleet's public API: an actor-based distributed runtime for Rust.
 //!
-//! Empty on purpose: the single-node runtime issue builds it. Until then the control store
-//! is used directly through `fleet_gcs::GcsClient`.
+//! ```ignore
+//! #[fleet::remote]
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! #[fleet::main]
+//! async fn main() -> fleet::Result<()> {
+//!     let refs: Vec<_> = (0..100).map(|i| square::remote(i)).collect();
+//!     let total: u64 = fleet::get_all(&refs).await?.iter().sum();
+//!     Ok(())
+//! }
+//! ```
+//!
+//! `fleet::init()` with no `FLEET_ADDRESS` starts an embedded single-node cluster inside the
+//! program; worker processes are this program's own binary re-executed in worker mode, so
+//! `init()` must run first in `main` (`#[fleet::main]` does it).
+
+pub use fleet_macros::{actor, main, remote};
+pub use fleet_runtime::{
+    get, get_actor, get_actor_in, get_all, gpu_ids, init, init_with, kill, put, shutdown,
+    submit_task, wait, ActorBuilder, ActorHandle, ActorOptions, ActorType, Error, InitOptions,
+    IntoArg, Location, ObjectRef, RemoteError, Result, TaskFailure, TaskOptions,
+};
+
+/// Used by the macros' generated code; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use fleet_runtime::registry::{
+        decode_arg, encode_return, ActorFactory, ActorObject, Args, BoxFuture, RemoteFunction,
+        TaskError,
+    };
+    pub use inventory;
+    pub use serde;
+    pub use tokio;
+
+    /// Decodes a checkpointed actor state.
+    pub fn decode_state<T: serde::de::DeserializeOwned>(
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<T, TaskError> {
+        fleet_runtime::codec::decode(bytes, &format!("the checkpoint of {what}"))
+            .map_err(TaskError::system)
+    }
+}

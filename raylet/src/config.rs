@@ -1,0 +1,69 @@
+//! Configuration of one raylet.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What a raylet needs to run a node.
+#[derive(Clone, Debug)]
+pub struct RayletConfig {
+    /// This node's id (unique in the cluster).
+    pub node_id: String,
+    /// Resources to offer, by name ("CPU", "memory", custom); GPUs come from `num_gpus`.
+    pub resources: BTreeMap<String, f64>,
+    /// GPUs on this node (detected, or declared with `--num-gpus`).
+    pub num_gpus: u32,
+    /// The program re-executed as a worker (embedded mode: the driver's own binary).
+    pub worker_binary: PathBuf,
+    /// Arguments for it.
+    pub worker_args: Vec<String>,
+    /// Environment for it (beyond what the raylet sets).
+    pub worker_env: BTreeMap<String, String>,
+    /// Shared workers started ahead of demand.
+    pub prestart_workers: usize,
+    /// Idle shared workers kept; extra idle ones exit.
+    pub max_idle_workers: usize,
+    /// How long a new worker has to register before its start counts as failed.
+    pub worker_start_timeout: Duration,
+    /// The GCS (comma-separated replicas).
+    pub gcs_address: String,
+    /// Shared-memory directory for the object store.
+    pub object_store_dir: PathBuf,
+    /// Spill directory for the object store.
+    pub spill_dir: PathBuf,
+    /// Object store capacity in bytes.
+    pub object_store_bytes: u64,
+}
+
+impl RayletConfig {
+    /// A node offering `cpus` CPUs and `num_gpus` GPUs, running `worker_binary` as workers.
+    pub fn local(
+        node_id: impl Into<String>,
+        cpus: f64,
+        num_gpus: u32,
+        worker_binary: PathBuf,
+        gcs_address: impl Into<String>,
+    ) -> Self {
+        let node_id = node_id.into();
+        let shm = if std::path::Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        RayletConfig {
+            resources: BTreeMap::from([("CPU".to_string(), cpus)]),
+            num_gpus,
+            worker_binary,
+            worker_args: Vec::new(),
+            worker_env: BTreeMap::new(),
+            prestart_workers: cpus.ceil() as usize,
+            max_idle_workers: (cpus.ceil() as usize).max(2) * 2,
+            worker_start_timeout: Duration::from_secs(30),
+            gcs_address: gcs_address.into(),
+            object_store_dir: shm.join(format!("fleet-{node_id}")),
+            spill_dir: std::env::temp_dir().join(format!("fleet-spill-{node_id}")),
+            object_store_bytes: 2 << 30,
+            node_id,
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Raylet errors: each names the thing and, where there is one, the fix.
+
+use std::path::PathBuf;
+
+/// Errors of the node daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request can never fit this node, however long it waits.
+    #[error("{what} asks for {requested} but this node only has {total}; no worker here can ever run it (lower the request, or add a node that has it)")]
+    Infeasible {
+        /// What asked.
+        what: String,
+        /// The request.
+        requested: String,
+        /// The node's total resources.
+        total: String,
+    },
+    /// A resource request is malformed (e.g. 1.5 GPUs).
+    #[error("invalid resource request for {what}: {reason}")]
+    InvalidRequest {
+        /// What asked.
+        what: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A worker process could not be started or did not register in time.
+    #[error("worker process {} could not start: {reason}", binary.display())]
+    WorkerStart {
+        /// The binary.
+        binary: PathBuf,
+        /// What happened.
+        reason: String,
+    },
+    /// No such lease.
+    #[error("lease {lease_id} is unknown (already returned, or its worker died)")]
+    UnknownLease {
+        /// The lease.
+        lease_id: u64,
+    },
+    /// Listening failed.
+    #[error("raylet cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The object store failed.
+    #[error(transparent)]
+    ObjectStore(#[from] crate::object_store::Error),
+    /// The raylet is shutting down.
+    #[error("the raylet is shutting down")]
+    ShuttingDown,
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        let message = format!("{error:#}");
+        match error {
+            Error::Infeasible { .. } | Error::InvalidRequest { .. } => {
+                tonic::Status::failed_precondition(message)
+            }
+            Error::UnknownLease { .. } => tonic::Status::not_found(message),
+            Error::ShuttingDown => tonic::Status::unavailable(message),
+            Error::WorkerStart { .. } | Error::Listen { .. } | Error::ObjectStore(_) => {
+                tonic::Status::internal(message)
+            }
+        }
+    }
+}
+
+/// Raylet result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,494 @@
+//! The raylet's gRPC service: worker registration, leases, node info; and `run`, which
+//! serves it until shutdown.
+//!
+//! Leases: a request is checked against the node's total (never satisfiable → an error at
+//! once, not an eternal wait), then waits until its resources are free, then gets a worker:
+//! an idle shared one, or a new process. Work that asks for GPUs or a worker of its own
+//! (actors) always gets a new process, started with `CUDA_VISIBLE_DEVICES` set to its GPU
+//! ids, which is never shared and exits when the lease ends.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_proto::runtime::raylet_server::{Raylet, RayletServer};
+use fleet_proto::runtime::{
+    LeaseReply, LeaseRequest, NodeInfoReply, NodeInfoRequest, RegisterWorkerReply,
+    RegisterWorkerRequest, ReturnLeaseReply, ReturnLeaseRequest,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use crate::config::RayletConfig;
+use crate::error::{Error, Result};
+use crate::resources::{AllocateError, Allocation, NodeResources, ResourceSet};
+use crate::worker_pool::{env, WorkerExit, WorkerLauncher, WorkerProcess};
+
+struct WorkerEntry {
+    process: WorkerProcess,
+    address: Option<String>,
+    dedicated: bool,
+    leased: Option<u64>,
+}
+
+struct Lease {
+    worker_id: String,
+    allocation: Allocation,
+}
+
+struct State {
+    resources: NodeResources,
+    workers: HashMap<String, WorkerEntry>,
+    idle: VecDeque<String>,
+    registering: HashMap<String, oneshot::Sender<String>>,
+    leases: HashMap<u64, Lease>,
+    next_lease: u64,
+    next_worker: u64,
+    dead_workers: Vec<WorkerExit>,
+}
+
+/// The raylet service state.
+#[derive(Clone)]
+pub struct RayletService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RayletConfig,
+    address: String,
+    launcher: WorkerLauncher,
+    state: Mutex<State>,
+    /// Signalled whenever resources are released.
+    freed: Notify,
+    /// Set by `retire_all`: no new workers start.
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+fn to_resource_set(map: &BTreeMap<String, f64>, what: &str) -> Result<ResourceSet> {
+    ResourceSet::try_from_map(map).map_err(|e| Error::InvalidRequest {
+        what: what.into(),
+        reason: e.to_string(),
+    })
+}
+
+impl RayletService {
+    /// Builds the service; `address` is where workers reach it.
+    fn new(
+        config: RayletConfig,
+        address: String,
+        exits: mpsc::UnboundedSender<WorkerExit>,
+    ) -> Result<Self> {
+        let mut total = config.resources.clone();
+        total.remove("GPU");
+        let total = to_resource_set(&total, "the node's resources")?;
+        let resources = NodeResources::new(total, config.num_gpus);
+        let mut worker_env = config.worker_env.clone();
+        worker_env.insert(env::RAYLET_ADDRESS.into(), address.clone());
+        worker_env.insert(env::GCS_ADDRESS.into(), config.gcs_address.clone());
+        worker_env.insert(env::NODE_ID.into(), config.node_id.clone());
+        worker_env.insert(
+            env::OBJECT_STORE_DIR.into(),
+            config.object_store_dir.display().to_string(),
+        );
+        let launcher = WorkerLauncher::new(
+            config.worker_binary.clone(),
+            config.worker_args.clone(),
+            worker_env,
+            exits,
+        );
+        Ok(RayletService {
+            inner: Arc::new(Inner {
+                config,
+                address,
+                launcher,
+                state: Mutex::new(State {
+                    resources,
+                    workers: HashMap::new(),
+                    idle: VecDeque::new(),
+                    registering: HashMap::new(),
+                    leases: HashMap::new(),
+                    next_lease: 1,
+                    next_worker: 1,
+                    dead_workers: Vec::new(),
+                }),
+                freed: Notify::new(),
+                stopping: std::sync::atomic::AtomicBool::new(false),
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a worker and waits for it to register; returns its id and address.
+    async fn start_worker(&self, dedicated: bool, gpu_ids: &[u32]) -> Result<(String, String)> {
+        if self
+            .inner
+            .stopping
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(Error::ShuttingDown);
+        }
+        let (worker_id, rx) = {
+            let mut state = self.lock();
+            let worker_id = format!("{}-w{}", self.inner.config.node_id, state.next_worker);
+            state.next_worker += 1;
+            let (tx, rx) = oneshot::channel();
+            state.registering.insert(worker_id.clone(), tx);
+            let gpus: Vec<String> = gpu_ids.iter().map(u32::to_string).collect();
+            let mut extra = vec![(env::GPU_IDS, gpus.join(","))];
+            if !gpu_ids.is_empty() || dedicated {
+                extra.push(("CUDA_VISIBLE_DEVICES", gpus.join(",")));
+            }
+            let process = match self.inner.launcher.spawn(&worker_id, &extra) {
+                Ok(process) => process,
+                Err(error) => {
+                    state.registering.remove(&worker_id);
+                    return Err(error);
+                }
+            };
+            state.workers.insert(
+                worker_id.clone(),
+                WorkerEntry {
+                    process,
+                    address: None,
+                    dedicated,
+                    leased: None,
+                },
+            );
+            (worker_id, rx)
+        };
+        let timeout = self.inner.config.worker_start_timeout;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(address)) => Ok((worker_id, address)),
+            outcome => {
+                let mut state = self.lock();
+                state.registering.remove(&worker_id);
+                let died = state
+                    .dead_workers
+                    .iter()
+                    .find(|d| d.worker_id == worker_id)
+                    .map(|d| d.status.clone());
+                if let Some(mut entry) = state.workers.remove(&worker_id) {
+                    entry.process.retire(true);
+                }
+                let reason = match (outcome, died) {
+                    (_, Some(status)) => format!(
+                        "it exited ({status}) before registering; does the program call fleet::init() (or use #[fleet::main]) first thing in main?"
+                    ),
+                    _ => format!("it did not register within {timeout:?}"),
+                };
+                Err(Error::WorkerStart {
+                    binary: self.inner.launcher.binary().clone(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Prestarts shared workers.
+    pub async fn prestart(&self, count: usize) {
+        let mut started = tokio::task::JoinSet::new();
+        for _ in 0..count {
+            let this = self.clone();
+            started.spawn(async move { this.start_worker(false, &[]).await });
+        }
+        while let Some(result) = started.join_next().await {
+            match result {
+                Ok(Ok((worker_id, _))) => self.lock().idle.push_back(worker_id),
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %format!("{error:#}"), "could not prestart a worker")
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    async fn lease(&self, request: LeaseRequest) -> Result<LeaseReply> {
+        let what = if request.description.is_empty() {
+            "a task".to_string()
+        } else {
+            request.description.clone()
+        };
+        let map: BTreeMap<String, f64> = request.resources.into_iter().collect();
+        let wanted = to_resource_set(&map, &what)?;
+        // Fail at once when this node can never satisfy it.
+        {
+            let state = self.lock();
+            match state.resources.is_feasible(&wanted) {
+                Ok(()) => {}
+                Err(AllocateError::Infeasible { .. }) => {
+                    return Err(Error::Infeasible {
+                        what,
+                        requested: wanted.to_string(),
+                        total: state.resources.total().to_string(),
+                    })
+                }
+                Err(other) => {
+                    return Err(Error::InvalidRequest {
+                        what,
+                        reason: other.to_string(),
+                    })
+                }
+            }
+        }
+        let allocation = loop {
+            let notified = self.inner.freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.lock();
+                match state.resources.try_allocate(&wanted) {
+                    Ok(allocation) => break allocation,
+                    Err(AllocateError::Insufficient { .. }) => {}
+                    Err(other) => {
+                        return Err(Error::InvalidRequest {
+                            what,
+                            reason: other.to_string(),
+                        })
+                    }
+                }
+            }
+            notified.await;
+        };
+        let dedicated = request.dedicated || !allocation.gpu_ids.is_empty();
+        let reused = if dedicated {
+            None
+        } else {
+            let mut state = self.lock();
+            let mut found = None;
+            while let Some(worker_id) = state.idle.pop_front() {
+                if let Some(address) = state
+                    .workers
+                    .get(&worker_id)
+                    .and_then(|w| w.address.clone())
+                {
+                    found = Some((worker_id, address));
+                    break;
+                }
+            }
+            found
+        };
+        let (worker_id, address) = match reused {
+            Some(found) => found,
+            None => match self.start_worker(dedicated, &allocation.gpu_ids).await {
+                Ok(found) => found,
+                Err(error) => {
+                    self.lock().resources.release(&allocation);
+                    self.inner.freed.notify_waiters();
+                    return Err(error);
+                }
+            },
+        };
+        let mut state = self.lock();
+        let lease_id = state.next_lease;
+        state.next_lease += 1;
+        let gpu_ids = allocation.gpu_ids.clone();
+        match state.workers.get_mut(&worker_id) {
+            Some(worker) => worker.leased = Some(lease_id),
+            None => {
+                // It died between start and grant.
+                state.resources.release(&allocation);
+                drop(state);
+                self.inner.freed.notify_waiters();
+                return Err(Error::WorkerStart {
+                    binary: self.inner.launcher.binary().clone(),
+                    reason: "the worker exited right after starting".into(),
+                });
+            }
+        }
+        state.leases.insert(
+            lease_id,
+            Lease {
+                worker_id: worker_id.clone(),
+                allocation,
+            },
+        );
+        Ok(LeaseReply {
+            lease_id,
+            worker_id,
+            worker_address: address,
+            gpu_ids,
+            node_id: self.inner.config.node_id.clone(),
+        })
+    }
+
+    fn return_lease(&self, lease_id: u64, worker_failed: bool) -> Result<()> {
+        let mut state = self.lock();
+        let Some(lease) = state.leases.remove(&lease_id) else {
+            // Its worker died and the lease was already cleaned up.
+            return Ok(());
+        };
+        state.resources.release(&lease.allocation);
+        let max_idle = self.inner.config.max_idle_workers;
+        let idle_count = state.idle.len();
+        if let Some(worker) = state.workers.get_mut(&lease.worker_id) {
+            worker.leased = None;
+            if worker.dedicated || worker_failed || idle_count >= max_idle {
+                worker.process.retire(worker_failed);
+            } else {
+                state.idle.push_back(lease.worker_id.clone());
+            }
+        }
+        drop(state);
+        self.inner.freed.notify_waiters();
+        Ok(())
+    }
+
+    fn on_worker_exit(&self, exit: WorkerExit) {
+        let mut state = self.lock();
+        tracing::debug!(worker = %exit.worker_id, status = %exit.status, "worker exited");
+        state.idle.retain(|w| *w != exit.worker_id);
+        if let Some(worker) = state.workers.remove(&exit.worker_id) {
+            if let Some(lease_id) = worker.leased {
+                if let Some(lease) = state.leases.remove(&lease_id) {
+                    state.resources.release(&lease.allocation);
+                }
+            }
+        }
+        state.dead_workers.push(exit);
+        if state.dead_workers.len() > 1024 {
+            state.dead_workers.remove(0);
+        }
+        drop(state);
+        self.inner.freed.notify_waiters();
+    }
+
+    /// Stops every worker.
+    pub fn retire_all(&self) {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        let mut state = self.lock();
+        for worker in state.workers.values_mut() {
+            worker.process.retire(true);
+        }
+    }
+
+    /// The address workers and owners reach this raylet at.
+    pub fn address(&self) -> &str {
+        &self.inner.address
+    }
+}
+
+#[tonic::async_trait]
+impl Raylet for RayletService {
+    async fn register_worker(
+        &self,
+        request: Request<RegisterWorkerRequest>,
+    ) -> Result<Response<RegisterWorkerReply>, Status> {
+        let request = request.into_inner();
+        let mut state = self.lock();
+        let Some(waiter) = state.registering.remove(&request.worker_id) else {
+            return Err(Status::not_found(format!(
+                "worker {} was not started by this raylet",
+                request.worker_id
+            )));
+        };
+        if let Some(worker) = state.workers.get_mut(&request.worker_id) {
+            worker.address = Some(request.address.clone());
+        }
+        let _ = waiter.send(request.address);
+        Ok(Response::new(RegisterWorkerReply {
+            node_id: self.inner.config.node_id.clone(),
+        }))
+    }
+
+    async fn request_worker_lease(
+        &self,
+        request: Request<LeaseRequest>,
+    ) -> Result<Response<LeaseReply>, Status> {
+        Ok(Response::new(self.lease(request.into_inner()).await?))
+    }
+
+    async fn return_worker_lease(
+        &self,
+        request: Request<ReturnLeaseRequest>,
+    ) -> Result<Response<ReturnLeaseReply>, Status> {
+        let request = request.into_inner();
+        self.return_lease(request.lease_id, request.worker_failed)?;
+        Ok(Response::new(ReturnLeaseReply {}))
+    }
+
+    async fn node_info(
+        &self,
+        _: Request<NodeInfoRequest>,
+    ) -> Result<Response<NodeInfoReply>, Status> {
+        let state = self.lock();
+        Ok(Response::new(NodeInfoReply {
+            node_id: self.inner.config.node_id.clone(),
+            total: state.resources.total().to_map().into_iter().collect(),
+            available: state.resources.available().to_map().into_iter().collect(),
+            idle_workers: state.idle.len() as u32,
+            leased_workers: state.leases.len() as u32,
+        }))
+    }
+}
+
+/// A raylet serving on a bound listener.
+pub struct RunningRaylet {
+    /// The service (for in-process use).
+    pub service: RayletService,
+    /// The address it serves at.
+    pub address: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningRaylet {
+    /// Stops serving and retires every worker.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.service.retire_all();
+        let _ = self.task.await;
+        // Give workers a moment to be reaped.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Starts a raylet on `listener` and prestarts its workers in the background.
+pub async fn start(config: RayletConfig, listener: TcpListener) -> Result<RunningRaylet> {
+    let address = listener
+        .local_addr()
+        .map_err(|source| Error::Listen {
+            address: "raylet listener".into(),
+            source,
+        })?
+        .to_string();
+    let (exits_tx, mut exits_rx) = mpsc::unbounded_channel();
+    let prestart = config.prestart_workers;
+    let service = RayletService::new(config, address.clone(), exits_tx)?;
+    let shutdown = CancellationToken::new();
+    let server = RayletServer::new(service.clone());
+    let stop = shutdown.clone();
+    let watcher = service.clone();
+    let prestarter = service.clone();
+    let task = tokio::spawn(async move {
+        let exits = tokio::spawn(async move {
+            while let Some(exit) = exits_rx.recv().await {
+                watcher.on_worker_exit(exit);
+            }
+        });
+        let prestarting = tokio::spawn(async move { prestarter.prestart(prestart).await });
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        if let Err(error) = tonic::transport::Server::builder()
+            .add_service(server)
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(%error, "raylet server failed");
+        }
+        prestarting.abort();
+        exits.abort();
+    });
+    Ok(RunningRaylet {
+        service,
+        address,
+        shutdown,
+        task,
+    })
+}

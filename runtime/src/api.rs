@@ -1,0 +1,87 @@
+//! `put`, `get`, `get_all`, `wait`, `kill`.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::actor::ActorHandle;
+use crate::codec;
+use crate::context::current;
+use crate::error::Result;
+use crate::object_ref::ObjectRef;
+
+/// Stores a value owned by this process; the reference can be passed to tasks and actors.
+pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>> {
+    let runtime = current()?;
+    let id = crate::ids::new_id("put");
+    let bytes = codec::encode(value, "the value passed to fleet::put")?;
+    runtime.store.set(&id, Ok(bytes));
+    Ok(ObjectRef::new(id, runtime.address.clone()))
+}
+
+/// The value of a reference.
+pub async fn get<T: DeserializeOwned>(object: &ObjectRef<T>) -> Result<T> {
+    object.get().await
+}
+
+/// The values of many references, in order.
+pub async fn get_all<T: DeserializeOwned>(objects: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    let values = futures::future::join_all(objects.iter().map(|o| o.get())).await;
+    values.into_iter().collect()
+}
+
+/// Waits until `num_returns` of `objects` are ready (a value or an error) or `timeout`
+/// passes; returns (ready, not ready), each in the order given.
+pub async fn wait<T>(
+    objects: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+    let runtime = current()?;
+    let wanted = num_returns.min(objects.len());
+    let mut pending: futures::stream::FuturesUnordered<_> = objects
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let runtime = runtime.clone();
+            let o = o.clone();
+            async move {
+                let _ = runtime.get_bytes(o.id(), o.owner()).await;
+                i
+            }
+        })
+        .collect();
+    let mut ready_index = Vec::new();
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    while ready_index.len() < wanted {
+        let next = futures::StreamExt::next(&mut pending);
+        let index = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, next).await {
+                Ok(index) => index,
+                Err(_) => break,
+            },
+            None => next.await,
+        };
+        match index {
+            Some(i) => ready_index.push(i),
+            None => break,
+        }
+    }
+    ready_index.sort_unstable();
+    let mut ready = Vec::new();
+    let mut not_ready = Vec::new();
+    for (i, object) in objects.iter().enumerate() {
+        if ready_index.binary_search(&i).is_ok() {
+            ready.push(object.clone());
+        } else {
+            not_ready.push(object.clone());
+        }
+    }
+    Ok((ready, not_ready))
+}
+
+/// Kills an actor (see [`ActorHandle::kill`]).
+pub async fn kill(handle: &ActorHandle) -> Result<()> {
+    handle.kill().await
+}

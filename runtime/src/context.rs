@@ -1,0 +1,154 @@
+//! The core worker of this process: its identity, its connections (GCS, raylet, other core
+//! workers), its memory store and lease pool. One per process, set by `fleet::init()`.
+
+use std::sync::{Arc, OnceLock};
+
+use dashmap::DashMap;
+use fleet_gcs::GcsClient;
+use fleet_proto::runtime::core_worker_client::CoreWorkerClient;
+use fleet_proto::runtime::get_object_reply;
+use fleet_proto::runtime::raylet_client::RayletClient;
+use fleet_proto::runtime::GetObjectRequest;
+use tonic::transport::Channel;
+
+use crate::error::{Error, Result};
+use crate::object_ref::MemoryStore;
+use crate::submitter::LeasePool;
+
+/// Largest gRPC message (objects travel inline for now).
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+static CURRENT: OnceLock<Arc<CoreWorker>> = OnceLock::new();
+
+/// This process's core worker.
+pub fn current() -> Result<Arc<CoreWorker>> {
+    CURRENT.get().cloned().ok_or(Error::NotInitialized)
+}
+
+pub(crate) fn try_current() -> Option<&'static Arc<CoreWorker>> {
+    CURRENT.get()
+}
+
+pub(crate) fn install(worker: Arc<CoreWorker>) -> Result<()> {
+    CURRENT
+        .set(worker)
+        .map_err(|_| Error::Internal("fleet::init() was called twice in this process".into()))
+}
+
+/// The core worker.
+pub struct CoreWorker {
+    /// The job this process belongs to.
+    pub job_id: String,
+    /// `driver-…` or the worker id the raylet gave.
+    pub worker_id: String,
+    /// The node it runs on.
+    pub node_id: String,
+    /// Where other processes reach its CoreWorker service.
+    pub address: String,
+    /// Process id.
+    pub pid: u32,
+    /// The actors' default namespace.
+    pub namespace: String,
+    /// GPU ids this process may use.
+    pub gpu_ids: Vec<u32>,
+    pub(crate) gcs: GcsClient,
+    pub(crate) raylet: RayletClient<Channel>,
+    pub(crate) store: MemoryStore,
+    pub(crate) leases: Arc<LeasePool>,
+    clients: DashMap<String, CoreWorkerClient<Channel>>,
+    pub(crate) links: DashMap<String, Arc<crate::actor::ActorLink>>,
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// Whether this process is a driver (not a worker).
+    pub is_driver: bool,
+}
+
+pub(crate) struct CoreWorkerParts {
+    pub job_id: String,
+    pub worker_id: String,
+    pub node_id: String,
+    pub address: String,
+    pub namespace: String,
+    pub gpu_ids: Vec<u32>,
+    pub gcs: GcsClient,
+    pub raylet: RayletClient<Channel>,
+    pub is_driver: bool,
+}
+
+impl CoreWorker {
+    pub(crate) fn new(parts: CoreWorkerParts) -> Self {
+        CoreWorker {
+            job_id: parts.job_id,
+            worker_id: parts.worker_id,
+            node_id: parts.node_id,
+            address: parts.address,
+            pid: std::process::id(),
+            namespace: parts.namespace,
+            gpu_ids: parts.gpu_ids,
+            gcs: parts.gcs,
+            raylet: parts.raylet.clone(),
+            store: MemoryStore::default(),
+            leases: Arc::new(LeasePool::new(parts.raylet)),
+            clients: DashMap::new(),
+            links: DashMap::new(),
+            runtime: tokio::runtime::Handle::current(),
+            is_driver: parts.is_driver,
+        }
+    }
+
+    /// The GCS client.
+    pub fn gcs(&self) -> &GcsClient {
+        &self.gcs
+    }
+
+    /// A client for another process's CoreWorker service.
+    pub(crate) fn worker_client(&self, address: &str) -> Result<CoreWorkerClient<Channel>> {
+        if let Some(client) = self.clients.get(address) {
+            return Ok(client.clone());
+        }
+        let channel =
+            fleet_gcs::transport::Connector::channel(&fleet_gcs::transport::TcpConnector, address)
+                .map_err(Error::Internal)?;
+        let client = CoreWorkerClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        self.clients.insert(address.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// The serialized value of an object: from this process's store when it owns (or has
+    /// cached) it, otherwise fetched from its owner.
+    pub async fn get_bytes(&self, id: &str, owner: &str) -> Result<Arc<Vec<u8>>> {
+        if owner == self.address {
+            return self.store.slot(id).wait().await;
+        }
+        if let Some(slot) = self.store.existing(id) {
+            if let Some(value) = slot.try_get() {
+                return value;
+            }
+        }
+        let mut client = self.worker_client(owner)?;
+        let reply = client
+            .get_object(GetObjectRequest {
+                object_id: id.to_string(),
+            })
+            .await
+            .map_err(|status| Error::ObjectUnavailable {
+                object_id: id.into(),
+                reason: format!(
+                    "its owner at {owner} did not answer ({}); the owner may have exited",
+                    status.message()
+                ),
+            })?
+            .into_inner();
+        match reply.result {
+            Some(get_object_reply::Result::Value(bytes)) => Ok(Arc::new(bytes)),
+            Some(get_object_reply::Result::Error(error)) => {
+                Err(crate::executor::error_from_wire(error))
+            }
+            None => Err(Error::ObjectUnavailable {
+                object_id: id.into(),
+                reason: "empty answer from its owner".into(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! `fleet::Error`: what a caller of a task, an actor or an object sees. Remote failures carry
+//! the message, the remote backtrace and where they ran.
+
+use std::fmt;
+
+/// Why a task failed on the remote side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskFailure {
+    /// The function or method returned `Err`.
+    Application,
+    /// It panicked.
+    Panic,
+    /// Fleet could not run it (unknown function, undecodable arguments...).
+    System,
+}
+
+/// Where a failed task ran.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Location {
+    /// Node id.
+    pub node_id: String,
+    /// Worker id.
+    pub worker_id: String,
+    /// Process id.
+    pub pid: u32,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "worker {} (pid {}) on node {}",
+            self.worker_id, self.pid, self.node_id
+        )
+    }
+}
+
+/// A remote function or actor method's failure, as the caller sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteError {
+    /// The function or `Actor::method`.
+    pub function: String,
+    /// Application error, panic or system failure.
+    pub kind: TaskFailure,
+    /// The error's message.
+    pub message: String,
+    /// The remote backtrace (panics), if captured.
+    pub backtrace: String,
+    /// Where it ran.
+    pub location: Location,
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} failed ({:?}) on {}: {}",
+            self.function, self.kind, self.location, self.message
+        )
+    }
+}
+
+/// Errors of the Fleet SDK.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A remote function or actor method failed.
+    #[error("{0}")]
+    Task(Box<RemoteError>),
+    /// The worker running the task died, and retries are used up.
+    #[error("{function} could not finish: its worker died {attempts} time(s) ({cause}); raise max_retries to retry more")]
+    WorkerDied {
+        /// The function.
+        function: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last cause.
+        cause: String,
+    },
+    /// The actor is dead and will not restart.
+    #[error("actor {actor} is dead: {cause}")]
+    ActorDied {
+        /// The actor (name or id).
+        actor: String,
+        /// Why.
+        cause: String,
+    },
+    /// No live actor has this name.
+    #[error("no actor named '{name}' in namespace '{namespace}' (is it spelled right, and still alive?)")]
+    ActorNotFound {
+        /// The name.
+        name: String,
+        /// The namespace.
+        namespace: String,
+    },
+    /// The named actor is of another type than the handle asked for.
+    #[error("actor '{name}' is a {found}, not a {expected}")]
+    ActorTypeMismatch {
+        /// The name.
+        name: String,
+        /// The type asked for.
+        expected: String,
+        /// Its real type.
+        found: String,
+    },
+    /// An actor's name is taken.
+    #[error("an actor named '{name}' already lives in namespace '{namespace}'")]
+    ActorNameTaken {
+        /// The name.
+        name: String,
+        /// The namespace.
+        namespace: String,
+    },
+    /// The object's value is gone (its owner died or freed it).
+    #[error("object {object_id} is unavailable: {reason}")]
+    ObjectUnavailable {
+        /// The object.
+        object_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A value could not be serialized or deserialized.
+    #[error("cannot {action} {what}: {reason} (handle and actor/function types must match)")]
+    Serialization {
+        /// "encode" or "decode".
+        action: &'static str,
+        /// What.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The resource request can never be satisfied.
+    #[error("{0}")]
+    Infeasible(String),
+    /// `fleet::init()` has not run in this process.
+    #[error("Fleet is not initialized: call fleet::init().await (or use #[fleet::main]) first")]
+    NotInitialized,
+    /// A wait ran out of time.
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The control store failed.
+    #[error("control store: {0}")]
+    Gcs(#[from] fleet_gcs::Error),
+    /// The raylet failed.
+    #[error("raylet: {0}")]
+    Raylet(#[from] fleet_raylet::Error),
+    /// An RPC failed.
+    #[error("{what}: {message}")]
+    Rpc {
+        /// What was being done.
+        what: String,
+        /// The status message.
+        message: String,
+    },
+    /// Something else went wrong inside Fleet.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Fleet's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn rpc(what: impl Into<String>, status: &tonic::Status) -> Self {
+        Error::Rpc {
+            what: what.into(),
+            message: fleet_gcs::error::describe_status(status),
+        }
+    }
+
+    /// The remote failure, when it is one.
+    pub fn remote(&self) -> Option<&RemoteError> {
+        match self {
+            Error::Task(remote) => Some(remote),
+            _ => None,
+        }
+    }
+}
+
+impl Clone for Error {
+    fn clone(&self) -> Self {
+        match self {
+            Error::Task(remote) => Error::Task(remote.clone()),
+            Error::WorkerDied {
+                function,
+                attempts,
+                cause,
+            } => Error::WorkerDied {
+                function: function.clone(),
+                attempts: *attempts,
+                cause: cause.clone(),
+            },
+            Error::ActorDied { actor, cause } => Error::ActorDied {
+                actor: actor.clone(),
+                cause: cause.clone(),
+            },
+            Error::ActorNotFound { name, namespace } => Error::ActorNotFound {
+                name: name.clone(),
+                namespace: namespace.clone(),
+            },
+            Error::ActorTypeMismatch {
+                name,
+                expected,
+                found,
+            } => Error::ActorTypeMismatch {
+                name: name.clone(),
+                expected: expected.clone(),
+                found: found.clone(),
+            },
+            Error::ActorNameTaken { name, namespace } => Error::ActorNameTaken {
+                name: name.clone(),
+                namespace: namespace.clone(),
+            },
+            Error::ObjectUnavailable { object_id, reason } => Error::ObjectUnavailable {
+                object_id: object_id.clone(),
+                reason: reason.clone(),
+            },
+            Error::Serialization {
+                action,
+                what,
+                reason,
+            } => Error::Serialization {
+                action,
+                what: what.clone(),
+                reason: reason.clone(),
+            },
+            Error::Infeasible(s) => Error::Infeasible(s.clone()),
+            Error::NotInitialized => Error::NotInitialized,
+            Error::Timeout(d) => Error::Timeout(*d),
+            other @ (Error::Gcs(_) | Error::Raylet(_) | Error::Rpc { .. } | Error::Internal(_)) => {
+                Error::Internal(other.to_string())
+            }
+        }
+    }
+}

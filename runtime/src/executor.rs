@@ -1,0 +1,390 @@
+//! The worker side: the CoreWorker gRPC service that runs remote functions, hosts actors
+//! (one task per actor owning the instance, running each caller's calls in order), takes
+//! checkpoints, and serves owned objects to borrowers.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use fleet_proto::gcs::CheckpointInfo;
+use fleet_proto::runtime::core_worker_server::CoreWorker as CoreWorkerRpc;
+use fleet_proto::runtime::{
+    get_object_reply, task_reply, ExitReply, ExitRequest, GetObjectReply, GetObjectRequest,
+    TaskKind, TaskReply, TaskSpec,
+};
+use futures::FutureExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::context::CoreWorker;
+use crate::error::{Error, Location, RemoteError, TaskFailure};
+use crate::registry::{self, ActorObject, Args, TaskError};
+
+/// The method name of an on-demand checkpoint.
+pub const CHECKPOINT_METHOD: &str = "__fleet_checkpoint";
+
+thread_local! {
+    static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+}
+
+/// Records panics' messages and backtraces so the caller gets them (worker processes).
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = panic_message(info.payload());
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let backtrace = std::backtrace::Backtrace::force_capture().to_string();
+        tracing::debug!("task panicked: {message}{location}");
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some((format!("{message}{location}"), backtrace)));
+    }));
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+async fn catching<F>(future: F) -> Result<Vec<u8>, TaskError>
+where
+    F: std::future::Future<Output = Result<Vec<u8>, TaskError>>,
+{
+    match AssertUnwindSafe(future).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => {
+            let recorded = LAST_PANIC.with(|p| p.borrow_mut().take());
+            let (message, backtrace) =
+                recorded.unwrap_or_else(|| (panic_message(payload.as_ref()), String::new()));
+            Err(TaskError {
+                kind: TaskFailure::Panic,
+                message,
+                backtrace,
+            })
+        }
+    }
+}
+
+fn kind_name(kind: &TaskFailure) -> &'static str {
+    match kind {
+        TaskFailure::Application => "APPLICATION",
+        TaskFailure::Panic => "PANIC",
+        TaskFailure::System => "SYSTEM",
+    }
+}
+
+/// The caller-side error for a task error that came over the wire.
+pub fn error_from_wire(error: fleet_proto::runtime::TaskError) -> Error {
+    let kind = match error.kind.as_str() {
+        "APPLICATION" => TaskFailure::Application,
+        "PANIC" => TaskFailure::Panic,
+        _ => TaskFailure::System,
+    };
+    Error::Task(Box::new(RemoteError {
+        function: error.function,
+        kind,
+        message: error.message,
+        backtrace: error.backtrace,
+        location: Location {
+            node_id: error.node_id,
+            worker_id: error.worker_id,
+            pid: error.pid,
+        },
+    }))
+}
+
+struct ActorCall {
+    caller: String,
+    seq: u64,
+    method: String,
+    args: Args,
+    reply: oneshot::Sender<Result<Vec<u8>, TaskError>>,
+}
+
+struct CheckpointPolicy {
+    actor_id: String,
+    every: u64,
+    dir: PathBuf,
+    sequence: u64,
+}
+
+/// The CoreWorker service of a worker (or a driver, which only serves objects).
+#[derive(Clone)]
+pub struct Executor {
+    runtime: Arc<CoreWorker>,
+    actors: Arc<DashMap<String, mpsc::UnboundedSender<ActorCall>>>,
+    exit: CancellationToken,
+}
+
+impl Executor {
+    /// An executor for this process; `exit` is cancelled by an Exit request.
+    pub fn new(runtime: Arc<CoreWorker>, exit: CancellationToken) -> Self {
+        Executor {
+            runtime,
+            actors: Arc::default(),
+            exit,
+        }
+    }
+
+    fn locate(&self, function: &str, error: TaskError) -> fleet_proto::runtime::TaskError {
+        fleet_proto::runtime::TaskError {
+            kind: kind_name(&error.kind).into(),
+            message: error.message,
+            backtrace: error.backtrace,
+            node_id: self.runtime.node_id.clone(),
+            worker_id: self.runtime.worker_id.clone(),
+            pid: self.runtime.pid,
+            function: function.into(),
+        }
+    }
+
+    fn reply(&self, function: &str, result: Result<Vec<u8>, TaskError>) -> TaskReply {
+        TaskReply {
+            result: Some(match result {
+                Ok(bytes) => task_reply::Result::Value(bytes),
+                Err(error) => task_reply::Result::Error(self.locate(function, error)),
+            }),
+        }
+    }
+
+    async fn create_actor(&self, spec: TaskSpec, args: Args) -> Result<Vec<u8>, TaskError> {
+        let factory = registry::actor_class(&spec.function).ok_or_else(|| {
+            TaskError::system(format!(
+                "no actor type named {} in this binary (is it declared with #[fleet::actor]?)",
+                spec.function
+            ))
+        })?;
+        let instance: Box<dyn ActorObject> = if spec.restore_state.is_empty() {
+            catching_instance((factory.create)(args)).await?
+        } else {
+            (factory.restore)(&spec.restore_state)?
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let policy = CheckpointPolicy {
+            actor_id: spec.actor_id.clone(),
+            every: spec.checkpoint_every_calls,
+            dir: PathBuf::from(&spec.checkpoint_dir),
+            sequence: spec.checkpoint_sequence,
+        };
+        self.actors.insert(spec.actor_id.clone(), tx);
+        let runtime = self.runtime.clone();
+        tokio::spawn(actor_loop(runtime, instance, rx, policy));
+        Ok(Vec::new())
+    }
+}
+
+async fn catching_instance(
+    future: registry::BoxFuture<'static, Result<Box<dyn ActorObject>, TaskError>>,
+) -> Result<Box<dyn ActorObject>, TaskError> {
+    match AssertUnwindSafe(future).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => {
+            let recorded = LAST_PANIC.with(|p| p.borrow_mut().take());
+            let (message, backtrace) =
+                recorded.unwrap_or_else(|| (panic_message(payload.as_ref()), String::new()));
+            Err(TaskError {
+                kind: TaskFailure::Panic,
+                message: format!("the constructor panicked: {message}"),
+                backtrace,
+            })
+        }
+    }
+}
+
+async fn actor_loop(
+    runtime: Arc<CoreWorker>,
+    mut instance: Box<dyn ActorObject>,
+    mut rx: mpsc::UnboundedReceiver<ActorCall>,
+    mut policy: CheckpointPolicy,
+) {
+    let mut expected: HashMap<String, u64> = HashMap::new();
+    let mut pending: HashMap<String, BTreeMap<u64, ActorCall>> = HashMap::new();
+    let mut calls_since_checkpoint = 0u64;
+    while let Some(call) = rx.recv().await {
+        let caller = call.caller.clone();
+        pending
+            .entry(caller.clone())
+            .or_default()
+            .insert(call.seq, call);
+        // Run every call that is next in its caller's order.
+        loop {
+            let next = expected.get(&caller).copied().unwrap_or(0);
+            let Some(queue) = pending.get_mut(&caller) else {
+                break;
+            };
+            let Some(call) = queue.remove(&next) else {
+                break;
+            };
+            expected.insert(caller.clone(), next + 1);
+            let result = if call.method == CHECKPOINT_METHOD {
+                let state = instance.checkpoint();
+                checkpoint(&runtime, state, &mut policy)
+                    .await
+                    .and_then(|seq| registry::encode_return(&seq, "checkpoint"))
+            } else {
+                let outcome = catching(instance.dispatch(&call.method, call.args)).await;
+                calls_since_checkpoint += 1;
+                outcome
+            };
+            let _ = call.reply.send(result);
+            if policy.every > 0 && calls_since_checkpoint >= policy.every {
+                calls_since_checkpoint = 0;
+                let state = instance.checkpoint();
+                if let Err(error) = checkpoint(&runtime, state, &mut policy).await {
+                    tracing::warn!(actor = %policy.actor_id, error = %error.message, "periodic checkpoint failed");
+                }
+            }
+        }
+    }
+}
+
+/// Writes the actor's state to the checkpoint store and commits its pointer in the GCS; the
+/// checkpoint counts only once committed.
+async fn checkpoint(
+    runtime: &CoreWorker,
+    state: Option<Result<Vec<u8>, TaskError>>,
+    policy: &mut CheckpointPolicy,
+) -> Result<u64, TaskError> {
+    let state = state.ok_or_else(|| {
+        TaskError::system("this actor is not checkpointable: declare it with #[fleet::actor(checkpoint)] on a serde Serialize + Deserialize struct")
+    })??;
+    let sequence = policy.sequence + 1;
+    let dir = policy.dir.join(&policy.actor_id);
+    let path = dir.join(format!("{sequence:012}.ckpt"));
+    let temp = dir.join(format!("{sequence:012}.ckpt.tmp"));
+    let size = state.len() as u64;
+    let write = async {
+        tokio::fs::create_dir_all(&dir).await?;
+        let mut file = tokio::fs::File::create(&temp).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut file, &state).await?;
+        file.sync_all().await?;
+        tokio::fs::rename(&temp, &path).await
+    };
+    write.await.map_err(|e| {
+        TaskError::system(format!("cannot write checkpoint {}: {e}", path.display()))
+    })?;
+    let info = CheckpointInfo {
+        owner_id: policy.actor_id.clone(),
+        sequence,
+        url: format!("file://{}", path.display()),
+        size,
+        committed_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    };
+    runtime
+        .gcs
+        .commit_checkpoint(info)
+        .await
+        .map_err(|e| TaskError::system(format!("cannot commit checkpoint {sequence}: {e}")))?;
+    policy.sequence = sequence;
+    // Keep the previous checkpoint as well: a reader may be restoring it right now.
+    if sequence > 2 {
+        let _ = tokio::fs::remove_file(dir.join(format!("{:012}.ckpt", sequence - 2))).await;
+    }
+    Ok(sequence)
+}
+
+#[tonic::async_trait]
+impl CoreWorkerRpc for Executor {
+    async fn push_task(&self, request: Request<TaskSpec>) -> Result<Response<TaskReply>, Status> {
+        let spec = request.into_inner();
+        let args: Args = spec
+            .args
+            .iter()
+            .map(|a| match &a.value {
+                Some(fleet_proto::runtime::arg::Value::Inline(bytes)) => bytes.clone(),
+                None => Vec::new(),
+            })
+            .collect();
+        let kind = TaskKind::try_from(spec.kind).unwrap_or(TaskKind::Function);
+        let reply = match kind {
+            TaskKind::Function => {
+                let name = spec.function.clone();
+                let result = match registry::function(&name) {
+                    Some(function) => catching((function.call)(args)).await,
+                    None => Err(TaskError::system(format!(
+                        "no remote function named {name} in this binary (is it declared with #[fleet::remote]?)"
+                    ))),
+                };
+                self.reply(&name, result)
+            }
+            TaskKind::ActorCreation => {
+                let name = format!("{}::new", spec.function);
+                let result = self.create_actor(spec, args).await;
+                self.reply(&name, result)
+            }
+            TaskKind::ActorMethod => {
+                let name = format!("{}::{}", spec.function, spec.method);
+                let Some(mailbox) = self.actors.get(&spec.actor_id).map(|m| m.clone()) else {
+                    let error = TaskError::system(format!(
+                        "actor {} is not hosted by this worker",
+                        spec.actor_id
+                    ));
+                    return Ok(Response::new(self.reply(&name, Err(error))));
+                };
+                let (tx, rx) = oneshot::channel();
+                let call = ActorCall {
+                    caller: spec.caller_id,
+                    seq: spec.seq,
+                    method: spec.method,
+                    args,
+                    reply: tx,
+                };
+                let result = if mailbox.send(call).is_err() {
+                    Err(TaskError::system(format!(
+                        "actor {} is not hosted by this worker",
+                        spec.actor_id
+                    )))
+                } else {
+                    rx.await
+                        .unwrap_or_else(|_| Err(TaskError::system("the actor stopped")))
+                };
+                self.reply(&name, result)
+            }
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn get_object(
+        &self,
+        request: Request<GetObjectRequest>,
+    ) -> Result<Response<GetObjectReply>, Status> {
+        let id = request.into_inner().object_id;
+        let Some(slot) = self.runtime.store.existing(&id) else {
+            return Ok(Response::new(GetObjectReply {
+                result: Some(get_object_reply::Result::Error(self.locate(
+                    "get",
+                    TaskError::system(format!(
+                        "object {id} is not held by its owner (freed, or never created)"
+                    )),
+                ))),
+            }));
+        };
+        let result = match slot.wait().await {
+            Ok(bytes) => get_object_reply::Result::Value(bytes.as_ref().clone()),
+            Err(error) => get_object_reply::Result::Error(
+                self.locate("get", TaskError::system(error.to_string())),
+            ),
+        };
+        Ok(Response::new(GetObjectReply {
+            result: Some(result),
+        }))
+    }
+
+    async fn exit(&self, _: Request<ExitRequest>) -> Result<Response<ExitReply>, Status> {
+        self.exit.cancel();
+        Ok(Response::new(ExitReply {}))
+    }
+}

@@ -1,0 +1,302 @@
+//! `fleet::init()`: three ways to start.
+//!
+//! - Worker mode (`FLEET_WORKER_ID` is set: this process was started by a raylet): serve tasks
+//!   until the raylet goes away or says exit, then exit the process. Never returns.
+//! - Cluster mode (`FLEET_ADDRESS` or `InitOptions::address`): join a running cluster (its
+//!   GCS, and a live raylet registered there).
+//! - Embedded mode (no address): start a one-replica GCS and a raylet inside this process,
+//!   as real gRPC servers, with this program's own binary as the worker executable.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::{Arc, OnceLock};
+
+use fleet_gcs::server::EmbeddedGcs;
+use fleet_gcs::GcsClient;
+use fleet_proto::gcs::{JobInfo, NodeInfo, NodeState};
+use fleet_proto::runtime::core_worker_server::CoreWorkerServer;
+use fleet_proto::runtime::raylet_client::RayletClient;
+use fleet_proto::runtime::RegisterWorkerRequest;
+use fleet_raylet::worker_pool::env;
+use fleet_raylet::RayletConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+use crate::context::{install, CoreWorker, CoreWorkerParts, MAX_MESSAGE_BYTES};
+use crate::error::{Error, Result};
+use crate::executor::{install_panic_hook, Executor};
+
+/// How to start.
+#[derive(Clone, Debug, Default)]
+pub struct InitOptions {
+    /// A running cluster's GCS (comma-separated); `FLEET_ADDRESS` when unset; embedded when
+    /// neither.
+    pub address: Option<String>,
+    /// Embedded mode: CPUs to offer (default: this machine's).
+    pub num_cpus: Option<f64>,
+    /// Embedded mode: GPUs to offer (default: detected; set it to fake GPUs for tests).
+    pub num_gpus: Option<u32>,
+    /// Embedded mode: custom resources.
+    pub resources: BTreeMap<String, f64>,
+    /// Namespace of named actors (default "default").
+    pub namespace: Option<String>,
+}
+
+struct Embedded {
+    _gcs: EmbeddedGcs,
+    raylet: fleet_raylet::server::RunningRaylet,
+    _dir: tempfile::TempDir,
+}
+
+static EMBEDDED: OnceLock<tokio::sync::Mutex<Option<Embedded>>> = OnceLock::new();
+
+/// Starts Fleet in this process with default options.
+pub async fn init() -> Result<()> {
+    init_with(InitOptions::default()).await
+}
+
+async fn serve_core_worker(listener: TcpListener, executor: Executor) {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let service = CoreWorkerServer::new(executor)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    if let Err(error) = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming(incoming)
+        .await
+    {
+        tracing::error!(%error, "core worker server failed");
+    }
+}
+
+async fn bind_loopback() -> Result<(TcpListener, String)> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Error::Internal(format!("cannot bind a loopback port: {e}")))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .to_string();
+    Ok((listener, address))
+}
+
+fn raylet_client(address: &str) -> Result<RayletClient<tonic::transport::Channel>> {
+    let channel =
+        fleet_gcs::transport::Connector::channel(&fleet_gcs::transport::TcpConnector, address)
+            .map_err(Error::Internal)?;
+    Ok(RayletClient::new(channel))
+}
+
+/// Starts Fleet in this process.
+pub async fn init_with(options: InitOptions) -> Result<()> {
+    if let Ok(worker_id) = std::env::var(env::WORKER_ID) {
+        run_worker(worker_id).await;
+    }
+    let namespace = options
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let address = options
+        .address
+        .clone()
+        .or_else(|| std::env::var("FLEET_ADDRESS").ok())
+        .filter(|a| !a.is_empty());
+    let (gcs, raylet_address, node_id) = match address {
+        Some(address) => {
+            let gcs = GcsClient::connect(&address)?;
+            let node = gcs
+                .list_nodes()
+                .await?
+                .into_iter()
+                .find(|n| n.state == NodeState::NodeAlive as i32 && !n.address.is_empty())
+                .ok_or_else(|| {
+                    Error::Internal(format!("the cluster at {address} has no live node; start one (fleet cluster up) or unset FLEET_ADDRESS to run embedded"))
+                })?;
+            (gcs, node.address, node.node_id)
+        }
+        None => start_embedded(&options).await?,
+    };
+    let (listener, address) = bind_loopback().await?;
+    let worker_id = crate::ids::new_id("driver");
+    let runtime = Arc::new(CoreWorker::new(CoreWorkerParts {
+        job_id: crate::ids::new_id("job"),
+        worker_id: worker_id.clone(),
+        node_id,
+        address: address.clone(),
+        namespace,
+        gpu_ids: Vec::new(),
+        gcs: gcs.clone(),
+        raylet: raylet_client(&raylet_address)?,
+        is_driver: true,
+    }));
+    install(runtime.clone())?;
+    tokio::spawn(serve_core_worker(
+        listener,
+        Executor::new(runtime.clone(), CancellationToken::new()),
+    ));
+    let entrypoint = std::env::args().collect::<Vec<_>>().join(" ");
+    gcs.add_job(JobInfo {
+        job_id: runtime.job_id.clone(),
+        driver_address: address,
+        entrypoint,
+        start_ms: now_ms(),
+        ..JobInfo::default()
+    })
+    .await?;
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn start_embedded(options: &InitOptions) -> Result<(GcsClient, String, String)> {
+    let dir = tempfile::Builder::new()
+        .prefix("fleet-embedded-")
+        .tempdir()
+        .map_err(|e| Error::Internal(format!("cannot create a temp dir: {e}")))?;
+    let gcs_server = EmbeddedGcs::start(dir.path().join("gcs")).await?;
+    let gcs = GcsClient::connect(&gcs_server.address)?;
+    let node_id = crate::ids::new_id("node");
+    let cpus = options.num_cpus.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0)
+    });
+    let num_gpus = match options.num_gpus {
+        Some(n) => n,
+        None => fleet_raylet::gpu::detect_gpus().count,
+    };
+    let binary = std::env::current_exe().map_err(|e| {
+        Error::Internal(format!(
+            "cannot find this program's binary to start workers: {e}"
+        ))
+    })?;
+    let mut config = RayletConfig::local(
+        node_id.clone(),
+        cpus,
+        num_gpus,
+        binary,
+        gcs_server.address.clone(),
+    );
+    config.worker_args = std::env::args().skip(1).collect();
+    config.resources.extend(options.resources.clone());
+    config.object_store_dir = dir.path().join("shm");
+    config.spill_dir = dir.path().join("spill");
+    let mut total: BTreeMap<String, f64> = config.resources.clone();
+    total.insert("GPU".into(), f64::from(num_gpus));
+    let (listener, _) = bind_loopback().await?;
+    let raylet = fleet_raylet::server::start(config, listener).await?;
+    gcs.register_node(NodeInfo {
+        node_id: node_id.clone(),
+        address: raylet.address.clone(),
+        resources_total: total.into_iter().collect(),
+        registered_at_ms: now_ms(),
+        ..NodeInfo::default()
+    })
+    .await?;
+    let raylet_address = raylet.address.clone();
+    let cell = EMBEDDED.get_or_init(|| tokio::sync::Mutex::new(None));
+    *cell.lock().await = Some(Embedded {
+        _gcs: gcs_server,
+        raylet,
+        _dir: dir,
+    });
+    Ok((gcs, raylet_address, node_id))
+}
+
+/// Stops the embedded cluster (its workers exit). Called at the end of `#[fleet::main]`.
+pub async fn shutdown() {
+    if let Some(cell) = EMBEDDED.get() {
+        if let Some(embedded) = cell.lock().await.take() {
+            embedded.raylet.stop().await;
+        }
+    }
+}
+
+/// Worker mode: serve tasks until the raylet goes away or asks us to exit.
+async fn run_worker(worker_id: String) -> ! {
+    install_panic_hook();
+    let code = match serve_worker(worker_id).await {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("fleet worker: {error:#}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+async fn serve_worker(worker_id: String) -> Result<()> {
+    let var = |name: &str| {
+        std::env::var(name).map_err(|_| Error::Internal(format!("worker started without {name}")))
+    };
+    let raylet_address = var(env::RAYLET_ADDRESS)?;
+    let gcs_address = var(env::GCS_ADDRESS)?;
+    let node_id = var(env::NODE_ID)?;
+    let gpu_ids: Vec<u32> = std::env::var(env::GPU_IDS)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let (listener, address) = bind_loopback().await?;
+    let mut raylet = raylet_client(&raylet_address)?;
+    let runtime = Arc::new(CoreWorker::new(CoreWorkerParts {
+        job_id: String::new(),
+        worker_id: worker_id.clone(),
+        node_id,
+        address: address.clone(),
+        namespace: "default".into(),
+        gpu_ids,
+        gcs: GcsClient::connect(&gcs_address)?,
+        raylet: raylet.clone(),
+        is_driver: false,
+    }));
+    install(runtime.clone())?;
+    let exit = CancellationToken::new();
+    tokio::spawn(serve_core_worker(
+        listener,
+        Executor::new(runtime, exit.clone()),
+    ));
+    if let Err(status) = raylet
+        .register_worker(RegisterWorkerRequest {
+            worker_id,
+            address,
+            pid: std::process::id(),
+        })
+        .await
+    {
+        // The raylet stopped while this worker was starting: nothing to serve.
+        tracing::debug!(status = %status.message(), "raylet gone before registration");
+        return Ok(());
+    }
+    // The raylet holds our stdin: EOF means it is gone or retired us.
+    let stdin_closed = tokio::task::spawn_blocking(|| {
+        let mut buffer = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while let Ok(n) = stdin.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    tokio::select! {
+        _ = stdin_closed => {}
+        _ = exit.cancelled() => {
+            // Let the Exit reply go out.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The GPU ids this process may use (those of its actor or task's lease).
+pub fn gpu_ids() -> Vec<u32> {
+    crate::context::try_current()
+        .map(|r| r.gpu_ids.clone())
+        .unwrap_or_default()
+}

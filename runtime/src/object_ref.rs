@@ -1,0 +1,275 @@
+//! `ObjectRef<T>`: a typed reference to a value that exists (or will) somewhere in the
+//! cluster, and the per-process memory store that holds the values this process owns.
+//!
+//! Ownership (Ray's model): the process that submits a task or puts a value owns the
+//! result; its memory store holds it; other processes holding the reference (borrowers)
+//! fetch it from the owner's CoreWorker service. A reference serialized into a task's
+//! arguments or a value travels as (id, owner address).
+
+use std::future::IntoFuture;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use dashmap::DashMap;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::sync::Notify;
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::registry::BoxFuture;
+
+/// A value slot in the memory store.
+#[derive(Default)]
+pub struct Slot {
+    value: OnceLock<Result<Arc<Vec<u8>>, Error>>,
+    ready: Notify,
+}
+
+impl Slot {
+    /// Waits for the value.
+    pub async fn wait(&self) -> Result<Arc<Vec<u8>>> {
+        loop {
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(value) = self.value.get() {
+                return value.clone();
+            }
+            notified.await;
+        }
+    }
+
+    /// The value, if ready.
+    pub fn try_get(&self) -> Option<Result<Arc<Vec<u8>>>> {
+        self.value.get().cloned()
+    }
+}
+
+/// Values owned by (or cached in) this process.
+#[derive(Default)]
+pub struct MemoryStore {
+    slots: DashMap<String, Arc<Slot>>,
+}
+
+impl MemoryStore {
+    /// The slot for `id`, created empty if absent.
+    pub fn slot(&self, id: &str) -> Arc<Slot> {
+        self.slots.entry(id.to_string()).or_default().clone()
+    }
+
+    /// The slot for `id`, if this process has one.
+    pub fn existing(&self, id: &str) -> Option<Arc<Slot>> {
+        self.slots.get(id).map(|s| s.clone())
+    }
+
+    /// Fills a slot (first write wins) and wakes its waiters.
+    pub fn set(&self, id: &str, value: Result<Vec<u8>>) {
+        let slot = self.slot(id);
+        let _ = slot.value.set(value.map(Arc::new));
+        slot.ready.notify_waiters();
+    }
+
+    /// Forgets a value.
+    pub fn remove(&self, id: &str) {
+        self.slots.remove(id);
+    }
+
+    /// Number of values held.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+pub(crate) struct RefInner {
+    pub(crate) id: String,
+    pub(crate) owner: String,
+    /// Serialized into a task or value: a borrower may still need it, so the owner keeps
+    /// the value for the rest of its life (borrower reference counting is future work).
+    escaped: AtomicBool,
+}
+
+impl Drop for RefInner {
+    fn drop(&mut self) {
+        if self.escaped.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(runtime) = crate::context::try_current() {
+            if runtime.address == self.owner {
+                runtime.store.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// A reference to a value of type `T`; `.await` it (or `fleet::get`) for the value.
+pub struct ObjectRef<T> {
+    pub(crate) inner: Arc<RefInner>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        ObjectRef {
+            inner: self.inner.clone(),
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for ObjectRef<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectRef({})", self.inner.id)
+    }
+}
+
+impl<T> ObjectRef<T> {
+    pub(crate) fn new(id: String, owner: String) -> Self {
+        ObjectRef {
+            inner: Arc::new(RefInner {
+                id,
+                owner,
+                escaped: AtomicBool::new(false),
+            }),
+            _type: PhantomData,
+        }
+    }
+
+    /// The object's id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The owner's address.
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// The serialized value (waiting for it).
+    pub async fn bytes(&self) -> Result<Arc<Vec<u8>>> {
+        crate::context::current()?
+            .get_bytes(&self.inner.id, &self.inner.owner)
+            .await
+    }
+
+    pub(crate) fn mark_escaped(&self) {
+        self.inner.escaped.store(true, Ordering::Relaxed);
+    }
+}
+
+impl<T: DeserializeOwned> ObjectRef<T> {
+    /// The value (waiting for it).
+    pub async fn get(&self) -> Result<T> {
+        let bytes = self.bytes().await?;
+        codec::decode(&bytes, &format!("object {}", self.inner.id))
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> IntoFuture for ObjectRef<T> {
+    type Output = Result<T>;
+    type IntoFuture = BoxFuture<'static, Result<T>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move { self.get().await })
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> IntoFuture for &ObjectRef<T> {
+    type Output = Result<T>;
+    type IntoFuture = BoxFuture<'static, Result<T>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let this = self.clone();
+        Box::pin(async move { this.get().await })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireRef {
+    id: String,
+    owner: String,
+}
+
+impl<T> Serialize for ObjectRef<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.mark_escaped();
+        WireRef {
+            id: self.inner.id.clone(),
+            owner: self.inner.owner.clone(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ObjectRef<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = WireRef::deserialize(deserializer)?;
+        let r = ObjectRef::new(wire.id, wire.owner);
+        // A borrowed reference must not free the owner's value when it drops.
+        r.mark_escaped();
+        Ok(r)
+    }
+}
+
+/// An argument to a remote function or actor method: a value, or a reference resolved to its
+/// value before the call.
+pub enum Arg {
+    /// A serialized value (or the error serializing it).
+    Value(Result<Vec<u8>>),
+    /// A reference to resolve.
+    Ref {
+        /// Object id.
+        id: String,
+        /// Owner address.
+        owner: String,
+    },
+}
+
+/// What can be passed where a remote function expects a `T`: a `T`, or an `ObjectRef<T>`.
+pub trait IntoArg<T> {
+    /// The argument.
+    fn into_arg(self) -> Arg;
+}
+
+impl<T: Serialize> IntoArg<T> for T {
+    fn into_arg(self) -> Arg {
+        Arg::Value(codec::encode(&self, "an argument"))
+    }
+}
+
+impl<T> IntoArg<T> for ObjectRef<T> {
+    fn into_arg(self) -> Arg {
+        self.mark_escaped();
+        Arg::Ref {
+            id: self.inner.id.clone(),
+            owner: self.inner.owner.clone(),
+        }
+    }
+}
+
+impl<T> IntoArg<T> for &ObjectRef<T> {
+    fn into_arg(self) -> Arg {
+        <ObjectRef<T> as IntoArg<T>>::into_arg(self.clone())
+    }
+}
+
+/// Resolves arguments to their serialized values (waiting for referenced objects).
+pub(crate) async fn resolve_args(args: Vec<Arg>) -> Result<Vec<Vec<u8>>> {
+    let runtime = crate::context::current()?;
+    let mut out = Vec::with_capacity(args.len());
+    for arg in args {
+        match arg {
+            Arg::Value(value) => out.push(value?),
+            Arg::Ref { id, owner } => {
+                out.push(runtime.get_bytes(&id, &owner).await?.as_ref().clone())
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,460 @@
+//! Fleet's attribute macros.
+//!
+//! - `#[fleet::remote]` on a function keeps the function and adds a module of the same name
+//!   with `remote(args…) -> ObjectRef<R>` and `options()`; it registers the function by its
+//!   path so a worker (the same binary) finds it.
+//! - `#[fleet::actor]` on a struct (optionally `#[fleet::actor(checkpoint)]`) generates its
+//!   typed handle `{Type}Handle`; on the struct's `impl` block it generates
+//!   `Type::remote(ctor args…) -> ActorBuilder`, one handle method per `pub fn` taking
+//!   `&self`/`&mut self`, and the dispatcher the worker runs.
+//! - `#[fleet::main]` on `async fn main()` starts a runtime, calls `fleet::init()` first, and
+//!   shuts the embedded cluster down at the end.
+//!
+//! A method or function returning `Result<T, E>` (E: Display) yields `ObjectRef<T>`; an `Err`
+//! reaches the caller as `fleet::Error::Task` with the message.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote};
+use syn::spanned::Spanned;
+use syn::{
+    parse_macro_input, FnArg, GenericArgument, ImplItem, ItemFn, ItemImpl, ItemStruct, Pat,
+    PathArguments, ReturnType, Type,
+};
+
+/// What a function returns, as seen by the caller.
+struct Returns {
+    /// The `T` of `ObjectRef<T>`.
+    value: TokenStream2,
+    /// Whether it is a `Result` whose `Err` becomes an application error.
+    fallible: bool,
+}
+
+fn returns(output: &ReturnType) -> Returns {
+    match output {
+        ReturnType::Default => Returns {
+            value: quote!(()),
+            fallible: false,
+        },
+        ReturnType::Type(_, ty) => {
+            if let Type::Path(path) = ty.as_ref() {
+                if let Some(last) = path.path.segments.last() {
+                    if last.ident == "Result" {
+                        if let PathArguments::AngleBracketed(args) = &last.arguments {
+                            let ok = args.args.iter().find_map(|a| match a {
+                                GenericArgument::Type(t) => Some(t),
+                                _ => None,
+                            });
+                            if let Some(ok) = ok {
+                                return Returns {
+                                    value: quote!(#ok),
+                                    fallible: true,
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+            Returns {
+                value: quote!(#ty),
+                fallible: false,
+            }
+        }
+    }
+}
+
+/// Typed, named arguments of a signature (receiver excluded).
+fn arguments(
+    inputs: &syn::punctuated::Punctuated<FnArg, syn::token::Comma>,
+) -> syn::Result<Vec<(syn::Ident, Type)>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        if let FnArg::Typed(typed) = input {
+            let Pat::Ident(ident) = typed.pat.as_ref() else {
+                return Err(syn::Error::new(
+                    typed.pat.span(),
+                    "fleet: arguments of remote functions and actor methods must be plain names",
+                ));
+            };
+            out.push((ident.ident.clone(), (*typed.ty).clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// Code that turns the call's output (`__out`) into encoded bytes or an application error.
+fn finish(fallible: bool, name: &TokenStream2) -> TokenStream2 {
+    if fallible {
+        quote! {
+            match __out {
+                ::core::result::Result::Ok(v) => ::fleet::__private::encode_return(&v, #name),
+                ::core::result::Result::Err(e) => ::core::result::Result::Err(::fleet::__private::TaskError::application(e)),
+            }
+        }
+    } else {
+        quote! { ::fleet::__private::encode_return(&__out, #name) }
+    }
+}
+
+/// `#[fleet::remote]`: makes a function callable as a task.
+#[proc_macro_attribute]
+pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return syn::Error::new(
+            Span::call_site(),
+            "fleet::remote takes no arguments; set options with name::options()",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let function = parse_macro_input!(item as ItemFn);
+    match expand_remote(function) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => error.to_compile_error().into(),
+    }
+}
+
+fn expand_remote(function: ItemFn) -> syn::Result<TokenStream2> {
+    let sig = &function.sig;
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "fleet::remote functions cannot be generic (a worker finds them by name)",
+        ));
+    }
+    let name = &sig.ident;
+    let vis = &function.vis;
+    let args = arguments(&sig.inputs)?;
+    let ret = returns(&sig.output);
+    let value = &ret.value;
+    let arg_names: Vec<_> = args.iter().map(|(n, _)| n).collect();
+    let arg_types: Vec<_> = args.iter().map(|(_, t)| t).collect();
+    let indices: Vec<usize> = (0..args.len()).collect();
+    let awaited = if sig.asyncness.is_some() {
+        quote!(.await)
+    } else {
+        quote!()
+    };
+    let finish = finish(ret.fallible, &quote!(NAME));
+    Ok(quote! {
+        #function
+
+        #[doc = concat!("Remote calls of [`", stringify!(#name), "`].")]
+        #[allow(non_snake_case, non_camel_case_types, dead_code)]
+        #vis mod #name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// The name workers find this function by.
+            pub const NAME: &str = module_path!();
+
+            /// Call options.
+            #[derive(Clone, Debug, Default)]
+            pub struct Options(pub ::fleet::TaskOptions);
+
+            impl Options {
+                /// CPUs the task needs (default 1).
+                pub fn num_cpus(mut self, cpus: f64) -> Self { self.0.resources.insert("CPU".into(), cpus); self }
+                /// GPUs the task needs.
+                pub fn num_gpus(mut self, gpus: f64) -> Self { self.0.resources.insert("GPU".into(), gpus); self }
+                /// A custom resource (or "memory" in bytes).
+                pub fn resource(mut self, name: &str, amount: f64) -> Self { self.0.resources.insert(name.into(), amount); self }
+                /// Retries when the worker dies (default 3).
+                pub fn max_retries(mut self, retries: u32) -> Self { self.0.max_retries = retries; self }
+                /// Also retry on an application error or panic.
+                pub fn retry_exceptions(mut self, retry: bool) -> Self { self.0.retry_exceptions = retry; self }
+                /// Submits the call.
+                pub fn remote(self, #(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> ::fleet::ObjectRef<#value> {
+                    ::fleet::submit_task(NAME, ::std::vec![#(::fleet::IntoArg::<#arg_types>::into_arg(#arg_names)),*], self.0)
+                }
+            }
+
+            /// Options for a call.
+            pub fn options() -> Options { Options::default() }
+
+            /// Submits a call; the reference resolves to its result.
+            pub fn remote(#(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> ::fleet::ObjectRef<#value> {
+                options().remote(#(#arg_names),*)
+            }
+
+            fn __fleet_call(__args: ::fleet::__private::Args) -> ::fleet::__private::BoxFuture<'static, ::core::result::Result<::std::vec::Vec<u8>, ::fleet::__private::TaskError>> {
+                ::std::boxed::Box::pin(async move {
+                    #(let #arg_names: #arg_types = ::fleet::__private::decode_arg(&__args, #indices, NAME)?;)*
+                    let __out = super::#name(#(#arg_names),*) #awaited;
+                    #finish
+                })
+            }
+
+            ::fleet::__private::inventory::submit! {
+                ::fleet::__private::RemoteFunction { name: NAME, call: __fleet_call }
+            }
+        }
+    })
+}
+
+/// `#[fleet::actor]` on a struct or its `impl` block.
+#[proc_macro_attribute]
+pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let attr = TokenStream2::from(attr);
+    let checkpoint = match attr.to_string().as_str() {
+        "" => false,
+        "checkpoint" => true,
+        other => {
+            return syn::Error::new(
+                Span::call_site(),
+                format!("fleet::actor: unknown option '{other}' (did you mean `checkpoint`?)"),
+            )
+            .to_compile_error()
+            .into()
+        }
+    };
+    let item = TokenStream2::from(item);
+    if let Ok(item_struct) = syn::parse2::<ItemStruct>(item.clone()) {
+        return expand_actor_struct(item_struct, checkpoint).into();
+    }
+    match syn::parse2::<ItemImpl>(item) {
+        Ok(item_impl) => match expand_actor_impl(item_impl) {
+            Ok(tokens) => tokens.into(),
+            Err(error) => error.to_compile_error().into(),
+        },
+        Err(_) => syn::Error::new(
+            Span::call_site(),
+            "fleet::actor goes on a struct and on its impl block",
+        )
+        .to_compile_error()
+        .into(),
+    }
+}
+
+fn expand_actor_struct(item: ItemStruct, checkpoint: bool) -> TokenStream2 {
+    let name = &item.ident;
+    let vis = &item.vis;
+    let handle = format_ident!("{}Handle", name);
+    let (checkpoint_fn, restore_fn) = if checkpoint {
+        (
+            quote! {
+                fn __fleet_checkpoint(&self) -> ::core::option::Option<::core::result::Result<::std::vec::Vec<u8>, ::fleet::__private::TaskError>> {
+                    ::core::option::Option::Some(::fleet::__private::encode_return(self, <Self as ::fleet::ActorType>::NAME))
+                }
+            },
+            quote! {
+                fn __fleet_restore(bytes: &[u8]) -> ::core::result::Result<Self, ::fleet::__private::TaskError> {
+                    ::fleet::__private::decode_state(bytes, <Self as ::fleet::ActorType>::NAME)
+                }
+            },
+        )
+    } else {
+        (
+            quote! {
+                fn __fleet_checkpoint(&self) -> ::core::option::Option<::core::result::Result<::std::vec::Vec<u8>, ::fleet::__private::TaskError>> {
+                    ::core::option::Option::None
+                }
+            },
+            quote! {
+                fn __fleet_restore(_: &[u8]) -> ::core::result::Result<Self, ::fleet::__private::TaskError> {
+                    ::core::result::Result::Err(::fleet::__private::TaskError::system(
+                        concat!(stringify!(#name), " is not checkpointable; use #[fleet::actor(checkpoint)]")))
+                }
+            },
+        )
+    };
+    quote! {
+        #item
+
+        #[doc = concat!("A handle to a remote [`", stringify!(#name), "`] actor.")]
+        #[derive(Clone, Debug, ::fleet::__private::serde::Serialize, ::fleet::__private::serde::Deserialize)]
+        #[serde(crate = "::fleet::__private::serde")]
+        #vis struct #handle(pub ::fleet::ActorHandle);
+
+        impl ::core::convert::From<::fleet::ActorHandle> for #handle {
+            fn from(raw: ::fleet::ActorHandle) -> Self { #handle(raw) }
+        }
+
+        impl #handle {
+            /// The untyped handle.
+            pub fn raw(&self) -> &::fleet::ActorHandle { &self.0 }
+            /// Checkpoints the actor now; resolves to the checkpoint's sequence number.
+            pub fn checkpoint(&self) -> ::fleet::ObjectRef<u64> { self.0.checkpoint() }
+        }
+
+        impl ::fleet::ActorType for #name {
+            const NAME: &'static str = concat!(module_path!(), "::", stringify!(#name));
+            type Handle = #handle;
+        }
+
+        impl #name {
+            #checkpoint_fn
+            #restore_fn
+        }
+    }
+}
+
+fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
+    let Type::Path(self_path) = item.self_ty.as_ref() else {
+        return Err(syn::Error::new(
+            item.self_ty.span(),
+            "fleet::actor: expected `impl TypeName`",
+        ));
+    };
+    let name = self_path
+        .path
+        .segments
+        .last()
+        .map(|s| s.ident.clone())
+        .ok_or_else(|| {
+            syn::Error::new(item.self_ty.span(), "fleet::actor: expected a type name")
+        })?;
+    if !item.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            item.generics.span(),
+            "fleet::actor types cannot be generic (a worker finds them by name)",
+        ));
+    }
+    let handle = format_ident!("{}Handle", name);
+    let mut constructor = None;
+    let mut handle_methods = Vec::new();
+    let mut dispatch_arms = Vec::new();
+    for impl_item in &item.items {
+        let ImplItem::Fn(method) = impl_item else {
+            continue;
+        };
+        let sig = &method.sig;
+        let method_name = &sig.ident;
+        let method_str = method_name.to_string();
+        let args = arguments(&sig.inputs)?;
+        let arg_names: Vec<_> = args.iter().map(|(n, _)| n.clone()).collect();
+        let arg_types: Vec<_> = args.iter().map(|(_, t)| t.clone()).collect();
+        let indices: Vec<usize> = (0..args.len()).collect();
+        let has_receiver = matches!(sig.inputs.first(), Some(FnArg::Receiver(_)));
+        let awaited = if sig.asyncness.is_some() {
+            quote!(.await)
+        } else {
+            quote!()
+        };
+        if method_str == "new" && !has_receiver {
+            constructor = Some(quote! {
+                impl #name {
+                    /// Builds a remote instance: `.spawn().await` creates it.
+                    pub fn remote(#(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> ::fleet::ActorBuilder<#name> {
+                        ::fleet::ActorBuilder::new(::std::vec![#(::fleet::IntoArg::<#arg_types>::into_arg(#arg_names)),*])
+                    }
+
+                    fn __fleet_create(__args: ::fleet::__private::Args) -> ::fleet::__private::BoxFuture<'static, ::core::result::Result<::std::boxed::Box<dyn ::fleet::__private::ActorObject>, ::fleet::__private::TaskError>> {
+                        ::std::boxed::Box::pin(async move {
+                            const NAME: &str = <#name as ::fleet::ActorType>::NAME;
+                            #(let #arg_names: #arg_types = ::fleet::__private::decode_arg(&__args, #indices, NAME)?;)*
+                            let __instance: #name = #name::new(#(#arg_names),*) #awaited;
+                            ::core::result::Result::Ok(::std::boxed::Box::new(__instance) as ::std::boxed::Box<dyn ::fleet::__private::ActorObject>)
+                        })
+                    }
+
+                    fn __fleet_restore_boxed(bytes: &[u8]) -> ::core::result::Result<::std::boxed::Box<dyn ::fleet::__private::ActorObject>, ::fleet::__private::TaskError> {
+                        ::core::result::Result::Ok(::std::boxed::Box::new(#name::__fleet_restore(bytes)?) as ::std::boxed::Box<dyn ::fleet::__private::ActorObject>)
+                    }
+                }
+            });
+            continue;
+        }
+        if !has_receiver || !matches!(method.vis, syn::Visibility::Public(_)) {
+            continue;
+        }
+        let ret = returns(&sig.output);
+        let value = &ret.value;
+        let full = quote!(concat!(stringify!(#name), "::", #method_str));
+        let finish = finish(ret.fallible, &full);
+        handle_methods.push(quote! {
+            /// Calls the method on the actor; the reference resolves to its result.
+            pub fn #method_name(&self, #(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> ::fleet::ObjectRef<#value> {
+                self.0.call(#method_str, ::std::vec![#(::fleet::IntoArg::<#arg_types>::into_arg(#arg_names)),*])
+            }
+        });
+        dispatch_arms.push(quote! {
+            #method_str => {
+                #(let #arg_names: #arg_types = ::fleet::__private::decode_arg(&__args, #indices, #full)?;)*
+                let __out = self.#method_name(#(#arg_names),*) #awaited;
+                #finish
+            }
+        });
+    }
+    let constructor = constructor.ok_or_else(|| {
+        syn::Error::new(
+            item.self_ty.span(),
+            "fleet::actor: the impl block needs a constructor `fn new(...) -> Self`",
+        )
+    })?;
+    Ok(quote! {
+        #item
+
+        #constructor
+
+        impl #handle {
+            #(#handle_methods)*
+        }
+
+        impl ::fleet::__private::ActorObject for #name {
+            fn dispatch<'a>(&'a mut self, __method: &'a str, __args: ::fleet::__private::Args) -> ::fleet::__private::BoxFuture<'a, ::core::result::Result<::std::vec::Vec<u8>, ::fleet::__private::TaskError>> {
+                ::std::boxed::Box::pin(async move {
+                    match __method {
+                        #(#dispatch_arms)*
+                        other => ::core::result::Result::Err(::fleet::__private::TaskError::system(
+                            format!("{} has no remote method {other}", <#name as ::fleet::ActorType>::NAME))),
+                    }
+                })
+            }
+
+            fn checkpoint(&self) -> ::core::option::Option<::core::result::Result<::std::vec::Vec<u8>, ::fleet::__private::TaskError>> {
+                self.__fleet_checkpoint()
+            }
+        }
+
+        ::fleet::__private::inventory::submit! {
+            ::fleet::__private::ActorFactory {
+                name: <#name as ::fleet::ActorType>::NAME,
+                create: #name::__fleet_create,
+                restore: #name::__fleet_restore_boxed,
+            }
+        }
+    })
+}
+
+/// `#[fleet::main]`: `async fn main()` with Fleet initialized first.
+#[proc_macro_attribute]
+pub fn main(_attr: TokenStream, item: TokenStream) -> TokenStream {
+    let function = parse_macro_input!(item as ItemFn);
+    if function.sig.asyncness.is_none() {
+        return syn::Error::new(function.sig.span(), "fleet::main goes on `async fn main()`")
+            .to_compile_error()
+            .into();
+    }
+    let body = &function.block;
+    let output = &function.sig.output;
+    let attrs = &function.attrs;
+    let init = match output {
+        ReturnType::Default => quote! {
+            if let ::core::result::Result::Err(e) = ::fleet::init().await {
+                eprintln!("error: {e}");
+                ::std::process::exit(1);
+            }
+        },
+        ReturnType::Type(..) => quote! { ::fleet::init().await?; },
+    };
+    quote! {
+        #(#attrs)*
+        fn main() #output {
+            let __runtime = match ::fleet::__private::tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                ::core::result::Result::Ok(runtime) => runtime,
+                ::core::result::Result::Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    ::std::process::exit(1);
+                }
+            };
+            __runtime.block_on(async move {
+                #init
+                let __result = async move #body.await;
+                ::fleet::shutdown().await;
+                __result
+            })
+        }
+    }
+    .into()
+}
