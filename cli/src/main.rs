@@ -2,7 +2,7 @@
 //!
 //! - `cmd::gcs`: `fleet gcs` (run a replica), `fleet gcs status`, `fleet gcs member add|remove`.
 //! - `cmd::kv`: `fleet kv put|get|list|delete`.
-//! - `cmd::bench`: `fleet bench gcs`.
+//! - `cmd::bench`: `fleet bench` (runtime microbenchmark) and `fleet bench gcs`.
 
 mod cmd;
 

@@ -62,7 +62,10 @@ fn sleep_ms(ms: u64) -> u64 {
 
 #[fleet::remote]
 fn gpu_task() -> (Vec<u32>, String) {
-    (fleet::gpu_ids(), std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default())
+    (
+        fleet::gpu_ids(),
+        std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default(),
+    )
 }
 
 /// Calls an actor through a handle it was given.
@@ -144,12 +147,17 @@ impl GpuUser {
 
     pub fn devices(&self) -> (Vec<u32>, String) {
         let _ = self.started;
-        (fleet::gpu_ids(), std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default())
+        (
+            fleet::gpu_ids(),
+            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default(),
+        )
     }
 }
 
 fn sigkill(pid: u32) -> Result<()> {
-    let status = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status()?;
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()?;
     ensure!(status.success(), "kill -9 {pid} failed");
     Ok(())
 }
@@ -161,26 +169,49 @@ fn scratch() -> PathBuf {
 async fn tasks_fan_out_and_pass_references() -> Result<()> {
     let refs: Vec<_> = (0..200u64).map(double::remote).collect();
     let values = fleet::get_all(&refs).await?;
-    ensure!(values == (0..200u64).map(|x| x * 2).collect::<Vec<_>>(), "results in order");
+    ensure!(
+        values == (0..200u64).map(|x| x * 2).collect::<Vec<_>>(),
+        "results in order"
+    );
     // A reference as an argument is resolved before the call.
     let a = double::remote(10);
     let b = fleet::put(&5u64)?;
     ensure!(add::remote(&a, &b).await? == 25);
     // References nested in a value travel as references; the worker fetches from the owner.
-    let nested: Vec<ObjectRef<u64>> = (1..=10u64).map(|x| fleet::put(&x)).collect::<fleet::Result<_>>()?;
+    let nested: Vec<ObjectRef<u64>> = (1..=10u64)
+        .map(|x| fleet::put(&x))
+        .collect::<fleet::Result<_>>()?;
     ensure!(sum_refs::remote(nested).await? == 55);
     Ok(())
 }
 
 async fn errors_are_values_with_message_backtrace_and_location() -> Result<()> {
-    let error = fails::remote("out of cheese".to_string()).await.err().context("an Err must fail the ref")?;
+    let error = fails::remote("out of cheese".to_string())
+        .await
+        .err()
+        .context("an Err must fail the ref")?;
     let remote = error.remote().context("a task error")?;
-    ensure!(remote.kind == TaskFailure::Application && remote.message == "out of cheese", "{error}");
-    ensure!(remote.location.pid != std::process::id() && !remote.location.worker_id.is_empty(), "ran elsewhere: {error}");
-    let error = panics::remote().await.err().context("a panic must fail the ref")?;
+    ensure!(
+        remote.kind == TaskFailure::Application && remote.message == "out of cheese",
+        "{error}"
+    );
+    ensure!(
+        remote.location.pid != std::process::id() && !remote.location.worker_id.is_empty(),
+        "ran elsewhere: {error}"
+    );
+    let error = panics::remote()
+        .await
+        .err()
+        .context("a panic must fail the ref")?;
     let remote = error.remote().context("a task error")?;
-    ensure!(remote.kind == TaskFailure::Panic && remote.message.contains("deliberate panic"), "{error}");
-    ensure!(remote.backtrace.contains("panics"), "the remote backtrace names the function");
+    ensure!(
+        remote.kind == TaskFailure::Panic && remote.message.contains("deliberate panic"),
+        "{error}"
+    );
+    ensure!(
+        remote.backtrace.contains("panics"),
+        "the remote backtrace names the function"
+    );
     Ok(())
 }
 
@@ -189,7 +220,10 @@ async fn a_crashed_worker_retries_the_task() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let marker = dir.join("crash-once").display().to_string();
     let _ = std::fs::remove_file(&marker);
-    let pid = crash_once::options().max_retries(1).remote(marker.clone()).await?;
+    let pid = crash_once::options()
+        .max_retries(1)
+        .remote(marker.clone())
+        .await?;
     ensure!(pid != std::process::id());
     let marker2 = dir.join("crash-no-retry").display().to_string();
     let _ = std::fs::remove_file(&marker2);
@@ -204,14 +238,22 @@ async fn actor_calls_run_in_submission_order() -> Result<()> {
     let log = Log::remote().spawn().await?;
     let replies: Vec<_> = (0..300u64).map(|i| log.push(i)).collect();
     let lengths = fleet::get_all(&replies).await?;
-    ensure!(lengths == (1..=300usize).collect::<Vec<_>>(), "each call saw the ones before it");
+    ensure!(
+        lengths == (1..=300usize).collect::<Vec<_>>(),
+        "each call saw the ones before it"
+    );
     ensure!(log.values().await? == (0..300u64).collect::<Vec<_>>());
     // An async method, then an application error the actor survives.
     ensure!(log.slow_len(20).await? == 300);
     ensure!(log.fail().await.is_err());
-    ensure!(log.values().await?.len() == 300, "the actor survives an application error");
+    ensure!(
+        log.values().await?.len() == 300,
+        "the actor survives an application error"
+    );
     // A handle passed to tasks.
-    let lens: Vec<_> = (0..5u64).map(|i| bump::remote(log.clone(), 1000 + i)).collect();
+    let lens: Vec<_> = (0..5u64)
+        .map(|i| bump::remote(log.clone(), 1000 + i))
+        .collect();
     fleet::get_all(&lens).await?;
     ensure!(log.values().await?.len() == 305);
     log.raw().kill().await?;
@@ -247,32 +289,52 @@ async fn named_actors_are_found_by_name_and_type() -> Result<()> {
 }
 
 async fn an_actor_restarts_then_dies_when_out_of_restarts() -> Result<()> {
-    let log = Log::remote().max_restarts(1).max_task_retries(1).spawn().await?;
+    let log = Log::remote()
+        .max_restarts(1)
+        .max_task_retries(1)
+        .spawn()
+        .await?;
     log.push(1).await?;
     let first = log.pid().await?;
     sigkill(first)?;
     // The interrupted call is retried on the restarted actor (fresh state: not checkpointed).
     let second = log.pid().await?;
     ensure!(second != first, "a new worker process");
-    ensure!(log.values().await?.is_empty(), "a restart without a checkpoint runs new() again");
+    ensure!(
+        log.values().await?.is_empty(),
+        "a restart without a checkpoint runs new() again"
+    );
     sigkill(second)?;
     match log.values().await {
         Err(Error::ActorDied { cause, .. }) => ensure!(cause.contains("max_restarts=1"), "{cause}"),
-        other => return Err(anyhow!("expected ActorDied after the last restart, got {other:?}")),
+        other => {
+            return Err(anyhow!(
+                "expected ActorDied after the last restart, got {other:?}"
+            ))
+        }
     }
     Ok(())
 }
 
 async fn a_checkpointed_actor_comes_back_with_its_exact_state() -> Result<()> {
     let dir = scratch().join("checkpoints");
-    let tally = Tally::remote().max_restarts(3).max_task_retries(2).checkpoint_every(1).checkpoint_dir(&dir).spawn().await?;
+    let tally = Tally::remote()
+        .max_restarts(3)
+        .max_task_retries(2)
+        .checkpoint_every(1)
+        .checkpoint_dir(&dir)
+        .spawn()
+        .await?;
     for _ in 0..50 {
         tally.incr();
     }
     ensure!(tally.count().await? == 50);
     let pid = tally.pid().await?;
     sigkill(pid)?;
-    ensure!(tally.count().await? == 50, "restored from the checkpoint committed after call 50");
+    ensure!(
+        tally.count().await? == 50,
+        "restored from the checkpoint committed after call 50"
+    );
     ensure!(tally.pid().await? != pid);
     for _ in 0..5 {
         tally.incr();
@@ -290,16 +352,30 @@ async fn gpu_actors_get_distinct_device_ids() -> Result<()> {
     let b = GpuUser::remote().num_gpus(1.0).spawn().await?;
     let (ids_a, visible_a) = a.devices().await?;
     let (ids_b, visible_b) = b.devices().await?;
-    ensure!(ids_a.len() == 1 && ids_b.len() == 1 && ids_a != ids_b, "{ids_a:?} vs {ids_b:?}");
-    ensure!(visible_a == ids_a[0].to_string() && visible_b == ids_b[0].to_string(), "CUDA_VISIBLE_DEVICES {visible_a}/{visible_b}");
+    ensure!(
+        ids_a.len() == 1 && ids_b.len() == 1 && ids_a != ids_b,
+        "{ids_a:?} vs {ids_b:?}"
+    );
+    ensure!(
+        visible_a == ids_a[0].to_string() && visible_b == ids_b[0].to_string(),
+        "CUDA_VISIBLE_DEVICES {visible_a}/{visible_b}"
+    );
     // A third waits until one of the two GPUs is free.
     let third = tokio::spawn(GpuUser::remote().num_gpus(1.0).spawn());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    ensure!(!third.is_finished(), "the third 1-GPU actor waits for a free GPU");
+    ensure!(
+        !third.is_finished(),
+        "the third 1-GPU actor waits for a free GPU"
+    );
     a.raw().kill().await?;
-    let c = tokio::time::timeout(Duration::from_secs(30), third).await??.map_err(|e| anyhow!("{e}"))?;
+    let c = tokio::time::timeout(Duration::from_secs(30), third)
+        .await??
+        .map_err(|e| anyhow!("{e}"))?;
     let (ids_c, _) = c.devices().await?;
-    ensure!(ids_c == ids_a, "the third got the freed GPU {ids_a:?}, not {ids_c:?}");
+    ensure!(
+        ids_c == ids_a,
+        "the third got the freed GPU {ids_a:?}, not {ids_c:?}"
+    );
     b.raw().kill().await?;
     c.raw().kill().await?;
     // Two half-GPU actors share one GPU.
@@ -307,9 +383,15 @@ async fn gpu_actors_get_distinct_device_ids() -> Result<()> {
     let h2 = GpuUser::remote().num_gpus(0.5).spawn().await?;
     let (i1, _) = h1.devices().await?;
     let (i2, _) = h2.devices().await?;
-    ensure!(i1.len() == 1 && i1 == i2, "half GPUs share an id: {i1:?} {i2:?}");
+    ensure!(
+        i1.len() == 1 && i1 == i2,
+        "half GPUs share an id: {i1:?} {i2:?}"
+    );
     let (task_ids, _) = gpu_task::options().num_gpus(1.0).remote().await?;
-    ensure!(task_ids.len() == 1 && task_ids != i1, "a 1-GPU task gets the other GPU: {task_ids:?}");
+    ensure!(
+        task_ids.len() == 1 && task_ids != i1,
+        "a 1-GPU task gets the other GPU: {task_ids:?}"
+    );
     h1.raw().kill().await?;
     h2.raw().kill().await?;
     Ok(())
@@ -319,20 +401,38 @@ async fn requests_no_node_can_satisfy_fail_at_once() -> Result<()> {
     let started = Instant::now();
     match GpuUser::remote().num_gpus(3.0).spawn().await {
         Err(Error::Infeasible(message)) => ensure!(message.contains("GPU"), "{message}"),
-        other => return Err(anyhow!("3 GPUs on a 2-GPU node must be infeasible, got {other:?}")),
+        other => {
+            return Err(anyhow!(
+                "3 GPUs on a 2-GPU node must be infeasible, got {other:?}"
+            ))
+        }
     }
     match double::options().resource("TPU", 1.0).remote(1).await {
         Err(Error::Infeasible(message)) => ensure!(message.contains("TPU"), "{message}"),
-        other => return Err(anyhow!("an unknown resource must be infeasible, got {other:?}")),
+        other => {
+            return Err(anyhow!(
+                "an unknown resource must be infeasible, got {other:?}"
+            ))
+        }
     }
-    ensure!(started.elapsed() < Duration::from_secs(10), "an error, not an eternal wait");
+    ensure!(
+        started.elapsed() < Duration::from_secs(10),
+        "an error, not an eternal wait"
+    );
     Ok(())
 }
 
 async fn wait_returns_the_first_ready() -> Result<()> {
-    let refs: Vec<_> = [2000u64, 10, 20, 3000].into_iter().map(sleep_ms::remote).collect();
+    let refs: Vec<_> = [2000u64, 10, 20, 3000]
+        .into_iter()
+        .map(sleep_ms::remote)
+        .collect();
     let (ready, not_ready) = fleet::wait(&refs, 2, Some(Duration::from_secs(1))).await?;
-    ensure!(ready.len() == 2 && not_ready.len() == 2, "{} ready", ready.len());
+    ensure!(
+        ready.len() == 2 && not_ready.len() == 2,
+        "{} ready",
+        ready.len()
+    );
     let values = fleet::get_all(&ready).await?;
     ensure!(values == vec![10, 20], "{values:?}");
     let (ready, _) = fleet::wait(&refs, 4, Some(Duration::from_millis(1))).await?;
@@ -343,7 +443,10 @@ async fn wait_returns_the_first_ready() -> Result<()> {
 type Scenario = fn() -> Pin<Box<dyn Future<Output = Result<()>>>>;
 
 fn main() -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot start a runtime: {error}");
@@ -351,22 +454,48 @@ fn main() -> std::process::ExitCode {
         }
     };
     runtime.block_on(async {
-        let options = fleet::InitOptions { num_cpus: Some(4.0), num_gpus: Some(2), ..Default::default() };
+        let options = fleet::InitOptions {
+            num_cpus: Some(4.0),
+            num_gpus: Some(2),
+            ..Default::default()
+        };
         if let Err(error) = fleet::init_with(options).await {
             eprintln!("fleet::init failed: {error}");
             return std::process::ExitCode::FAILURE;
         }
         let scenarios: Vec<(&str, Scenario)> = vec![
-            ("tasks_fan_out_and_pass_references", || Box::pin(tasks_fan_out_and_pass_references())),
-            ("errors_are_values_with_message_backtrace_and_location", || Box::pin(errors_are_values_with_message_backtrace_and_location())),
-            ("a_crashed_worker_retries_the_task", || Box::pin(a_crashed_worker_retries_the_task())),
-            ("actor_calls_run_in_submission_order", || Box::pin(actor_calls_run_in_submission_order())),
-            ("named_actors_are_found_by_name_and_type", || Box::pin(named_actors_are_found_by_name_and_type())),
-            ("an_actor_restarts_then_dies_when_out_of_restarts", || Box::pin(an_actor_restarts_then_dies_when_out_of_restarts())),
-            ("a_checkpointed_actor_comes_back_with_its_exact_state", || Box::pin(a_checkpointed_actor_comes_back_with_its_exact_state())),
-            ("gpu_actors_get_distinct_device_ids", || Box::pin(gpu_actors_get_distinct_device_ids())),
-            ("requests_no_node_can_satisfy_fail_at_once", || Box::pin(requests_no_node_can_satisfy_fail_at_once())),
-            ("wait_returns_the_first_ready", || Box::pin(wait_returns_the_first_ready())),
+            ("tasks_fan_out_and_pass_references", || {
+                Box::pin(tasks_fan_out_and_pass_references())
+            }),
+            (
+                "errors_are_values_with_message_backtrace_and_location",
+                || Box::pin(errors_are_values_with_message_backtrace_and_location()),
+            ),
+            ("a_crashed_worker_retries_the_task", || {
+                Box::pin(a_crashed_worker_retries_the_task())
+            }),
+            ("actor_calls_run_in_submission_order", || {
+                Box::pin(actor_calls_run_in_submission_order())
+            }),
+            ("named_actors_are_found_by_name_and_type", || {
+                Box::pin(named_actors_are_found_by_name_and_type())
+            }),
+            ("an_actor_restarts_then_dies_when_out_of_restarts", || {
+                Box::pin(an_actor_restarts_then_dies_when_out_of_restarts())
+            }),
+            (
+                "a_checkpointed_actor_comes_back_with_its_exact_state",
+                || Box::pin(a_checkpointed_actor_comes_back_with_its_exact_state()),
+            ),
+            ("gpu_actors_get_distinct_device_ids", || {
+                Box::pin(gpu_actors_get_distinct_device_ids())
+            }),
+            ("requests_no_node_can_satisfy_fail_at_once", || {
+                Box::pin(requests_no_node_can_satisfy_fail_at_once())
+            }),
+            ("wait_returns_the_first_ready", || {
+                Box::pin(wait_returns_the_first_ready())
+            }),
         ];
         let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
         let mut failed = 0;

@@ -1,4 +1,7 @@
-//! `fleet bench gcs`: GCS write throughput and latency (and etcd's, side by side).
+//! `fleet bench`: the runtime microbenchmark (Ray's metric names) and `fleet bench gcs`
+//! (control-store writes, side by side with etcd).
+
+pub mod runtime;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,15 +9,18 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use fleet_gcs::bench::{BenchOptions, BenchSystem};
 
-/// `fleet bench ...`
+/// `fleet bench [runtime|gcs]`
 #[derive(Args)]
 pub struct BenchCommand {
     #[command(subcommand)]
-    target: BenchTarget,
+    target: Option<BenchTarget>,
 }
 
 #[derive(Subcommand)]
 enum BenchTarget {
+    /// Tasks, actor calls, puts and gets on an embedded single-node cluster, with Ray's
+    /// microbenchmark metric names (the default).
+    Runtime(RuntimeBenchArgs),
     /// Control-store write throughput, p50/p99 latency and leader failover, vs etcd.
     Gcs(GcsBenchArgs),
 }
@@ -50,10 +56,57 @@ struct GcsBenchArgs {
     etcd_binary: PathBuf,
 }
 
+#[derive(Args, Default)]
+struct RuntimeBenchArgs {
+    /// Seconds measured per metric.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Runs; each metric is reported as the median.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Only metrics whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+}
+
 impl BenchCommand {
     /// Runs the benchmark and prints `name value unit` lines.
     pub async fn run(self) -> anyhow::Result<()> {
-        match self.target {
+        match self
+            .target
+            .unwrap_or(BenchTarget::Runtime(RuntimeBenchArgs {
+                seconds: 2.0,
+                repeat: 1,
+                only: None,
+            })) {
+            BenchTarget::Runtime(args) => {
+                if !(args.seconds > 0.0) {
+                    anyhow::bail!("--seconds must be positive");
+                }
+                fleet::init().await?;
+                let duration = Duration::from_secs_f64(args.seconds);
+                let mut runs: Vec<Vec<runtime::Measured>> = Vec::new();
+                for _ in 0..args.repeat.max(1) {
+                    runs.push(runtime::run_all(duration, args.only.as_deref()).await?);
+                }
+                for (i, first) in runs[0].iter().enumerate() {
+                    let mut values: Vec<f64> = runs
+                        .iter()
+                        .filter_map(|r| r.get(i))
+                        .map(|m| m.value)
+                        .collect();
+                    values.sort_by(f64::total_cmp);
+                    let median = values[values.len() / 2];
+                    let listed: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
+                    println!(
+                        "{} {median:.3} {}  # runs: {}",
+                        first.name,
+                        first.unit,
+                        listed.join(" ")
+                    );
+                }
+                fleet::shutdown().await;
+            }
             BenchTarget::Gcs(args) => {
                 if args.clients == 0 || args.seconds == 0 {
                     anyhow::bail!("--clients and --seconds must be at least 1");
