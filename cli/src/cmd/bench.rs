@@ -80,7 +80,7 @@ impl BenchCommand {
                 only: None,
             })) {
             BenchTarget::Runtime(args) => {
-                if !(args.seconds > 0.0) {
+                if args.seconds.is_nan() || args.seconds <= 0.0 {
                     anyhow::bail!("--seconds must be positive");
                 }
                 fleet::init().await?;
