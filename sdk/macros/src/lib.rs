@@ -383,6 +383,8 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
         )
     })?;
     Ok(quote! {
+        // An actor's `new` is its remote constructor; a `Default` would not be used.
+        #[allow(clippy::new_without_default)]
         #item
 
         #constructor
