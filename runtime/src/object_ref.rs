@@ -228,8 +228,13 @@ pub enum Arg {
         id: String,
         /// Owner address.
         owner: String,
+        /// Keeps the owner's value alive until the argument is resolved.
+        guard: RefGuard,
     },
 }
+
+/// Holds a reference while an argument waits to be resolved.
+pub struct RefGuard(#[allow(dead_code)] Arc<RefInner>);
 
 /// What can be passed where a remote function expects a `T`: a `T`, or an `ObjectRef<T>`.
 pub trait IntoArg<T> {
@@ -245,10 +250,12 @@ impl<T: Serialize> IntoArg<T> for T {
 
 impl<T> IntoArg<T> for ObjectRef<T> {
     fn into_arg(self) -> Arg {
-        self.mark_escaped();
+        // Not an escape: the caller resolves argument references to values before the call,
+        // so the worker never borrows them; the guard keeps the value until then.
         Arg::Ref {
             id: self.inner.id.clone(),
             owner: self.inner.owner.clone(),
+            guard: RefGuard(self.inner.clone()),
         }
     }
 }
@@ -266,8 +273,9 @@ pub(crate) async fn resolve_args(args: Vec<Arg>) -> Result<Vec<Vec<u8>>> {
     for arg in args {
         match arg {
             Arg::Value(value) => out.push(value?),
-            Arg::Ref { id, owner } => {
-                out.push(runtime.get_bytes(&id, &owner).await?.as_ref().clone())
+            Arg::Ref { id, owner, guard } => {
+                out.push(runtime.get_bytes(&id, &owner).await?.as_ref().clone());
+                drop(guard);
             }
         }
     }

@@ -443,7 +443,14 @@ pub fn main(_attr: TokenStream, item: TokenStream) -> TokenStream {
     quote! {
         #(#attrs)*
         fn main() #output {
-            let __runtime = match ::fleet::__private::tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            // A worker process (started by a raylet) runs its tasks on one thread: they
+            // come one lease at a time, and cross-thread wake-ups are most of an RPC's cost.
+            let __builder = if ::std::env::var_os("FLEET_WORKER_ID").is_some() {
+                ::fleet::__private::tokio::runtime::Builder::new_current_thread().enable_all().build()
+            } else {
+                ::fleet::__private::tokio::runtime::Builder::new_multi_thread().enable_all().build()
+            };
+            let __runtime = match __builder {
                 ::core::result::Result::Ok(runtime) => runtime,
                 ::core::result::Result::Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");
