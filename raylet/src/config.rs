@@ -33,6 +33,8 @@ pub struct RayletConfig {
     pub spill_dir: PathBuf,
     /// Object store capacity in bytes.
     pub object_store_bytes: u64,
+    /// How long a put waits for space in a full store before failing.
+    pub object_store_full_timeout: Duration,
 }
 
 impl RayletConfig {
@@ -63,6 +65,7 @@ impl RayletConfig {
             object_store_dir: shm.join(format!("fleet-{node_id}")),
             spill_dir: std::env::temp_dir().join(format!("fleet-spill-{node_id}")),
             object_store_bytes: 2 << 30,
+            object_store_full_timeout: Duration::from_secs(30),
             node_id,
         }
     }

@@ -14,7 +14,8 @@ use std::time::Duration;
 use fleet_proto::runtime::raylet_server::{Raylet, RayletServer};
 use fleet_proto::runtime::{
     LeaseReply, LeaseRequest, NodeInfoReply, NodeInfoRequest, RegisterWorkerReply,
-    RegisterWorkerRequest, ReturnLeaseReply, ReturnLeaseRequest,
+    RegisterWorkerRequest, ReturnLeaseReply, ReturnLeaseRequest, StoreDeleteReply,
+    StoreDeleteRequest, StoreGetReply, StoreGetRequest, StorePutReply, StorePutRequest,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -23,7 +24,11 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::config::RayletConfig;
+
+/// Largest message (objects written through the raylet travel whole).
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 use crate::error::{Error, Result};
+use crate::object_store::{ObjectId, ObjectStore, ObjectStoreConfig};
 use crate::resources::{AllocateError, Allocation, NodeResources, ResourceSet};
 use crate::worker_pool::{env, WorkerExit, WorkerLauncher, WorkerProcess};
 
@@ -58,6 +63,7 @@ pub struct RayletService {
 
 struct Inner {
     config: RayletConfig,
+    store: ObjectStore,
     address: String,
     launcher: WorkerLauncher,
     state: Mutex<State>,
@@ -81,6 +87,12 @@ impl RayletService {
         address: String,
         exits: mpsc::UnboundedSender<WorkerExit>,
     ) -> Result<Self> {
+        let store = ObjectStore::open(ObjectStoreConfig {
+            shm_dir: config.object_store_dir.clone(),
+            spill_dir: config.spill_dir.clone(),
+            capacity_bytes: config.object_store_bytes,
+            full_timeout: config.object_store_full_timeout,
+        })?;
         let mut total = config.resources.clone();
         total.remove("GPU");
         let total = to_resource_set(&total, "the node's resources")?;
@@ -101,6 +113,7 @@ impl RayletService {
         );
         Ok(RayletService {
             inner: Arc::new(Inner {
+                store,
                 config,
                 address,
                 launcher,
@@ -369,6 +382,11 @@ impl RayletService {
         }
     }
 
+    /// The node's object store (for processes hosting the raylet).
+    pub fn object_store(&self) -> &ObjectStore {
+        &self.inner.store
+    }
+
     /// The address workers and owners reach this raylet at.
     pub fn address(&self) -> &str {
         &self.inner.address
@@ -427,6 +445,51 @@ impl Raylet for RayletService {
             leased_workers: state.leases.len() as u32,
         }))
     }
+
+    async fn store_put(
+        &self,
+        request: Request<StorePutRequest>,
+    ) -> Result<Response<StorePutReply>, Status> {
+        let request = request.into_inner();
+        let id = parse_object_id(&request.object_id)?;
+        self.inner
+            .store
+            .put(id, &request.data)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(StorePutReply {}))
+    }
+
+    async fn store_get(
+        &self,
+        request: Request<StoreGetRequest>,
+    ) -> Result<Response<StoreGetReply>, Status> {
+        let id = parse_object_id(&request.into_inner().object_id)?;
+        match self.inner.store.get(id).await.map_err(Error::from)? {
+            Some(buffer) => Ok(Response::new(StoreGetReply {
+                found: true,
+                data: buffer.to_vec(),
+            })),
+            None => Ok(Response::new(StoreGetReply {
+                found: false,
+                data: Vec::new(),
+            })),
+        }
+    }
+
+    async fn store_delete(
+        &self,
+        request: Request<StoreDeleteRequest>,
+    ) -> Result<Response<StoreDeleteReply>, Status> {
+        let id = parse_object_id(&request.into_inner().object_id)?;
+        self.inner.store.delete(id).map_err(Error::from)?;
+        Ok(Response::new(StoreDeleteReply {}))
+    }
+}
+
+fn parse_object_id(text: &str) -> Result<ObjectId, Status> {
+    text.parse::<ObjectId>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// A raylet serving on a bound listener.
@@ -445,6 +508,9 @@ impl RunningRaylet {
         self.shutdown.cancel();
         self.service.retire_all();
         let _ = self.task.await;
+        if let Err(error) = self.service.inner.store.clone().destroy() {
+            tracing::warn!(%error, "object store cleanup failed");
+        }
         // Give workers a moment to be reaped.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -463,7 +529,9 @@ pub async fn start(config: RayletConfig, listener: TcpListener) -> Result<Runnin
     let prestart = config.prestart_workers;
     let service = RayletService::new(config, address.clone(), exits_tx)?;
     let shutdown = CancellationToken::new();
-    let server = RayletServer::new(service.clone());
+    let server = RayletServer::new(service.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let stop = shutdown.clone();
     let watcher = service.clone();
     let prestarter = service.clone();

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::context::{current, CoreWorker};
 use crate::error::{Error, Result};
-use crate::object_ref::{resolve_args, Arg, ObjectRef};
+use crate::object_ref::{resolve_args, Arg, ObjectRef, Stored};
 use crate::submitter::Lease;
 
 /// Implemented by `#[fleet::actor]` structs.
@@ -389,7 +389,7 @@ async fn start_instance(
     let outcome = client.push_task(spec).await;
     let failure = match outcome {
         Ok(answer) => match answer.into_inner().result {
-            Some(task_reply::Result::Value(_)) => {
+            Some(task_reply::Result::Value(_) | task_reply::Result::StoredId(_)) => {
                 return Ok((lease, reply.worker_address, reply.node_id))
             }
             Some(task_reply::Result::Error(error)) => crate::executor::error_from_wire(error),
@@ -693,7 +693,8 @@ async fn push_call(
         match outcome {
             Ok(reply) => {
                 let result = match reply.into_inner().result {
-                    Some(task_reply::Result::Value(bytes)) => Ok(bytes),
+                    Some(task_reply::Result::Value(bytes)) => Ok(Stored::Inline(Arc::new(bytes))),
+                    Some(task_reply::Result::StoredId(id)) => crate::submitter::stored_id(&id),
                     Some(task_reply::Result::Error(error)) => {
                         if error.kind == "SYSTEM" && error.message.contains("is not hosted") {
                             // The call raced the actor's death.
@@ -707,7 +708,7 @@ async fn push_call(
                     }
                     None => Err(Error::Internal("empty reply to an actor call".into())),
                 };
-                runtime.store.set(&result_id, result);
+                runtime.store.set_stored(&result_id, result);
                 return;
             }
             Err(cause) => {

@@ -9,14 +9,32 @@ use crate::actor::ActorHandle;
 use crate::codec;
 use crate::context::current;
 use crate::error::Result;
-use crate::object_ref::ObjectRef;
+use crate::object_ref::{ObjectRef, Stored};
+use crate::plasma::INLINE_LIMIT;
+use fleet_raylet::object_store::ObjectId;
 
 /// Stores a value owned by this process; the reference can be passed to tasks and actors.
 pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>> {
     let runtime = current()?;
     let id = crate::ids::new_id("put");
     let bytes = codec::encode(value, "the value passed to fleet::put")?;
-    runtime.store.set(&id, Ok(bytes));
+    if bytes.len() < INLINE_LIMIT {
+        runtime.store.set(&id, Ok(bytes));
+    } else {
+        // Written to the node's shared-memory store in the background; readers wait for it.
+        runtime.store.slot(&id);
+        let stored = ObjectId::random();
+        let rt = runtime.clone();
+        let key = id.clone();
+        runtime.runtime.spawn(async move {
+            let outcome = rt
+                .plasma
+                .put(stored, &bytes)
+                .await
+                .map(|()| Stored::Plasma(stored));
+            rt.store.set_stored(&key, outcome);
+        });
+    }
     Ok(ObjectRef::new(id, runtime.address.clone()))
 }
 

@@ -12,8 +12,10 @@ use fleet_proto::runtime::GetObjectRequest;
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
-use crate::object_ref::MemoryStore;
+use crate::object_ref::{MemoryStore, Stored};
+use crate::plasma::{ObjectData, Plasma};
 use crate::submitter::LeasePool;
+use fleet_raylet::object_store::ObjectId;
 
 /// Largest gRPC message (objects travel inline for now).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
@@ -54,6 +56,7 @@ pub struct CoreWorker {
     pub(crate) gcs: GcsClient,
     pub(crate) raylet: RayletClient<Channel>,
     pub(crate) store: MemoryStore,
+    pub(crate) plasma: Plasma,
     pub(crate) leases: Arc<LeasePool>,
     clients: DashMap<String, CoreWorkerClient<Channel>>,
     pub(crate) links: DashMap<String, Arc<crate::actor::ActorLink>>,
@@ -71,6 +74,7 @@ pub(crate) struct CoreWorkerParts {
     pub gpu_ids: Vec<u32>,
     pub gcs: GcsClient,
     pub raylet: RayletClient<Channel>,
+    pub plasma: Plasma,
     pub is_driver: bool,
 }
 
@@ -87,6 +91,7 @@ impl CoreWorker {
             gcs: parts.gcs,
             raylet: parts.raylet.clone(),
             store: MemoryStore::default(),
+            plasma: parts.plasma,
             leases: Arc::new(LeasePool::new(parts.raylet)),
             clients: DashMap::new(),
             links: DashMap::new(),
@@ -115,15 +120,24 @@ impl CoreWorker {
         Ok(client)
     }
 
+    async fn load(&self, stored: Stored) -> Result<ObjectData> {
+        match stored {
+            Stored::Inline(bytes) => Ok(ObjectData::Inline(bytes)),
+            Stored::Plasma(id) => self.plasma.get(id).await,
+        }
+    }
+
     /// The serialized value of an object: from this process's store when it owns (or has
-    /// cached) it, otherwise fetched from its owner.
-    pub async fn get_bytes(&self, id: &str, owner: &str) -> Result<Arc<Vec<u8>>> {
+    /// cached) it, from the node's object store when it is large, otherwise fetched from its
+    /// owner.
+    pub async fn get_bytes(&self, id: &str, owner: &str) -> Result<ObjectData> {
         if owner == self.address {
-            return self.store.slot(id).wait().await;
+            let stored = self.store.slot(id).wait().await?;
+            return self.load(stored).await;
         }
         if let Some(slot) = self.store.existing(id) {
             if let Some(value) = slot.try_get() {
-                return value;
+                return self.load(value?).await;
             }
         }
         let mut client = self.worker_client(owner)?;
@@ -141,7 +155,14 @@ impl CoreWorker {
             })?
             .into_inner();
         match reply.result {
-            Some(get_object_reply::Result::Value(bytes)) => Ok(Arc::new(bytes)),
+            Some(get_object_reply::Result::Value(bytes)) => Ok(ObjectData::Inline(Arc::new(bytes))),
+            Some(get_object_reply::Result::StoredId(stored)) => {
+                let stored: ObjectId = stored.parse().map_err(|e| Error::ObjectUnavailable {
+                    object_id: id.into(),
+                    reason: format!("its owner named an invalid stored id: {e}"),
+                })?;
+                self.plasma.get(stored).await
+            }
             Some(get_object_reply::Result::Error(error)) => {
                 Err(crate::executor::error_from_wire(error))
             }

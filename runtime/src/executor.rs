@@ -23,7 +23,10 @@ use tonic::{Request, Response, Status};
 
 use crate::context::CoreWorker;
 use crate::error::{Error, Location, RemoteError, TaskFailure};
+use crate::object_ref::Stored;
+use crate::plasma::INLINE_LIMIT;
 use crate::registry::{self, ActorObject, Args, TaskError};
+use fleet_raylet::object_store::ObjectId;
 
 /// The method name of an on-demand checkpoint.
 pub const CHECKPOINT_METHOD: &str = "__fleet_checkpoint";
@@ -148,12 +151,24 @@ impl Executor {
         }
     }
 
-    fn reply(&self, function: &str, result: Result<Vec<u8>, TaskError>) -> TaskReply {
+    /// The reply for a finished task: large values go to the node's object store and travel
+    /// by id.
+    async fn reply(&self, function: &str, result: Result<Vec<u8>, TaskError>) -> TaskReply {
+        let result = match result {
+            Ok(bytes) if bytes.len() >= INLINE_LIMIT => {
+                let id = ObjectId::random();
+                match self.runtime.plasma.put(id, &bytes).await {
+                    Ok(()) => task_reply::Result::StoredId(id.to_string()),
+                    Err(error) => {
+                        task_reply::Result::Error(self.locate(function, TaskError::system(error)))
+                    }
+                }
+            }
+            Ok(bytes) => task_reply::Result::Value(bytes),
+            Err(error) => task_reply::Result::Error(self.locate(function, error)),
+        };
         TaskReply {
-            result: Some(match result {
-                Ok(bytes) => task_reply::Result::Value(bytes),
-                Err(error) => task_reply::Result::Error(self.locate(function, error)),
-            }),
+            result: Some(result),
         }
     }
 
@@ -318,12 +333,12 @@ impl CoreWorkerRpc for Executor {
                         "no remote function named {name} in this binary (is it declared with #[fleet::remote]?)"
                     ))),
                 };
-                self.reply(&name, result)
+                self.reply(&name, result).await
             }
             TaskKind::ActorCreation => {
                 let name = format!("{}::new", spec.function);
                 let result = self.create_actor(spec, args).await;
-                self.reply(&name, result)
+                self.reply(&name, result).await
             }
             TaskKind::ActorMethod => {
                 let name = format!("{}::{}", spec.function, spec.method);
@@ -332,7 +347,7 @@ impl CoreWorkerRpc for Executor {
                         "actor {} is not hosted by this worker",
                         spec.actor_id
                     ));
-                    return Ok(Response::new(self.reply(&name, Err(error))));
+                    return Ok(Response::new(self.reply(&name, Err(error)).await));
                 };
                 let (tx, rx) = oneshot::channel();
                 let call = ActorCall {
@@ -351,7 +366,7 @@ impl CoreWorkerRpc for Executor {
                     rx.await
                         .unwrap_or_else(|_| Err(TaskError::system("the actor stopped")))
                 };
-                self.reply(&name, result)
+                self.reply(&name, result).await
             }
         };
         Ok(Response::new(reply))
@@ -373,7 +388,8 @@ impl CoreWorkerRpc for Executor {
             }));
         };
         let result = match slot.wait().await {
-            Ok(bytes) => get_object_reply::Result::Value(bytes.as_ref().clone()),
+            Ok(Stored::Inline(bytes)) => get_object_reply::Result::Value(bytes.as_ref().clone()),
+            Ok(Stored::Plasma(id)) => get_object_reply::Result::StoredId(id.to_string()),
             Err(error) => get_object_reply::Result::Error(
                 self.locate("get", TaskError::system(error.to_string())),
             ),

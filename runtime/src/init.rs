@@ -26,6 +26,8 @@ use tonic::transport::server::TcpIncoming;
 use crate::context::{install, CoreWorker, CoreWorkerParts, MAX_MESSAGE_BYTES};
 use crate::error::{Error, Result};
 use crate::executor::{install_panic_hook, Executor};
+use crate::plasma::Plasma;
+use fleet_raylet::object_store::ObjectStore;
 
 /// How to start.
 #[derive(Clone, Debug, Default)]
@@ -41,6 +43,9 @@ pub struct InitOptions {
     pub resources: BTreeMap<String, f64>,
     /// Namespace of named actors (default "default").
     pub namespace: Option<String>,
+    /// Embedded mode: the node's object store capacity in bytes (default 2 GiB); beyond it,
+    /// least recently used objects spill to disk.
+    pub object_store_bytes: Option<u64>,
 }
 
 struct Embedded {
@@ -85,7 +90,9 @@ fn raylet_client(address: &str) -> Result<RayletClient<tonic::transport::Channel
     let channel =
         fleet_gcs::transport::Connector::channel(&fleet_gcs::transport::TcpConnector, address)
             .map_err(Error::Internal)?;
-    Ok(RayletClient::new(channel))
+    Ok(RayletClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// Starts Fleet in this process.
@@ -102,7 +109,7 @@ pub async fn init_with(options: InitOptions) -> Result<()> {
         .clone()
         .or_else(|| std::env::var("FLEET_ADDRESS").ok())
         .filter(|a| !a.is_empty());
-    let (gcs, raylet_address, node_id) = match address {
+    let (gcs, raylet_address, node_id, local_store) = match address {
         Some(address) => {
             let gcs = GcsClient::connect(&address)?;
             let node = gcs
@@ -113,7 +120,7 @@ pub async fn init_with(options: InitOptions) -> Result<()> {
                 .ok_or_else(|| {
                     Error::Internal(format!("the cluster at {address} has no live node; start one (fleet cluster up) or unset FLEET_ADDRESS to run embedded"))
                 })?;
-            (gcs, node.address, node.node_id)
+            (gcs, node.address, node.node_id, None)
         }
         None => start_embedded(&options).await?,
     };
@@ -128,6 +135,15 @@ pub async fn init_with(options: InitOptions) -> Result<()> {
         gpu_ids: Vec::new(),
         gcs: gcs.clone(),
         raylet: raylet_client(&raylet_address)?,
+        plasma: match local_store {
+            Some(store) => Plasma::Local(store),
+            None => Plasma::Remote {
+                raylet: raylet_client(&raylet_address)?,
+                shm_dir: std::path::PathBuf::from(
+                    std::env::var(env::OBJECT_STORE_DIR).unwrap_or_default(),
+                ),
+            },
+        },
         is_driver: true,
     }));
     install(runtime.clone())?;
@@ -154,7 +170,9 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-async fn start_embedded(options: &InitOptions) -> Result<(GcsClient, String, String)> {
+async fn start_embedded(
+    options: &InitOptions,
+) -> Result<(GcsClient, String, String, Option<ObjectStore>)> {
     let dir = tempfile::Builder::new()
         .prefix("fleet-embedded-")
         .tempdir()
@@ -185,7 +203,16 @@ async fn start_embedded(options: &InitOptions) -> Result<(GcsClient, String, Str
     );
     config.worker_args = std::env::args().skip(1).collect();
     config.resources.extend(options.resources.clone());
-    config.object_store_dir = dir.path().join("shm");
+    if let Some(bytes) = options.object_store_bytes {
+        config.object_store_bytes = bytes;
+    }
+    // Shared memory when the machine has it, so workers map objects without copies.
+    let shm_root = if std::path::Path::new("/dev/shm").is_dir() {
+        std::path::PathBuf::from("/dev/shm")
+    } else {
+        dir.path().to_path_buf()
+    };
+    config.object_store_dir = shm_root.join(format!("fleet-{node_id}"));
     config.spill_dir = dir.path().join("spill");
     let mut total: BTreeMap<String, f64> = config.resources.clone();
     total.insert("GPU".into(), f64::from(num_gpus));
@@ -200,13 +227,14 @@ async fn start_embedded(options: &InitOptions) -> Result<(GcsClient, String, Str
     })
     .await?;
     let raylet_address = raylet.address.clone();
+    let store = raylet.service.object_store().clone();
     let cell = EMBEDDED.get_or_init(|| tokio::sync::Mutex::new(None));
     *cell.lock().await = Some(Embedded {
         _gcs: gcs_server,
         raylet,
         _dir: dir,
     });
-    Ok((gcs, raylet_address, node_id))
+    Ok((gcs, raylet_address, node_id, Some(store)))
 }
 
 /// Stops the embedded cluster (its workers exit). Called at the end of `#[fleet::main]`.
@@ -254,6 +282,10 @@ async fn serve_worker(worker_id: String) -> Result<()> {
         gpu_ids,
         gcs: GcsClient::connect(&gcs_address)?,
         raylet: raylet.clone(),
+        plasma: Plasma::Remote {
+            raylet: raylet.clone(),
+            shm_dir: std::path::PathBuf::from(var(env::OBJECT_STORE_DIR)?),
+        },
         is_driver: false,
     }));
     install(runtime.clone())?;

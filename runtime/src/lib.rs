@@ -6,6 +6,7 @@
 //! - [`submitter`]: remote function calls over reused worker leases, with retries.
 //! - [`actor`]: spawning actors, typed handles, ordered calls, restarts, named lookup, kill.
 //! - [`executor`]: the worker side: runs functions, hosts actors, checkpoints, serves objects.
+//! - [`plasma`]: large objects in the node's shared-memory object store.
 //! - [`registry`]: remote functions and actor classes registered at link time.
 //! - [`api`]: `put`, `get`, `get_all`, `wait`.
 //! - [`codec`], [`ids`], [`error`].
@@ -19,6 +20,7 @@ pub mod executor;
 pub mod ids;
 pub mod init;
 pub mod object_ref;
+pub mod plasma;
 pub mod registry;
 pub mod submitter;
 

@@ -18,18 +18,29 @@ use tokio::sync::Notify;
 
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::plasma::ObjectData;
 use crate::registry::BoxFuture;
+use fleet_raylet::object_store::ObjectId;
+
+/// Where an owned value is.
+#[derive(Clone)]
+pub enum Stored {
+    /// In this process's memory.
+    Inline(Arc<Vec<u8>>),
+    /// In the node's object store.
+    Plasma(ObjectId),
+}
 
 /// A value slot in the memory store.
 #[derive(Default)]
 pub struct Slot {
-    value: OnceLock<Result<Arc<Vec<u8>>, Error>>,
+    value: OnceLock<Result<Stored, Error>>,
     ready: Notify,
 }
 
 impl Slot {
     /// Waits for the value.
-    pub async fn wait(&self) -> Result<Arc<Vec<u8>>> {
+    pub async fn wait(&self) -> Result<Stored> {
         loop {
             let notified = self.ready.notified();
             tokio::pin!(notified);
@@ -42,7 +53,7 @@ impl Slot {
     }
 
     /// The value, if ready.
-    pub fn try_get(&self) -> Option<Result<Arc<Vec<u8>>>> {
+    pub fn try_get(&self) -> Option<Result<Stored>> {
         self.value.get().cloned()
     }
 }
@@ -64,16 +75,22 @@ impl MemoryStore {
         self.slots.get(id).map(|s| s.clone())
     }
 
-    /// Fills a slot (first write wins) and wakes its waiters.
+    /// Fills a slot with an inline value (first write wins) and wakes its waiters.
     pub fn set(&self, id: &str, value: Result<Vec<u8>>) {
+        self.set_stored(id, value.map(|v| Stored::Inline(Arc::new(v))));
+    }
+
+    /// Fills a slot (first write wins) and wakes its waiters.
+    pub fn set_stored(&self, id: &str, value: Result<Stored>) {
         let slot = self.slot(id);
-        let _ = slot.value.set(value.map(Arc::new));
+        let _ = slot.value.set(value);
         slot.ready.notify_waiters();
     }
 
-    /// Forgets a value.
-    pub fn remove(&self, id: &str) {
-        self.slots.remove(id);
+    /// Forgets a value; returns where it was.
+    pub fn remove(&self, id: &str) -> Option<Stored> {
+        let (_, slot) = self.slots.remove(id)?;
+        slot.value.get().and_then(|v| v.as_ref().ok().cloned())
     }
 
     /// Number of values held.
@@ -102,7 +119,9 @@ impl Drop for RefInner {
         }
         if let Some(runtime) = crate::context::try_current() {
             if runtime.address == self.owner {
-                runtime.store.remove(&self.id);
+                if let Some(Stored::Plasma(id)) = runtime.store.remove(&self.id) {
+                    runtime.plasma.delete(id);
+                }
             }
         }
     }
@@ -152,7 +171,7 @@ impl<T> ObjectRef<T> {
     }
 
     /// The serialized value (waiting for it).
-    pub async fn bytes(&self) -> Result<Arc<Vec<u8>>> {
+    pub async fn bytes(&self) -> Result<ObjectData> {
         crate::context::current()?
             .get_bytes(&self.inner.id, &self.inner.owner)
             .await
@@ -274,7 +293,7 @@ pub(crate) async fn resolve_args(args: Vec<Arg>) -> Result<Vec<Vec<u8>>> {
         match arg {
             Arg::Value(value) => out.push(value?),
             Arg::Ref { id, owner, guard } => {
-                out.push(runtime.get_bytes(&id, &owner).await?.as_ref().clone());
+                out.push(runtime.get_bytes(&id, &owner).await?.to_vec());
                 drop(guard);
             }
         }

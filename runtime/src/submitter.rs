@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
-use crate::object_ref::{resolve_args, Arg, ObjectRef};
+use crate::object_ref::{resolve_args, Arg, ObjectRef, Stored};
 
 /// How long an unused lease is kept before it goes back to the raylet.
 const LEASE_IDLE: Duration = Duration::from_millis(100);
@@ -242,7 +242,7 @@ pub fn submit_task<T>(
     let rt = runtime.clone();
     runtime.runtime.spawn(async move {
         let outcome = run_task(&rt, &task_id, function, args, &options).await;
-        rt.store.set(&object_id, outcome);
+        rt.store.set_stored(&object_id, outcome);
     });
     result
 }
@@ -253,7 +253,7 @@ async fn run_task(
     function: &str,
     args: Vec<Arg>,
     options: &TaskOptions,
-) -> Result<Vec<u8>> {
+) -> Result<Stored> {
     let args = resolve_args(args).await?;
     let pool = runtime.leases.clone();
     let mut attempts = 0u32;
@@ -280,7 +280,10 @@ async fn run_task(
             Ok(reply) => {
                 pool.release(&options.resources, lease, false);
                 match reply.into_inner().result {
-                    Some(task_reply::Result::Value(bytes)) => return Ok(bytes),
+                    Some(task_reply::Result::Value(bytes)) => {
+                        return Ok(Stored::Inline(Arc::new(bytes)))
+                    }
+                    Some(task_reply::Result::StoredId(id)) => return stored_id(&id),
                     Some(task_reply::Result::Error(error)) => {
                         let retryable = options.retry_exceptions && error.kind != "SYSTEM";
                         if retryable && attempts <= options.max_retries {
@@ -304,4 +307,11 @@ async fn run_task(
             }
         }
     }
+}
+
+/// A task's result that its worker put in the node's object store.
+pub(crate) fn stored_id(id: &str) -> Result<Stored> {
+    id.parse()
+        .map(Stored::Plasma)
+        .map_err(|e| Error::Internal(format!("a worker named an invalid stored id '{id}': {e}")))
 }

@@ -54,6 +54,28 @@ fn crash_once(marker: String) -> u32 {
     std::process::id()
 }
 
+/// Returns a large value (it travels through the node's object store).
+#[fleet::remote]
+fn make_big(len: usize, fill: u8) -> Vec<u8> {
+    vec![fill; len]
+}
+
+/// Reads large values owned by the driver from inside a worker.
+#[fleet::remote]
+async fn checksum_refs(refs: Vec<ObjectRef<Vec<u8>>>) -> Result<u64, String> {
+    let mut sum = 0u64;
+    for r in refs {
+        sum += r
+            .get()
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|b| u64::from(*b))
+            .sum::<u64>();
+    }
+    Ok(sum)
+}
+
 #[fleet::remote]
 fn sleep_ms(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
@@ -422,6 +444,31 @@ async fn requests_no_node_can_satisfy_fail_at_once() -> Result<()> {
     Ok(())
 }
 
+async fn large_objects_go_through_the_shared_memory_store_and_spill() -> Result<()> {
+    // 8 objects of 12 MiB in a 64 MiB store: the least recently used spill to disk and
+    // come back on demand, byte for byte.
+    let mut refs = Vec::new();
+    for i in 0..8u8 {
+        refs.push(fleet::put(&vec![i; 12 << 20])?);
+    }
+    for (i, r) in refs.iter().enumerate() {
+        let value = r.get().await?;
+        ensure!(
+            value.len() == 12 << 20 && value.iter().all(|b| usize::from(*b) == i),
+            "object {i} intact"
+        );
+    }
+    // A large task result, and a worker reading large driver-owned objects by reference.
+    let big = make_big::remote(8 << 20, 3).await?;
+    ensure!(big.len() == 8 << 20 && big[12345] == 3);
+    let expected: u64 = (0..3u64).map(|i| i * (12 << 20)).sum();
+    ensure!(
+        checksum_refs::remote(refs[..3].to_vec()).await? == expected,
+        "the worker read the objects"
+    );
+    Ok(())
+}
+
 async fn wait_returns_the_first_ready() -> Result<()> {
     let refs: Vec<_> = [2000u64, 10, 20, 3000]
         .into_iter()
@@ -496,6 +543,10 @@ fn main() -> std::process::ExitCode {
             ("wait_returns_the_first_ready", || {
                 Box::pin(wait_returns_the_first_ready())
             }),
+            (
+                "large_objects_go_through_the_shared_memory_store_and_spill",
+                || Box::pin(large_objects_go_through_the_shared_memory_store_and_spill()),
+            ),
         ];
         let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
         let mut failed = 0;
