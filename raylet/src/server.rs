@@ -356,6 +356,9 @@ impl RayletService {
         let mut state = self.lock();
         tracing::debug!(worker = %exit.worker_id, status = %exit.status, "worker exited");
         state.idle.retain(|w| *w != exit.worker_id);
+        // A worker that dies before registering: wake its starter at once (dropping the
+        // sender), which then reports the exit status.
+        state.registering.remove(&exit.worker_id);
         if let Some(worker) = state.workers.remove(&exit.worker_id) {
             if let Some(lease_id) = worker.leased {
                 if let Some(lease) = state.leases.remove(&lease_id) {
@@ -559,4 +562,111 @@ pub async fn start(config: RayletConfig, listener: TcpListener) -> Result<Runnin
         shutdown,
         task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use fleet_proto::runtime::raylet_client::RayletClient;
+    use fleet_proto::runtime::LeaseRequest;
+
+    use super::*;
+
+    async fn raylet(binary: PathBuf, dir: &std::path::Path) -> RunningRaylet {
+        let mut config = RayletConfig::local("test-node", 2.0, 2, binary, "127.0.0.1:1");
+        config.prestart_workers = 0;
+        config.worker_start_timeout = Duration::from_secs(5);
+        config.object_store_dir = dir.join("shm");
+        config.spill_dir = dir.join("spill");
+        config.object_store_bytes = 1 << 20;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        start(config, listener).await.expect("raylet starts")
+    }
+
+    fn request(resources: &[(&str, f64)]) -> LeaseRequest {
+        LeaseRequest {
+            resources: resources
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
+                .collect(),
+            dedicated: false,
+            job_id: String::new(),
+            description: "a test task".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_binary_that_cannot_start_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let running = raylet(PathBuf::from("/nonexistent/fleet-worker"), dir.path()).await;
+        let mut client = RayletClient::connect(format!("http://{}", running.address))
+            .await
+            .expect("connect");
+        let status = client
+            .request_worker_lease(request(&[("CPU", 1.0)]))
+            .await
+            .expect_err("no worker can start");
+        assert!(
+            status.message().contains("/nonexistent/fleet-worker"),
+            "{}",
+            status.message()
+        );
+        // The failed start gave its resources back: the node is whole again.
+        let info = client
+            .node_info(NodeInfoRequest {})
+            .await
+            .expect("info")
+            .into_inner();
+        assert_eq!(info.available.get("CPU"), Some(&2.0));
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_exits_before_registering_names_the_likely_cause() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // `true` starts and exits at once without registering.
+        let running = raylet(PathBuf::from("true"), dir.path()).await;
+        let mut client = RayletClient::connect(format!("http://{}", running.address))
+            .await
+            .expect("connect");
+        let status = client
+            .request_worker_lease(request(&[("CPU", 1.0)]))
+            .await
+            .expect_err("no registration");
+        assert!(
+            status.message().contains("fleet::init()"),
+            "{}",
+            status.message()
+        );
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn requests_that_can_never_fit_fail_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let running = raylet(PathBuf::from("true"), dir.path()).await;
+        let mut client = RayletClient::connect(format!("http://{}", running.address))
+            .await
+            .expect("connect");
+        let status = client
+            .request_worker_lease(request(&[("GPU", 3.0)]))
+            .await
+            .expect_err("infeasible");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            status.message().contains("GPU: 3") && status.message().contains("GPU: 2"),
+            "{}",
+            status.message()
+        );
+        let status = client
+            .request_worker_lease(request(&[("GPU", 1.5)]))
+            .await
+            .expect_err("invalid");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        running.stop().await;
+    }
 }
