@@ -385,17 +385,16 @@ async fn start_instance(
         owner_address: runtime.address.clone(),
         ..TaskSpec::default()
     };
-    let mut client = runtime.worker_client(&reply.worker_address)?;
-    let outcome = client.push_task(spec).await;
+    let outcome = runtime.push(&reply.worker_address, spec).await;
     let failure = match outcome {
-        Ok(answer) => match answer.into_inner().result {
+        Ok(answer) => match answer.result {
             Some(task_reply::Result::Value(_) | task_reply::Result::StoredId(_)) => {
                 return Ok((lease, reply.worker_address, reply.node_id))
             }
             Some(task_reply::Result::Error(error)) => crate::executor::error_from_wire(error),
             None => Error::Internal("empty reply to an actor creation".into()),
         },
-        Err(status) => Error::rpc(format!("creating actor {}", link.label), &status),
+        Err(cause) => Error::Internal(format!("creating actor {}: {cause}", link.label)),
     };
     let _ = raylet
         .return_worker_lease(ReturnLeaseRequest {
@@ -683,16 +682,10 @@ async fn push_call(
             owner_address: runtime.address.clone(),
             ..TaskSpec::default()
         };
-        let outcome = match runtime.worker_client(&address) {
-            Ok(mut client) => client
-                .push_task(spec)
-                .await
-                .map_err(|s| fleet_gcs::error::describe_status(&s)),
-            Err(error) => Err(error.to_string()),
-        };
+        let outcome = runtime.push(&address, spec).await;
         match outcome {
             Ok(reply) => {
-                let result = match reply.into_inner().result {
+                let result = match reply.result {
                     Some(task_reply::Result::Value(bytes)) => Ok(Stored::Inline(Arc::new(bytes))),
                     Some(task_reply::Result::StoredId(id)) => crate::submitter::stored_id(&id),
                     Some(task_reply::Result::Error(error)) => {

@@ -8,7 +8,8 @@ use fleet_gcs::GcsClient;
 use fleet_proto::runtime::core_worker_client::CoreWorkerClient;
 use fleet_proto::runtime::get_object_reply;
 use fleet_proto::runtime::raylet_client::RayletClient;
-use fleet_proto::runtime::GetObjectRequest;
+use fleet_proto::runtime::{GetObjectRequest, TaskReply, TaskSpec};
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
@@ -37,6 +38,12 @@ pub(crate) fn install(worker: Arc<CoreWorker>) -> Result<()> {
         .map_err(|_| Error::Internal("fleet::init() was called twice in this process".into()))
 }
 
+/// A task stream to one worker.
+struct WorkerConnection {
+    sender: mpsc::UnboundedSender<TaskSpec>,
+    pending: DashMap<String, oneshot::Sender<std::result::Result<TaskReply, String>>>,
+}
+
 /// The core worker.
 pub struct CoreWorker {
     /// The job this process belongs to.
@@ -60,6 +67,7 @@ pub struct CoreWorker {
     pub(crate) leases: Arc<LeasePool>,
     clients: DashMap<String, CoreWorkerClient<Channel>>,
     pub(crate) links: DashMap<String, Arc<crate::actor::ActorLink>>,
+    connections: DashMap<String, Arc<WorkerConnection>>,
     pub(crate) runtime: tokio::runtime::Handle,
     /// Whether this process is a driver (not a worker).
     pub is_driver: bool,
@@ -95,6 +103,7 @@ impl CoreWorker {
             leases: Arc::new(LeasePool::new(parts.raylet)),
             clients: DashMap::new(),
             links: DashMap::new(),
+            connections: DashMap::new(),
             runtime: tokio::runtime::Handle::current(),
             is_driver: parts.is_driver,
         }
@@ -125,6 +134,61 @@ impl CoreWorker {
             Stored::Inline(bytes) => Ok(ObjectData::Inline(bytes)),
             Stored::Plasma(id) => self.plasma.get(id).await,
         }
+    }
+
+    /// Pushes a task to the worker at `address` over this process's stream to it (opened on
+    /// first use, reopened after a failure); the error is the transport's cause.
+    pub(crate) async fn push(&self, address: &str, spec: TaskSpec) -> std::result::Result<TaskReply, String> {
+        let connection = match self.connections.get(address).map(|c| c.clone()) {
+            Some(connection) if !connection.sender.is_closed() => connection,
+            _ => {
+                let connection = self.open_connection(address).await?;
+                self.connections.insert(address.to_string(), connection.clone());
+                connection
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        connection.pending.insert(spec.task_id.clone(), tx);
+        if connection.sender.send(spec).is_err() {
+            self.connections.remove(address);
+            return Err(format!("the connection to worker {address} closed"));
+        }
+        rx.await.unwrap_or_else(|_| Err(format!("the connection to worker {address} closed")))
+    }
+
+    async fn open_connection(&self, address: &str) -> std::result::Result<Arc<WorkerConnection>, String> {
+        let mut client = self.worker_client(address).map_err(|e| e.to_string())?;
+        let (sender, receiver) = mpsc::unbounded_channel::<TaskSpec>();
+        let replies = client
+            .push_tasks(tokio_stream::wrappers::UnboundedReceiverStream::new(receiver))
+            .await
+            .map_err(|s| fleet_gcs::error::describe_status(&s))?
+            .into_inner();
+        let connection = Arc::new(WorkerConnection { sender, pending: DashMap::new() });
+        let reader = connection.clone();
+        let address = address.to_string();
+        tokio::spawn(async move {
+            let mut replies = replies;
+            let cause = loop {
+                match replies.message().await {
+                    Ok(Some(reply)) => {
+                        if let Some((_, waiter)) = reader.pending.remove(&reply.task_id) {
+                            let _ = waiter.send(Ok(reply));
+                        }
+                    }
+                    Ok(None) => break format!("worker {address} closed the task stream"),
+                    Err(status) => break fleet_gcs::error::describe_status(&status),
+                }
+            };
+            // Everything still in flight on this stream failed with the worker.
+            let ids: Vec<String> = reader.pending.iter().map(|e| e.key().clone()).collect();
+            for id in ids {
+                if let Some((_, waiter)) = reader.pending.remove(&id) {
+                    let _ = waiter.send(Err(cause.clone()));
+                }
+            }
+        });
+        Ok(connection)
     }
 
     /// The serialized value of an object: from this process's store when it owns (or has

@@ -169,6 +169,7 @@ impl Executor {
         };
         TaskReply {
             result: Some(result),
+            task_id: String::new(),
         }
     }
 
@@ -311,10 +312,47 @@ async fn checkpoint(
     Ok(sequence)
 }
 
+type ReplyStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<TaskReply, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl CoreWorkerRpc for Executor {
     async fn push_task(&self, request: Request<TaskSpec>) -> Result<Response<TaskReply>, Status> {
-        let spec = request.into_inner();
+        Ok(Response::new(self.execute(request.into_inner()).await))
+    }
+
+    type PushTasksStream = ReplyStream;
+
+    async fn push_tasks(&self, request: Request<tonic::Streaming<TaskSpec>>) -> Result<Response<ReplyStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel::<Result<TaskReply, Status>>();
+        let executor = self.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(spec)) = incoming.message().await {
+                let executor = executor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let task_id = spec.task_id.clone();
+                    let mut reply = executor.execute(spec).await;
+                    reply.task_id = task_id;
+                    let _ = tx.send(Ok(reply));
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))))
+    }
+
+    async fn get_object(&self, request: Request<GetObjectRequest>) -> Result<Response<GetObjectReply>, Status> {
+        self.serve_object(request.into_inner().object_id).await
+    }
+
+    async fn exit(&self, _: Request<ExitRequest>) -> Result<Response<ExitReply>, Status> {
+        self.exit.cancel();
+        Ok(Response::new(ExitReply {}))
+    }
+}
+
+impl Executor {
+    async fn execute(&self, spec: TaskSpec) -> TaskReply {
         let args: Args = spec
             .args
             .iter()
@@ -347,7 +385,7 @@ impl CoreWorkerRpc for Executor {
                         "actor {} is not hosted by this worker",
                         spec.actor_id
                     ));
-                    return Ok(Response::new(self.reply(&name, Err(error)).await));
+                    return self.reply(&name, Err(error)).await;
                 };
                 let (tx, rx) = oneshot::channel();
                 let call = ActorCall {
@@ -369,14 +407,10 @@ impl CoreWorkerRpc for Executor {
                 self.reply(&name, result).await
             }
         };
-        Ok(Response::new(reply))
+        reply
     }
 
-    async fn get_object(
-        &self,
-        request: Request<GetObjectRequest>,
-    ) -> Result<Response<GetObjectReply>, Status> {
-        let id = request.into_inner().object_id;
+    async fn serve_object(&self, id: String) -> Result<Response<GetObjectReply>, Status> {
         let Some(slot) = self.runtime.store.existing(&id) else {
             return Ok(Response::new(GetObjectReply {
                 result: Some(get_object_reply::Result::Error(self.locate(
@@ -397,10 +431,5 @@ impl CoreWorkerRpc for Executor {
         Ok(Response::new(GetObjectReply {
             result: Some(result),
         }))
-    }
-
-    async fn exit(&self, _: Request<ExitRequest>) -> Result<Response<ExitReply>, Status> {
-        self.exit.cancel();
-        Ok(Response::new(ExitReply {}))
     }
 }

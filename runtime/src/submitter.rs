@@ -275,11 +275,10 @@ async fn run_task(
             owner_address: runtime.address.clone(),
             ..TaskSpec::default()
         };
-        let mut client = runtime.worker_client(&lease.worker_address)?;
-        match client.push_task(spec).await {
+        match runtime.push(&lease.worker_address, spec).await {
             Ok(reply) => {
                 pool.release(&options.resources, lease, false);
-                match reply.into_inner().result {
+                match reply.result {
                     Some(task_reply::Result::Value(bytes)) => {
                         return Ok(Stored::Inline(Arc::new(bytes)))
                     }
@@ -294,13 +293,13 @@ async fn run_task(
                     None => return Err(Error::Internal(format!("{function}: empty reply"))),
                 }
             }
-            Err(status) => {
+            Err(cause) => {
                 pool.release(&options.resources, lease, true);
                 if attempts > options.max_retries {
                     return Err(Error::WorkerDied {
                         function: function.to_string(),
                         attempts,
-                        cause: fleet_gcs::error::describe_status(&status),
+                        cause,
                     });
                 }
                 tracing::debug!(function, attempts, "worker failed; retrying the task");
