@@ -21,7 +21,9 @@
 #   VENV             virtualenv with Ray installed (default: /work/ray-venv),
 #                    e.g. created with:
 #                        python3 -m venv /work/ray-venv
-#                        /work/ray-venv/bin/pip install "ray[default]"
+#                        /work/ray-venv/bin/pip install "ray[default]" numpy
+#                    (numpy is needed by the microbenchmark but is not a
+#                    dependency of recent Ray releases)
 #   RAW_OUTPUT_FILE  where to keep Ray's full, unparsed output
 #                    (default: a temporary file, deleted on exit)
 #
@@ -29,6 +31,8 @@
 #   RAY_BENCH_TIMEOUT  seconds before the run is killed (default: 1500)
 #   TESTS_TO_RUN / TESTS_TO_SKIP are passed through to Ray (substring filters
 #   on benchmark names); filtering out a benchmark makes it show as MISSING.
+#   None of the "client: ..." (Ray Client) benchmarks that Ray runs at the end
+#   are reported here; TESTS_TO_SKIP='client:' skips them and saves ~2 minutes.
 #
 # The full run takes ~10-15 minutes (each benchmark sleeps 10 s, warms up for
 # 1 s and measures 4 x 2 s). Run it on an otherwise idle machine: the numbers
@@ -47,7 +51,12 @@ TIMEOUT_S="${RAY_BENCH_TIMEOUT:-1500}"
 RAY="$VENV/bin/ray"
 if [[ ! -x "$RAY" ]]; then
     echo "error: $RAY not found; install Ray into the virtualenv first:" >&2
-    echo "  python3 -m venv $VENV && $VENV/bin/pip install 'ray[default]'" >&2
+    echo "  python3 -m venv $VENV && $VENV/bin/pip install 'ray[default]' numpy" >&2
+    exit 1
+fi
+if ! "$VENV/bin/python" -c 'import ray._private.ray_perf' 2>/dev/null; then
+    echo "error: cannot import ray._private.ray_perf from $VENV" \
+        "(is numpy installed? $VENV/bin/pip install numpy)" >&2
     exit 1
 fi
 
@@ -133,4 +142,6 @@ if [[ $missing -ne 0 ]]; then
     echo "warning: some metrics were missing from Ray's output" >&2
     exit 2
 fi
-exit "$rc"
+# All wanted metrics were found; a failure in a later, unused part of the run
+# (e.g. the Ray Client benchmarks) was reported above but is not fatal.
+exit 0

@@ -45,10 +45,14 @@ pub struct ActorOptions {
     pub max_restarts: i32,
     /// How often a call interrupted by the actor's death is retried on the restarted actor.
     pub max_task_retries: u32,
-    /// Calls run at once (1: one at a time, in order per caller).
+    /// Calls run at once (1: one at a time, in order per caller). Above 1, `&self` methods
+    /// start in order and interleave at their await points; a `&mut self` method waits for
+    /// them and runs alone.
     pub max_concurrency: u32,
     /// Checkpoint every this many calls (0: only on demand). Needs `#[fleet::actor(checkpoint)]`.
     pub checkpoint_every: u64,
+    /// Also checkpoint this often, when calls ran since the last checkpoint.
+    pub checkpoint_interval: Option<std::time::Duration>,
     /// Where checkpoints are written (a directory standing for shared storage).
     pub checkpoint_dir: PathBuf,
 }
@@ -64,6 +68,7 @@ impl Default for ActorOptions {
             max_task_retries: 0,
             max_concurrency: 1,
             checkpoint_every: 0,
+            checkpoint_interval: None,
             checkpoint_dir: std::env::var_os("FLEET_CHECKPOINT_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| std::env::temp_dir().join("fleet-checkpoints")),
@@ -133,6 +138,11 @@ impl<A: ActorType> ActorBuilder<A> {
     /// Checkpoint every `calls` calls.
     pub fn checkpoint_every(mut self, calls: u64) -> Self {
         self.options.checkpoint_every = calls;
+        self
+    }
+    /// Checkpoint this often (when calls ran since the last checkpoint).
+    pub fn checkpoint_interval(mut self, interval: std::time::Duration) -> Self {
+        self.options.checkpoint_interval = Some(interval);
         self
     }
     /// Where checkpoints go.
@@ -380,6 +390,11 @@ async fn start_instance(
         restore_state,
         checkpoint_sequence,
         checkpoint_every_calls: owner.options.checkpoint_every,
+        max_concurrency: owner.options.max_concurrency,
+        checkpoint_interval_ms: owner
+            .options
+            .checkpoint_interval
+            .map_or(0, |d| d.as_millis().max(1) as u64),
         checkpoint_dir: owner.options.checkpoint_dir.display().to_string(),
         gpu_ids: reply.gpu_ids.clone(),
         owner_address: runtime.address.clone(),

@@ -138,12 +138,17 @@ impl CoreWorker {
 
     /// Pushes a task to the worker at `address` over this process's stream to it (opened on
     /// first use, reopened after a failure); the error is the transport's cause.
-    pub(crate) async fn push(&self, address: &str, spec: TaskSpec) -> std::result::Result<TaskReply, String> {
+    pub(crate) async fn push(
+        &self,
+        address: &str,
+        spec: TaskSpec,
+    ) -> std::result::Result<TaskReply, String> {
         let connection = match self.connections.get(address).map(|c| c.clone()) {
             Some(connection) if !connection.sender.is_closed() => connection,
             _ => {
                 let connection = self.open_connection(address).await?;
-                self.connections.insert(address.to_string(), connection.clone());
+                self.connections
+                    .insert(address.to_string(), connection.clone());
                 connection
             }
         };
@@ -153,18 +158,27 @@ impl CoreWorker {
             self.connections.remove(address);
             return Err(format!("the connection to worker {address} closed"));
         }
-        rx.await.unwrap_or_else(|_| Err(format!("the connection to worker {address} closed")))
+        rx.await
+            .unwrap_or_else(|_| Err(format!("the connection to worker {address} closed")))
     }
 
-    async fn open_connection(&self, address: &str) -> std::result::Result<Arc<WorkerConnection>, String> {
+    async fn open_connection(
+        &self,
+        address: &str,
+    ) -> std::result::Result<Arc<WorkerConnection>, String> {
         let mut client = self.worker_client(address).map_err(|e| e.to_string())?;
         let (sender, receiver) = mpsc::unbounded_channel::<TaskSpec>();
         let replies = client
-            .push_tasks(tokio_stream::wrappers::UnboundedReceiverStream::new(receiver))
+            .push_tasks(tokio_stream::wrappers::UnboundedReceiverStream::new(
+                receiver,
+            ))
             .await
             .map_err(|s| fleet_gcs::error::describe_status(&s))?
             .into_inner();
-        let connection = Arc::new(WorkerConnection { sender, pending: DashMap::new() });
+        let connection = Arc::new(WorkerConnection {
+            sender,
+            pending: DashMap::new(),
+        });
         let reader = connection.clone();
         let address = address.to_string();
         tokio::spawn(async move {

@@ -4,7 +4,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -117,8 +117,38 @@ struct ActorCall {
 struct CheckpointPolicy {
     actor_id: String,
     every: u64,
+    interval: Option<std::time::Duration>,
     dir: PathBuf,
     sequence: u64,
+}
+
+type ActorJob = Box<dyn FnOnce() -> registry::LocalBoxFuture<'static, ()> + Send>;
+
+/// The actors of a worker run on a thread of their own (a current-thread runtime with a
+/// `LocalSet`): a blocking method blocks only the actors, never the worker's RPC service, and
+/// shared calls of one actor can interleave without the actor having to be `Sync`.
+struct ActorThread {
+    jobs: mpsc::UnboundedSender<ActorJob>,
+}
+
+impl ActorThread {
+    fn start() -> std::io::Result<Self> {
+        let (jobs, mut rx) = mpsc::unbounded_channel::<ActorJob>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("fleet-actors".into())
+            .spawn(move || {
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, async move {
+                    while let Some(job) = rx.recv().await {
+                        tokio::task::spawn_local(job());
+                    }
+                });
+            })?;
+        Ok(ActorThread { jobs })
+    }
 }
 
 /// The CoreWorker service of a worker (or a driver, which only serves objects).
@@ -126,6 +156,7 @@ struct CheckpointPolicy {
 pub struct Executor {
     runtime: Arc<CoreWorker>,
     actors: Arc<DashMap<String, mpsc::UnboundedSender<ActorCall>>>,
+    actor_thread: Arc<std::sync::OnceLock<ActorThread>>,
     exit: CancellationToken,
 }
 
@@ -135,6 +166,7 @@ impl Executor {
         Executor {
             runtime,
             actors: Arc::default(),
+            actor_thread: Arc::default(),
             exit,
         }
     }
@@ -189,12 +221,32 @@ impl Executor {
         let policy = CheckpointPolicy {
             actor_id: spec.actor_id.clone(),
             every: spec.checkpoint_every_calls,
+            interval: (spec.checkpoint_interval_ms > 0)
+                .then(|| std::time::Duration::from_millis(spec.checkpoint_interval_ms)),
             dir: PathBuf::from(&spec.checkpoint_dir),
             sequence: spec.checkpoint_sequence,
         };
-        self.actors.insert(spec.actor_id.clone(), tx);
+        let thread = match self.actor_thread.get() {
+            Some(thread) => thread,
+            None => {
+                let started = ActorThread::start().map_err(|e| {
+                    TaskError::system(format!("cannot start the actor thread: {e}"))
+                })?;
+                let _ = self.actor_thread.set(started);
+                self.actor_thread
+                    .get()
+                    .ok_or_else(|| TaskError::system("the actor thread did not start"))?
+            }
+        };
         let runtime = self.runtime.clone();
-        tokio::spawn(actor_loop(runtime, instance, rx, policy));
+        let concurrency = spec.max_concurrency.max(1) as usize;
+        let job: ActorJob =
+            Box::new(move || Box::pin(actor_loop(runtime, instance, rx, policy, concurrency)));
+        thread
+            .jobs
+            .send(job)
+            .map_err(|_| TaskError::system("the actor thread has stopped"))?;
+        self.actors.insert(spec.actor_id.clone(), tx);
         Ok(Vec::new())
     }
 }
@@ -217,50 +269,222 @@ async fn catching_instance(
     }
 }
 
+/// Per-caller ordering: calls are released in each caller's sequence order.
+#[derive(Default)]
+struct CallOrder {
+    expected: HashMap<String, u64>,
+    pending: HashMap<String, BTreeMap<u64, ActorCall>>,
+}
+
+impl CallOrder {
+    /// Takes a call in; returns the calls whose turn has come, in order.
+    fn admit(&mut self, call: ActorCall, ready: &mut VecDeque<ActorCall>) {
+        let caller = call.caller.clone();
+        self.pending
+            .entry(caller.clone())
+            .or_default()
+            .insert(call.seq, call);
+        loop {
+            let next = self.expected.get(&caller).copied().unwrap_or(0);
+            let Some(call) = self.pending.get_mut(&caller).and_then(|q| q.remove(&next)) else {
+                break;
+            };
+            self.expected.insert(caller.clone(), next + 1);
+            ready.push_back(call);
+        }
+    }
+}
+
 async fn actor_loop(
     runtime: Arc<CoreWorker>,
     mut instance: Box<dyn ActorObject>,
     mut rx: mpsc::UnboundedReceiver<ActorCall>,
     mut policy: CheckpointPolicy,
+    concurrency: usize,
 ) {
-    let mut expected: HashMap<String, u64> = HashMap::new();
-    let mut pending: HashMap<String, BTreeMap<u64, ActorCall>> = HashMap::new();
+    let mut order = CallOrder::default();
+    let mut ready: VecDeque<ActorCall> = VecDeque::new();
     let mut calls_since_checkpoint = 0u64;
-    while let Some(call) = rx.recv().await {
-        let caller = call.caller.clone();
-        pending
-            .entry(caller.clone())
-            .or_default()
-            .insert(call.seq, call);
-        // Run every call that is next in its caller's order.
-        loop {
-            let next = expected.get(&caller).copied().unwrap_or(0);
-            let Some(queue) = pending.get_mut(&caller) else {
-                break;
-            };
-            let Some(call) = queue.remove(&next) else {
-                break;
-            };
-            expected.insert(caller.clone(), next + 1);
-            let result = if call.method == CHECKPOINT_METHOD {
-                let state = instance.checkpoint();
-                checkpoint(&runtime, state, &mut policy)
-                    .await
-                    .and_then(|seq| registry::encode_return(&seq, "checkpoint"))
-            } else {
-                let outcome = catching(instance.dispatch(&call.method, call.args)).await;
-                calls_since_checkpoint += 1;
-                outcome
-            };
+    let mut ticker = policy.interval.map(|period| {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
+    });
+    loop {
+        if ready.is_empty() {
+            tokio::select! {
+                call = rx.recv() => match call {
+                    Some(call) => order.admit(call, &mut ready),
+                    None => return,
+                },
+                _ = next_tick(&mut ticker) => {
+                    if calls_since_checkpoint > 0 {
+                        calls_since_checkpoint = 0;
+                        let state = instance.checkpoint();
+                        if let Err(error) = checkpoint(&runtime, state, &mut policy).await {
+                            tracing::warn!(actor = %policy.actor_id, error = %error.message, "timed checkpoint failed");
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        while let Ok(call) = rx.try_recv() {
+            order.admit(call, &mut ready);
+        }
+        let Some(call) = ready.pop_front() else {
+            continue;
+        };
+        if call.method == CHECKPOINT_METHOD {
+            let state = instance.checkpoint();
+            let result = checkpoint(&runtime, state, &mut policy)
+                .await
+                .and_then(|seq| registry::encode_return(&seq, "checkpoint"));
             let _ = call.reply.send(result);
-            if policy.every > 0 && calls_since_checkpoint >= policy.every {
-                calls_since_checkpoint = 0;
-                let state = instance.checkpoint();
-                if let Err(error) = checkpoint(&runtime, state, &mut policy).await {
-                    tracing::warn!(actor = %policy.actor_id, error = %error.message, "periodic checkpoint failed");
+            continue;
+        }
+        let call = if concurrency > 1 {
+            match run_shared(
+                instance.as_ref(),
+                call,
+                &mut rx,
+                &mut order,
+                &mut ready,
+                concurrency,
+            )
+            .await
+            {
+                SharedOutcome::Done(calls) => {
+                    calls_since_checkpoint += calls;
+                    None
+                }
+                SharedOutcome::Exclusive(call) => Some(call),
+            }
+        } else {
+            Some(call)
+        };
+        if let Some(call) = call {
+            let outcome = catching(instance.dispatch(&call.method, call.args)).await;
+            calls_since_checkpoint += 1;
+            let _ = call.reply.send(outcome);
+        }
+        if policy.every > 0 && calls_since_checkpoint >= policy.every {
+            calls_since_checkpoint = 0;
+            let state = instance.checkpoint();
+            if let Err(error) = checkpoint(&runtime, state, &mut policy).await {
+                tracing::warn!(actor = %policy.actor_id, error = %error.message, "periodic checkpoint failed");
+            }
+        }
+    }
+}
+
+enum SharedOutcome {
+    /// Ran this many shared calls; nothing is waiting for exclusive access.
+    Done(u64),
+    /// These shared calls finished; this `&mut self` call must run next, alone.
+    Exclusive(ActorCall),
+}
+
+/// Runs `first` and the shared calls after it, up to `concurrency` at once, until none is in
+/// flight; stops admitting at the first call that needs `&mut self` (returned to run alone).
+async fn run_shared(
+    instance: &dyn ActorObject,
+    first: ActorCall,
+    rx: &mut mpsc::UnboundedReceiver<ActorCall>,
+    order: &mut CallOrder,
+    ready: &mut VecDeque<ActorCall>,
+    concurrency: usize,
+) -> SharedOutcome {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    type Running<'a> = registry::LocalBoxFuture<
+        'a,
+        (
+            oneshot::Sender<Result<Vec<u8>, TaskError>>,
+            Result<Vec<u8>, TaskError>,
+        ),
+    >;
+    let mut running: FuturesUnordered<Running<'_>> = FuturesUnordered::new();
+    let mut exclusive: Option<ActorCall> = None;
+    let mut done = 0u64;
+    let mut next = Some(first);
+    loop {
+        // Start what may start.
+        while exclusive.is_none() && running.len() < concurrency {
+            let Some(call) = next.take().or_else(|| ready.pop_front()) else {
+                break;
+            };
+            if call.method == CHECKPOINT_METHOD {
+                exclusive = Some(call);
+                break;
+            }
+            let ActorCall {
+                caller,
+                seq,
+                method,
+                args,
+                reply,
+            } = call;
+            match instance.dispatch_shared(&method, args) {
+                Ok(future) => {
+                    running.push(Box::pin(
+                        async move { (reply, catching_local(future).await) },
+                    ))
+                }
+                Err(args) => {
+                    exclusive = Some(ActorCall {
+                        caller,
+                        seq,
+                        method,
+                        args,
+                        reply,
+                    })
                 }
             }
         }
+        if running.is_empty() {
+            return match exclusive {
+                Some(call) => SharedOutcome::Exclusive(call),
+                None => SharedOutcome::Done(done),
+            };
+        }
+        tokio::select! {
+            Some((reply, result)) = running.next() => {
+                let _ = reply.send(result);
+                done += 1;
+            }
+            call = rx.recv(), if exclusive.is_none() => {
+                if let Some(call) = call {
+                    order.admit(call, ready);
+                }
+            }
+        }
+    }
+}
+
+async fn catching_local(
+    future: registry::LocalBoxFuture<'_, Result<Vec<u8>, TaskError>>,
+) -> Result<Vec<u8>, TaskError> {
+    match AssertUnwindSafe(future).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => {
+            let recorded = LAST_PANIC.with(|p| p.borrow_mut().take());
+            let (message, backtrace) =
+                recorded.unwrap_or_else(|| (panic_message(payload.as_ref()), String::new()));
+            Err(TaskError {
+                kind: TaskFailure::Panic,
+                message,
+                backtrace,
+            })
+        }
+    }
+}
+
+async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -322,7 +546,10 @@ impl CoreWorkerRpc for Executor {
 
     type PushTasksStream = ReplyStream;
 
-    async fn push_tasks(&self, request: Request<tonic::Streaming<TaskSpec>>) -> Result<Response<ReplyStream>, Status> {
+    async fn push_tasks(
+        &self,
+        request: Request<tonic::Streaming<TaskSpec>>,
+    ) -> Result<Response<ReplyStream>, Status> {
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::unbounded_channel::<Result<TaskReply, Status>>();
         let executor = self.clone();
@@ -338,10 +565,15 @@ impl CoreWorkerRpc for Executor {
                 });
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
     }
 
-    async fn get_object(&self, request: Request<GetObjectRequest>) -> Result<Response<GetObjectReply>, Status> {
+    async fn get_object(
+        &self,
+        request: Request<GetObjectRequest>,
+    ) -> Result<Response<GetObjectReply>, Status> {
         self.serve_object(request.into_inner().object_id).await
     }
 

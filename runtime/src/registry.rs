@@ -14,6 +14,9 @@ use crate::error::TaskFailure;
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A boxed future that stays on the actor's thread.
+pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
 /// A failure inside user code, before it is located (node, worker) by the executor.
 #[derive(Debug, Clone)]
 pub struct TaskError {
@@ -65,6 +68,13 @@ pub trait ActorObject: Send + 'static {
         method: &'a str,
         args: Args,
     ) -> BoxFuture<'a, Result<Vec<u8>, TaskError>>;
+    /// Runs a `&self` method; gives the arguments back when `method` needs `&mut self`.
+    /// Shared calls of an actor with `max_concurrency > 1` interleave at their await points.
+    fn dispatch_shared<'a>(
+        &'a self,
+        method: &str,
+        args: Args,
+    ) -> Result<LocalBoxFuture<'a, Result<Vec<u8>, TaskError>>, Args>;
     /// Its state for a checkpoint (`None`: the actor is not checkpointable).
     fn checkpoint(&self) -> Option<Result<Vec<u8>, TaskError>>;
 }

@@ -27,8 +27,8 @@ pub use fleet_runtime::{
 #[doc(hidden)]
 pub mod __private {
     pub use fleet_runtime::registry::{
-        decode_arg, encode_return, ActorFactory, ActorObject, Args, BoxFuture, RemoteFunction,
-        TaskError,
+        decode_arg, encode_return, ActorFactory, ActorObject, Args, BoxFuture, LocalBoxFuture,
+        RemoteFunction, TaskError,
     };
     pub use inventory;
     pub use serde;

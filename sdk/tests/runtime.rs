@@ -99,12 +99,18 @@ async fn bump(counter: LogHandle, value: u64) -> Result<usize, String> {
 #[fleet::actor]
 pub struct Log {
     values: Vec<u64>,
+    inside: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
 }
 
 #[fleet::actor]
 impl Log {
     pub fn new() -> Self {
-        Log { values: Vec::new() }
+        Log {
+            values: Vec::new(),
+            inside: Default::default(),
+            peak: Default::default(),
+        }
     }
 
     pub fn push(&mut self, value: u64) -> usize {
@@ -122,6 +128,20 @@ impl Log {
 
     pub fn pid(&self) -> u32 {
         std::process::id()
+    }
+
+    /// Sleeps, then says how many calls were in this method at once.
+    pub async fn overlap(&self, ms: u64) -> usize {
+        let now = self
+            .inside
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        self.peak
+            .fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.inside
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.peak.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub async fn slow_len(&self, ms: u64) -> usize {
@@ -282,6 +302,33 @@ async fn actor_calls_run_in_submission_order() -> Result<()> {
     Ok(())
 }
 
+async fn concurrent_actors_interleave_shared_calls() -> Result<()> {
+    let log = Log::remote().max_concurrency(4).spawn().await?;
+    let started = Instant::now();
+    let calls: Vec<_> = (0..8).map(|_| log.overlap(200)).collect();
+    let peaks = fleet::get_all(&calls).await?;
+    ensure!(
+        peaks.iter().max() == Some(&4),
+        "at most 4 at once, and 4 reached: {peaks:?}"
+    );
+    ensure!(
+        started.elapsed() < Duration::from_millis(1500),
+        "8 × 200 ms calls overlapped"
+    );
+    // A &mut self call runs alone, after the shared calls before it.
+    log.push(1);
+    ensure!(log.values().await? == vec![1]);
+    let serial = Log::remote().spawn().await?;
+    let calls: Vec<_> = (0..3).map(|_| serial.overlap(50)).collect();
+    ensure!(
+        fleet::get_all(&calls).await? == vec![1, 1, 1],
+        "max_concurrency 1 runs one at a time"
+    );
+    log.raw().kill().await?;
+    serial.raw().kill().await?;
+    Ok(())
+}
+
 async fn named_actors_are_found_by_name_and_type() -> Result<()> {
     let log = Log::remote().name("the-log").spawn().await?;
     log.push(7).await?;
@@ -362,6 +409,25 @@ async fn a_checkpointed_actor_comes_back_with_its_exact_state() -> Result<()> {
         tally.incr();
     }
     ensure!(tally.count().await? == 55);
+    // A time-based policy: no call-count trigger, a 100 ms interval.
+    let timed = Tally::remote()
+        .max_restarts(1)
+        .max_task_retries(1)
+        .checkpoint_interval(Duration::from_millis(100))
+        .checkpoint_dir(&dir)
+        .spawn()
+        .await?;
+    for _ in 0..7 {
+        timed.incr();
+    }
+    ensure!(timed.count().await? == 7);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    sigkill(timed.pid().await?)?;
+    ensure!(
+        timed.count().await? == 7,
+        "restored from the timed checkpoint"
+    );
+    timed.raw().kill().await?;
     // On demand, and the checkpoint pointer is in the control store.
     let sequence = tally.checkpoint().await?;
     ensure!(sequence >= 55, "checkpoint sequence {sequence}");
@@ -523,6 +589,9 @@ fn main() -> std::process::ExitCode {
             }),
             ("actor_calls_run_in_submission_order", || {
                 Box::pin(actor_calls_run_in_submission_order())
+            }),
+            ("concurrent_actors_interleave_shared_calls", || {
+                Box::pin(concurrent_actors_interleave_shared_calls())
             }),
             ("named_actors_are_found_by_name_and_type", || {
                 Box::pin(named_actors_are_found_by_name_and_type())

@@ -314,6 +314,7 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
     let mut constructor = None;
     let mut handle_methods = Vec::new();
     let mut dispatch_arms = Vec::new();
+    let mut shared_arms = Vec::new();
     for impl_item in &item.items {
         let ImplItem::Fn(method) = impl_item else {
             continue;
@@ -375,6 +376,17 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
                 #finish
             }
         });
+        let shared =
+            matches!(sig.inputs.first(), Some(FnArg::Receiver(r)) if r.mutability.is_none());
+        if shared {
+            shared_arms.push(quote! {
+                #method_str => ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
+                    #(let #arg_names: #arg_types = ::fleet::__private::decode_arg(&__args, #indices, #full)?;)*
+                    let __out = self.#method_name(#(#arg_names),*) #awaited;
+                    #finish
+                })),
+            });
+        }
     }
     let constructor = constructor.ok_or_else(|| {
         syn::Error::new(
@@ -402,6 +414,13 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
                             format!("{} has no remote method {other}", <#name as ::fleet::ActorType>::NAME))),
                     }
                 })
+            }
+
+            fn dispatch_shared<'a>(&'a self, __method: &str, __args: ::fleet::__private::Args) -> ::core::result::Result<::fleet::__private::LocalBoxFuture<'a, ::core::result::Result<::std::vec::Vec<u8>, ::fleet::__private::TaskError>>, ::fleet::__private::Args> {
+                match __method {
+                    #(#shared_arms)*
+                    _ => ::core::result::Result::Err(__args),
+                }
             }
 
             fn checkpoint(&self) -> ::core::option::Option<::core::result::Result<::std::vec::Vec<u8>, ::fleet::__private::TaskError>> {
