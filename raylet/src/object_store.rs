@@ -224,7 +224,13 @@ impl ObjectStore {
     /// [`Error::SizeMismatch`]. Objects larger than the capacity fail at once with
     /// [`Error::ObjectTooLarge`].
     pub async fn put(&self, id: ObjectId, data: &[u8]) -> Result<()> {
-        let size = data.len() as u64;
+        self.put_parts(id, &[data]).await
+    }
+
+    /// Like [`ObjectStore::put`], for an object made of consecutive parts (a header and a
+    /// body, say), written without first joining them in memory.
+    pub async fn put_parts(&self, id: ObjectId, parts: &[&[u8]]) -> Result<()> {
+        let size = parts.iter().map(|p| p.len() as u64).sum::<u64>();
         let deadline = Instant::now() + self.inner.config.full_timeout;
         loop {
             // Registered before looking, so a change made after the look still wakes us.
@@ -238,7 +244,7 @@ impl ObjectStore {
             };
             match step {
                 PutStep::Present => return Ok(()),
-                PutStep::Write => return self.write_object(id, data),
+                PutStep::Write => return self.write_object(id, parts),
                 PutStep::Spill(victims) => self.spill(victims).await?,
                 PutStep::Wait => notified.await,
                 PutStep::Full { unspillable } => {
@@ -337,10 +343,10 @@ impl ObjectStore {
     }
 
     /// Writes the object whose room [`PutStep::Write`] reserved, then seals it.
-    fn write_object(&self, id: ObjectId, data: &[u8]) -> Result<()> {
+    fn write_object(&self, id: ObjectId, parts: &[&[u8]]) -> Result<()> {
         let path = object_path(&self.inner.config.shm_dir, id);
         let temp = self.inner.temp_path(&self.inner.config.shm_dir, id);
-        let written = write_new_file(&temp, data).and_then(|()| fs::rename(&temp, &path));
+        let written = write_new_file(&temp, parts).and_then(|()| fs::rename(&temp, &path));
         if written.is_err() {
             remove_quietly(&temp);
         }
@@ -357,7 +363,7 @@ impl ObjectStore {
             return Err(Error::Destroyed);
         }
         written.map_err(|source| Error::Write { id, path, source })?;
-        tracing::debug!(%id, size = data.len(), "object stored");
+        tracing::debug!(%id, size = parts.iter().map(|p| p.len()).sum::<usize>(), "object stored");
         Ok(())
     }
 
@@ -740,11 +746,14 @@ fn map_file(id: ObjectId, path: &Path) -> Result<Mmap> {
     })
 }
 
-/// Creates `path` (which must not exist) holding exactly `data`.
-fn write_new_file(path: &Path, data: &[u8]) -> io::Result<()> {
+/// Creates `path` (which must not exist) holding exactly `parts`, one after the other.
+fn write_new_file(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
     // No fsync: objects do not outlive the store, so a crash loses them anyway.
-    file.write_all(data)
+    for part in parts {
+        file.write_all(part)?;
+    }
+    Ok(())
 }
 
 /// Copies `from` to `to` through `temp`, checking that `expected` bytes were copied.

@@ -7,35 +7,79 @@ use serde::Serialize;
 
 use crate::actor::ActorHandle;
 use crate::codec;
-use crate::context::current;
+use std::sync::Arc;
+
+use crate::context::{current, CoreWorker};
 use crate::error::Result;
 use crate::object_ref::{ObjectRef, Stored};
 use crate::plasma::INLINE_LIMIT;
 use fleet_raylet::object_store::ObjectId;
 
 /// Stores a value owned by this process; the reference can be passed to tasks and actors.
-pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>> {
+///
+/// Small values stay in this process's memory. Large ones go to the node's shared-memory
+/// object store: written before `put` returns when the store has room (vectors of numbers
+/// with one copy, straight from their memory), otherwise in the background, waiting for room
+/// (readers wait for them).
+pub fn put<T: Serialize + 'static>(value: &T) -> Result<ObjectRef<T>> {
     let runtime = current()?;
     let id = crate::ids::new_id("put");
-    let bytes = codec::encode(value, "the value passed to fleet::put")?;
-    if bytes.len() < INLINE_LIMIT {
-        runtime.store.set(&id, Ok(bytes));
-    } else {
-        // Written to the node's shared-memory store in the background; readers wait for it.
-        runtime.store.slot(&id);
-        let stored = ObjectId::random();
-        let rt = runtime.clone();
-        let key = id.clone();
-        runtime.runtime.spawn(async move {
-            let outcome = rt
-                .plasma
-                .put(stored, &bytes)
-                .await
-                .map(|()| Stored::Plasma(stored));
-            rt.store.set_stored(&key, outcome);
-        });
+    let reference = ObjectRef::new(id.clone(), runtime.address.clone());
+    let raw = codec::raw_parts(value);
+    let encoded_len = match &raw {
+        Some((header, body)) => header.len() + body.len(),
+        None => 0,
+    };
+    if raw.is_none() || encoded_len < INLINE_LIMIT {
+        let bytes = codec::encode(value, "the value passed to fleet::put")?;
+        if bytes.len() < INLINE_LIMIT {
+            runtime.store.set(&id, Ok(bytes));
+            return Ok(reference);
+        }
+        store_large(&runtime, &id, &[&bytes]).or_else(|()| {
+            spawn_store(&runtime, id, bytes);
+            Ok::<(), crate::error::Error>(())
+        })?;
+        return Ok(reference);
     }
-    Ok(ObjectRef::new(id, runtime.address.clone()))
+    if let Some((header, body)) = raw {
+        if store_large(&runtime, &id, &[&header, body]).is_err() {
+            let mut bytes = Vec::with_capacity(encoded_len);
+            bytes.extend_from_slice(&header);
+            bytes.extend_from_slice(body);
+            spawn_store(&runtime, id, bytes);
+        }
+    }
+    Ok(reference)
+}
+
+/// Writes a large value to the object store now if there is room; `Err(())` if it must wait.
+fn store_large(runtime: &Arc<CoreWorker>, id: &str, parts: &[&[u8]]) -> Result<(), ()> {
+    let stored = ObjectId::random();
+    match runtime.plasma.try_put_now(stored, parts) {
+        Some(outcome) => {
+            runtime
+                .store
+                .set_stored(id, outcome.map(|()| Stored::Plasma(stored)));
+            Ok(())
+        }
+        None => Err(()),
+    }
+}
+
+/// Writes a large value in the background (the store must make room first).
+fn spawn_store(runtime: &Arc<CoreWorker>, id: String, bytes: Vec<u8>) {
+    runtime.store.slot(&id);
+    let stored = ObjectId::random();
+    let rt = runtime.clone();
+    runtime.runtime.spawn(async move {
+        let outcome = rt
+            .plasma
+            .put(stored, &bytes)
+            .await
+            .map(|()| Stored::Plasma(stored));
+        rt.store.set_stored(&id, outcome);
+    });
 }
 
 /// The value of a reference.

@@ -78,6 +78,19 @@ impl Plasma {
         }
     }
 
+    /// Stores the parts at once when this process hosts the store and it has room now (one
+    /// copy, from the caller's memory); `None` when that would mean waiting.
+    pub fn try_put_now(&self, id: ObjectId, parts: &[&[u8]]) -> Option<Result<()>> {
+        use futures::FutureExt;
+        match self {
+            Plasma::Local(store) => store
+                .put_parts(id, parts)
+                .now_or_never()
+                .map(|r| r.map_err(|e| store_error(id, e))),
+            Plasma::Remote { .. } => None,
+        }
+    }
+
     /// The object's bytes (restored from disk if it was spilled).
     pub async fn get(&self, id: ObjectId) -> Result<ObjectData> {
         match self {

@@ -248,25 +248,27 @@ pub async fn run_all(duration: Duration, only: Option<&str>) -> fleet::Result<Ve
         .await?
             / 1e9
     );
+    let shared = std::sync::Arc::new(vec![0u8; 50 << 20]);
     metric!(
         "multi_client_put_gigabytes",
         "GB/s",
         rate(duration, || async {
             let clients: Vec<_> = (0..cpus)
                 .map(|_| {
-                    tokio::task::spawn_blocking(|| {
-                        let data = vec![0u8; 50 << 20];
-                        fleet::put(&data).map(|_| data.len() as u64)
-                    })
+                    let data = shared.clone();
+                    tokio::task::spawn_blocking(move || fleet::put(&*data))
                 })
                 .collect();
-            let mut total = 0;
+            let mut objects = Vec::new();
             for client in clients {
-                total += client
-                    .await
-                    .map_err(|e| fleet::Error::Internal(e.to_string()))??;
+                objects.push(
+                    client
+                        .await
+                        .map_err(|e| fleet::Error::Internal(e.to_string()))??,
+                );
             }
-            Ok(total)
+            fleet::wait(&objects, objects.len(), None).await?;
+            Ok((objects.len() * shared.len()) as u64)
         })
         .await?
             / 1e9
