@@ -411,13 +411,20 @@ async fn start_instance(
         },
         Err(cause) => Error::Internal(format!("creating actor {}: {cause}", link.label)),
     };
-    let _ = raylet
-        .return_worker_lease(ReturnLeaseRequest {
-            lease_id: lease.lease_id,
-            worker_failed: true,
-        })
-        .await;
+    retire_lease(runtime, lease).await;
     Err(failure)
+}
+
+/// Gives an actor's lease back and has its worker stopped (it died, or the actor did).
+async fn retire_lease(runtime: &CoreWorker, lease: Lease) {
+    let mut raylet = runtime.raylet.clone();
+    let request = ReturnLeaseRequest {
+        lease_id: lease.lease_id,
+        worker_failed: true,
+    };
+    if let Err(status) = raylet.return_worker_lease(request).await {
+        tracing::debug!(lease = lease.lease_id, status = %status.message(), "returning an actor's lease failed");
+    }
 }
 
 async fn latest_checkpoint(runtime: &CoreWorker, actor_id: &str) -> Result<Option<(Vec<u8>, u64)>> {
@@ -500,13 +507,7 @@ impl ActorLink {
             return;
         };
         if let Some(lease) = state.lease.take() {
-            let mut raylet = runtime.raylet.clone();
-            let _ = raylet
-                .return_worker_lease(ReturnLeaseRequest {
-                    lease_id: lease.lease_id,
-                    worker_failed: true,
-                })
-                .await;
+            retire_lease(runtime, lease).await;
         }
         let cause = format!("its worker died ({cause})");
         let restarting = runtime
@@ -838,13 +839,7 @@ impl ActorHandle {
             }
         }
         if let Some(lease) = state.lease.take() {
-            let mut raylet = runtime.raylet.clone();
-            let _ = raylet
-                .return_worker_lease(ReturnLeaseRequest {
-                    lease_id: lease.lease_id,
-                    worker_failed: true,
-                })
-                .await;
+            retire_lease(&runtime, lease).await;
         }
         Ok(())
     }

@@ -59,9 +59,11 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-async fn catching<F>(future: F) -> Result<Vec<u8>, TaskError>
+/// Runs user code, turning a panic into a `Panic` task error with its message, location
+/// and backtrace (recorded by the panic hook on the panicking thread).
+async fn catching<T, F>(future: F) -> Result<T, TaskError>
 where
-    F: std::future::Future<Output = Result<Vec<u8>, TaskError>>,
+    F: std::future::Future<Output = Result<T, TaskError>>,
 {
     match AssertUnwindSafe(future).catch_unwind().await {
         Ok(result) => result,
@@ -213,7 +215,12 @@ impl Executor {
             ))
         })?;
         let instance: Box<dyn ActorObject> = if spec.restore_state.is_empty() {
-            catching_instance((factory.create)(args)).await?
+            catching((factory.create)(args)).await.map_err(|mut e| {
+                if e.kind == TaskFailure::Panic {
+                    e.message = format!("the constructor panicked: {}", e.message);
+                }
+                e
+            })?
         } else {
             (factory.restore)(&spec.restore_state)?
         };
@@ -248,24 +255,6 @@ impl Executor {
             .map_err(|_| TaskError::system("the actor thread has stopped"))?;
         self.actors.insert(spec.actor_id.clone(), tx);
         Ok(Vec::new())
-    }
-}
-
-async fn catching_instance(
-    future: registry::BoxFuture<'static, Result<Box<dyn ActorObject>, TaskError>>,
-) -> Result<Box<dyn ActorObject>, TaskError> {
-    match AssertUnwindSafe(future).catch_unwind().await {
-        Ok(result) => result,
-        Err(payload) => {
-            let recorded = LAST_PANIC.with(|p| p.borrow_mut().take());
-            let (message, backtrace) =
-                recorded.unwrap_or_else(|| (panic_message(payload.as_ref()), String::new()));
-            Err(TaskError {
-                kind: TaskFailure::Panic,
-                message: format!("the constructor panicked: {message}"),
-                backtrace,
-            })
-        }
     }
 }
 
@@ -426,9 +415,7 @@ async fn run_shared(
             } = call;
             match instance.dispatch_shared(&method, args) {
                 Ok(future) => {
-                    running.push(Box::pin(
-                        async move { (reply, catching_local(future).await) },
-                    ))
+                    running.push(Box::pin(async move { (reply, catching(future).await) }))
                 }
                 Err(args) => {
                     exclusive = Some(ActorCall {
@@ -457,24 +444,6 @@ async fn run_shared(
                     order.admit(call, ready);
                 }
             }
-        }
-    }
-}
-
-async fn catching_local(
-    future: registry::LocalBoxFuture<'_, Result<Vec<u8>, TaskError>>,
-) -> Result<Vec<u8>, TaskError> {
-    match AssertUnwindSafe(future).catch_unwind().await {
-        Ok(result) => result,
-        Err(payload) => {
-            let recorded = LAST_PANIC.with(|p| p.borrow_mut().take());
-            let (message, backtrace) =
-                recorded.unwrap_or_else(|| (panic_message(payload.as_ref()), String::new()));
-            Err(TaskError {
-                kind: TaskFailure::Panic,
-                message,
-                backtrace,
-            })
         }
     }
 }
