@@ -326,6 +326,12 @@ async fn serve_worker(worker_id: String) -> Result<()> {
     Ok(())
 }
 
+/// The address of the cluster this process is part of (its GCS replicas, comma-separated): what
+/// another program sets as `FLEET_ADDRESS` to join it, including an embedded cluster.
+pub fn cluster_address() -> Result<String> {
+    Ok(crate::context::current()?.gcs.endpoints().join(","))
+}
+
 /// The GPU ids this process may use (those of its actor or task's lease).
 pub fn gpu_ids() -> Vec<u32> {
     crate::context::try_current()

@@ -18,9 +18,9 @@
 
 pub use fleet_macros::{actor, main, remote};
 pub use fleet_runtime::{
-    get, get_actor, get_actor_in, get_all, gpu_ids, init, init_with, kill, put, shutdown,
-    submit_task, wait, ActorBuilder, ActorHandle, ActorOptions, ActorType, Error, InitOptions,
-    IntoArg, Location, ObjectRef, RemoteError, Result, TaskFailure, TaskOptions,
+    cluster_address, get, get_actor, get_actor_in, get_all, gpu_ids, init, init_with, kill, put,
+    shutdown, submit_task, wait, ActorBuilder, ActorHandle, ActorOptions, ActorType, Error,
+    InitOptions, IntoArg, Location, ObjectRef, RemoteError, Result, TaskFailure, TaskOptions,
 };
 
 /// Used by the macros' generated code; not a stable API.

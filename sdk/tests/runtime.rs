@@ -535,6 +535,39 @@ async fn large_objects_go_through_the_shared_memory_store_and_spill() -> Result<
     Ok(())
 }
 
+/// What the second driver (this binary, started with FLEET_ADDRESS) does.
+async fn second_driver() -> Result<()> {
+    let log = fleet::get_actor::<Log>("shared-log").await?;
+    log.push(42).await?;
+    ensure!(
+        double::remote(21).await? == 42,
+        "tasks run on the cluster's workers"
+    );
+    Ok(())
+}
+
+async fn a_second_driver_joins_the_running_cluster() -> Result<()> {
+    let log = Log::remote().name("shared-log").spawn().await?;
+    let address = fleet::cluster_address()?;
+    let output = tokio::process::Command::new(std::env::current_exe()?)
+        .env("FLEET_ADDRESS", &address)
+        .env("FLEET_TEST_SECOND_DRIVER", "1")
+        .output()
+        .await?;
+    ensure!(
+        output.status.success(),
+        "the second driver failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    ensure!(
+        log.values().await? == vec![42],
+        "the second driver called the named actor"
+    );
+    log.raw().kill().await?;
+    Ok(())
+}
+
 async fn wait_returns_the_first_ready() -> Result<()> {
     let refs: Vec<_> = [2000u64, 10, 20, 3000]
         .into_iter()
@@ -576,6 +609,15 @@ fn main() -> std::process::ExitCode {
             eprintln!("fleet::init failed: {error}");
             return std::process::ExitCode::FAILURE;
         }
+        if std::env::var_os("FLEET_TEST_SECOND_DRIVER").is_some() {
+            return match second_driver().await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("second driver: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
         let scenarios: Vec<(&str, Scenario)> = vec![
             ("tasks_fan_out_and_pass_references", || {
                 Box::pin(tasks_fan_out_and_pass_references())
@@ -616,6 +658,9 @@ fn main() -> std::process::ExitCode {
                 "large_objects_go_through_the_shared_memory_store_and_spill",
                 || Box::pin(large_objects_go_through_the_shared_memory_store_and_spill()),
             ),
+            ("a_second_driver_joins_the_running_cluster", || {
+                Box::pin(a_second_driver_joins_the_running_cluster())
+            }),
         ];
         let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
         let mut failed = 0;
