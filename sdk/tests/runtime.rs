@@ -76,6 +76,16 @@ async fn checksum_refs(refs: Vec<ObjectRef<Vec<u8>>>) -> Result<u64, String> {
     Ok(sum)
 }
 
+/// Fails (an application error) the first time it runs (a marker file remembers).
+#[fleet::remote]
+fn flaky(marker: String) -> Result<u64, String> {
+    if !std::path::Path::new(&marker).exists() {
+        let _ = std::fs::write(&marker, b"failed once");
+        return Err("transient failure".into());
+    }
+    Ok(7)
+}
+
 #[fleet::remote]
 fn sleep_ms(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
@@ -267,6 +277,22 @@ async fn a_crashed_worker_retries_the_task() -> Result<()> {
         .remote(marker.clone())
         .await?;
     ensure!(pid != std::process::id());
+    // Application errors are retried only when asked.
+    let flaky_marker = dir.join("flaky").display().to_string();
+    let _ = std::fs::remove_file(&flaky_marker);
+    ensure!(
+        flaky::remote(flaky_marker.clone()).await.is_err(),
+        "no retry of an Err by default"
+    );
+    let _ = std::fs::remove_file(&flaky_marker);
+    ensure!(
+        flaky::options()
+            .retry_exceptions(true)
+            .max_retries(1)
+            .remote(flaky_marker)
+            .await?
+            == 7
+    );
     let marker2 = dir.join("crash-no-retry").display().to_string();
     let _ = std::fs::remove_file(&marker2);
     match crash_once::options().max_retries(0).remote(marker2).await {
