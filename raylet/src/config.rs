@@ -37,7 +37,40 @@ pub struct RayletConfig {
     pub object_store_full_timeout: Duration,
 }
 
+/// More GPUs than any machine has: a typo, not a node.
+pub const MAX_GPUS: u32 = 1024;
+
 impl RayletConfig {
+    /// Checks the configuration; the error names the field and the fix.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let invalid = |reason: String| {
+            Err(crate::Error::InvalidRequest {
+                what: "the raylet configuration".into(),
+                reason,
+            })
+        };
+        if self.num_gpus > MAX_GPUS {
+            return invalid(format!(
+                "num_gpus {} is more than {MAX_GPUS}; declare the GPUs the node really has",
+                self.num_gpus
+            ));
+        }
+        if self.node_id.is_empty() {
+            return invalid("node_id is empty".into());
+        }
+        if self.object_store_bytes == 0 {
+            return invalid(
+                "the object store capacity is 0 bytes; give it room (e.g. 2 GiB)".into(),
+            );
+        }
+        if let Some(cpus) = self.resources.get("CPU") {
+            if !cpus.is_finite() || *cpus < 0.0 {
+                return invalid(format!("CPU is {cpus}; give a non-negative number of CPUs"));
+            }
+        }
+        Ok(())
+    }
+
     /// A node offering `cpus` CPUs and `num_gpus` GPUs, running `worker_binary` as workers.
     pub fn local(
         node_id: impl Into<String>,

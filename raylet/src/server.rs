@@ -521,6 +521,7 @@ impl RunningRaylet {
 
 /// Starts a raylet on `listener` and prestarts its workers in the background.
 pub async fn start(config: RayletConfig, listener: TcpListener) -> Result<RunningRaylet> {
+    config.validate()?;
     let address = listener
         .local_addr()
         .map_err(|source| Error::Listen {
@@ -643,6 +644,18 @@ mod tests {
             status.message()
         );
         running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_absurd_gpu_count_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config =
+            RayletConfig::local("n", 1.0, u32::MAX, PathBuf::from("true"), "127.0.0.1:1");
+        config.object_store_dir = dir.path().join("shm");
+        config.spill_dir = dir.path().join("spill");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let error = start(config, listener).await.err().expect("refused");
+        assert!(error.to_string().contains("num_gpus"), "{error}");
     }
 
     #[tokio::test]
