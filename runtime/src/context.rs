@@ -109,6 +109,16 @@ impl CoreWorker {
         }
     }
 
+    /// Values this process holds (owned or cached), and the bytes in the node's object store
+    /// when this process hosts it: for tests and diagnostics.
+    pub fn held_objects(&self) -> (usize, Option<u64>) {
+        let stored = match &self.plasma {
+            Plasma::Local(store) => Some(store.stats().used_bytes),
+            Plasma::Remote { .. } => None,
+        };
+        (self.store.len(), stored)
+    }
+
     /// The GCS client.
     pub fn gcs(&self) -> &GcsClient {
         &self.gcs

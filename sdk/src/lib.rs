@@ -34,6 +34,11 @@ pub mod __private {
     pub use serde;
     pub use tokio;
 
+    /// Values this process holds, and bytes in the node's object store (when hosted here).
+    pub fn held_objects() -> Result<(usize, Option<u64>), fleet_runtime::Error> {
+        Ok(fleet_runtime::context::current()?.held_objects())
+    }
+
     /// Decodes a checkpointed actor state.
     pub fn decode_state<T: serde::de::DeserializeOwned>(
         bytes: &[u8],

@@ -594,6 +594,41 @@ async fn a_second_driver_joins_the_running_cluster() -> Result<()> {
     Ok(())
 }
 
+async fn values_are_freed_with_their_last_reference() -> Result<()> {
+    let (values_before, stored_before) = fleet::__private::held_objects()?;
+    {
+        let small: Vec<_> = (0..100u64)
+            .map(|i| fleet::put(&i))
+            .collect::<fleet::Result<_>>()?;
+        let results: Vec<_> = (0..100u64).map(double::remote).collect();
+        fleet::get_all(&results).await?;
+        let big = fleet::put(&vec![7u8; 4 << 20])?;
+        let doubled = add::remote(&small[0], &small[1]);
+        ensure!(doubled.await? == 1);
+        ensure!(big.get().await?.len() == 4 << 20);
+        let (during, stored) = fleet::__private::held_objects()?;
+        ensure!(
+            during >= values_before + 201,
+            "held while referenced: {during}"
+        );
+        ensure!(
+            stored.unwrap_or(0) >= stored_before.unwrap_or(0) + (4 << 20),
+            "the large value is in the object store"
+        );
+    }
+    // Everything above went out of scope: its values (and the stored object) are freed.
+    let (after, stored) = fleet::__private::held_objects()?;
+    ensure!(
+        after <= values_before,
+        "{after} values held after dropping, {values_before} before"
+    );
+    ensure!(
+        stored <= stored_before,
+        "the stored object was freed: {stored:?} after, {stored_before:?} before"
+    );
+    Ok(())
+}
+
 async fn wait_returns_the_first_ready() -> Result<()> {
     let refs: Vec<_> = [2000u64, 10, 20, 3000]
         .into_iter()
@@ -684,6 +719,9 @@ fn main() -> std::process::ExitCode {
                 "large_objects_go_through_the_shared_memory_store_and_spill",
                 || Box::pin(large_objects_go_through_the_shared_memory_store_and_spill()),
             ),
+            ("values_are_freed_with_their_last_reference", || {
+                Box::pin(values_are_freed_with_their_last_reference())
+            }),
             ("a_second_driver_joins_the_running_cluster", || {
                 Box::pin(a_second_driver_joins_the_running_cluster())
             }),
