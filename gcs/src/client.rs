@@ -207,7 +207,10 @@ impl GcsClient {
             return leader;
         }
         let i = self.inner.next_endpoint.fetch_add(1, Ordering::Relaxed);
-        self.inner.endpoints[i % self.inner.endpoints.len()].clone()
+        // An empty list (only possible through `with_connector`) fails at connect time with a
+        // named error rather than here with a division by zero.
+        let count = self.inner.endpoints.len().max(1);
+        self.inner.endpoints.get(i % count).cloned().unwrap_or_default()
     }
 
     fn forget_leader(&self, endpoint: &str) {
