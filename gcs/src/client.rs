@@ -210,7 +210,11 @@ impl GcsClient {
         // An empty list (only possible through `with_connector`) fails at connect time with a
         // named error rather than here with a division by zero.
         let count = self.inner.endpoints.len().max(1);
-        self.inner.endpoints.get(i % count).cloned().unwrap_or_default()
+        self.inner
+            .endpoints
+            .get(i % count)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn forget_leader(&self, endpoint: &str) {

@@ -155,7 +155,11 @@ impl RayletService {
             let gpus: Vec<String> = gpu_ids.iter().map(u32::to_string).collect();
             let mut extra = vec![(env::GPU_IDS, gpus.join(","))];
             if !gpu_ids.is_empty() || dedicated {
-                extra.push(("CUDA_VISIBLE_DEVICES", gpus.join(",")));
+                let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+                extra.push((
+                    "CUDA_VISIBLE_DEVICES",
+                    visible_devices(visible.as_deref(), gpu_ids),
+                ));
             }
             let process = match self.inner.launcher.spawn(&worker_id, &extra) {
                 Ok(process) => process,
@@ -490,6 +494,28 @@ impl Raylet for RayletService {
     }
 }
 
+/// `CUDA_VISIBLE_DEVICES` for a worker holding the node's GPUs `gpu_ids`. The node's GPU ids
+/// count the GPUs this raylet sees; when the raylet itself runs with `CUDA_VISIBLE_DEVICES`
+/// set (say `2,3`), id 0 is the first device listed there (`2`), not physical device 0.
+pub fn visible_devices(raylet_visible: Option<&str>, gpu_ids: &[u32]) -> String {
+    let listed: Vec<&str> = raylet_visible
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    gpu_ids
+        .iter()
+        .map(|id| match listed.get(*id as usize) {
+            Some(device) if !listed.is_empty() => (*device).to_string(),
+            _ => id.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn parse_object_id(text: &str) -> Result<ObjectId, Status> {
     text.parse::<ObjectId>()
         .map_err(|e| Status::invalid_argument(e.to_string()))
@@ -644,6 +670,19 @@ mod tests {
             status.message()
         );
         running.stop().await;
+    }
+
+    #[test]
+    fn gpu_ids_translate_through_the_raylets_own_visible_devices() {
+        assert_eq!(visible_devices(None, &[0, 1]), "0,1");
+        assert_eq!(visible_devices(Some("2,3"), &[0]), "2");
+        assert_eq!(visible_devices(Some("2,3"), &[1, 0]), "3,2");
+        assert_eq!(
+            visible_devices(Some("GPU-uuid-a,GPU-uuid-b"), &[1]),
+            "GPU-uuid-b"
+        );
+        assert_eq!(visible_devices(Some(""), &[1]), "1");
+        assert_eq!(visible_devices(None, &[]), "");
     }
 
     #[tokio::test]
