@@ -524,14 +524,22 @@ impl CoreWorkerRpc for Executor {
         let executor = self.clone();
         tokio::spawn(async move {
             while let Ok(Some(spec)) = incoming.message().await {
+                // A lease runs one function at a time: run it right here (one task hand-off
+                // fewer per call). Actor calls are pipelined, so they get a task each.
+                let inline = spec.kind == TaskKind::Function as i32;
                 let executor = executor.clone();
                 let tx = tx.clone();
-                tokio::spawn(async move {
+                let run = async move {
                     let task_id = spec.task_id.clone();
                     let mut reply = executor.execute(spec).await;
                     reply.task_id = task_id;
                     let _ = tx.send(Ok(reply));
-                });
+                };
+                if inline {
+                    run.await;
+                } else {
+                    tokio::spawn(run);
+                }
             }
         });
         Ok(Response::new(Box::pin(
