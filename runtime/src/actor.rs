@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::context::{current, CoreWorker};
 use crate::error::{Error, Result};
-use crate::object_ref::{resolve_args, Arg, ObjectRef, Stored};
+use crate::object_ref::{resolve_args, Arg, ObjectRef, RefGuard, Stored};
 use crate::submitter::Lease;
 
 /// Implemented by `#[fleet::actor]` structs.
@@ -155,7 +155,7 @@ impl<A: ActorType> ActorBuilder<A> {
     pub async fn spawn(self) -> Result<A::Handle> {
         let runtime = current()?;
         let args = resolve_args(self.args).await?;
-        let handle = spawn_actor(&runtime, A::NAME, args, self.options).await?;
+        let handle = spawn_actor(&runtime, A::NAME, args.values, args.guards, self.options).await?;
         Ok(A::Handle::from(handle))
     }
 }
@@ -163,6 +163,8 @@ impl<A: ActorType> ActorBuilder<A> {
 struct OwnerPart {
     args: Vec<Vec<u8>>,
     options: ActorOptions,
+    /// References inside the constructor's arguments: a restart decodes them again.
+    _guards: Vec<RefGuard>,
 }
 
 struct LinkState {
@@ -237,6 +239,7 @@ async fn spawn_actor(
     runtime: &Arc<CoreWorker>,
     class: &'static str,
     args: Vec<Vec<u8>>,
+    guards: Vec<RefGuard>,
     options: ActorOptions,
 ) -> Result<ActorHandle> {
     let actor_id = crate::ids::new_id("actor");
@@ -276,7 +279,11 @@ async fn spawn_actor(
         actor_id.clone(),
         class.to_string(),
         label,
-        Some(OwnerPart { args, options }),
+        Some(OwnerPart {
+            args,
+            options,
+            _guards: guards,
+        }),
         None,
     );
     let started = start_instance(runtime, &link, None).await;
@@ -401,6 +408,9 @@ async fn start_instance(
         ..TaskSpec::default()
     };
     let outcome = runtime.push(&reply.worker_address, spec).await;
+    if let Ok(answer) = &outcome {
+        runtime.pin_retained(&answer.retained).await;
+    }
     let failure = match outcome {
         Ok(answer) => match answer.result {
             Some(task_reply::Result::Value(_) | task_reply::Result::StoredId(_)) => {
@@ -674,9 +684,14 @@ async fn push_call(
     link: Arc<ActorLink>,
     target: (String, u64, u64),
     method: String,
-    args: Vec<Vec<u8>>,
+    args: crate::object_ref::ResolvedArgs,
     result_id: String,
 ) {
+    // The references inside the arguments live until the reply (and its retained list).
+    let crate::object_ref::ResolvedArgs {
+        values: args,
+        guards: _guards,
+    } = args;
     let (mut address, mut incarnation, mut seq) = target;
     let mut retries = 0u32;
     loop {
@@ -701,6 +716,7 @@ async fn push_call(
         let outcome = runtime.push(&address, spec).await;
         match outcome {
             Ok(reply) => {
+                runtime.pin_retained(&reply.retained).await;
                 let result = match reply.result {
                     Some(task_reply::Result::Value(bytes)) => Ok(Stored::Inline(Arc::new(bytes))),
                     Some(task_reply::Result::StoredId(id)) => crate::submitter::stored_id(&id),

@@ -146,6 +146,31 @@ impl CoreWorker {
         }
     }
 
+    /// A reply said the worker still holds (or passed on) these references: their owners keep
+    /// them for good. Called before the call's own hold on them is released.
+    pub(crate) async fn pin_retained(&self, retained: &[fleet_proto::runtime::RetainedRef]) {
+        let mut by_owner: std::collections::BTreeMap<&str, Vec<String>> =
+            std::collections::BTreeMap::new();
+        for r in retained {
+            if r.owner == self.address {
+                self.store.pin(&r.object_id);
+            } else {
+                by_owner
+                    .entry(r.owner.as_str())
+                    .or_default()
+                    .push(r.object_id.clone());
+            }
+        }
+        for (owner, object_ids) in by_owner {
+            if let Ok(mut client) = self.worker_client(owner) {
+                let request = fleet_proto::runtime::PinObjectsRequest { object_ids };
+                if let Err(status) = client.pin_objects(request).await {
+                    tracing::debug!(owner, status = %status.message(), "could not pin borrowed objects at their owner");
+                }
+            }
+        }
+    }
+
     /// Pushes a task to the worker at `address` over this process's stream to it (opened on
     /// first use, reopened after a failure); the error is the transport's cause.
     pub(crate) async fn push(

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::context::CoreWorker;
 use crate::error::{Error, Location, RemoteError, TaskFailure};
-use crate::object_ref::Stored;
+use crate::object_ref::{Stored, Traced};
 use crate::plasma::INLINE_LIMIT;
 use crate::registry::{self, ActorObject, Args, TaskError};
 use fleet_raylet::object_store::ObjectId;
@@ -113,8 +113,11 @@ struct ActorCall {
     seq: u64,
     method: String,
     args: Args,
-    reply: oneshot::Sender<Result<Vec<u8>, TaskError>>,
+    reply: oneshot::Sender<(Result<Vec<u8>, TaskError>, Retained)>,
 }
+
+/// References a finished call still holds or passed on: (object id, owner).
+type Retained = Vec<(String, String)>;
 
 struct CheckpointPolicy {
     actor_id: String,
@@ -187,7 +190,12 @@ impl Executor {
 
     /// The reply for a finished task: large values go to the node's object store and travel
     /// by id.
-    async fn reply(&self, function: &str, result: Result<Vec<u8>, TaskError>) -> TaskReply {
+    async fn reply(
+        &self,
+        function: &str,
+        result: Result<Vec<u8>, TaskError>,
+        retained: Retained,
+    ) -> TaskReply {
         let result = match result {
             Ok(bytes) if bytes.len() >= INLINE_LIMIT => {
                 let id = ObjectId::random();
@@ -204,26 +212,56 @@ impl Executor {
         TaskReply {
             result: Some(result),
             task_id: String::new(),
+            retained: retained
+                .into_iter()
+                .map(|(object_id, owner)| fleet_proto::runtime::RetainedRef { object_id, owner })
+                .collect(),
         }
     }
 
-    async fn create_actor(&self, spec: TaskSpec, args: Args) -> Result<Vec<u8>, TaskError> {
-        let factory = registry::actor_class(&spec.function).ok_or_else(|| {
-            TaskError::system(format!(
-                "no actor type named {} in this binary (is it declared with #[fleet::actor]?)",
-                spec.function
-            ))
-        })?;
-        let instance: Box<dyn ActorObject> = if spec.restore_state.is_empty() {
-            catching((factory.create)(args)).await.map_err(|mut e| {
-                if e.kind == TaskFailure::Panic {
-                    e.message = format!("the constructor panicked: {}", e.message);
-                }
-                e
-            })?
-        } else {
-            (factory.restore)(&spec.restore_state)?
+    async fn create_actor(
+        &self,
+        spec: TaskSpec,
+        args: Args,
+    ) -> (Result<Vec<u8>, TaskError>, Retained) {
+        let factory = match registry::actor_class(&spec.function) {
+            Some(factory) => factory,
+            None => {
+                let error = TaskError::system(format!(
+                    "no actor type named {} in this binary (is it declared with #[fleet::actor]?)",
+                    spec.function
+                ));
+                return (Err(error), Vec::new());
+            }
         };
+        let restore_state = spec.restore_state.clone();
+        let (instance, trace) = Traced::new(async move {
+            if restore_state.is_empty() {
+                catching((factory.create)(args)).await.map_err(|mut e| {
+                    if e.kind == TaskFailure::Panic {
+                        e.message = format!("the constructor panicked: {}", e.message);
+                    }
+                    e
+                })
+            } else {
+                (factory.restore)(&restore_state)
+            }
+        })
+        .await;
+        // The instance holds what it kept of its arguments: those references are retained.
+        let retained = trace.retained();
+        let instance = match instance {
+            Ok(instance) => instance,
+            Err(error) => return (Err(error), retained),
+        };
+        (self.host_actor(spec, instance), retained)
+    }
+
+    fn host_actor(
+        &self,
+        spec: TaskSpec,
+        instance: Box<dyn ActorObject>,
+    ) -> Result<Vec<u8>, TaskError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let policy = CheckpointPolicy {
             actor_id: spec.actor_id.clone(),
@@ -329,7 +367,7 @@ async fn actor_loop(
             let result = checkpoint(&runtime, state, &mut policy)
                 .await
                 .and_then(|seq| registry::encode_return(&seq, "checkpoint"));
-            let _ = call.reply.send(result);
+            let _ = call.reply.send((result, Vec::new()));
             continue;
         }
         let call = if concurrency > 1 {
@@ -353,9 +391,10 @@ async fn actor_loop(
             Some(call)
         };
         if let Some(call) = call {
-            let outcome = catching(instance.dispatch(&call.method, call.args)).await;
+            let (outcome, trace) =
+                Traced::new(catching(instance.dispatch(&call.method, call.args))).await;
             calls_since_checkpoint += 1;
-            let _ = call.reply.send(outcome);
+            let _ = call.reply.send((outcome, trace.retained()));
         }
         if policy.every > 0 && calls_since_checkpoint >= policy.every {
             calls_since_checkpoint = 0;
@@ -388,8 +427,9 @@ async fn run_shared(
     type Running<'a> = registry::LocalBoxFuture<
         'a,
         (
-            oneshot::Sender<Result<Vec<u8>, TaskError>>,
+            oneshot::Sender<(Result<Vec<u8>, TaskError>, Retained)>,
             Result<Vec<u8>, TaskError>,
+            Retained,
         ),
     >;
     let mut running: FuturesUnordered<Running<'_>> = FuturesUnordered::new();
@@ -414,9 +454,10 @@ async fn run_shared(
                 reply,
             } = call;
             match instance.dispatch_shared(&method, args) {
-                Ok(future) => {
-                    running.push(Box::pin(async move { (reply, catching(future).await) }))
-                }
+                Ok(future) => running.push(Box::pin(async move {
+                    let (result, trace) = Traced::new(catching(future)).await;
+                    (reply, result, trace.retained())
+                })),
                 Err(args) => {
                     exclusive = Some(ActorCall {
                         caller,
@@ -435,8 +476,8 @@ async fn run_shared(
             };
         }
         tokio::select! {
-            Some((reply, result)) = running.next() => {
-                let _ = reply.send(result);
+            Some((reply, result, retained)) = running.next() => {
+                let _ = reply.send((result, retained));
                 done += 1;
             }
             call = rx.recv(), if exclusive.is_none() => {
@@ -554,6 +595,16 @@ impl CoreWorkerRpc for Executor {
         self.serve_object(request.into_inner().object_id).await
     }
 
+    async fn pin_objects(
+        &self,
+        request: Request<fleet_proto::runtime::PinObjectsRequest>,
+    ) -> Result<Response<fleet_proto::runtime::PinObjectsReply>, Status> {
+        for id in request.into_inner().object_ids {
+            self.runtime.store.pin(&id);
+        }
+        Ok(Response::new(fleet_proto::runtime::PinObjectsReply {}))
+    }
+
     async fn exit(&self, _: Request<ExitRequest>) -> Result<Response<ExitReply>, Status> {
         self.exit.cancel();
         Ok(Response::new(ExitReply {}))
@@ -574,18 +625,24 @@ impl Executor {
         let reply = match kind {
             TaskKind::Function => {
                 let name = spec.function.clone();
-                let result = match registry::function(&name) {
-                    Some(function) => catching((function.call)(args)).await,
-                    None => Err(TaskError::system(format!(
-                        "no remote function named {name} in this binary (is it declared with #[fleet::remote]?)"
-                    ))),
+                let (result, retained) = match registry::function(&name) {
+                    Some(function) => {
+                        let (result, trace) = Traced::new(catching((function.call)(args))).await;
+                        (result, trace.retained())
+                    }
+                    None => (
+                        Err(TaskError::system(format!(
+                            "no remote function named {name} in this binary (is it declared with #[fleet::remote]?)"
+                        ))),
+                        Vec::new(),
+                    ),
                 };
-                self.reply(&name, result).await
+                self.reply(&name, result, retained).await
             }
             TaskKind::ActorCreation => {
                 let name = format!("{}::new", spec.function);
-                let result = self.create_actor(spec, args).await;
-                self.reply(&name, result).await
+                let (result, retained) = self.create_actor(spec, args).await;
+                self.reply(&name, result, retained).await
             }
             TaskKind::ActorMethod => {
                 let name = format!("{}::{}", spec.function, spec.method);
@@ -594,7 +651,7 @@ impl Executor {
                         "actor {} is not hosted by this worker",
                         spec.actor_id
                     ));
-                    return self.reply(&name, Err(error)).await;
+                    return self.reply(&name, Err(error), Vec::new()).await;
                 };
                 let (tx, rx) = oneshot::channel();
                 let call = ActorCall {
@@ -604,16 +661,20 @@ impl Executor {
                     args,
                     reply: tx,
                 };
-                let result = if mailbox.send(call).is_err() {
-                    Err(TaskError::system(format!(
-                        "actor {} is not hosted by this worker",
-                        spec.actor_id
-                    )))
+                let (result, retained) = if mailbox.send(call).is_err() {
+                    (
+                        Err(TaskError::system(format!(
+                            "actor {} is not hosted by this worker",
+                            spec.actor_id
+                        ))),
+                        Vec::new(),
+                    )
                 } else {
-                    rx.await
-                        .unwrap_or_else(|_| Err(TaskError::system("the actor stopped")))
+                    rx.await.unwrap_or_else(|_| {
+                        (Err(TaskError::system("the actor stopped")), Vec::new())
+                    })
                 };
-                self.reply(&name, result).await
+                self.reply(&name, result, retained).await
             }
         };
         reply

@@ -36,6 +36,8 @@ pub enum Stored {
 pub struct Slot {
     value: OnceLock<Result<Stored, Error>>,
     ready: Notify,
+    /// A borrower kept the reference (or passed it on): keep the value for good.
+    pinned: AtomicBool,
 }
 
 impl Slot {
@@ -87,6 +89,20 @@ impl MemoryStore {
         slot.ready.notify_waiters();
     }
 
+    /// Keeps a value for this process's lifetime (a borrower still holds its reference).
+    pub fn pin(&self, id: &str) {
+        if let Some(slot) = self.slots.get(id) {
+            slot.pinned.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a value is pinned.
+    pub fn is_pinned(&self, id: &str) -> bool {
+        self.slots
+            .get(id)
+            .is_some_and(|slot| slot.pinned.load(Ordering::Relaxed))
+    }
+
     /// Forgets a value; returns where it was.
     pub fn remove(&self, id: &str) -> Option<Stored> {
         let (_, slot) = self.slots.remove(id)?;
@@ -107,9 +123,94 @@ impl MemoryStore {
 pub(crate) struct RefInner {
     pub(crate) id: String,
     pub(crate) owner: String,
-    /// Serialized into a task or value: a borrower may still need it, so the owner keeps
-    /// the value for the rest of its life (borrower reference counting is future work).
+    /// Serialized outside a call's arguments (into a value that is put or returned), or
+    /// deserialized from one: whoever decodes that value may need it at any time, so the
+    /// owner keeps the value for the rest of its life.
     escaped: AtomicBool,
+}
+
+// Borrowing (Ray's ownership model, in its conservative form):
+// - A reference serialized while a call's arguments are encoded is recorded in
+//   `ENCODE_TRACE`; the call keeps those references alive until its reply.
+// - While a task runs, the references its code deserializes, and the borrowed references it
+//   serializes elsewhere (into its result, a put), are recorded in `RUN_TRACE`. When it ends,
+//   those still alive in the worker (an actor kept them, a sub-call holds them) or passed on
+//   are reported in the reply as retained, and their owners pin them.
+// - Otherwise the owner frees a value when its own last reference drops.
+thread_local! {
+    static ENCODE_TRACE: std::cell::RefCell<Option<Vec<Arc<RefInner>>>> = const { std::cell::RefCell::new(None) };
+    static RUN_TRACE: std::cell::RefCell<Option<RunTrace>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What a running task did with references.
+#[derive(Default)]
+pub struct RunTrace {
+    deserialized: Vec<std::sync::Weak<RefInner>>,
+    passed_on: Vec<(String, String)>,
+}
+
+impl RunTrace {
+    /// The references the worker still holds or passed on: (object id, owner).
+    pub fn retained(self) -> Vec<(String, String)> {
+        let mut out = self.passed_on;
+        for weak in self.deserialized {
+            if let Some(inner) = weak.upgrade() {
+                out.push((inner.id.clone(), inner.owner.clone()));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// A future whose polls record what it does with references.
+pub struct Traced<F> {
+    inner: std::pin::Pin<Box<F>>,
+    trace: Option<RunTrace>,
+}
+
+impl<F: std::future::Future> Traced<F> {
+    /// Traces `future`.
+    pub fn new(future: F) -> Self {
+        Traced {
+            inner: Box::pin(future),
+            trace: Some(RunTrace::default()),
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Traced<F> {
+    type Output = (F::Output, RunTrace);
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let trace = self.trace.take().unwrap_or_default();
+        let previous = RUN_TRACE.with(|t| t.borrow_mut().replace(trace));
+        let polled = self.inner.as_mut().poll(cx);
+        let trace = RUN_TRACE
+            .with(|t| std::mem::replace(&mut *t.borrow_mut(), previous))
+            .unwrap_or_default();
+        match polled {
+            std::task::Poll::Ready(output) => std::task::Poll::Ready((output, trace)),
+            std::task::Poll::Pending => {
+                self.trace = Some(trace);
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
+/// Encodes a call argument, collecting the references inside it.
+pub(crate) fn encode_argument<T: Serialize>(value: &T) -> (Result<Vec<u8>>, Vec<RefGuard>) {
+    let previous = ENCODE_TRACE.with(|t| t.borrow_mut().replace(Vec::new()));
+    let encoded = codec::encode(value, "an argument");
+    let contained = ENCODE_TRACE
+        .with(|t| std::mem::replace(&mut *t.borrow_mut(), previous))
+        .unwrap_or_default();
+    (encoded, contained.into_iter().map(RefGuard).collect())
 }
 
 impl Drop for RefInner {
@@ -118,7 +219,7 @@ impl Drop for RefInner {
             return;
         }
         if let Some(runtime) = crate::context::try_current() {
-            if runtime.address == self.owner {
+            if runtime.address == self.owner && !runtime.store.is_pinned(&self.id) {
                 if let Some(Stored::Plasma(id)) = runtime.store.remove(&self.id) {
                     runtime.plasma.delete(id);
                 }
@@ -217,7 +318,23 @@ struct WireRef {
 
 impl<T> Serialize for ObjectRef<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.mark_escaped();
+        let in_argument = ENCODE_TRACE.with(|t| match t.borrow_mut().as_mut() {
+            Some(contained) => {
+                contained.push(self.inner.clone());
+                true
+            }
+            None => false,
+        });
+        if !in_argument {
+            self.mark_escaped();
+            RUN_TRACE.with(|t| {
+                if let Some(trace) = t.borrow_mut().as_mut() {
+                    trace
+                        .passed_on
+                        .push((self.inner.id.clone(), self.inner.owner.clone()));
+                }
+            });
+        }
         WireRef {
             id: self.inner.id.clone(),
             owner: self.inner.owner.clone(),
@@ -230,8 +347,14 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = WireRef::deserialize(deserializer)?;
         let r = ObjectRef::new(wire.id, wire.owner);
-        // A borrowed reference must not free the owner's value when it drops.
+        // A decoded reference never frees the value when it drops (it is not the owner's
+        // original); the running task reports it if it is still held at the end.
         r.mark_escaped();
+        RUN_TRACE.with(|t| {
+            if let Some(trace) = t.borrow_mut().as_mut() {
+                trace.deserialized.push(Arc::downgrade(&r.inner));
+            }
+        });
         Ok(r)
     }
 }
@@ -239,8 +362,8 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
 /// An argument to a remote function or actor method: a value, or a reference resolved to its
 /// value before the call.
 pub enum Arg {
-    /// A serialized value (or the error serializing it).
-    Value(Result<Vec<u8>>),
+    /// A serialized value (or the error serializing it), and the references inside it.
+    Value(Result<Vec<u8>>, Vec<RefGuard>),
     /// A reference to resolve.
     Ref {
         /// Object id.
@@ -252,7 +375,7 @@ pub enum Arg {
     },
 }
 
-/// Holds a reference while an argument waits to be resolved.
+/// Holds a reference while a call that carries it is in flight.
 pub struct RefGuard(#[allow(dead_code)] Arc<RefInner>);
 
 /// What can be passed where a remote function expects a `T`: a `T`, or an `ObjectRef<T>`.
@@ -263,7 +386,8 @@ pub trait IntoArg<T> {
 
 impl<T: Serialize> IntoArg<T> for T {
     fn into_arg(self) -> Arg {
-        Arg::Value(codec::encode(&self, "an argument"))
+        let (encoded, contained) = encode_argument(&self);
+        Arg::Value(encoded, contained)
     }
 }
 
@@ -286,17 +410,31 @@ impl<T> IntoArg<T> for &ObjectRef<T> {
 }
 
 /// Resolves arguments to their serialized values (waiting for referenced objects).
-pub(crate) async fn resolve_args(args: Vec<Arg>) -> Result<Vec<Vec<u8>>> {
+pub(crate) async fn resolve_args(args: Vec<Arg>) -> Result<ResolvedArgs> {
     let runtime = crate::context::current()?;
-    let mut out = Vec::with_capacity(args.len());
+    let mut resolved = ResolvedArgs {
+        values: Vec::with_capacity(args.len()),
+        guards: Vec::new(),
+    };
     for arg in args {
         match arg {
-            Arg::Value(value) => out.push(value?),
+            Arg::Value(value, contained) => {
+                resolved.values.push(value?);
+                resolved.guards.extend(contained);
+            }
             Arg::Ref { id, owner, guard } => {
-                out.push(runtime.get_bytes(&id, &owner).await?.to_vec());
+                resolved
+                    .values
+                    .push(runtime.get_bytes(&id, &owner).await?.to_vec());
                 drop(guard);
             }
         }
     }
-    Ok(out)
+    Ok(resolved)
+}
+
+/// A call's arguments as values, and the references inside them (kept until the reply).
+pub(crate) struct ResolvedArgs {
+    pub(crate) values: Vec<Vec<u8>>,
+    pub(crate) guards: Vec<RefGuard>,
 }

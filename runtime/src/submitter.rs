@@ -266,6 +266,7 @@ async fn run_task(
             kind: TaskKind::Function as i32,
             function: function.to_string(),
             args: args
+                .values
                 .iter()
                 .map(|a| fleet_proto::runtime::Arg {
                     value: Some(fleet_proto::runtime::arg::Value::Inline(a.clone())),
@@ -278,6 +279,7 @@ async fn run_task(
         match runtime.push(&lease.worker_address, spec).await {
             Ok(reply) => {
                 pool.release(&options.resources, lease, false);
+                runtime.pin_retained(&reply.retained).await;
                 match reply.result {
                     Some(task_reply::Result::Value(bytes)) => {
                         return Ok(Stored::Inline(Arc::new(bytes)))

@@ -54,6 +54,38 @@ fn crash_once(marker: String) -> u32 {
     std::process::id()
 }
 
+/// Returns the references it was given, inside its result.
+#[fleet::remote]
+fn echo_refs(refs: Vec<ObjectRef<u64>>) -> Vec<ObjectRef<u64>> {
+    refs
+}
+
+/// An actor that keeps references it is given.
+#[fleet::actor]
+pub struct Keeper {
+    kept: Vec<ObjectRef<u64>>,
+}
+
+#[fleet::actor]
+impl Keeper {
+    pub fn new() -> Self {
+        Keeper { kept: Vec::new() }
+    }
+
+    pub fn keep(&mut self, refs: Vec<ObjectRef<u64>>) -> usize {
+        self.kept.extend(refs);
+        self.kept.len()
+    }
+
+    pub async fn total(&self) -> Result<u64, String> {
+        let mut total = 0;
+        for r in &self.kept {
+            total += r.get().await.map_err(|e| e.to_string())?;
+        }
+        Ok(total)
+    }
+}
+
 /// Returns a large value (it travels through the node's object store).
 #[fleet::remote]
 fn make_big(len: usize, fill: u8) -> Vec<u8> {
@@ -616,6 +648,13 @@ async fn values_are_freed_with_their_last_reference() -> Result<()> {
             "the large value is in the object store"
         );
     }
+    {
+        // References lent to a task inside its arguments, not kept by it: freed afterwards.
+        let lent: Vec<ObjectRef<u64>> = (1..=20u64)
+            .map(|i| fleet::put(&i))
+            .collect::<fleet::Result<_>>()?;
+        ensure!(sum_refs::remote(lent).await? == 210);
+    }
     // Everything above went out of scope: its values (and the stored object) are freed.
     let (after, stored) = fleet::__private::held_objects()?;
     ensure!(
@@ -626,6 +665,33 @@ async fn values_are_freed_with_their_last_reference() -> Result<()> {
         stored <= stored_before,
         "the stored object was freed: {stored:?} after, {stored_before:?} before"
     );
+    Ok(())
+}
+
+async fn references_kept_or_passed_on_by_borrowers_stay_valid() -> Result<()> {
+    // An actor keeps references it was given; the driver drops its own.
+    let keeper = Keeper::remote().spawn().await?;
+    {
+        let refs: Vec<ObjectRef<u64>> = (1..=10u64)
+            .map(|i| fleet::put(&i))
+            .collect::<fleet::Result<_>>()?;
+        ensure!(keeper.keep(refs).await? == 10);
+    }
+    ensure!(
+        keeper.total().await? == 55,
+        "the kept references still resolve"
+    );
+    // A task hands the references back inside its result; the driver drops the originals
+    // before reading them.
+    let echoed = {
+        let refs: Vec<ObjectRef<u64>> = (1..=5u64)
+            .map(|i| fleet::put(&(i * 100)))
+            .collect::<fleet::Result<_>>()?;
+        echo_refs::remote(refs)
+    };
+    let back = echoed.await?;
+    ensure!(fleet::get_all(&back).await? == vec![100, 200, 300, 400, 500]);
+    keeper.raw().kill().await?;
     Ok(())
 }
 
@@ -725,6 +791,10 @@ fn main() -> std::process::ExitCode {
             ("a_second_driver_joins_the_running_cluster", || {
                 Box::pin(a_second_driver_joins_the_running_cluster())
             }),
+            (
+                "references_kept_or_passed_on_by_borrowers_stay_valid",
+                || Box::pin(references_kept_or_passed_on_by_borrowers_stay_valid()),
+            ),
         ];
         let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
         let mut failed = 0;
