@@ -67,6 +67,8 @@ pub struct CoreWorker {
     pub(crate) leases: Arc<LeasePool>,
     clients: DashMap<String, CoreWorkerClient<Channel>>,
     pub(crate) links: DashMap<String, Arc<crate::actor::ActorLink>>,
+    /// Borrowed references alive in this process: id → (live handles, reported to owner).
+    borrowed: DashMap<String, (usize, bool)>,
     connections: DashMap<String, Arc<WorkerConnection>>,
     pub(crate) runtime: tokio::runtime::Handle,
     /// Whether this process is a driver (not a worker).
@@ -103,6 +105,7 @@ impl CoreWorker {
             leases: Arc::new(LeasePool::new(parts.raylet)),
             clients: DashMap::new(),
             links: DashMap::new(),
+            borrowed: DashMap::new(),
             connections: DashMap::new(),
             runtime: tokio::runtime::Handle::current(),
             is_driver: parts.is_driver,
@@ -146,29 +149,76 @@ impl CoreWorker {
         }
     }
 
-    /// A reply said the worker still holds (or passed on) these references: their owners keep
-    /// them for good. Called before the call's own hold on them is released.
+    /// A reply said a worker still holds (or passed on) these references: register the
+    /// borrowers with the owners. Called before the call's own hold on them is released.
     pub(crate) async fn pin_retained(&self, retained: &[fleet_proto::runtime::RetainedRef]) {
-        let mut by_owner: std::collections::BTreeMap<&str, Vec<String>> =
+        let mut by_owner: std::collections::BTreeMap<&str, Vec<fleet_proto::runtime::RetainedRef>> =
             std::collections::BTreeMap::new();
         for r in retained {
             if r.owner == self.address {
-                self.store.pin(&r.object_id);
+                self.store
+                    .add_borrower(&r.object_id, &r.borrower, r.permanent);
             } else {
                 by_owner
                     .entry(r.owner.as_str())
                     .or_default()
-                    .push(r.object_id.clone());
+                    .push(r.clone());
             }
         }
-        for (owner, object_ids) in by_owner {
+        for (owner, refs) in by_owner {
             if let Ok(mut client) = self.worker_client(owner) {
-                let request = fleet_proto::runtime::PinObjectsRequest { object_ids };
+                let request = fleet_proto::runtime::PinObjectsRequest { refs };
                 if let Err(status) = client.pin_objects(request).await {
-                    tracing::debug!(owner, status = %status.message(), "could not pin borrowed objects at their owner");
+                    tracing::debug!(owner, status = %status.message(), "could not register borrowers at the owner");
                 }
             }
         }
+    }
+
+    /// A borrowed reference was decoded in this process.
+    pub(crate) fn borrow_created(&self, id: &str, _owner: &str) {
+        self.borrowed.entry(id.to_string()).or_insert((0, false)).0 += 1;
+    }
+
+    /// Marks a borrowed reference as reported to its owner; false if it already was.
+    pub(crate) fn report_borrow(&self, id: &str) -> bool {
+        match self.borrowed.get_mut(id) {
+            Some(mut entry) if !entry.1 => {
+                entry.1 = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A borrowed reference dropped; when it was this process's last one for that object and
+    /// the owner counts this process as a borrower, tell the owner.
+    pub(crate) fn borrow_dropped(&self, id: &str, owner: &str) {
+        let release = match self.borrowed.get_mut(id) {
+            Some(mut entry) => {
+                entry.0 = entry.0.saturating_sub(1);
+                (entry.0 == 0).then_some(entry.1)
+            }
+            None => None,
+        };
+        let Some(reported) = release else { return };
+        self.borrowed.remove_if(id, |_, entry| entry.0 == 0);
+        if !reported {
+            return;
+        }
+        let Ok(mut client) = self.worker_client(owner) else {
+            return;
+        };
+        let request = fleet_proto::runtime::ReleaseBorrowRequest {
+            object_id: id.to_string(),
+            borrower: self.address.clone(),
+        };
+        let owner = owner.to_string();
+        self.runtime.spawn(async move {
+            if let Err(status) = client.release_borrow(request).await {
+                tracing::debug!(%owner, status = %status.message(), "could not release a borrowed object");
+            }
+        });
     }
 
     /// Pushes a task to the worker at `address` over this process's stream to it (opened on

@@ -116,8 +116,8 @@ struct ActorCall {
     reply: oneshot::Sender<(Result<Vec<u8>, TaskError>, Retained)>,
 }
 
-/// References a finished call still holds or passed on: (object id, owner).
-type Retained = Vec<(String, String)>;
+/// References a finished call still holds or passed on.
+type Retained = Vec<fleet_proto::runtime::RetainedRef>;
 
 struct CheckpointPolicy {
     actor_id: String,
@@ -212,10 +212,7 @@ impl Executor {
         TaskReply {
             result: Some(result),
             task_id: String::new(),
-            retained: retained
-                .into_iter()
-                .map(|(object_id, owner)| fleet_proto::runtime::RetainedRef { object_id, owner })
-                .collect(),
+            retained,
         }
     }
 
@@ -599,10 +596,27 @@ impl CoreWorkerRpc for Executor {
         &self,
         request: Request<fleet_proto::runtime::PinObjectsRequest>,
     ) -> Result<Response<fleet_proto::runtime::PinObjectsReply>, Status> {
-        for id in request.into_inner().object_ids {
-            self.runtime.store.pin(&id);
+        for r in request.into_inner().refs {
+            self.runtime
+                .store
+                .add_borrower(&r.object_id, &r.borrower, r.permanent);
         }
         Ok(Response::new(fleet_proto::runtime::PinObjectsReply {}))
+    }
+
+    async fn release_borrow(
+        &self,
+        request: Request<fleet_proto::runtime::ReleaseBorrowRequest>,
+    ) -> Result<Response<fleet_proto::runtime::ReleaseBorrowReply>, Status> {
+        let request = request.into_inner();
+        if let Some(Stored::Plasma(id)) = self
+            .runtime
+            .store
+            .release_borrower(&request.object_id, &request.borrower)
+        {
+            self.runtime.plasma.delete(id);
+        }
+        Ok(Response::new(fleet_proto::runtime::ReleaseBorrowReply {}))
     }
 
     async fn exit(&self, _: Request<ExitRequest>) -> Result<Response<ExitReply>, Status> {

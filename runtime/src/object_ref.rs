@@ -36,8 +36,19 @@ pub enum Stored {
 pub struct Slot {
     value: OnceLock<Result<Stored, Error>>,
     ready: Notify,
-    /// A borrower kept the reference (or passed it on): keep the value for good.
-    pinned: AtomicBool,
+    /// Who else may still need the value.
+    refs: std::sync::Mutex<SlotRefs>,
+}
+
+/// The owner's view of a value's other holders.
+#[derive(Default)]
+struct SlotRefs {
+    /// Processes (CoreWorker addresses) that kept a reference after a call.
+    borrowers: std::collections::HashSet<String>,
+    /// A reference was passed on into a value anyone may decode: keep it for good.
+    pinned: bool,
+    /// The owner's own references are all gone.
+    owner_done: bool,
 }
 
 impl Slot {
@@ -89,18 +100,48 @@ impl MemoryStore {
         slot.ready.notify_waiters();
     }
 
-    /// Keeps a value for this process's lifetime (a borrower still holds its reference).
-    pub fn pin(&self, id: &str) {
-        if let Some(slot) = self.slots.get(id) {
-            slot.pinned.store(true, Ordering::Relaxed);
+    /// Records that `borrower` kept a reference (or, `permanent`, passed it on).
+    pub fn add_borrower(&self, id: &str, borrower: &str, permanent: bool) {
+        if let Some(slot) = self.existing(id) {
+            let mut refs = slot.refs.lock().unwrap_or_else(|e| e.into_inner());
+            if permanent {
+                refs.pinned = true;
+            } else {
+                refs.borrowers.insert(borrower.to_string());
+            }
         }
     }
 
-    /// Whether a value is pinned.
-    pub fn is_pinned(&self, id: &str) -> bool {
-        self.slots
-            .get(id)
-            .is_some_and(|slot| slot.pinned.load(Ordering::Relaxed))
+    /// `borrower` holds no more references; frees the value (returning where it was) when
+    /// nobody does.
+    pub fn release_borrower(&self, id: &str, borrower: &str) -> Option<Stored> {
+        let slot = self.existing(id)?;
+        let free = {
+            let mut refs = slot.refs.lock().unwrap_or_else(|e| e.into_inner());
+            refs.borrowers.remove(borrower);
+            refs.owner_done && refs.borrowers.is_empty() && !refs.pinned
+        };
+        if free {
+            self.remove(id)
+        } else {
+            None
+        }
+    }
+
+    /// The owner's last reference dropped; frees the value (returning where it was) unless
+    /// a borrower holds it or it was passed on.
+    pub fn owner_dropped(&self, id: &str) -> Option<Stored> {
+        let slot = self.existing(id)?;
+        let free = {
+            let mut refs = slot.refs.lock().unwrap_or_else(|e| e.into_inner());
+            refs.owner_done = true;
+            refs.borrowers.is_empty() && !refs.pinned
+        };
+        if free {
+            self.remove(id)
+        } else {
+            None
+        }
     }
 
     /// Forgets a value; returns where it was.
@@ -150,16 +191,37 @@ pub struct RunTrace {
 }
 
 impl RunTrace {
-    /// The references the worker still holds or passed on: (object id, owner).
-    pub fn retained(self) -> Vec<(String, String)> {
-        let mut out = self.passed_on;
+    /// The references this process still holds (each reported to its owner once, until it
+    /// lets go) or passed on, to report in the reply.
+    pub fn retained(self) -> Vec<fleet_proto::runtime::RetainedRef> {
+        let Some(runtime) = crate::context::try_current() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut passed_on = self.passed_on;
+        passed_on.sort();
+        passed_on.dedup();
+        for (object_id, owner) in passed_on {
+            out.push(fleet_proto::runtime::RetainedRef {
+                object_id,
+                owner,
+                borrower: runtime.address.clone(),
+                permanent: true,
+            });
+        }
         for weak in self.deserialized {
-            if let Some(inner) = weak.upgrade() {
-                out.push((inner.id.clone(), inner.owner.clone()));
+            let Some(inner) = weak.upgrade() else {
+                continue;
+            };
+            if inner.owner != runtime.address && runtime.report_borrow(&inner.id) {
+                out.push(fleet_proto::runtime::RetainedRef {
+                    object_id: inner.id.clone(),
+                    owner: inner.owner.clone(),
+                    borrower: runtime.address.clone(),
+                    permanent: false,
+                });
             }
         }
-        out.sort();
-        out.dedup();
         out
     }
 }
@@ -215,15 +277,19 @@ pub(crate) fn encode_argument<T: Serialize>(value: &T) -> (Result<Vec<u8>>, Vec<
 
 impl Drop for RefInner {
     fn drop(&mut self) {
+        let Some(runtime) = crate::context::try_current() else {
+            return;
+        };
+        if runtime.address != self.owner {
+            // A borrowed reference: this process may be registered as a borrower.
+            runtime.borrow_dropped(&self.id, &self.owner);
+            return;
+        }
         if self.escaped.load(Ordering::Relaxed) {
             return;
         }
-        if let Some(runtime) = crate::context::try_current() {
-            if runtime.address == self.owner && !runtime.store.is_pinned(&self.id) {
-                if let Some(Stored::Plasma(id)) = runtime.store.remove(&self.id) {
-                    runtime.plasma.delete(id);
-                }
-            }
+        if let Some(Stored::Plasma(id)) = runtime.store.owner_dropped(&self.id) {
+            runtime.plasma.delete(id);
         }
     }
 }
@@ -350,6 +416,11 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
         // A decoded reference never frees the value when it drops (it is not the owner's
         // original); the running task reports it if it is still held at the end.
         r.mark_escaped();
+        if let Some(runtime) = crate::context::try_current() {
+            if runtime.address != r.inner.owner {
+                runtime.borrow_created(&r.inner.id, &r.inner.owner);
+            }
+        }
         RUN_TRACE.with(|t| {
             if let Some(trace) = t.borrow_mut().as_mut() {
                 trace.deserialized.push(Arc::downgrade(&r.inner));

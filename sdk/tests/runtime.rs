@@ -77,6 +77,12 @@ impl Keeper {
         self.kept.len()
     }
 
+    pub fn forget(&mut self) -> usize {
+        let had = self.kept.len();
+        self.kept.clear();
+        had
+    }
+
     pub async fn total(&self) -> Result<u64, String> {
         let mut total = 0;
         for r in &self.kept {
