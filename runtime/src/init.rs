@@ -52,6 +52,7 @@ struct Embedded {
     _gcs: EmbeddedGcs,
     raylet: fleet_raylet::server::RunningRaylet,
     _dir: tempfile::TempDir,
+    shm_dir: std::path::PathBuf,
 }
 
 static EMBEDDED: OnceLock<tokio::sync::Mutex<Option<Embedded>>> = OnceLock::new();
@@ -173,10 +174,12 @@ fn now_ms() -> u64 {
 async fn start_embedded(
     options: &InitOptions,
 ) -> Result<(GcsClient, String, String, Option<ObjectStore>)> {
+    sweep_stale_embedded();
     let dir = tempfile::Builder::new()
         .prefix("fleet-embedded-")
         .tempdir()
         .map_err(|e| Error::Internal(format!("cannot create a temp dir: {e}")))?;
+    mark_owner(dir.path());
     let gcs_server = EmbeddedGcs::start(dir.path().join("gcs")).await?;
     let gcs = GcsClient::connect(&gcs_server.address)?;
     let node_id = crate::ids::new_id("node");
@@ -213,7 +216,11 @@ async fn start_embedded(
         dir.path().to_path_buf()
     };
     config.object_store_dir = shm_root.join(format!("fleet-{node_id}"));
+    let shm_dir = config.object_store_dir.clone();
     config.spill_dir = dir.path().join("spill");
+    if std::fs::create_dir_all(&config.object_store_dir).is_ok() {
+        mark_owner(&config.object_store_dir);
+    }
     let mut total: BTreeMap<String, f64> = config.resources.clone();
     total.insert("GPU".into(), f64::from(num_gpus));
     let (listener, _) = bind_loopback().await?;
@@ -233,8 +240,52 @@ async fn start_embedded(
         _gcs: gcs_server,
         raylet,
         _dir: dir,
+        shm_dir,
     });
     Ok((gcs, raylet_address, node_id, Some(store)))
+}
+
+const OWNER_FILE: &str = ".fleet-owner-pid";
+
+/// Records which process an embedded cluster's directories belong to, so that a later start
+/// can remove them if that process died without cleaning up (SIGKILL, a crash).
+fn mark_owner(dir: &std::path::Path) {
+    let _ = std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string());
+}
+
+/// Removes the shared-memory and temporary directories of embedded clusters whose process is
+/// gone: objects in `/dev/shm` are memory, and a killed driver cannot free them itself.
+/// Returns how many were removed.
+pub fn sweep_stale_embedded() -> usize {
+    let roots = [
+        (std::path::PathBuf::from("/dev/shm"), "fleet-node-"),
+        (std::env::temp_dir(), "fleet-embedded-"),
+    ];
+    let mut removed = 0;
+    for (root, prefix) in roots {
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !name.to_string_lossy().starts_with(prefix) {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(pid) = std::fs::read_to_string(path.join(OWNER_FILE)) else {
+                continue;
+            };
+            let Ok(pid) = pid.trim().parse::<u32>() else {
+                continue;
+            };
+            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+            if !alive && std::fs::remove_dir_all(&path).is_ok() {
+                tracing::info!(path = %path.display(), pid, "removed the directory of a dead embedded cluster");
+                removed += 1;
+            }
+        }
+    }
+    removed
 }
 
 /// Stops the embedded cluster (its workers exit). Called at the end of `#[fleet::main]`.
@@ -242,6 +293,7 @@ pub async fn shutdown() {
     if let Some(cell) = EMBEDDED.get() {
         if let Some(embedded) = cell.lock().await.take() {
             embedded.raylet.stop().await;
+            let _ = std::fs::remove_dir_all(&embedded.shm_dir);
         }
     }
 }

@@ -34,6 +34,12 @@ pub mod __private {
     pub use serde;
     pub use tokio;
 
+    /// Removes the directories of embedded clusters whose process died (also done by every
+    /// embedded start); returns how many.
+    pub fn sweep_stale_embedded() -> usize {
+        fleet_runtime::init::sweep_stale_embedded()
+    }
+
     /// Values this process holds, and bytes in the node's object store (when hosted here).
     pub fn held_objects() -> Result<(usize, Option<u64>), fleet_runtime::Error> {
         Ok(fleet_runtime::context::current()?.held_objects())

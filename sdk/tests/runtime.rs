@@ -599,6 +599,61 @@ async fn large_objects_go_through_the_shared_memory_store_and_spill() -> Result<
     Ok(())
 }
 
+/// A driver that is about to be SIGKILLed: prints its actor's worker pid, then waits.
+async fn doomed_driver() -> Result<()> {
+    let log = Log::remote().spawn().await?;
+    println!("worker-pid {}", log.pid().await?);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    Ok(())
+}
+
+async fn workers_exit_when_their_driver_is_killed() -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .env("FLEET_TEST_DOOMED_DRIVER", "1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let pid: u32 = loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await??
+            .context("the doomed driver exited early")?;
+        if let Some(pid) = line.strip_prefix("worker-pid ") {
+            break pid.trim().parse()?;
+        }
+    };
+    ensure!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "its worker runs"
+    );
+    sigkill(child.id().context("driver pid")?)?;
+    let _ = child.wait().await;
+    // The embedded raylet died with the driver: its workers read EOF on stdin and exit.
+    let started = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true);
+        if zombie {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "worker {pid} outlived its driver"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its shared memory and temporary files are reclaimed by the next embedded start (or a
+    // sweep): at least its shm directory and its temp directory.
+    ensure!(
+        fleet::__private::sweep_stale_embedded() >= 2,
+        "the dead driver's directories were swept"
+    );
+    Ok(())
+}
+
 /// What the second driver (this binary, started with FLEET_ADDRESS) does.
 async fn second_driver() -> Result<()> {
     let log = fleet::get_actor::<Log>("shared-log").await?;
@@ -742,6 +797,15 @@ fn main() -> std::process::ExitCode {
             eprintln!("fleet::init failed: {error}");
             return std::process::ExitCode::FAILURE;
         }
+        if std::env::var_os("FLEET_TEST_DOOMED_DRIVER").is_some() {
+            return match doomed_driver().await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("doomed driver: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
         if std::env::var_os("FLEET_TEST_SECOND_DRIVER").is_some() {
             return match second_driver().await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
@@ -801,6 +865,9 @@ fn main() -> std::process::ExitCode {
                 "references_kept_or_passed_on_by_borrowers_stay_valid",
                 || Box::pin(references_kept_or_passed_on_by_borrowers_stay_valid()),
             ),
+            ("workers_exit_when_their_driver_is_killed", || {
+                Box::pin(workers_exit_when_their_driver_is_killed())
+            }),
         ];
         let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
         let mut failed = 0;
