@@ -1,8 +1,13 @@
 //! One module per top-level command.
 
 pub mod bench;
+pub mod cluster;
 pub mod gcs;
+pub mod job;
 pub mod kv;
+pub mod list;
+pub mod raylet;
+pub mod status;
 
 use tokio_util::sync::CancellationToken;
 
@@ -34,24 +39,81 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-/// `--address` / `FLEET_ADDRESS`, shared by client commands.
+/// `--address` / `FLEET_ADDRESS` / the local cluster's `cluster.json`, shared by client
+/// commands.
 #[derive(clap::Args, Clone, Debug)]
 pub struct AddressArgs {
-    /// GCS replicas, comma-separated HOST:PORT.
-    #[arg(long, env = "FLEET_ADDRESS", default_value = "127.0.0.1:6380")]
+    /// GCS replicas, comma-separated HOST:PORT (default: FLEET_ADDRESS, then the cluster
+    /// that `fleet cluster up` started on this machine).
+    #[arg(
+        long,
+        env = "FLEET_ADDRESS",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub address: String,
+    /// The local cluster to use when no address is given.
+    #[arg(long = "cluster", env = "FLEET_CLUSTER", default_value = "default")]
+    pub cluster_name: String,
     /// Give up after this many seconds without an answer from a leader.
     #[arg(long, env = "FLEET_TIMEOUT_SECS", default_value_t = 30)]
     pub timeout_secs: u64,
 }
 
+/// Where a client command's cluster is.
+pub struct ResolvedAddress {
+    /// The GCS address.
+    pub address: String,
+    /// The local cluster's state, when the address came from it (or matches it).
+    pub state: Option<fleet_cluster::ClusterState>,
+}
+
 impl AddressArgs {
+    /// The address: `--address`, then `FLEET_ADDRESS`, then the `cluster.json` of the
+    /// local cluster named by `--cluster` (default "default").
+    pub fn resolve(&self) -> anyhow::Result<ResolvedAddress> {
+        let dir = fleet_cluster::state::cluster_dir(&self.cluster_name);
+        let state = fleet_cluster::ClusterState::load(&dir)?;
+        let address = self.address.trim();
+        if !address.is_empty() {
+            let state = state.filter(|s| s.address == address);
+            return Ok(ResolvedAddress {
+                address: address.to_string(),
+                state,
+            });
+        }
+        match state {
+            Some(state) if state.is_running() => Ok(ResolvedAddress {
+                address: state.address.clone(),
+                state: Some(state),
+            }),
+            Some(state) => anyhow::bail!(
+                "cluster '{}' recorded in {} is not running (its daemons are gone); \
+                 `fleet cluster down --name {}` cleans up, `fleet cluster up` starts one, \
+                 or pass --address / set FLEET_ADDRESS",
+                state.name,
+                fleet_cluster::ClusterState::path(&dir).display(),
+                state.name
+            ),
+            None => anyhow::bail!(
+                "no cluster address: pass --address HOST:PORT[,HOST:PORT...], set FLEET_ADDRESS, \
+                 or start a cluster on this machine with `fleet cluster up` (no {} found)",
+                fleet_cluster::ClusterState::path(&dir).display()
+            ),
+        }
+    }
+
     /// A GCS client for these flags.
     pub fn client(&self) -> anyhow::Result<fleet_gcs::GcsClient> {
+        self.client_for(&self.resolve()?.address)
+    }
+
+    /// A GCS client for a resolved address, with these flags' deadline.
+    pub fn client_for(&self, address: &str) -> anyhow::Result<fleet_gcs::GcsClient> {
         let options = fleet_gcs::client::ClientOptions {
             deadline: std::time::Duration::from_secs(self.timeout_secs.max(1)),
             ..Default::default()
         };
-        Ok(fleet_gcs::GcsClient::connect_with(&self.address, options)?)
+        Ok(fleet_gcs::GcsClient::connect_with(address, options)?)
     }
 }

@@ -1,8 +1,13 @@
 //! `fleet`: the operator's command. Thin: parses flags, installs tracing, calls library code.
 //!
 //! - `cmd::gcs`: `fleet gcs` (run a replica), `fleet gcs status`, `fleet gcs member add|remove`.
+//! - `cmd::raylet`: `fleet raylet` (run a node).
 //! - `cmd::kv`: `fleet kv put|get|list|delete`.
 //! - `cmd::bench`: `fleet bench` (runtime microbenchmark) and `fleet bench gcs`.
+//! - `cmd::cluster`: `fleet cluster up|down|status` (over `fleet_cluster`).
+//! - `cmd::status`: `fleet status` (nodes, GCS members and leader, jobs).
+//! - `cmd::list`: `fleet list nodes|actors|tasks|objects|placement-groups|jobs`.
+//! - `cmd::job`: `fleet job submit|list|logs|stop`.
 
 mod cmd;
 
@@ -20,10 +25,20 @@ struct Cli {
 enum Command {
     /// Run a control-store (GCS) replica, or operate on the GCS.
     Gcs(cmd::gcs::GcsCommand),
+    /// Run one node (raylet) of a cluster.
+    Raylet(cmd::raylet::RayletCommand),
     /// Read and write the GCS's internal key-value store.
     Kv(cmd::kv::KvCommand),
     /// Benchmarks.
     Bench(cmd::bench::BenchCommand),
+    /// Start, stop and inspect a cluster (`fleet cluster up|down|status`).
+    Cluster(cmd::cluster::ClusterCommand),
+    /// Nodes, GCS members and leader, jobs.
+    Status(cmd::status::StatusCommand),
+    /// List nodes, actors, tasks, objects, placement groups or jobs.
+    List(cmd::list::ListCommand),
+    /// Submit, list, follow and stop jobs.
+    Job(cmd::job::JobCommand),
 }
 
 fn install_tracing(default: &str) {
@@ -57,11 +72,31 @@ fn main() -> std::process::ExitCode {
                 });
                 command.run().await
             }
+            Command::Raylet(command) => {
+                install_tracing("info");
+                command.run().await
+            }
             Command::Kv(command) => {
                 install_tracing("warn");
                 command.run().await
             }
             Command::Bench(command) => {
+                install_tracing("warn");
+                command.run().await
+            }
+            Command::Cluster(command) => {
+                install_tracing("warn");
+                command.run().await
+            }
+            Command::Status(command) => {
+                install_tracing("warn");
+                command.run().await
+            }
+            Command::List(command) => {
+                install_tracing("warn");
+                command.run().await
+            }
+            Command::Job(command) => {
                 install_tracing("warn");
                 command.run().await
             }

@@ -38,6 +38,10 @@ pub struct GcsConfig {
     pub watch_history: usize,
     /// How long a write or read waits for commit before the client is told to retry.
     pub request_timeout: Duration,
+    /// How often the leader health-checks raylets (zero: never).
+    pub health_check_period: Duration,
+    /// A raylet silent this long is declared dead.
+    pub node_timeout: Duration,
 }
 
 impl GcsConfig {
@@ -137,6 +141,8 @@ impl Default for GcsConfig {
             fsync: true,
             watch_history: 100_000,
             request_timeout: Duration::from_secs(5),
+            health_check_period: Duration::from_millis(500),
+            node_timeout: Duration::from_millis(3000),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`transport`]: how replicas reach each other and clients reach replicas (real TCP or an
 //!   injected connector, for simulation).
 //! - [`service`]: the gRPC services (`Gcs` for clients, `RaftTransport` for peers).
+//! - [`health`]: the leader's health checks of raylets (declares silent nodes dead).
 //! - [`server`]: `run(config, incoming, connector, shutdown)`: one replica.
 //! - [`client`]: [`GcsClient`]: finds the leader, retries across leader changes, dedups
 //!   retried writes, typed table operations and resumable watches.
@@ -25,6 +26,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod linearizability;
 pub mod local_cluster;
 pub mod node;

@@ -107,6 +107,7 @@ where
         result
     });
 
+    tokio::spawn(crate::health::run(handle.clone(), stop.clone()));
     let gcs = GcsServer::new(GcsService::new(handle.clone(), stop.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

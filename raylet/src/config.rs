@@ -35,6 +35,10 @@ pub struct RayletConfig {
     pub object_store_bytes: u64,
     /// How long a put waits for space in a full store before failing.
     pub object_store_full_timeout: Duration,
+    /// Labels (for operators and placement).
+    pub labels: BTreeMap<String, String>,
+    /// The node's own directory: job binaries fetched to this node live here.
+    pub node_dir: PathBuf,
 }
 
 /// More GPUs than any machine has: a typo, not a node.
@@ -99,6 +103,8 @@ impl RayletConfig {
             spill_dir: std::env::temp_dir().join(format!("fleet-spill-{node_id}")),
             object_store_bytes: 2 << 30,
             object_store_full_timeout: Duration::from_secs(30),
+            labels: BTreeMap::new(),
+            node_dir: std::env::temp_dir().join(format!("fleet-node-dir-{node_id}")),
             node_id,
         }
     }

@@ -8,13 +8,23 @@
 //! - [`worker_pool`]: starting worker processes and watching them exit.
 //! - [`server`]: the gRPC service (worker registration, leases) and `start`.
 //! - [`object_store`]: the shared-memory object store with LRU spilling.
+//! - [`scheduling`]: where a lease goes (hybrid, spread, node affinity; pure).
+//! - [`cluster_view`]: the other nodes' free resources, for spillback.
+//! - [`transfer`]: pulling objects between nodes, chunked and deduplicated.
+//! - [`binaries`]: content-addressed job binaries, uploaded once and fetched once per node.
+//! - [`daemon`]: `fleet raylet`: a node of a cluster (registration, shutdown).
 
+pub mod binaries;
+pub mod cluster_view;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod gpu;
 pub mod object_store;
 pub mod resources;
+pub mod scheduling;
 pub mod server;
+pub mod transfer;
 pub mod worker_pool;
 
 pub use config::RayletConfig;

@@ -8,22 +8,34 @@
 //! ids, which is never shared and exits when the lease ends.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fleet_proto::gcs::{JobState, Table, WatchFilter};
 use fleet_proto::runtime::raylet_server::{Raylet, RayletServer};
+use fleet_proto::runtime::scheduling_strategy::Kind as StrategyKind;
 use fleet_proto::runtime::{
-    LeaseReply, LeaseRequest, NodeInfoReply, NodeInfoRequest, RegisterWorkerReply,
+    AttachDriverRequest, BinaryChunk, DriverEvent, FetchBinaryRequest, HasBinaryReply,
+    HasBinaryRequest, LeaseReply, LeaseRequest, NodeInfoReply, NodeInfoRequest, ObjectChunk,
+    PullObjectReply, PullObjectRequest, ReadObjectRequest, RegisterWorkerReply,
     RegisterWorkerRequest, ReturnLeaseReply, ReturnLeaseRequest, StoreDeleteReply,
     StoreDeleteRequest, StoreGetReply, StoreGetRequest, StorePutReply, StorePutRequest,
+    UploadBinaryReply,
 };
+use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use crate::binaries::Binaries;
+use crate::cluster_view::ClusterView;
 use crate::config::RayletConfig;
+use crate::scheduling::{Decision, NodeView, Strategy};
+use crate::transfer::Transfers;
 
 /// Largest message (objects written through the raylet travel whole).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
@@ -37,6 +49,24 @@ struct WorkerEntry {
     address: Option<String>,
     dedicated: bool,
     leased: Option<u64>,
+    /// Which program it runs: idle workers are reused only for leases of the same program
+    /// (and, for uploaded job binaries, the same job).
+    pool_key: String,
+    /// The job it last served.
+    job_id: String,
+    /// It hosts a detached actor: it outlives its job's driver.
+    detached: bool,
+}
+
+/// The pool key of the raylet's own worker binary (embedded mode).
+const DEFAULT_POOL: &str = "default";
+
+fn pool_key(request: &LeaseRequest) -> String {
+    if request.job_binary.is_empty() {
+        DEFAULT_POOL.to_string()
+    } else {
+        format!("{}/{}", request.job_id, request.job_binary)
+    }
 }
 
 struct Lease {
@@ -53,6 +83,33 @@ struct State {
     next_lease: u64,
     next_worker: u64,
     dead_workers: Vec<WorkerExit>,
+    pending_leases: u32,
+}
+
+/// The program a worker runs.
+#[derive(Clone, Debug)]
+struct Program {
+    /// The job's uploaded binary; `None`: the raylet's own worker binary.
+    binary: Option<PathBuf>,
+    args: Vec<String>,
+    pool_key: String,
+    job_id: String,
+    /// The binary's digest (empty for the raylet's own).
+    digest: String,
+    detached: bool,
+}
+
+impl Default for Program {
+    fn default() -> Self {
+        Program {
+            binary: None,
+            args: Vec::new(),
+            pool_key: DEFAULT_POOL.to_string(),
+            job_id: String::new(),
+            digest: String::new(),
+            detached: false,
+        }
+    }
 }
 
 /// The raylet service state.
@@ -71,6 +128,13 @@ struct Inner {
     freed: Notify,
     /// Set by `retire_all`: no new workers start.
     stopping: std::sync::atomic::AtomicBool,
+    gcs: fleet_gcs::GcsClient,
+    view: ClusterView,
+    transfers: Transfers,
+    binaries: Binaries,
+    spread_counter: std::sync::atomic::AtomicUsize,
+    /// Jobs known to have ended: their workers are retired, new leases refused.
+    finished_jobs: Mutex<std::collections::HashSet<String>>,
 }
 
 fn to_resource_set(map: &BTreeMap<String, f64>, what: &str) -> Result<ResourceSet> {
@@ -86,7 +150,14 @@ impl RayletService {
         config: RayletConfig,
         address: String,
         exits: mpsc::UnboundedSender<WorkerExit>,
+        locations: mpsc::UnboundedSender<fleet_proto::gcs::ObjectLocationUpdate>,
     ) -> Result<Self> {
+        let gcs = fleet_gcs::GcsClient::connect(&config.gcs_address).map_err(|e| {
+            Error::InvalidRequest {
+                what: "the raylet configuration".into(),
+                reason: format!("GCS address {:?}: {e}", config.gcs_address),
+            }
+        })?;
         let store = ObjectStore::open(ObjectStoreConfig {
             shm_dir: config.object_store_dir.clone(),
             spill_dir: config.spill_dir.clone(),
@@ -111,9 +182,27 @@ impl RayletService {
             worker_env,
             exits,
         );
+        let transfers = Transfers::new(
+            store.clone(),
+            config.node_id.clone(),
+            address.clone(),
+            locations,
+        );
+        let binaries = Binaries::new(
+            config.node_dir.join("binaries"),
+            config.node_id.clone(),
+            address.clone(),
+            gcs.clone(),
+        );
         Ok(RayletService {
             inner: Arc::new(Inner {
                 store,
+                gcs,
+                view: ClusterView::default(),
+                transfers,
+                binaries,
+                spread_counter: std::sync::atomic::AtomicUsize::new(0),
+                finished_jobs: Mutex::new(std::collections::HashSet::new()),
                 config,
                 address,
                 launcher,
@@ -126,6 +215,7 @@ impl RayletService {
                     next_lease: 1,
                     next_worker: 1,
                     dead_workers: Vec::new(),
+                    pending_leases: 0,
                 }),
                 freed: Notify::new(),
                 stopping: std::sync::atomic::AtomicBool::new(false),
@@ -138,7 +228,12 @@ impl RayletService {
     }
 
     /// Starts a worker and waits for it to register; returns its id and address.
-    async fn start_worker(&self, dedicated: bool, gpu_ids: &[u32]) -> Result<(String, String)> {
+    async fn start_worker(
+        &self,
+        dedicated: bool,
+        gpu_ids: &[u32],
+        program: &Program,
+    ) -> Result<(String, String)> {
         if self
             .inner
             .stopping
@@ -153,7 +248,11 @@ impl RayletService {
             let (tx, rx) = oneshot::channel();
             state.registering.insert(worker_id.clone(), tx);
             let gpus: Vec<String> = gpu_ids.iter().map(u32::to_string).collect();
-            let mut extra = vec![(env::GPU_IDS, gpus.join(","))];
+            let mut extra = vec![
+                (env::GPU_IDS, gpus.join(",")),
+                (env::JOB_ID, program.job_id.clone()),
+                (env::JOB_BINARY, program.digest.clone()),
+            ];
             if !gpu_ids.is_empty() || dedicated {
                 let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
                 extra.push((
@@ -161,7 +260,14 @@ impl RayletService {
                     visible_devices(visible.as_deref(), gpu_ids),
                 ));
             }
-            let process = match self.inner.launcher.spawn(&worker_id, &extra) {
+            let process = match self.inner.launcher.spawn(
+                &worker_id,
+                program
+                    .binary
+                    .as_deref()
+                    .map(|b| (b, program.args.as_slice())),
+                &extra,
+            ) {
                 Ok(process) => process,
                 Err(error) => {
                     state.registering.remove(&worker_id);
@@ -175,6 +281,9 @@ impl RayletService {
                     address: None,
                     dedicated,
                     leased: None,
+                    pool_key: program.pool_key.clone(),
+                    job_id: program.job_id.clone(),
+                    detached: program.detached,
                 },
             );
             (worker_id, rx)
@@ -200,7 +309,10 @@ impl RayletService {
                     _ => format!("it did not register within {timeout:?}"),
                 };
                 Err(Error::WorkerStart {
-                    binary: self.inner.launcher.binary().clone(),
+                    binary: program
+                        .binary
+                        .clone()
+                        .unwrap_or_else(|| self.inner.launcher.binary().clone()),
                     reason,
                 })
             }
@@ -212,7 +324,7 @@ impl RayletService {
         let mut started = tokio::task::JoinSet::new();
         for _ in 0..count {
             let this = self.clone();
-            started.spawn(async move { this.start_worker(false, &[]).await });
+            started.spawn(async move { this.start_worker(false, &[], &Program::default()).await });
         }
         while let Some(result) = started.join_next().await {
             match result {
@@ -225,14 +337,81 @@ impl RayletService {
         }
     }
 
+    /// This node as the scheduler sees it.
+    fn local_view(&self) -> NodeView {
+        let state = self.lock();
+        NodeView {
+            node_id: self.inner.config.node_id.clone(),
+            address: self.inner.address.clone(),
+            total: state.resources.total().to_map(),
+            available: state.resources.available().to_map(),
+        }
+    }
+
+    /// Where a lease request should be granted: here, or spilled back to another node.
+    fn place(&self, request: &LeaseRequest, wanted: &BTreeMap<String, f64>) -> Decision {
+        if request.grant_or_reject {
+            return Decision::Local;
+        }
+        let strategy = match request.strategy.as_ref() {
+            Some(s) if s.kind == StrategyKind::Spread as i32 => Strategy::Spread,
+            Some(s) if s.kind == StrategyKind::NodeAffinity as i32 => Strategy::NodeAffinity {
+                node_id: s.node_id.clone(),
+                soft: s.soft,
+            },
+            _ => Strategy::Hybrid,
+        };
+        let counter = if strategy == Strategy::Spread {
+            self.inner
+                .spread_counter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        } else {
+            0
+        };
+        crate::scheduling::decide(
+            &strategy,
+            wanted,
+            &self.local_view(),
+            &self.inner.view.others(),
+            counter,
+        )
+    }
+
     async fn lease(&self, request: LeaseRequest) -> Result<LeaseReply> {
         let what = if request.description.is_empty() {
             "a task".to_string()
         } else {
             request.description.clone()
         };
-        let map: BTreeMap<String, f64> = request.resources.into_iter().collect();
+        if !request.job_id.is_empty() && self.job_finished(&request.job_id) {
+            return Err(Error::InvalidRequest {
+                what,
+                reason: format!(
+                    "job {} has finished (its driver exited); start a new driver",
+                    request.job_id
+                ),
+            });
+        }
+        let map: BTreeMap<String, f64> = request.resources.clone().into_iter().collect();
         let wanted = to_resource_set(&map, &what)?;
+        match self.place(&request, &map) {
+            Decision::Local => {}
+            Decision::Spill { node_id, address } => {
+                return Ok(LeaseReply {
+                    spillback_address: address,
+                    spillback_node_id: node_id,
+                    ..LeaseReply::default()
+                })
+            }
+            Decision::Infeasible(reason) => {
+                let state = self.lock();
+                return Err(Error::Infeasible {
+                    what,
+                    requested: wanted.to_string(),
+                    total: format!("{} ({reason})", state.resources.total()),
+                });
+            }
+        }
         // Fail at once when this node can never satisfy it.
         {
             let state = self.lock();
@@ -253,6 +432,32 @@ impl RayletService {
                 }
             }
         }
+        // The job's program, fetched once per node, before resources are held.
+        let program = if request.job_binary.is_empty() {
+            Program {
+                job_id: request.job_id.clone(),
+                detached: request.detached,
+                ..Program::default()
+            }
+        } else {
+            let binary = self
+                .inner
+                .binaries
+                .ensure(&request.job_binary)
+                .await
+                .map_err(|reason| Error::WorkerStart {
+                    binary: self.inner.binaries.path(&request.job_binary),
+                    reason,
+                })?;
+            Program {
+                binary: Some(binary),
+                args: request.worker_args.clone(),
+                pool_key: pool_key(&request),
+                job_id: request.job_id.clone(),
+                digest: request.job_binary.clone(),
+                detached: request.detached,
+            }
+        };
         let allocation = loop {
             let notified = self.inner.freed.notified();
             tokio::pin!(notified);
@@ -269,8 +474,10 @@ impl RayletService {
                         })
                     }
                 }
+                state.pending_leases += 1;
             }
             notified.await;
+            self.lock().pending_leases -= 1;
         };
         let dedicated = request.dedicated || !allocation.gpu_ids.is_empty();
         let reused = if dedicated {
@@ -278,21 +485,31 @@ impl RayletService {
         } else {
             let mut state = self.lock();
             let mut found = None;
+            let mut skipped = VecDeque::new();
             while let Some(worker_id) = state.idle.pop_front() {
-                if let Some(address) = state
-                    .workers
-                    .get(&worker_id)
-                    .and_then(|w| w.address.clone())
-                {
-                    found = Some((worker_id, address));
-                    break;
+                match state.workers.get(&worker_id) {
+                    Some(worker) if worker.pool_key != program.pool_key => {
+                        skipped.push_back(worker_id)
+                    }
+                    Some(worker) => {
+                        if let Some(address) = worker.address.clone() {
+                            found = Some((worker_id, address));
+                            break;
+                        }
+                    }
+                    None => {}
                 }
             }
+            skipped.extend(state.idle.drain(..));
+            state.idle = skipped;
             found
         };
         let (worker_id, address) = match reused {
             Some(found) => found,
-            None => match self.start_worker(dedicated, &allocation.gpu_ids).await {
+            None => match self
+                .start_worker(dedicated, &allocation.gpu_ids, &program)
+                .await
+            {
                 Ok(found) => found,
                 Err(error) => {
                     self.lock().resources.release(&allocation);
@@ -306,14 +523,21 @@ impl RayletService {
         state.next_lease += 1;
         let gpu_ids = allocation.gpu_ids.clone();
         match state.workers.get_mut(&worker_id) {
-            Some(worker) => worker.leased = Some(lease_id),
+            Some(worker) => {
+                worker.leased = Some(lease_id);
+                worker.job_id = program.job_id.clone();
+                worker.detached = program.detached;
+            }
             None => {
                 // It died between start and grant.
                 state.resources.release(&allocation);
                 drop(state);
                 self.inner.freed.notify_waiters();
                 return Err(Error::WorkerStart {
-                    binary: self.inner.launcher.binary().clone(),
+                    binary: program
+                        .binary
+                        .clone()
+                        .unwrap_or_else(|| self.inner.launcher.binary().clone()),
                     reason: "the worker exited right after starting".into(),
                 });
             }
@@ -331,7 +555,82 @@ impl RayletService {
             worker_address: address,
             gpu_ids,
             node_id: self.inner.config.node_id.clone(),
+            ..LeaseReply::default()
         })
+    }
+
+    fn job_finished(&self, job_id: &str) -> bool {
+        self.inner
+            .finished_jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(job_id)
+    }
+
+    /// A job ended: retire its workers (except those hosting detached actors).
+    pub fn on_job_finished(&self, job_id: &str) {
+        let newly = self
+            .inner
+            .finished_jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job_id.to_string());
+        if !newly {
+            return;
+        }
+        let mut state = self.lock();
+        let mut retired = 0;
+        for worker in state.workers.values_mut() {
+            if worker.job_id == job_id && !worker.detached {
+                worker.process.retire(true);
+                retired += 1;
+            }
+        }
+        if retired > 0 {
+            tracing::info!(
+                job = job_id,
+                workers = retired,
+                "job finished; its workers retired"
+            );
+        }
+    }
+
+    /// Follows the jobs table and retires the workers of jobs that end.
+    async fn watch_jobs(self, stop: CancellationToken) {
+        let mut watch = self.inner.gcs.watch(
+            vec![WatchFilter {
+                table: Table::Jobs as i32,
+                ..WatchFilter::default()
+            }],
+            0,
+        );
+        loop {
+            let update = tokio::select! {
+                _ = stop.cancelled() => return,
+                update = watch.next() => update,
+            };
+            match update {
+                Ok(update) => {
+                    for event in update.events {
+                        let Some(record) = event.record else { continue };
+                        let Ok(job) = fleet_proto::gcs::JobInfo::decode(record.value.as_slice())
+                        else {
+                            continue;
+                        };
+                        if job.state != JobState::JobRunning as i32 {
+                            self.on_job_finished(&job.job_id);
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "jobs watch interrupted; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
     }
 
     fn return_lease(&self, lease_id: u64, worker_failed: bool) -> Result<()> {
@@ -443,6 +742,8 @@ impl Raylet for RayletService {
         &self,
         _: Request<NodeInfoRequest>,
     ) -> Result<Response<NodeInfoReply>, Status> {
+        let stats = self.inner.store.stats();
+        let (objects_pulled, bytes_pulled) = self.inner.transfers.pulled();
         let state = self.lock();
         Ok(Response::new(NodeInfoReply {
             node_id: self.inner.config.node_id.clone(),
@@ -450,6 +751,14 @@ impl Raylet for RayletService {
             available: state.resources.available().to_map().into_iter().collect(),
             idle_workers: state.idle.len() as u32,
             leased_workers: state.leases.len() as u32,
+            object_store_used_bytes: stats.used_bytes,
+            object_store_capacity_bytes: stats.capacity,
+            spilled_bytes: stats.spilled_bytes,
+            num_objects: stats.num_objects,
+            labels: self.inner.config.labels.clone().into_iter().collect(),
+            pending_leases: state.pending_leases,
+            objects_pulled,
+            bytes_pulled,
         }))
     }
 
@@ -464,6 +773,7 @@ impl Raylet for RayletService {
             .put(id, &request.data)
             .await
             .map_err(Error::from)?;
+        self.inner.transfers.stored(id, request.data.len() as u64);
         Ok(Response::new(StorePutReply {}))
     }
 
@@ -489,9 +799,113 @@ impl Raylet for RayletService {
         request: Request<StoreDeleteRequest>,
     ) -> Result<Response<StoreDeleteReply>, Status> {
         let id = parse_object_id(&request.into_inner().object_id)?;
-        self.inner.store.delete(id).map_err(Error::from)?;
+        self.inner.transfers.delete(id);
         Ok(Response::new(StoreDeleteReply {}))
     }
+
+    async fn pull_object(
+        &self,
+        request: Request<PullObjectRequest>,
+    ) -> Result<Response<PullObjectReply>, Status> {
+        let request = request.into_inner();
+        let id = parse_object_id(&request.object_id)?;
+        match self.inner.transfers.pull(id, &request.from_address).await {
+            Ok(size) => Ok(Response::new(PullObjectReply { size })),
+            // UNAVAILABLE: the copy could not be read; the caller decides whether it is lost.
+            Err(reason) => Err(Status::unavailable(format!(
+                "cannot copy object {id} from {}: {reason}",
+                request.from_address
+            ))),
+        }
+    }
+
+    type ReadObjectStream = ReceiverStream<Result<ObjectChunk, Status>>;
+
+    async fn read_object(
+        &self,
+        request: Request<ReadObjectRequest>,
+    ) -> Result<Response<Self::ReadObjectStream>, Status> {
+        let request = request.into_inner();
+        let id = parse_object_id(&request.object_id)?;
+        let chunks = self
+            .inner
+            .transfers
+            .read(id, request.reader_address)
+            .await?;
+        Ok(Response::new(ReceiverStream::new(chunks)))
+    }
+
+    async fn has_binary(
+        &self,
+        request: Request<HasBinaryRequest>,
+    ) -> Result<Response<HasBinaryReply>, Status> {
+        Ok(Response::new(HasBinaryReply {
+            present: self.inner.binaries.has(&request.into_inner().digest),
+        }))
+    }
+
+    async fn upload_binary(
+        &self,
+        request: Request<tonic::Streaming<BinaryChunk>>,
+    ) -> Result<Response<UploadBinaryReply>, Status> {
+        self.inner
+            .binaries
+            .receive(request.into_inner())
+            .await
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(UploadBinaryReply {}))
+    }
+
+    type FetchBinaryStream = ReceiverStream<Result<BinaryChunk, Status>>;
+
+    async fn fetch_binary(
+        &self,
+        request: Request<FetchBinaryRequest>,
+    ) -> Result<Response<Self::FetchBinaryStream>, Status> {
+        let chunks = self.inner.binaries.send(request.into_inner())?;
+        Ok(Response::new(ReceiverStream::new(chunks)))
+    }
+
+    type AttachDriverStream = ReceiverStream<Result<DriverEvent, Status>>;
+
+    async fn attach_driver(
+        &self,
+        request: Request<AttachDriverRequest>,
+    ) -> Result<Response<Self::AttachDriverStream>, Status> {
+        let request = request.into_inner();
+        let (tx, rx) = mpsc::channel(1);
+        let gcs = self.inner.gcs.clone();
+        let node_id = self.inner.config.node_id.clone();
+        tokio::spawn(async move {
+            // The driver's end of the stream went away: it exited or died.
+            tx.closed().await;
+            let jobs = gcs.list_jobs().await.unwrap_or_default();
+            let running = jobs
+                .iter()
+                .any(|j| j.job_id == request.job_id && j.state == JobState::JobRunning as i32);
+            if running {
+                tracing::info!(job = %request.job_id, driver = %request.driver_address, "driver gone; failing its job");
+                let message = format!(
+                    "the driver at {} exited without finishing the job (seen by node {node_id})",
+                    request.driver_address
+                );
+                if let Err(error) = gcs
+                    .finish_job(&request.job_id, JobState::JobFailed, now_ms(), &message)
+                    .await
+                {
+                    tracing::warn!(%error, job = %request.job_id, "could not mark the job failed");
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// `CUDA_VISIBLE_DEVICES` for a worker holding the node's GPUs `gpu_ids`. The node's GPU ids
@@ -556,9 +970,21 @@ pub async fn start(config: RayletConfig, listener: TcpListener) -> Result<Runnin
         })?
         .to_string();
     let (exits_tx, mut exits_rx) = mpsc::unbounded_channel();
+    let (locations_tx, locations_rx) = mpsc::unbounded_channel();
     let prestart = config.prestart_workers;
-    let service = RayletService::new(config, address.clone(), exits_tx)?;
+    let node_id = config.node_id.clone();
+    let service = RayletService::new(config, address.clone(), exits_tx, locations_tx)?;
     let shutdown = CancellationToken::new();
+    tokio::spawn(crate::transfer::report_locations(
+        service.inner.gcs.clone(),
+        locations_rx,
+    ));
+    tokio::spawn(service.inner.view.clone().refresh(
+        service.inner.gcs.clone(),
+        node_id,
+        shutdown.clone(),
+    ));
+    tokio::spawn(service.clone().watch_jobs(shutdown.clone()));
     let server = RayletServer::new(service.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -623,6 +1049,7 @@ mod tests {
             dedicated: false,
             job_id: String::new(),
             description: "a test task".into(),
+            ..LeaseRequest::default()
         }
     }
 

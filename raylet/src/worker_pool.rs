@@ -26,6 +26,10 @@ pub mod env {
     pub const GPU_IDS: &str = "FLEET_GPU_IDS";
     /// The object store's shared-memory directory.
     pub const OBJECT_STORE_DIR: &str = "FLEET_OBJECT_STORE_DIR";
+    /// The job the worker serves (also set by `fleet job submit` for a driver).
+    pub const JOB_ID: &str = "FLEET_JOB_ID";
+    /// The SHA-256 of the job's uploaded binary (what nested tasks' workers run).
+    pub const JOB_BINARY: &str = "FLEET_JOB_BINARY";
 }
 
 /// How a worker ended.
@@ -83,10 +87,20 @@ impl WorkerLauncher {
     }
 
     /// Starts one worker with `env` added (its id, the raylet's address, GPU ids...).
-    pub fn spawn(&self, worker_id: &str, extra_env: &[(&str, String)]) -> Result<WorkerProcess> {
-        let mut command = Command::new(&self.binary);
+    /// `program` replaces the launcher's binary and arguments (a job's uploaded binary).
+    pub fn spawn(
+        &self,
+        worker_id: &str,
+        program: Option<(&std::path::Path, &[String])>,
+        extra_env: &[(&str, String)],
+    ) -> Result<WorkerProcess> {
+        let (binary, args) = match program {
+            Some((binary, args)) => (binary, args),
+            None => (self.binary.as_path(), self.args.as_slice()),
+        };
+        let mut command = Command::new(binary);
         command
-            .args(&self.args)
+            .args(args)
             .envs(&self.env)
             .env(env::WORKER_ID, worker_id)
             .stdin(Stdio::piped())
@@ -97,7 +111,7 @@ impl WorkerLauncher {
             command.env(key, value);
         }
         let mut child = command.spawn().map_err(|e| Error::WorkerStart {
-            binary: self.binary.clone(),
+            binary: binary.to_path_buf(),
             reason: e.to_string(),
         })?;
         let pid = child.id().unwrap_or_default();

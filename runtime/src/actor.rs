@@ -13,14 +13,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use fleet_proto::gcs::{ActorInfo, ActorState, RejectCode, UpdateActor};
-use fleet_proto::runtime::{task_reply, LeaseRequest, ReturnLeaseRequest, TaskKind, TaskSpec};
+use fleet_proto::runtime::{task_reply, TaskKind, TaskSpec};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::context::{current, CoreWorker};
 use crate::error::{Error, Result};
 use crate::object_ref::{resolve_args, Arg, ObjectRef, RefGuard, Stored};
-use crate::submitter::Lease;
+use crate::submitter::{Lease, LeaseAsk, Scheduling};
 
 /// Implemented by `#[fleet::actor]` structs.
 pub trait ActorType: Send + 'static {
@@ -55,6 +55,8 @@ pub struct ActorOptions {
     pub checkpoint_interval: Option<std::time::Duration>,
     /// Where checkpoints are written (a directory standing for shared storage).
     pub checkpoint_dir: PathBuf,
+    /// Where it is placed (default: hybrid).
+    pub scheduling: Scheduling,
 }
 
 impl Default for ActorOptions {
@@ -72,6 +74,7 @@ impl Default for ActorOptions {
             checkpoint_dir: std::env::var_os("FLEET_CHECKPOINT_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| std::env::temp_dir().join("fleet-checkpoints")),
+            scheduling: Scheduling::Default,
         }
     }
 }
@@ -148,6 +151,11 @@ impl<A: ActorType> ActorBuilder<A> {
     /// Where checkpoints go.
     pub fn checkpoint_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.options.checkpoint_dir = dir.into();
+        self
+    }
+    /// Where it is placed (spread, or pinned to a node).
+    pub fn scheduling(mut self, scheduling: Scheduling) -> Self {
+        self.options.scheduling = scheduling;
         self
     }
 
@@ -355,31 +363,18 @@ async fn start_instance(
         .owner
         .as_ref()
         .ok_or_else(|| Error::Internal("only the owner starts an actor".into()))?;
-    let mut raylet = runtime.raylet.clone();
-    let reply = raylet
-        .request_worker_lease(LeaseRequest {
-            resources: owner.options.resources.clone().into_iter().collect(),
+    let description = format!("actor {} ({})", link.label, link.class);
+    let lease = runtime
+        .leaser
+        .lease(LeaseAsk {
+            resources: &owner.options.resources,
+            description: &description,
             dedicated: true,
-            job_id: runtime.job_id.clone(),
-            description: format!("actor {} ({})", link.label, link.class),
+            detached: owner.options.detached,
+            scheduling: &owner.options.scheduling,
         })
-        .await
-        .map_err(|status| {
-            if status.code() == tonic::Code::FailedPrecondition {
-                Error::Infeasible(status.message().to_string())
-            } else {
-                Error::rpc(
-                    format!("leasing a worker for actor {}", link.label),
-                    &status,
-                )
-            }
-        })?
-        .into_inner();
-    let lease = Lease {
-        lease_id: reply.lease_id,
-        worker_address: reply.worker_address.clone(),
-        gpu_ids: reply.gpu_ids.clone(),
-    };
+        .await?;
+    let reply = lease.clone();
     let (restore_state, checkpoint_sequence) = checkpoint.unwrap_or_default();
     let spec = TaskSpec {
         task_id: crate::ids::new_id("task"),
@@ -427,14 +422,7 @@ async fn start_instance(
 
 /// Gives an actor's lease back and has its worker stopped (it died, or the actor did).
 async fn retire_lease(runtime: &CoreWorker, lease: Lease) {
-    let mut raylet = runtime.raylet.clone();
-    let request = ReturnLeaseRequest {
-        lease_id: lease.lease_id,
-        worker_failed: true,
-    };
-    if let Err(status) = raylet.return_worker_lease(request).await {
-        tracing::debug!(lease = lease.lease_id, status = %status.message(), "returning an actor's lease failed");
-    }
+    runtime.leaser.return_lease(&lease, true).await;
 }
 
 async fn latest_checkpoint(runtime: &CoreWorker, actor_id: &str) -> Result<Option<(Vec<u8>, u64)>> {
@@ -719,7 +707,9 @@ async fn push_call(
                 runtime.pin_retained(&reply.retained).await;
                 let result = match reply.result {
                     Some(task_reply::Result::Value(bytes)) => Ok(Stored::Inline(Arc::new(bytes))),
-                    Some(task_reply::Result::StoredId(id)) => crate::submitter::stored_id(&id),
+                    Some(task_reply::Result::StoredId(id)) => {
+                        crate::submitter::stored_id(&id, &reply.stored_at)
+                    }
                     Some(task_reply::Result::Error(error)) => {
                         if error.kind == "SYSTEM" && error.message.contains("is not hosted") {
                             // The call raced the actor's death.

@@ -58,9 +58,10 @@ fn store_large(runtime: &Arc<CoreWorker>, id: &str, parts: &[&[u8]]) -> Result<(
     let stored = ObjectId::random();
     match runtime.plasma.try_put_now(stored, parts) {
         Some(outcome) => {
-            runtime
-                .store
-                .set_stored(id, outcome.map(|()| Stored::Plasma(stored)));
+            runtime.store.set_stored(
+                id,
+                outcome.map(|()| Stored::Plasma(stored, runtime.local_location())),
+            );
             Ok(())
         }
         None => Err(()),
@@ -77,7 +78,7 @@ fn spawn_store(runtime: &Arc<CoreWorker>, id: String, bytes: Vec<u8>) {
             .plasma
             .put(stored, &bytes)
             .await
-            .map(|()| Stored::Plasma(stored));
+            .map(|()| Stored::Plasma(stored, rt.local_location()));
         rt.store.set_stored(&id, outcome);
     });
 }

@@ -13,10 +13,11 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
-use crate::object_ref::{MemoryStore, Stored};
+use crate::object_ref::{Location, MemoryStore, Stored};
 use crate::plasma::{ObjectData, Plasma};
-use crate::submitter::LeasePool;
+use crate::submitter::{LeasePool, Leaser, Lineage};
 use fleet_raylet::object_store::ObjectId;
+use futures::future::{BoxFuture, FutureExt, Shared};
 
 /// Largest gRPC message (objects travel inline for now).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
@@ -62,6 +63,14 @@ pub struct CoreWorker {
     pub gpu_ids: Vec<u32>,
     pub(crate) gcs: GcsClient,
     pub(crate) raylet: RayletClient<Channel>,
+    /// The local raylet's address: where values this process stores are.
+    pub(crate) raylet_address: String,
+    location: Location,
+    /// Leases from the local raylet, following spillbacks to other nodes.
+    pub(crate) leaser: Leaser,
+    /// How to re-run the tasks whose results live in an object store (lineage), by object id.
+    pub(crate) lineage: DashMap<String, Arc<Lineage>>,
+    rebuilding: DashMap<String, Shared<BoxFuture<'static, Result<Stored>>>>,
     pub(crate) store: MemoryStore,
     pub(crate) plasma: Plasma,
     pub(crate) leases: Arc<LeasePool>,
@@ -84,13 +93,27 @@ pub(crate) struct CoreWorkerParts {
     pub gpu_ids: Vec<u32>,
     pub gcs: GcsClient,
     pub raylet: RayletClient<Channel>,
+    pub raylet_address: String,
+    /// SHA-256 of the job's binary uploaded to the cluster (empty: the raylet's own).
+    pub job_binary: String,
     pub plasma: Plasma,
     pub is_driver: bool,
 }
 
 impl CoreWorker {
     pub(crate) fn new(parts: CoreWorkerParts) -> Self {
+        let leaser = Leaser::new(
+            parts.raylet.clone(),
+            parts.raylet_address.clone(),
+            parts.job_id.clone(),
+            parts.job_binary,
+        );
         CoreWorker {
+            location: Location::from(parts.raylet_address.as_str()),
+            raylet_address: parts.raylet_address,
+            leaser: leaser.clone(),
+            lineage: DashMap::new(),
+            rebuilding: DashMap::new(),
             job_id: parts.job_id,
             worker_id: parts.worker_id,
             node_id: parts.node_id,
@@ -102,7 +125,7 @@ impl CoreWorker {
             raylet: parts.raylet.clone(),
             store: MemoryStore::default(),
             plasma: parts.plasma,
-            leases: Arc::new(LeasePool::new(parts.raylet)),
+            leases: Arc::new(LeasePool::new(leaser)),
             clients: DashMap::new(),
             links: DashMap::new(),
             borrowed: DashMap::new(),
@@ -142,11 +165,119 @@ impl CoreWorker {
         Ok(client)
     }
 
-    async fn load(&self, stored: Stored) -> Result<ObjectData> {
-        match stored {
-            Stored::Inline(bytes) => Ok(ObjectData::Inline(bytes)),
-            Stored::Plasma(id) => self.plasma.get(id).await,
+    /// Where values this process stores are (its node's raylet).
+    pub(crate) fn local_location(&self) -> Location {
+        self.location.clone()
+    }
+
+    /// Reads a stored object held by the raylet at `at`: from this node's store, after
+    /// having this node's raylet pull a copy when it is elsewhere.
+    async fn fetch_stored(&self, object: &str, id: ObjectId, at: &Location) -> Result<ObjectData> {
+        if at.is_empty() || **at == *self.raylet_address {
+            return self.plasma.get(id).await;
         }
+        if let Ok(data) = self.plasma.get(id).await {
+            return Ok(data);
+        }
+        let mut raylet = self.raylet.clone();
+        raylet
+            .pull_object(fleet_proto::runtime::PullObjectRequest {
+                object_id: id.to_string(),
+                from_address: at.to_string(),
+            })
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::Unavailable if status.message().starts_with("cannot copy") => {
+                    Error::ObjectLost {
+                        object_id: object.to_string(),
+                        location: at.to_string(),
+                        reason: status.message().to_string(),
+                    }
+                }
+                _ => Error::ObjectUnavailable {
+                    object_id: object.to_string(),
+                    reason: format!(
+                        "this node's raylet could not pull it from {at}: {}",
+                        status.message()
+                    ),
+                },
+            })?;
+        self.plasma.get(id).await
+    }
+
+    /// An owned value's bytes; a stored copy lost with its node is rebuilt from lineage.
+    async fn load(self: &Arc<Self>, object: &str, mut stored: Stored) -> Result<ObjectData> {
+        let mut rebuilds = 0;
+        loop {
+            let (id, at) = match stored {
+                Stored::Inline(bytes) => return Ok(ObjectData::Inline(bytes)),
+                Stored::Plasma(id, at) => (id, at),
+            };
+            match self.fetch_stored(object, id, &at).await {
+                Err(Error::ObjectLost { .. }) if rebuilds < 3 => {
+                    rebuilds += 1;
+                    stored = self.reconstruct(object, at).await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Rebuilds an owned object whose copy at `lost_at` is gone by re-running the task that
+    /// made it (once, however many readers ask); returns where it is now.
+    pub(crate) async fn reconstruct(
+        self: &Arc<Self>,
+        object: &str,
+        lost_at: Location,
+    ) -> Result<Stored> {
+        if let Some(Ok(Stored::Plasma(id, at))) =
+            self.store.existing(object).and_then(|s| s.try_get())
+        {
+            if at != lost_at {
+                // Rebuilt meanwhile.
+                return Ok(Stored::Plasma(id, at));
+            }
+        }
+        let shared = self
+            .rebuilding
+            .entry(object.to_string())
+            .or_insert_with(|| {
+                let this = self.clone();
+                let object = object.to_string();
+                async move {
+                    let result = crate::submitter::rebuild(&this, &object, &lost_at).await;
+                    this.rebuilding.remove(&object);
+                    result
+                }
+                .boxed()
+                .shared()
+            })
+            .clone();
+        shared.await
+    }
+
+    /// Frees an owned value that nobody references any more (and forgets its lineage).
+    pub(crate) fn free(&self, object: &str, stored: Stored) {
+        self.lineage.remove(object);
+        let Stored::Plasma(id, at) = stored else {
+            return;
+        };
+        if at.is_empty() || *at == *self.raylet_address {
+            self.plasma.delete(id);
+            return;
+        }
+        // Held by another node: free it there (that raylet frees the copies made from it,
+        // this node's included).
+        let Ok(mut raylet) = self.leaser.raylet_at(&at) else {
+            return;
+        };
+        self.runtime.spawn(async move {
+            let _ = raylet
+                .store_delete(fleet_proto::runtime::StoreDeleteRequest {
+                    object_id: id.to_string(),
+                })
+                .await;
+        });
     }
 
     /// A reply said a worker still holds (or passed on) these references: register the
@@ -293,20 +424,76 @@ impl CoreWorker {
     /// The serialized value of an object: from this process's store when it owns (or has
     /// cached) it, from the node's object store when it is large, otherwise fetched from its
     /// owner.
-    pub async fn get_bytes(&self, id: &str, owner: &str) -> Result<ObjectData> {
+    pub async fn get_bytes(self: &Arc<Self>, id: &str, owner: &str) -> Result<ObjectData> {
         if owner == self.address {
             let stored = self.store.slot(id).wait().await?;
-            return self.load(stored).await;
+            return self.load(id, stored).await;
         }
         if let Some(slot) = self.store.existing(id) {
             if let Some(value) = slot.try_get() {
-                return self.load(value?).await;
+                return self.load(id, value?).await;
             }
         }
+        let mut lost_at = String::new();
+        for _ in 0..4 {
+            match self.borrow_bytes(id, owner, &lost_at).await {
+                Err(Error::ObjectLost { location, .. }) if location != lost_at => {
+                    // Ask the owner to rebuild it, then read the new copy.
+                    lost_at = location;
+                }
+                other => return other,
+            }
+        }
+        Err(Error::ObjectUnavailable {
+            object_id: id.into(),
+            reason: "it was lost and rebuilt repeatedly; giving up".into(),
+        })
+    }
+
+    /// A large argument passed by reference: this node's copy (pulled once per node), or,
+    /// when the copy it names is lost, the owner's rebuilt one.
+    pub(crate) async fn stored_arg(
+        self: &Arc<Self>,
+        arg: &fleet_proto::runtime::StoredArg,
+    ) -> Result<ObjectData> {
+        let stored: ObjectId = arg
+            .stored_id
+            .parse()
+            .map_err(|e| Error::ObjectUnavailable {
+                object_id: arg.object_id.clone(),
+                reason: format!("invalid stored id in a task argument: {e}"),
+            })?;
+        let at = Location::from(arg.stored_at.as_str());
+        match self.fetch_stored(&arg.object_id, stored, &at).await {
+            Err(Error::ObjectLost { location, .. }) => {
+                let mut lost_at = location;
+                for _ in 0..3 {
+                    match self
+                        .borrow_bytes(&arg.object_id, &arg.owner, &lost_at)
+                        .await
+                    {
+                        Err(Error::ObjectLost { location, .. }) if location != lost_at => {
+                            lost_at = location;
+                        }
+                        other => return other,
+                    }
+                }
+                Err(Error::ObjectUnavailable {
+                    object_id: arg.object_id.clone(),
+                    reason: "it was lost and rebuilt repeatedly; giving up".into(),
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// A borrowed value, from its owner.
+    async fn borrow_bytes(&self, id: &str, owner: &str, lost_at: &str) -> Result<ObjectData> {
         let mut client = self.worker_client(owner)?;
         let reply = client
             .get_object(GetObjectRequest {
                 object_id: id.to_string(),
+                lost_at: lost_at.to_string(),
             })
             .await
             .map_err(|status| Error::ObjectUnavailable {
@@ -324,7 +511,8 @@ impl CoreWorker {
                     object_id: id.into(),
                     reason: format!("its owner named an invalid stored id: {e}"),
                 })?;
-                self.plasma.get(stored).await
+                let at = Location::from(reply.stored_at.as_str());
+                self.fetch_stored(id, stored, &at).await
             }
             Some(get_object_reply::Result::Error(error)) => {
                 Err(crate::executor::error_from_wire(error))

@@ -118,6 +118,18 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The only copy of a stored object was on a node that is gone, and it cannot be rebuilt.
+    #[error(
+        "object {object_id} is lost: its copy at node {location} cannot be read, and {reason}"
+    )]
+    ObjectLost {
+        /// The object.
+        object_id: String,
+        /// The raylet whose store held it.
+        location: String,
+        /// Why it was not rebuilt.
+        reason: String,
+    },
     /// A value could not be serialized or deserialized.
     #[error("cannot {action} {what}: {reason} (handle and actor/function types must match)")]
     Serialization {
@@ -212,6 +224,15 @@ impl Clone for Error {
             },
             Error::ObjectUnavailable { object_id, reason } => Error::ObjectUnavailable {
                 object_id: object_id.clone(),
+                reason: reason.clone(),
+            },
+            Error::ObjectLost {
+                object_id,
+                location,
+                reason,
+            } => Error::ObjectLost {
+                object_id: object_id.clone(),
+                location: location.clone(),
                 reason: reason.clone(),
             },
             Error::Serialization {

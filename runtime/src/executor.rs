@@ -196,11 +196,15 @@ impl Executor {
         result: Result<Vec<u8>, TaskError>,
         retained: Retained,
     ) -> TaskReply {
+        let mut stored_at = String::new();
         let result = match result {
             Ok(bytes) if bytes.len() >= INLINE_LIMIT => {
                 let id = ObjectId::random();
                 match self.runtime.plasma.put(id, &bytes).await {
-                    Ok(()) => task_reply::Result::StoredId(id.to_string()),
+                    Ok(()) => {
+                        stored_at = self.runtime.raylet_address.clone();
+                        task_reply::Result::StoredId(id.to_string())
+                    }
                     Err(error) => {
                         task_reply::Result::Error(self.locate(function, TaskError::system(error)))
                     }
@@ -213,6 +217,7 @@ impl Executor {
             result: Some(result),
             task_id: String::new(),
             retained,
+            stored_at,
         }
     }
 
@@ -589,7 +594,8 @@ impl CoreWorkerRpc for Executor {
         &self,
         request: Request<GetObjectRequest>,
     ) -> Result<Response<GetObjectReply>, Status> {
-        self.serve_object(request.into_inner().object_id).await
+        let request = request.into_inner();
+        self.serve_object(request.object_id, request.lost_at).await
     }
 
     async fn pin_objects(
@@ -609,12 +615,12 @@ impl CoreWorkerRpc for Executor {
         request: Request<fleet_proto::runtime::ReleaseBorrowRequest>,
     ) -> Result<Response<fleet_proto::runtime::ReleaseBorrowReply>, Status> {
         let request = request.into_inner();
-        if let Some(Stored::Plasma(id)) = self
+        if let Some(stored) = self
             .runtime
             .store
             .release_borrower(&request.object_id, &request.borrower)
         {
-            self.runtime.plasma.delete(id);
+            self.runtime.free(&request.object_id, stored);
         }
         Ok(Response::new(fleet_proto::runtime::ReleaseBorrowReply {}))
     }
@@ -627,14 +633,29 @@ impl CoreWorkerRpc for Executor {
 
 impl Executor {
     async fn execute(&self, spec: TaskSpec) -> TaskReply {
-        let args: Args = spec
-            .args
-            .iter()
-            .map(|a| match &a.value {
-                Some(fleet_proto::runtime::arg::Value::Inline(bytes)) => bytes.clone(),
-                None => Vec::new(),
-            })
-            .collect();
+        let mut args: Args = Vec::with_capacity(spec.args.len());
+        for arg in &spec.args {
+            match &arg.value {
+                Some(fleet_proto::runtime::arg::Value::Inline(bytes)) => args.push(bytes.clone()),
+                Some(fleet_proto::runtime::arg::Value::Stored(stored)) => {
+                    match self.runtime.stored_arg(stored).await {
+                        Ok(data) => args.push(data.to_vec()),
+                        Err(error) => {
+                            return self
+                                .reply(
+                                    &spec.function,
+                                    Err(TaskError::system(format!(
+                                        "cannot read an argument: {error}"
+                                    ))),
+                                    Vec::new(),
+                                )
+                                .await
+                        }
+                    }
+                }
+                None => args.push(Vec::new()),
+            }
+        }
         let kind = TaskKind::try_from(spec.kind).unwrap_or(TaskKind::Function);
         let reply = match kind {
             TaskKind::Function => {
@@ -694,7 +715,13 @@ impl Executor {
         reply
     }
 
-    async fn serve_object(&self, id: String) -> Result<Response<GetObjectReply>, Status> {
+    /// Answers a borrower's get. `lost_at`: the borrower could not read the copy at that
+    /// raylet (its node died): rebuild the value first if that is still where it is.
+    async fn serve_object(
+        &self,
+        id: String,
+        lost_at: String,
+    ) -> Result<Response<GetObjectReply>, Status> {
         let Some(slot) = self.runtime.store.existing(&id) else {
             return Ok(Response::new(GetObjectReply {
                 result: Some(get_object_reply::Result::Error(self.locate(
@@ -703,17 +730,29 @@ impl Executor {
                         "object {id} is not held by its owner (freed, or never created)"
                     )),
                 ))),
+                stored_at: String::new(),
             }));
         };
-        let result = match slot.wait().await {
+        let mut value = slot.wait().await;
+        if let Ok(Stored::Plasma(_, at)) = &value {
+            if !lost_at.is_empty() && **at == *lost_at {
+                value = self.runtime.reconstruct(&id, at.clone()).await;
+            }
+        }
+        let mut stored_at = String::new();
+        let result = match value {
             Ok(Stored::Inline(bytes)) => get_object_reply::Result::Value(bytes.as_ref().clone()),
-            Ok(Stored::Plasma(id)) => get_object_reply::Result::StoredId(id.to_string()),
+            Ok(Stored::Plasma(stored, at)) => {
+                stored_at = at.to_string();
+                get_object_reply::Result::StoredId(stored.to_string())
+            }
             Err(error) => get_object_reply::Result::Error(
                 self.locate("get", TaskError::system(error.to_string())),
             ),
         };
         Ok(Response::new(GetObjectReply {
             result: Some(result),
+            stored_at,
         }))
     }
 }

@@ -110,25 +110,29 @@ pub async fn init_with(options: InitOptions) -> Result<()> {
         .clone()
         .or_else(|| std::env::var("FLEET_ADDRESS").ok())
         .filter(|a| !a.is_empty());
+    let cluster_mode = address.is_some();
     let (gcs, raylet_address, node_id, local_store) = match address {
         Some(address) => {
             let gcs = GcsClient::connect(&address)?;
-            let node = gcs
-                .list_nodes()
-                .await?
-                .into_iter()
-                .find(|n| n.state == NodeState::NodeAlive as i32 && !n.address.is_empty())
-                .ok_or_else(|| {
-                    Error::Internal(format!("the cluster at {address} has no live node; start one (fleet cluster up) or unset FLEET_ADDRESS to run embedded"))
-                })?;
+            let node = pick_node(&gcs, &address).await?;
             (gcs, node.address, node.node_id, None)
         }
         None => start_embedded(&options).await?,
     };
+    let job_id = std::env::var(env::JOB_ID)
+        .ok()
+        .filter(|j| !j.is_empty())
+        .unwrap_or_else(|| crate::ids::new_id("job"));
+    // On a cluster, workers run this program: uploaded once, fetched once per node.
+    let job_binary = if cluster_mode {
+        upload_binary(&raylet_address).await?
+    } else {
+        String::new()
+    };
     let (listener, address) = bind_loopback().await?;
     let worker_id = crate::ids::new_id("driver");
     let runtime = Arc::new(CoreWorker::new(CoreWorkerParts {
-        job_id: crate::ids::new_id("job"),
+        job_id: job_id.clone(),
         worker_id: worker_id.clone(),
         node_id,
         address: address.clone(),
@@ -136,6 +140,8 @@ pub async fn init_with(options: InitOptions) -> Result<()> {
         gpu_ids: Vec::new(),
         gcs: gcs.clone(),
         raylet: raylet_client(&raylet_address)?,
+        raylet_address: raylet_address.clone(),
+        job_binary,
         plasma: match local_store {
             Some(store) => Plasma::Local(store),
             None => Plasma::Remote {
@@ -155,12 +161,100 @@ pub async fn init_with(options: InitOptions) -> Result<()> {
     let entrypoint = std::env::args().collect::<Vec<_>>().join(" ");
     gcs.add_job(JobInfo {
         job_id: runtime.job_id.clone(),
-        driver_address: address,
+        driver_address: address.clone(),
         entrypoint,
         start_ms: now_ms(),
         ..JobInfo::default()
     })
     .await?;
+    attach_driver(&raylet_address, job_id, address).await?;
+    Ok(())
+}
+
+/// The node this driver uses: `FLEET_NODE_ID`'s, else the first live one.
+async fn pick_node(gcs: &GcsClient, address: &str) -> Result<NodeInfo> {
+    let wanted = std::env::var("FLEET_NODE_ID")
+        .ok()
+        .filter(|n| !n.is_empty());
+    let mut alive: Vec<NodeInfo> = gcs
+        .list_nodes()
+        .await?
+        .into_iter()
+        .filter(|n| n.state == NodeState::NodeAlive as i32 && !n.address.is_empty())
+        .collect();
+    alive.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    if let Some(wanted) = wanted {
+        return alive.into_iter().find(|n| n.node_id == wanted).ok_or_else(|| {
+            Error::Internal(format!(
+                "FLEET_NODE_ID={wanted} is not a live node of the cluster at {address}; see `fleet list nodes`"
+            ))
+        });
+    }
+    alive.into_iter().next().ok_or_else(|| {
+        Error::Internal(format!("the cluster at {address} has no live node; start one (fleet cluster up) or unset FLEET_ADDRESS to run embedded"))
+    })
+}
+
+/// Uploads this program to its raylet unless it has it already; returns its digest.
+async fn upload_binary(raylet_address: &str) -> Result<String> {
+    let binary = std::env::current_exe().map_err(|e| {
+        Error::Internal(format!(
+            "cannot find this program's binary to upload it: {e}"
+        ))
+    })?;
+    let path = binary.clone();
+    let digest = tokio::task::spawn_blocking(move || fleet_raylet::binaries::digest_file(&path))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(|e| Error::Internal(format!("cannot read {}: {e}", binary.display())))?;
+    let mut raylet = raylet_client(raylet_address)?;
+    let present = raylet
+        .has_binary(fleet_proto::runtime::HasBinaryRequest {
+            digest: digest.clone(),
+        })
+        .await
+        .map_err(|s| Error::rpc("asking the raylet for the job binary", &s))?
+        .into_inner()
+        .present;
+    if !present {
+        let data = tokio::fs::read(&binary)
+            .await
+            .map_err(|e| Error::Internal(format!("cannot read {}: {e}", binary.display())))?;
+        let first_digest = digest.clone();
+        let chunks: Vec<fleet_proto::runtime::BinaryChunk> = data
+            .chunks(1 << 20)
+            .enumerate()
+            .map(|(i, chunk)| fleet_proto::runtime::BinaryChunk {
+                digest: if i == 0 {
+                    first_digest.clone()
+                } else {
+                    String::new()
+                },
+                data: chunk.to_vec(),
+            })
+            .collect();
+        raylet
+            .upload_binary(tokio_stream::iter(chunks))
+            .await
+            .map_err(|s| Error::rpc("uploading the job binary", &s))?;
+        tracing::info!(%digest, bytes = data.len(), "uploaded the job binary");
+    }
+    Ok(digest)
+}
+
+/// Holds a stream open to the raylet for the driver's lifetime: when this process dies the
+/// raylet sees it close and fails the job, and every node stops its workers.
+async fn attach_driver(raylet_address: &str, job_id: String, driver_address: String) -> Result<()> {
+    let mut raylet = raylet_client(raylet_address)?;
+    let mut stream = raylet
+        .attach_driver(fleet_proto::runtime::AttachDriverRequest {
+            job_id,
+            driver_address,
+        })
+        .await
+        .map_err(|s| Error::rpc("attaching the driver to its raylet", &s))?
+        .into_inner();
+    tokio::spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
     Ok(())
 }
 
@@ -288,8 +382,26 @@ pub fn sweep_stale_embedded() -> usize {
     removed
 }
 
-/// Stops the embedded cluster (its workers exit). Called at the end of `#[fleet::main]`.
+/// Marks this driver's job finished and stops the embedded cluster, if any (its workers
+/// exit). Called at the end of `#[fleet::main]`.
 pub async fn shutdown() {
+    if let Some(runtime) = crate::context::try_current() {
+        if runtime.is_driver {
+            let finished = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                runtime.gcs.finish_job(
+                    &runtime.job_id,
+                    fleet_proto::gcs::JobState::JobSucceeded,
+                    now_ms(),
+                    "the driver finished",
+                ),
+            )
+            .await;
+            if !matches!(finished, Ok(Ok(_))) {
+                tracing::debug!("could not record the job's end");
+            }
+        }
+    }
     if let Some(cell) = EMBEDDED.get() {
         if let Some(embedded) = cell.lock().await.take() {
             embedded.raylet.stop().await;
@@ -326,7 +438,7 @@ async fn serve_worker(worker_id: String) -> Result<()> {
     let (listener, address) = bind_loopback().await?;
     let mut raylet = raylet_client(&raylet_address)?;
     let runtime = Arc::new(CoreWorker::new(CoreWorkerParts {
-        job_id: String::new(),
+        job_id: std::env::var(env::JOB_ID).unwrap_or_default(),
         worker_id: worker_id.clone(),
         node_id,
         address: address.clone(),
@@ -334,6 +446,8 @@ async fn serve_worker(worker_id: String) -> Result<()> {
         gpu_ids,
         gcs: GcsClient::connect(&gcs_address)?,
         raylet: raylet.clone(),
+        raylet_address: raylet_address.clone(),
+        job_binary: std::env::var(env::JOB_BINARY).unwrap_or_default(),
         plasma: Plasma::Remote {
             raylet: raylet.clone(),
             shm_dir: std::path::PathBuf::from(var(env::OBJECT_STORE_DIR)?),
@@ -382,6 +496,13 @@ async fn serve_worker(worker_id: String) -> Result<()> {
 /// another program sets as `FLEET_ADDRESS` to join it, including an embedded cluster.
 pub fn cluster_address() -> Result<String> {
     Ok(crate::context::current()?.gcs.endpoints().join(","))
+}
+
+/// The id of the node this process runs on.
+pub fn node_id() -> String {
+    crate::context::try_current()
+        .map(|r| r.node_id.clone())
+        .unwrap_or_default()
 }
 
 /// The GPU ids this process may use (those of its actor or task's lease).

@@ -27,6 +27,6 @@ pub mod submitter;
 pub use actor::{get_actor, get_actor_in, ActorBuilder, ActorHandle, ActorOptions, ActorType};
 pub use api::{get, get_all, kill, put, wait};
 pub use error::{Error, Location, RemoteError, Result, TaskFailure};
-pub use init::{cluster_address, gpu_ids, init, init_with, shutdown, InitOptions};
+pub use init::{cluster_address, gpu_ids, init, init_with, node_id, shutdown, InitOptions};
 pub use object_ref::{Arg, IntoArg, ObjectRef};
-pub use submitter::{submit_task, TaskOptions};
+pub use submitter::{submit_task, Scheduling, TaskOptions};

@@ -27,9 +27,12 @@ use fleet_raylet::object_store::ObjectId;
 pub enum Stored {
     /// In this process's memory.
     Inline(Arc<Vec<u8>>),
-    /// In the node's object store.
-    Plasma(ObjectId),
+    /// In a node's object store: the id there, and that node's raylet (HOST:PORT).
+    Plasma(ObjectId, Location),
 }
+
+/// The raylet whose object store holds a value.
+pub type Location = Arc<str>;
 
 /// A value slot in the memory store.
 #[derive(Default)]
@@ -38,6 +41,8 @@ pub struct Slot {
     ready: Notify,
     /// Who else may still need the value.
     refs: std::sync::Mutex<SlotRefs>,
+    /// Set when the value was rebuilt after its copy was lost with a node: where it is now.
+    rebuilt: std::sync::Mutex<Option<Stored>>,
 }
 
 /// The owner's view of a value's other holders.
@@ -58,8 +63,8 @@ impl Slot {
             let notified = self.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(value) = self.value.get() {
-                return value.clone();
+            if let Some(value) = self.try_get() {
+                return value;
             }
             notified.await;
         }
@@ -67,7 +72,16 @@ impl Slot {
 
     /// The value, if ready.
     pub fn try_get(&self) -> Option<Result<Stored>> {
-        self.value.get().cloned()
+        let value = self.value.get()?;
+        if let Some(rebuilt) = self
+            .rebuilt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Some(Ok(rebuilt));
+        }
+        Some(value.clone())
     }
 }
 
@@ -98,6 +112,14 @@ impl MemoryStore {
         let slot = self.slot(id);
         let _ = slot.value.set(value);
         slot.ready.notify_waiters();
+    }
+
+    /// The value was rebuilt (its copy was lost): readers get `stored` from now on.
+    pub fn relocate(&self, id: &str, stored: Stored) {
+        if let Some(slot) = self.existing(id) {
+            *slot.rebuilt.lock().unwrap_or_else(|e| e.into_inner()) = Some(stored);
+            slot.ready.notify_waiters();
+        }
     }
 
     /// Records that `borrower` kept a reference (or, `permanent`, passed it on).
@@ -147,7 +169,7 @@ impl MemoryStore {
     /// Forgets a value; returns where it was.
     pub fn remove(&self, id: &str) -> Option<Stored> {
         let (_, slot) = self.slots.remove(id)?;
-        slot.value.get().and_then(|v| v.as_ref().ok().cloned())
+        slot.try_get().and_then(|v| v.ok())
     }
 
     /// Number of values held.
@@ -288,8 +310,8 @@ impl Drop for RefInner {
         if self.escaped.load(Ordering::Relaxed) {
             return;
         }
-        if let Some(Stored::Plasma(id)) = runtime.store.owner_dropped(&self.id) {
-            runtime.plasma.delete(id);
+        if let Some(stored) = runtime.store.owner_dropped(&self.id) {
+            runtime.free(&self.id, stored);
         }
     }
 }

@@ -7,13 +7,18 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dashmap::DashMap;
 use fleet_proto::runtime::raylet_client::RayletClient;
-use fleet_proto::runtime::{task_reply, LeaseRequest, ReturnLeaseRequest, TaskKind, TaskSpec};
+use fleet_proto::runtime::scheduling_strategy::Kind as StrategyKind;
+use fleet_proto::runtime::{
+    task_reply, LeaseReply, LeaseRequest, ReturnLeaseRequest, SchedulingStrategy, TaskKind,
+    TaskSpec,
+};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
-use crate::object_ref::{resolve_args, Arg, ObjectRef, Stored};
+use crate::object_ref::{Arg, Location, ObjectRef, RefGuard, Stored};
 
 /// How long an unused lease is kept before it goes back to the raylet.
 const LEASE_IDLE: Duration = Duration::from_millis(100);
@@ -31,6 +36,8 @@ pub struct TaskOptions {
     pub max_retries: u32,
     /// Also retry when the function returns `Err` or panics.
     pub retry_exceptions: bool,
+    /// Where it may run.
+    pub scheduling: Scheduling,
 }
 
 impl Default for TaskOptions {
@@ -39,6 +46,42 @@ impl Default for TaskOptions {
             resources: BTreeMap::from([("CPU".to_string(), 1.0)]),
             max_retries: 3,
             retry_exceptions: false,
+            scheduling: Scheduling::Default,
+        }
+    }
+}
+
+/// Where tasks and actors are placed (Ray's scheduling strategies).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Scheduling {
+    /// Hybrid: this node until it is half used, then the least used node that fits.
+    #[default]
+    Default,
+    /// The least used node that fits, round-robin among equals.
+    Spread,
+    /// A given node; `soft` runs elsewhere when it is dead or can never fit.
+    NodeAffinity {
+        /// The node's id.
+        node_id: String,
+        /// Fall back instead of failing.
+        soft: bool,
+    },
+}
+
+impl Scheduling {
+    fn to_wire(&self) -> Option<SchedulingStrategy> {
+        match self {
+            Scheduling::Default => None,
+            Scheduling::Spread => Some(SchedulingStrategy {
+                kind: StrategyKind::Spread as i32,
+                ..SchedulingStrategy::default()
+            }),
+            Scheduling::NodeAffinity { node_id, soft } => Some(SchedulingStrategy {
+                kind: StrategyKind::NodeAffinity as i32,
+                node_id: node_id.clone(),
+                soft: *soft,
+                ..SchedulingStrategy::default()
+            }),
         }
     }
 }
@@ -52,15 +95,163 @@ pub struct Lease {
     pub worker_address: String,
     /// GPU ids of the lease.
     pub gpu_ids: Vec<u32>,
+    /// The node it is on.
+    pub node_id: String,
+    /// The raylet that granted it (where it goes back).
+    pub raylet_address: String,
 }
 
-type ShapeKey = Vec<(String, u64)>;
+/// Leases workers: asks the local raylet, follows its spillback to another node (once, with
+/// `grant_or_reject`), and returns leases to the raylet that granted them.
+#[derive(Clone)]
+pub(crate) struct Leaser {
+    inner: Arc<LeaserInner>,
+}
 
-fn shape_key(resources: &BTreeMap<String, f64>) -> ShapeKey {
-    resources
-        .iter()
-        .map(|(k, v)| (k.clone(), v.to_bits()))
-        .collect()
+struct LeaserInner {
+    local: RayletClient<Channel>,
+    local_address: String,
+    job_id: String,
+    job_binary: String,
+    worker_args: Vec<String>,
+    clients: DashMap<String, RayletClient<Channel>>,
+}
+
+/// What a lease is for.
+pub(crate) struct LeaseAsk<'a> {
+    pub resources: &'a BTreeMap<String, f64>,
+    pub description: &'a str,
+    pub dedicated: bool,
+    pub detached: bool,
+    pub scheduling: &'a Scheduling,
+}
+
+fn lease_error(description: &str, status: &tonic::Status) -> Error {
+    if status.code() == tonic::Code::FailedPrecondition {
+        Error::Infeasible(status.message().to_string())
+    } else {
+        Error::rpc(format!("leasing a worker for {description}"), status)
+    }
+}
+
+impl Leaser {
+    pub(crate) fn new(
+        local: RayletClient<Channel>,
+        local_address: String,
+        job_id: String,
+        job_binary: String,
+    ) -> Self {
+        Leaser {
+            inner: Arc::new(LeaserInner {
+                local,
+                local_address,
+                job_id,
+                job_binary,
+                worker_args: std::env::args().skip(1).collect(),
+                clients: DashMap::new(),
+            }),
+        }
+    }
+
+    /// A client for the raylet at `address`.
+    pub(crate) fn raylet_at(&self, address: &str) -> Result<RayletClient<Channel>> {
+        if address.is_empty() || address == self.inner.local_address {
+            return Ok(self.inner.local.clone());
+        }
+        if let Some(client) = self.inner.clients.get(address) {
+            return Ok(client.clone());
+        }
+        let channel =
+            fleet_gcs::transport::Connector::channel(&fleet_gcs::transport::TcpConnector, address)
+                .map_err(Error::Internal)?;
+        let client = RayletClient::new(channel)
+            .max_decoding_message_size(crate::context::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::context::MAX_MESSAGE_BYTES);
+        self.inner
+            .clients
+            .insert(address.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Leases a worker somewhere in the cluster.
+    pub(crate) async fn lease(&self, ask: LeaseAsk<'_>) -> Result<Lease> {
+        let request = LeaseRequest {
+            resources: ask.resources.clone().into_iter().collect(),
+            dedicated: ask.dedicated,
+            job_id: self.inner.job_id.clone(),
+            description: ask.description.to_string(),
+            strategy: ask.scheduling.to_wire(),
+            grant_or_reject: false,
+            job_binary: self.inner.job_binary.clone(),
+            worker_args: self.inner.worker_args.clone(),
+            detached: ask.detached,
+        };
+        // A spillback target may die before it grants: ask the local raylet again (its view
+        // drops nodes that stop answering).
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut local = self.inner.local.clone();
+            let reply = local
+                .request_worker_lease(request.clone())
+                .await
+                .map_err(|status| lease_error(ask.description, &status))?
+                .into_inner();
+            if reply.spillback_address.is_empty() {
+                return Ok(self.granted(reply, &self.inner.local_address));
+            }
+            let target = reply.spillback_address;
+            let mut remote = self.raylet_at(&target)?;
+            let mut spilled = request.clone();
+            spilled.grant_or_reject = true;
+            match remote.request_worker_lease(spilled).await {
+                Ok(reply) => return Ok(self.granted(reply.into_inner(), &target)),
+                Err(status) if status.code() == tonic::Code::Unavailable && attempts < 20 => {
+                    tracing::debug!(node = %target, "spillback target unreachable; asking again");
+                    self.inner.clients.remove(&target);
+                    tokio::time::sleep(Duration::from_millis(100 * attempts.min(5))).await;
+                }
+                Err(status) => return Err(lease_error(ask.description, &status)),
+            }
+        }
+    }
+
+    fn granted(&self, reply: LeaseReply, raylet_address: &str) -> Lease {
+        Lease {
+            lease_id: reply.lease_id,
+            worker_address: reply.worker_address,
+            gpu_ids: reply.gpu_ids,
+            node_id: reply.node_id,
+            raylet_address: raylet_address.to_string(),
+        }
+    }
+
+    /// Gives a lease back to the raylet that granted it.
+    pub(crate) async fn return_lease(&self, lease: &Lease, worker_failed: bool) {
+        let Ok(mut raylet) = self.raylet_at(&lease.raylet_address) else {
+            return;
+        };
+        let request = ReturnLeaseRequest {
+            lease_id: lease.lease_id,
+            worker_failed,
+        };
+        if let Err(status) = raylet.return_worker_lease(request).await {
+            tracing::debug!(lease = lease.lease_id, status = %status.message(), "returning a lease failed (its node may be gone)");
+        }
+    }
+}
+
+type ShapeKey = (Vec<(String, u64)>, String);
+
+/// Leases are reused only by tasks of the same resources and placement.
+fn shape_key(resources: &BTreeMap<String, f64>, scheduling: &Scheduling) -> ShapeKey {
+    (
+        resources
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_bits()))
+            .collect(),
+        format!("{scheduling:?}"),
+    )
 }
 
 #[derive(Default)]
@@ -72,15 +263,15 @@ struct Shape {
 
 /// Leases held by this process, by shape.
 pub struct LeasePool {
-    raylet: RayletClient<Channel>,
+    leaser: Leaser,
     shapes: Arc<Mutex<HashMap<ShapeKey, Shape>>>,
     generation: std::sync::atomic::AtomicU64,
 }
 
 impl LeasePool {
-    pub(crate) fn new(raylet: RayletClient<Channel>) -> Self {
+    pub(crate) fn new(leaser: Leaser) -> Self {
         LeasePool {
-            raylet,
+            leaser,
             shapes: Arc::default(),
             generation: Default::default(),
         }
@@ -90,9 +281,10 @@ impl LeasePool {
     pub async fn acquire(
         self: &Arc<Self>,
         resources: &BTreeMap<String, f64>,
+        scheduling: &Scheduling,
         description: &str,
     ) -> Result<Lease> {
-        let key = shape_key(resources);
+        let key = shape_key(resources, scheduling);
         let (tx, rx) = oneshot::channel();
         let request_more = {
             let mut shapes = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
@@ -111,39 +303,30 @@ impl LeasePool {
         if request_more {
             let pool = self.clone();
             let resources = resources.clone();
+            let scheduling = scheduling.clone();
             let description = description.to_string();
             tokio::spawn(async move {
-                let mut raylet = pool.raylet.clone();
-                let reply = raylet
-                    .request_worker_lease(LeaseRequest {
-                        resources: resources.into_iter().collect(),
+                let reply = pool
+                    .leaser
+                    .lease(LeaseAsk {
+                        resources: &resources,
+                        description: &description,
                         dedicated: false,
-                        job_id: String::new(),
-                        description: description.clone(),
+                        detached: false,
+                        scheduling: &scheduling,
                     })
                     .await;
                 let mut shapes = pool.shapes.lock().unwrap_or_else(|e| e.into_inner());
                 let shape = shapes.entry(key.clone()).or_default();
                 shape.requesting = shape.requesting.saturating_sub(1);
                 match reply {
-                    Ok(reply) => {
-                        let reply = reply.into_inner();
-                        let lease = Lease {
-                            lease_id: reply.lease_id,
-                            worker_address: reply.worker_address,
-                            gpu_ids: reply.gpu_ids,
-                        };
+                    Ok(lease) => {
                         drop(shapes);
                         pool.hand_over(key, lease);
                     }
-                    Err(status) => {
+                    Err(error) => {
                         // Infeasible or failed to start a worker: every waiter of this shape
                         // would get the same answer.
-                        let error = if status.code() == tonic::Code::FailedPrecondition {
-                            Error::Infeasible(status.message().to_string())
-                        } else {
-                            Error::rpc(format!("leasing a worker for {description}"), &status)
-                        };
                         for waiter in shape.waiters.drain(..) {
                             let _ = waiter.send(Err(error.clone()));
                         }
@@ -176,6 +359,7 @@ impl LeasePool {
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let lease_id = lease.lease_id;
+        let granted_by = lease.clone();
         shape.idle.push((lease, generation));
         drop(shapes);
         let pool = self.clone();
@@ -191,13 +375,7 @@ impl LeasePool {
                 shape.idle.len() < before
             };
             if expired {
-                let mut raylet = pool.raylet.clone();
-                let _ = raylet
-                    .return_worker_lease(ReturnLeaseRequest {
-                        lease_id,
-                        worker_failed: false,
-                    })
-                    .await;
+                pool.leaser.return_lease(&granted_by, false).await;
             }
         });
     }
@@ -206,22 +384,16 @@ impl LeasePool {
     pub fn release(
         self: &Arc<Self>,
         resources: &BTreeMap<String, f64>,
+        scheduling: &Scheduling,
         lease: Lease,
         worker_failed: bool,
     ) {
         if worker_failed {
-            let mut raylet = self.raylet.clone();
-            tokio::spawn(async move {
-                let _ = raylet
-                    .return_worker_lease(ReturnLeaseRequest {
-                        lease_id: lease.lease_id,
-                        worker_failed: true,
-                    })
-                    .await;
-            });
+            let leaser = self.leaser.clone();
+            tokio::spawn(async move { leaser.return_lease(&lease, true).await });
             return;
         }
-        self.hand_over(shape_key(resources), lease);
+        self.hand_over(shape_key(resources, scheduling), lease);
     }
 }
 
@@ -241,10 +413,58 @@ pub fn submit_task<T>(
     runtime.store.slot(&object_id);
     let rt = runtime.clone();
     runtime.runtime.spawn(async move {
-        let outcome = run_task(&rt, &task_id, function, args, &options).await;
+        let outcome = run_task(&rt, &task_id, function, args, &options, &object_id).await;
         rt.store.set_stored(&object_id, outcome);
     });
     result
+}
+
+type WireArg = fleet_proto::runtime::Arg;
+
+/// A function call's arguments for the wire: values inline, except large values this
+/// process owns, which go by reference to their object store (the worker's raylet pulls
+/// them, once per node; they are never copied through this process). References stay held
+/// (the guards) until the task's result is no longer needed.
+async fn resolve_task_args(
+    runtime: &Arc<crate::context::CoreWorker>,
+    args: Vec<Arg>,
+) -> Result<(Vec<WireArg>, Vec<RefGuard>)> {
+    use fleet_proto::runtime::arg::Value;
+    let mut wire = Vec::with_capacity(args.len());
+    let mut guards = Vec::new();
+    for arg in args {
+        match arg {
+            Arg::Value(value, contained) => {
+                wire.push(WireArg {
+                    value: Some(Value::Inline(value?)),
+                });
+                guards.extend(contained);
+            }
+            Arg::Ref { id, owner, guard } => {
+                if owner == runtime.address {
+                    if let Stored::Plasma(stored, at) = runtime.store.slot(&id).wait().await? {
+                        wire.push(WireArg {
+                            value: Some(Value::Stored(fleet_proto::runtime::StoredArg {
+                                object_id: id,
+                                owner,
+                                stored_id: stored.to_string(),
+                                stored_at: at.to_string(),
+                            })),
+                        });
+                        guards.push(guard);
+                        continue;
+                    }
+                }
+                wire.push(WireArg {
+                    value: Some(Value::Inline(
+                        runtime.get_bytes(&id, &owner).await?.to_vec(),
+                    )),
+                });
+                drop(guard);
+            }
+        }
+    }
+    Ok((wire, guards))
 }
 
 async fn run_task(
@@ -253,38 +473,122 @@ async fn run_task(
     function: &str,
     args: Vec<Arg>,
     options: &TaskOptions,
+    object_id: &str,
 ) -> Result<Stored> {
-    let args = resolve_args(args).await?;
+    let (args, guards) = resolve_task_args(runtime, args).await?;
+    let stored = run_resolved(runtime, task_id, function, &args, options).await?;
+    if matches!(stored, Stored::Plasma(..)) {
+        // Its only copy lives in one node's store: keep what it takes to make it again.
+        runtime.lineage.insert(
+            object_id.to_string(),
+            Arc::new(Lineage {
+                function: function.to_string(),
+                args,
+                _guards: guards,
+                options: options.clone(),
+                rebuilds_left: std::sync::atomic::AtomicU32::new(options.max_retries),
+            }),
+        );
+    }
+    Ok(stored)
+}
+
+/// How to make a stored task result again: the task and its resolved arguments (references
+/// inside them stay alive as long as this does).
+pub(crate) struct Lineage {
+    function: String,
+    args: Vec<WireArg>,
+    _guards: Vec<RefGuard>,
+    options: TaskOptions,
+    rebuilds_left: std::sync::atomic::AtomicU32,
+}
+
+/// Re-runs the task that made `object` (its copy at `lost_at` is gone) and records where the
+/// new copy is.
+pub(crate) async fn rebuild(
+    runtime: &Arc<crate::context::CoreWorker>,
+    object: &str,
+    lost_at: &Location,
+) -> Result<Stored> {
+    let lost = |reason: String| Error::ObjectLost {
+        object_id: object.to_string(),
+        location: lost_at.to_string(),
+        reason,
+    };
+    let Some(lineage) = runtime.lineage.get(object).map(|l| l.clone()) else {
+        return Err(lost(
+            "it was made by put() or an actor method (or freed), which cannot be re-run; keep such values in a checkpoint or return them from a task".into(),
+        ));
+    };
+    let left = lineage
+        .rebuilds_left
+        .load(std::sync::atomic::Ordering::Acquire);
+    if left == 0 {
+        return Err(lost(format!(
+            "its task {} already used its {} re-run(s) (max_retries)",
+            lineage.function, lineage.options.max_retries
+        )));
+    }
+    lineage
+        .rebuilds_left
+        .store(left - 1, std::sync::atomic::Ordering::Release);
+    tracing::info!(object, function = %lineage.function, "rebuilding a lost object from its lineage");
+    let task_id = crate::ids::new_id("task");
+    match run_resolved(
+        runtime,
+        &task_id,
+        &lineage.function,
+        &lineage.args,
+        &lineage.options,
+    )
+    .await
+    {
+        Ok(stored) => {
+            runtime.store.relocate(object, stored.clone());
+            Ok(stored)
+        }
+        Err(error) => Err(lost(format!(
+            "re-running its task {} failed: {error}",
+            lineage.function
+        ))),
+    }
+}
+
+async fn run_resolved(
+    runtime: &Arc<crate::context::CoreWorker>,
+    task_id: &str,
+    function: &str,
+    args: &[WireArg],
+    options: &TaskOptions,
+) -> Result<Stored> {
     let pool = runtime.leases.clone();
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let lease = pool.acquire(&options.resources, function).await?;
+        let lease = pool
+            .acquire(&options.resources, &options.scheduling, function)
+            .await?;
         let spec = TaskSpec {
             task_id: task_id.to_string(),
             job_id: runtime.job_id.clone(),
             kind: TaskKind::Function as i32,
             function: function.to_string(),
-            args: args
-                .values
-                .iter()
-                .map(|a| fleet_proto::runtime::Arg {
-                    value: Some(fleet_proto::runtime::arg::Value::Inline(a.clone())),
-                })
-                .collect(),
+            args: args.to_vec(),
             gpu_ids: lease.gpu_ids.clone(),
             owner_address: runtime.address.clone(),
             ..TaskSpec::default()
         };
         match runtime.push(&lease.worker_address, spec).await {
             Ok(reply) => {
-                pool.release(&options.resources, lease, false);
+                pool.release(&options.resources, &options.scheduling, lease, false);
                 runtime.pin_retained(&reply.retained).await;
                 match reply.result {
                     Some(task_reply::Result::Value(bytes)) => {
                         return Ok(Stored::Inline(Arc::new(bytes)))
                     }
-                    Some(task_reply::Result::StoredId(id)) => return stored_id(&id),
+                    Some(task_reply::Result::StoredId(id)) => {
+                        return stored_id(&id, &reply.stored_at)
+                    }
                     Some(task_reply::Result::Error(error)) => {
                         let retryable = options.retry_exceptions && error.kind != "SYSTEM";
                         if retryable && attempts <= options.max_retries {
@@ -296,7 +600,7 @@ async fn run_task(
                 }
             }
             Err(cause) => {
-                pool.release(&options.resources, lease, true);
+                pool.release(&options.resources, &options.scheduling, lease, true);
                 if attempts > options.max_retries {
                     return Err(Error::WorkerDied {
                         function: function.to_string(),
@@ -311,8 +615,8 @@ async fn run_task(
 }
 
 /// A task's result that its worker put in the node's object store.
-pub(crate) fn stored_id(id: &str) -> Result<Stored> {
+pub(crate) fn stored_id(id: &str, at: &str) -> Result<Stored> {
     id.parse()
-        .map(Stored::Plasma)
+        .map(|id| Stored::Plasma(id, Location::from(at)))
         .map_err(|e| Error::Internal(format!("a worker named an invalid stored id '{id}': {e}")))
 }

@@ -101,6 +101,12 @@ struct ReplicaArgs {
     /// Do not fsync the log (unsafe: a power loss can lose acknowledged writes).
     #[arg(long)]
     no_fsync: bool,
+    /// How often the leader health-checks raylets, in milliseconds (0: never).
+    #[arg(long, default_value_t = 500)]
+    health_check_ms: u64,
+    /// A raylet that has not answered health checks for this long is declared dead.
+    #[arg(long, default_value_t = 3000)]
+    node_timeout_ms: u64,
 }
 
 impl GcsCommand {
@@ -153,6 +159,8 @@ async fn run_replica(args: ReplicaArgs) -> anyhow::Result<()> {
         election_ticks: args.election_ticks,
         snapshot_threshold: args.snapshot_threshold,
         fsync: !args.no_fsync,
+        health_check_period: Duration::from_millis(args.health_check_ms),
+        node_timeout: Duration::from_millis(args.node_timeout_ms),
         ..GcsConfig::default()
     };
     fleet_gcs::server::run_tcp(config, listen, shutdown_on_signal()).await?;
@@ -160,8 +168,9 @@ async fn run_replica(args: ReplicaArgs) -> anyhow::Result<()> {
 }
 
 async fn status(address_args: &AddressArgs, json: bool) -> anyhow::Result<()> {
-    let client = address_args.client()?;
-    let address = &address_args.address;
+    let resolved = address_args.resolve()?;
+    let client = address_args.client_for(&resolved.address)?;
+    let address = &resolved.address;
     let mut rows = Vec::new();
     for endpoint in client.endpoints() {
         let row = match client.replica_status(endpoint).await {

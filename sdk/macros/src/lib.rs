@@ -163,6 +163,8 @@ fn expand_remote(function: ItemFn) -> syn::Result<TokenStream2> {
                 pub fn max_retries(mut self, retries: u32) -> Self { self.0.max_retries = retries; self }
                 /// Also retry on an application error or panic.
                 pub fn retry_exceptions(mut self, retry: bool) -> Self { self.0.retry_exceptions = retry; self }
+                /// Where it may run (default: hybrid).
+                pub fn scheduling(mut self, scheduling: ::fleet::Scheduling) -> Self { self.0.scheduling = scheduling; self }
                 /// Submits the call.
                 pub fn remote(self, #(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> ::fleet::ObjectRef<#value> {
                     ::fleet::submit_task(NAME, ::std::vec![#(::fleet::IntoArg::<#arg_types>::into_arg(#arg_names)),*], self.0)

@@ -1,0 +1,306 @@
+//! Objects between nodes: pull-based, chunked, pipelined.
+//!
+//! A process that needs an object held by another node asks its own raylet to pull it
+//! (`PullObject`). The raylet reads it from the holder's raylet over one `ReadObject` stream
+//! of [`CHUNK_BYTES`] chunks (HTTP/2 flow control keeps several chunks in flight, so reading,
+//! the network and writing overlap), stores it, and answers. Concurrent pulls of one object
+//! share a single transfer: an object moves once per node however many tasks ask at once.
+//!
+//! The holder remembers which raylets read each object, so that when the owner frees it the
+//! copies made from it are freed too; new copies are reported to the GCS objects table in
+//! batches.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use fleet_proto::gcs::{LocationChange, ObjectLocationUpdate};
+use fleet_proto::runtime::raylet_client::RayletClient;
+use fleet_proto::runtime::{ObjectChunk, ReadObjectRequest, StoreDeleteRequest};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use tokio::sync::mpsc;
+
+use crate::object_store::{ObjectId, ObjectStore};
+use crate::server::MAX_MESSAGE_BYTES;
+
+/// Bytes per chunk on the wire.
+pub const CHUNK_BYTES: usize = 4 << 20;
+
+type PullResult = Result<u64, String>;
+
+/// Pulls, serves reads, and tracks who holds copies made from this node.
+#[derive(Clone)]
+pub struct Transfers {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: ObjectStore,
+    node_id: String,
+    address: String,
+    in_flight: Mutex<HashMap<ObjectId, Shared<BoxFuture<'static, PullResult>>>>,
+    /// Raylets that read each object from here.
+    readers: DashMap<ObjectId, Vec<String>>,
+    locations: mpsc::UnboundedSender<ObjectLocationUpdate>,
+    objects_pulled: std::sync::atomic::AtomicU64,
+    bytes_pulled: std::sync::atomic::AtomicU64,
+}
+
+/// A raylet client for another node.
+pub fn connect(address: &str) -> Result<RayletClient<tonic::transport::Channel>, String> {
+    let channel =
+        fleet_gcs::transport::Connector::channel(&fleet_gcs::transport::TcpConnector, address)?;
+    Ok(RayletClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+impl Transfers {
+    /// Transfers for the node `node_id` serving at `address`; location changes go to
+    /// `locations` (batched into the GCS by the caller).
+    pub fn new(
+        store: ObjectStore,
+        node_id: String,
+        address: String,
+        locations: mpsc::UnboundedSender<ObjectLocationUpdate>,
+    ) -> Self {
+        Transfers {
+            inner: Arc::new(Inner {
+                store,
+                node_id,
+                address,
+                in_flight: Mutex::new(HashMap::new()),
+                readers: DashMap::new(),
+                locations,
+                objects_pulled: Default::default(),
+                bytes_pulled: Default::default(),
+            }),
+        }
+    }
+
+    /// Makes a local copy of `id` from the raylet at `from` (at once if there is one already);
+    /// returns its size.
+    pub async fn pull(&self, id: ObjectId, from: &str) -> PullResult {
+        if from == self.inner.address || self.inner.store.contains(id) {
+            return match self.inner.store.get(id).await {
+                Ok(Some(buffer)) => Ok(buffer.len() as u64),
+                Ok(None) => Err(format!(
+                    "object {id} is not in the object store of node {}",
+                    self.inner.node_id
+                )),
+                Err(error) => Err(error.to_string()),
+            };
+        }
+        let shared = {
+            let mut in_flight = self
+                .inner
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            in_flight
+                .entry(id)
+                .or_insert_with(|| {
+                    let this = self.clone();
+                    let from = from.to_string();
+                    async move {
+                        let result = this.fetch(id, &from).await;
+                        this.inner
+                            .in_flight
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&id);
+                        result
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        shared.await
+    }
+
+    async fn fetch(&self, id: ObjectId, from: &str) -> PullResult {
+        let started = std::time::Instant::now();
+        let mut client = connect(from)?;
+        let mut stream = client
+            .read_object(ReadObjectRequest {
+                object_id: id.to_string(),
+                reader_address: self.inner.address.clone(),
+            })
+            .await
+            .map_err(|s| format!("node at {from}: {}", fleet_gcs::error::describe_status(&s)))?
+            .into_inner();
+        let mut data: Vec<u8> = Vec::new();
+        let mut total: Option<u64> = None;
+        loop {
+            let chunk: Option<ObjectChunk> = stream.message().await.map_err(|s| {
+                format!(
+                    "node at {from} broke off the transfer: {}",
+                    fleet_gcs::error::describe_status(&s)
+                )
+            })?;
+            let Some(chunk) = chunk else { break };
+            if total.is_none() {
+                total = Some(chunk.total_size);
+                let size = usize::try_from(chunk.total_size)
+                    .map_err(|_| format!("object {id} is too large for this machine"))?;
+                data.reserve_exact(size);
+            }
+            if chunk.offset != data.len() as u64 {
+                return Err(format!(
+                    "node at {from} sent object {id} out of order (offset {} after {} bytes)",
+                    chunk.offset,
+                    data.len()
+                ));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let total = total.unwrap_or(0);
+        if data.len() as u64 != total {
+            return Err(format!(
+                "node at {from} sent {} of the {total} bytes of object {id}",
+                data.len()
+            ));
+        }
+        self.inner
+            .store
+            .put(id, &data)
+            .await
+            .map_err(|e| format!("cannot store the copy of object {id}: {e}"))?;
+        tracing::debug!(object = %id, bytes = total, from, elapsed = ?started.elapsed(), "pulled");
+        self.inner
+            .objects_pulled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .bytes_pulled
+            .fetch_add(total, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.inner.locations.send(ObjectLocationUpdate {
+            object_id: id.to_string(),
+            change: LocationChange::LocationAdd as i32,
+            node_id: self.inner.node_id.clone(),
+            size: total,
+            ..Default::default()
+        });
+        Ok(total)
+    }
+
+    /// Serves `ReadObject`: the object in chunks, fed from the store as the stream drains.
+    pub async fn read(
+        &self,
+        id: ObjectId,
+        reader: String,
+    ) -> Result<mpsc::Receiver<Result<ObjectChunk, tonic::Status>>, tonic::Status> {
+        let buffer = self
+            .inner
+            .store
+            .get(id)
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?
+            .ok_or_else(|| {
+                tonic::Status::not_found(format!(
+                    "object {id} is not in the object store of node {} (freed, or lost with a restart)",
+                    self.inner.node_id
+                ))
+            })?;
+        if !reader.is_empty() {
+            let mut readers = self.inner.readers.entry(id).or_default();
+            if !readers.contains(&reader) {
+                readers.push(reader);
+            }
+        }
+        // Two chunks ahead of the network.
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let total = buffer.len();
+            let mut offset = 0;
+            loop {
+                let end = (offset + CHUNK_BYTES).min(total);
+                let chunk = ObjectChunk {
+                    total_size: total as u64,
+                    offset: offset as u64,
+                    data: buffer[offset..end].to_vec(),
+                };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+                offset = end;
+                if offset >= total {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Frees the local copy and the copies other raylets read from here.
+    pub fn delete(&self, id: ObjectId) {
+        let _ = self.inner.store.delete(id);
+        let _ = self.inner.locations.send(ObjectLocationUpdate {
+            object_id: id.to_string(),
+            change: LocationChange::LocationRemove as i32,
+            node_id: self.inner.node_id.clone(),
+            ..Default::default()
+        });
+        if let Some((_, readers)) = self.inner.readers.remove(&id) {
+            for reader in readers {
+                tokio::spawn(async move {
+                    if let Ok(mut client) = connect(&reader) {
+                        let _ = client
+                            .store_delete(StoreDeleteRequest {
+                                object_id: id.to_string(),
+                            })
+                            .await;
+                    }
+                });
+            }
+        }
+    }
+
+    /// Objects and bytes pulled from other nodes so far.
+    pub fn pulled(&self) -> (u64, u64) {
+        (
+            self.inner
+                .objects_pulled
+                .load(std::sync::atomic::Ordering::Relaxed),
+            self.inner
+                .bytes_pulled
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Reports an object stored here (by a worker or owner of this node).
+    pub fn stored(&self, id: ObjectId, size: u64) {
+        let _ = self.inner.locations.send(ObjectLocationUpdate {
+            object_id: id.to_string(),
+            change: LocationChange::LocationAdd as i32,
+            node_id: self.inner.node_id.clone(),
+            size,
+            ..Default::default()
+        });
+    }
+}
+
+/// Sends location changes to the GCS in batches: one proposal per [`BATCH_WINDOW`] at most,
+/// so object traffic never waits on a Raft commit per object.
+pub async fn report_locations(
+    gcs: fleet_gcs::GcsClient,
+    mut updates: mpsc::UnboundedReceiver<ObjectLocationUpdate>,
+) {
+    while let Some(first) = updates.recv().await {
+        tokio::time::sleep(BATCH_WINDOW).await;
+        let mut batch = vec![first];
+        while let Ok(more) = updates.try_recv() {
+            batch.push(more);
+            if batch.len() >= 4096 {
+                break;
+            }
+        }
+        if let Err(error) = gcs.update_object_locations(batch).await {
+            // Locations are hints (owners know where their objects are); drop, do not stall.
+            tracing::debug!(%error, "object location batch not recorded");
+        }
+    }
+}
+
+/// How long location changes gather before they go to the GCS.
+pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
