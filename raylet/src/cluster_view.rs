@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::scheduling::NodeView;
 
 /// How often the node list is re-read from the GCS.
-pub const MEMBERSHIP_REFRESH: Duration = Duration::from_millis(1000);
+pub const MEMBERSHIP_REFRESH: Duration = Duration::from_millis(250);
 /// How often other nodes' free resources are polled.
 pub const LOAD_REFRESH: Duration = Duration::from_millis(200);
 
@@ -28,6 +28,17 @@ impl ClusterView {
     /// The other live nodes.
     pub fn others(&self) -> Vec<NodeView> {
         self.nodes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Counts `wanted` as taken on `node_id` until its next report (work just sent there).
+    pub fn reserve(&self, node_id: &str, wanted: &BTreeMap<String, f64>) {
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(node) = nodes.iter_mut().find(|n| n.node_id == node_id) {
+            for (name, amount) in wanted {
+                let free = node.available.entry(name.clone()).or_insert(0.0);
+                *free = (*free - amount).max(0.0);
+            }
+        }
     }
 
     /// Forgets a node at once (a lease sent there failed to connect).

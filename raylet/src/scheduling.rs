@@ -127,17 +127,17 @@ pub fn decide(
                 None if !soft => Decision::Infeasible(format!(
                     "node {node_id} (required by node affinity) is dead or unknown; make the affinity soft to run elsewhere"
                 )),
-                _ => hybrid(wanted, local, others),
+                _ => hybrid(wanted, local, others, round_robin),
             }
         }
-        Strategy::Hybrid => hybrid(wanted, local, others),
+        Strategy::Hybrid => hybrid(wanted, local, others, round_robin),
         Strategy::Spread => {
             let mut now: Vec<&NodeView> = std::iter::once(local)
                 .chain(others)
                 .filter(|n| n.fits_now(wanted))
                 .collect();
             if now.is_empty() {
-                return hybrid(wanted, local, others);
+                return hybrid(wanted, local, others, round_robin);
             }
             now.sort_by(|a, b| {
                 a.utilization()
@@ -159,7 +159,12 @@ pub fn decide(
     }
 }
 
-fn hybrid(wanted: &BTreeMap<String, f64>, local: &NodeView, others: &[NodeView]) -> Decision {
+fn hybrid(
+    wanted: &BTreeMap<String, f64>,
+    local: &NodeView,
+    others: &[NodeView],
+    round_robin: usize,
+) -> Decision {
     if local.fits_now(wanted) && local.utilization() < SPREAD_THRESHOLD {
         return Decision::Local;
     }
@@ -175,7 +180,15 @@ fn hybrid(wanted: &BTreeMap<String, f64>, local: &NodeView, others: &[NodeView])
     {
         return Decision::Local;
     }
-    if let Some(node) = least_used(now) {
+    // Round-robin among the equally least used, so a burst decided on one stale view does
+    // not herd onto one node.
+    if let Some(least) = least_used(now.clone()) {
+        let floor = least.utilization();
+        let equals: Vec<&NodeView> = now
+            .into_iter()
+            .filter(|n| n.utilization() <= floor + EPSILON)
+            .collect();
+        let node = equals[round_robin % equals.len()];
         return if node.node_id == local.node_id {
             Decision::Local
         } else {

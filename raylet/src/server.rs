@@ -361,20 +361,22 @@ impl RayletService {
             },
             _ => Strategy::Hybrid,
         };
-        let counter = if strategy == Strategy::Spread {
-            self.inner
-                .spread_counter
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        } else {
-            0
-        };
-        crate::scheduling::decide(
+        let counter = self
+            .inner
+            .spread_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let decision = crate::scheduling::decide(
             &strategy,
             wanted,
             &self.local_view(),
             &self.inner.view.others(),
             counter,
-        )
+        );
+        if let Decision::Spill { node_id, .. } = &decision {
+            // Count it against that node until its next report.
+            self.inner.view.reserve(node_id, wanted);
+        }
+        decision
     }
 
     async fn lease(&self, request: LeaseRequest) -> Result<LeaseReply> {
@@ -466,6 +468,15 @@ impl RayletService {
                 let mut state = self.lock();
                 match state.resources.try_allocate(&wanted) {
                     Ok(allocation) => break allocation,
+                    Err(AllocateError::Insufficient { .. }) if request.grant_or_reject => {
+                        // Spilled here on a stale view: the requester asks again rather
+                        // than queue behind work that may never leave.
+                        return Ok(LeaseReply {
+                            rejected: true,
+                            node_id: self.inner.config.node_id.clone(),
+                            ..LeaseReply::default()
+                        });
+                    }
                     Err(AllocateError::Insufficient { .. }) => {}
                     Err(other) => {
                         return Err(Error::InvalidRequest {

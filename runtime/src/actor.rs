@@ -682,9 +682,11 @@ async fn push_call(
     } = args;
     let (mut address, mut incarnation, mut seq) = target;
     let mut retries = 0u32;
+    // One id for every attempt: a restored actor recognizes a retry it already applied.
+    let task_id = crate::ids::new_id("task");
     loop {
         let spec = TaskSpec {
-            task_id: crate::ids::new_id("task"),
+            task_id: task_id.clone(),
             job_id: runtime.job_id.clone(),
             kind: TaskKind::ActorMethod as i32,
             function: link.class.clone(),

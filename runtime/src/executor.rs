@@ -109,6 +109,8 @@ pub fn error_from_wire(error: fleet_proto::runtime::TaskError) -> Error {
 }
 
 struct ActorCall {
+    /// Stable across the caller's retries of this call (after a restart too).
+    task_id: String,
     caller: String,
     seq: u64,
     method: String,
@@ -119,7 +121,49 @@ struct ActorCall {
 /// References a finished call still holds or passed on.
 type Retained = Vec<fleet_proto::runtime::RetainedRef>;
 
+/// What a checkpoint file holds: the actor's state and the answers of its latest calls, so
+/// that a call retried after a restart (applied before the crash, its reply lost) is
+/// answered from here instead of being applied twice.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+pub(crate) struct CheckpointEnvelope {
+    state: Vec<u8>,
+    answers: Vec<(String, Vec<u8>)>,
+}
+
+/// Answers kept per actor for deduplicating retried calls.
+const REMEMBERED_ANSWERS: usize = 1024;
+
+impl CheckpointPolicy {
+    fn checkpointing(&self) -> bool {
+        self.every > 0 || self.interval.is_some()
+    }
+
+    fn answered(&self, task_id: &str) -> Option<Vec<u8>> {
+        if task_id.is_empty() {
+            return None;
+        }
+        self.answers
+            .iter()
+            .rev()
+            .find(|(id, _)| id == task_id)
+            .map(|(_, answer)| answer.clone())
+    }
+
+    fn remember(&mut self, task_id: &str, answer: &[u8]) {
+        if !self.checkpointing() || task_id.is_empty() {
+            return;
+        }
+        if self.answers.len() >= REMEMBERED_ANSWERS {
+            self.answers.pop_front();
+        }
+        self.answers
+            .push_back((task_id.to_string(), answer.to_vec()));
+    }
+}
+
 struct CheckpointPolicy {
+    /// Answers of the latest calls (task id, reply), carried in checkpoints.
+    answers: VecDeque<(String, Vec<u8>)>,
     actor_id: String,
     every: u64,
     interval: Option<std::time::Duration>,
@@ -236,7 +280,14 @@ impl Executor {
                 return (Err(error), Vec::new());
             }
         };
-        let restore_state = spec.restore_state.clone();
+        let (restore_state, answers) = if spec.restore_state.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            match crate::codec::decode::<CheckpointEnvelope>(&spec.restore_state, "a checkpoint") {
+                Ok(envelope) => (envelope.state, envelope.answers),
+                Err(error) => return (Err(TaskError::system(error.to_string())), Vec::new()),
+            }
+        };
         let (instance, trace) = Traced::new(async move {
             if restore_state.is_empty() {
                 catching((factory.create)(args)).await.map_err(|mut e| {
@@ -256,16 +307,18 @@ impl Executor {
             Ok(instance) => instance,
             Err(error) => return (Err(error), retained),
         };
-        (self.host_actor(spec, instance), retained)
+        (self.host_actor(spec, instance, answers), retained)
     }
 
     fn host_actor(
         &self,
         spec: TaskSpec,
         instance: Box<dyn ActorObject>,
+        answers: Vec<(String, Vec<u8>)>,
     ) -> Result<Vec<u8>, TaskError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let policy = CheckpointPolicy {
+            answers: answers.into(),
             actor_id: spec.actor_id.clone(),
             every: spec.checkpoint_every_calls,
             interval: (spec.checkpoint_interval_ms > 0)
@@ -393,9 +446,27 @@ async fn actor_loop(
             Some(call)
         };
         if let Some(call) = call {
+            // A retry of a call whose effect is already in the restored checkpoint (its reply
+            // was lost with the old worker): answer it again, do not run it twice.
+            if let Some(answer) = policy.answered(&call.task_id) {
+                let _ = call.reply.send((Ok(answer), Vec::new()));
+                continue;
+            }
             let (outcome, trace) =
                 Traced::new(catching(instance.dispatch(&call.method, call.args))).await;
+            if let Ok(bytes) = &outcome {
+                policy.remember(&call.task_id, bytes);
+            }
             calls_since_checkpoint += 1;
+            if policy.every > 0 && calls_since_checkpoint >= policy.every {
+                // Before the reply: a call acknowledged to its caller is in a committed
+                // checkpoint, so a restart never loses it.
+                calls_since_checkpoint = 0;
+                let state = instance.checkpoint();
+                if let Err(error) = checkpoint(&runtime, state, &mut policy).await {
+                    tracing::warn!(actor = %policy.actor_id, error = %error.message, "periodic checkpoint failed");
+                }
+            }
             let _ = call.reply.send((outcome, trace.retained()));
         }
         if policy.every > 0 && calls_since_checkpoint >= policy.every {
@@ -449,6 +520,7 @@ async fn run_shared(
                 break;
             }
             let ActorCall {
+                task_id,
                 caller,
                 seq,
                 method,
@@ -462,6 +534,7 @@ async fn run_shared(
                 })),
                 Err(args) => {
                     exclusive = Some(ActorCall {
+                        task_id,
                         caller,
                         seq,
                         method,
@@ -510,6 +583,12 @@ async fn checkpoint(
     let state = state.ok_or_else(|| {
         TaskError::system("this actor is not checkpointable: declare it with #[fleet::actor(checkpoint)] on a serde Serialize + Deserialize struct")
     })??;
+    let envelope = CheckpointEnvelope {
+        state,
+        answers: policy.answers.iter().cloned().collect(),
+    };
+    let state = crate::codec::encode(&envelope, "the checkpoint")
+        .map_err(|e| TaskError::system(e.to_string()))?;
     let sequence = policy.sequence + 1;
     let dir = policy.dir.join(&policy.actor_id);
     let path = dir.join(format!("{sequence:012}.ckpt"));
@@ -690,6 +769,7 @@ impl Executor {
                 };
                 let (tx, rx) = oneshot::channel();
                 let call = ActorCall {
+                    task_id: spec.task_id.clone(),
                     caller: spec.caller_id,
                     seq: spec.seq,
                     method: spec.method,

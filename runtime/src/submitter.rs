@@ -188,7 +188,7 @@ impl Leaser {
         };
         // A spillback target may die before it grants: ask the local raylet again (its view
         // drops nodes that stop answering).
-        let mut attempts = 0;
+        let mut attempts: u64 = 0;
         loop {
             attempts += 1;
             let mut local = self.inner.local.clone();
@@ -205,9 +205,22 @@ impl Leaser {
             let mut spilled = request.clone();
             spilled.grant_or_reject = true;
             match remote.request_worker_lease(spilled).await {
-                Ok(reply) => return Ok(self.granted(reply.into_inner(), &target)),
-                Err(status) if status.code() == tonic::Code::Unavailable && attempts < 20 => {
-                    tracing::debug!(node = %target, "spillback target unreachable; asking again");
+                Ok(reply) if !reply.get_ref().rejected => {
+                    return Ok(self.granted(reply.into_inner(), &target))
+                }
+                Ok(_) => {
+                    // Busy after all (the local raylet's view was stale): ask again once it
+                    // has heard from that node.
+                    tokio::time::sleep(Duration::from_millis(50 * attempts.min(8))).await;
+                }
+                Err(status)
+                    if !matches!(
+                        status.code(),
+                        tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument
+                    ) && attempts < 50 =>
+                {
+                    // The node died or went away before granting.
+                    tracing::debug!(node = %target, status = %status.message(), "spillback target failed; asking again");
                     self.inner.clients.remove(&target);
                     tokio::time::sleep(Duration::from_millis(100 * attempts.min(5))).await;
                 }

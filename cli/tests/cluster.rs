@@ -1,0 +1,601 @@
+//! A real cluster end to end: 3 `fleet gcs` replicas and 4 `fleet raylet` nodes (one
+//! without GPUs, three with declared GPUs) started as daemons with `fleet_cluster`, this
+//! program as the driver and, uploaded to the cluster as the job binary, as every worker.
+//! Faults are real: SIGKILL of a raylet's process group with its directories wiped, SIGKILL
+//! of the GCS leader.
+//!
+//! Runs as a plain program (`harness = false`): a worker re-executing this binary turns into
+//! a worker in `fleet::init`. Measured detection and recovery times are printed (and recorded
+//! in docs/cluster.md).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context, Result};
+use fleet::{InitOptions, ObjectRef, Scheduling};
+use fleet_cluster::{ClusterConfig, ClusterHandle, LocalCluster};
+use fleet_proto::gcs::{ActorState, NodeState};
+use serde::{Deserialize, Serialize};
+
+#[fleet::remote]
+fn where_am_i() -> String {
+    fleet::node_id()
+}
+
+#[fleet::remote]
+fn nap_where(ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    fleet::node_id()
+}
+
+/// A value big enough for the object store (not inline).
+#[fleet::remote]
+fn make_blob(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[fleet::remote]
+fn blob_sum(blob: Vec<u8>) -> (String, u64) {
+    (fleet::node_id(), blob.iter().map(|b| u64::from(*b)).sum())
+}
+
+fn expected_sum(len: usize, seed: u8) -> u64 {
+    (0..len)
+        .map(|i| u64::from((i as u8).wrapping_mul(31).wrapping_add(seed)))
+        .sum()
+}
+
+#[fleet::actor(checkpoint)]
+#[derive(Default, Serialize, Deserialize)]
+pub struct Counter {
+    count: u64,
+}
+
+#[fleet::actor]
+impl Counter {
+    pub fn new() -> Self {
+        Counter::default()
+    }
+
+    pub fn incr(&mut self) -> u64 {
+        self.count += 1;
+        self.count
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn node(&self) -> String {
+        fleet::node_id()
+    }
+}
+
+#[fleet::actor]
+pub struct GpuUser {
+    node: String,
+}
+
+#[fleet::actor]
+impl GpuUser {
+    pub fn new() -> Self {
+        GpuUser {
+            node: fleet::node_id(),
+        }
+    }
+
+    pub fn placement(&self) -> (String, Vec<u32>, String) {
+        (
+            self.node.clone(),
+            fleet::gpu_ids(),
+            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default(),
+        )
+    }
+}
+
+#[fleet::actor]
+pub struct Pid {
+    pid: u32,
+}
+
+#[fleet::actor]
+impl Pid {
+    pub fn new() -> Self {
+        Pid {
+            pid: std::process::id(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+const CONFIG: &str = r#"
+name = "cluster-test"
+ready_timeout_secs = 90
+
+[gcs]
+replicas = 3
+base_port = 0
+tick_ms = 50
+election_ticks = 10
+health_check_ms = 200
+node_timeout_ms = 1500
+fsync = false
+
+[[nodes]]
+num_cpus = 2
+num_gpus = 0
+
+[[nodes]]
+num_cpus = 2
+num_gpus = 2
+
+[[nodes]]
+num_cpus = 2
+num_gpus = 1
+
+[[nodes]]
+num_cpus = 2
+num_gpus = 1
+"#;
+
+async fn spread_and_affinity() -> Result<()> {
+    let spread: Vec<ObjectRef<String>> = (0..12)
+        .map(|_| {
+            nap_where::options()
+                .scheduling(Scheduling::Spread)
+                .remote(400u64)
+        })
+        .collect();
+    let nodes: BTreeSet<String> = fleet::get_all(&spread).await?.into_iter().collect();
+    ensure!(
+        nodes.len() >= 3,
+        "SPREAD tasks ran on {nodes:?}; expected at least 3 of the 4 nodes"
+    );
+    let pinned = where_am_i::options()
+        .scheduling(Scheduling::NodeAffinity {
+            node_id: "node-2".into(),
+            soft: false,
+        })
+        .remote()
+        .await?;
+    ensure!(
+        pinned == "node-2",
+        "hard affinity to node-2 ran on {pinned}"
+    );
+    let nowhere = where_am_i::options()
+        .scheduling(Scheduling::NodeAffinity {
+            node_id: "node-nope".into(),
+            soft: false,
+        })
+        .remote()
+        .await;
+    let message = format!("{:#}", nowhere.err().context("a dead node cannot run it")?);
+    ensure!(
+        message.contains("node-nope") && message.contains("soft"),
+        "the error names the node and the fix: {message}"
+    );
+    let soft = where_am_i::options()
+        .scheduling(Scheduling::NodeAffinity {
+            node_id: "node-nope".into(),
+            soft: true,
+        })
+        .remote()
+        .await?;
+    ensure!(
+        soft.starts_with("node-"),
+        "soft affinity ran somewhere: {soft}"
+    );
+    // Hybrid: more work than the driver's node has CPUs spills to other nodes.
+    let hybrid: Vec<ObjectRef<String>> = (0..8).map(|_| nap_where::remote(300u64)).collect();
+    let nodes: BTreeSet<String> = fleet::get_all(&hybrid).await?.into_iter().collect();
+    ensure!(
+        nodes.len() >= 2,
+        "8 one-CPU tasks fit no single 2-CPU node, yet ran only on {nodes:?}"
+    );
+    Ok(())
+}
+
+async fn gpu_actors_are_pinned_across_nodes() -> Result<()> {
+    let mut actors = Vec::new();
+    for _ in 0..4 {
+        actors.push(GpuUser::remote().num_gpus(1.0).spawn().await?);
+    }
+    let mut seen = BTreeSet::new();
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for actor in &actors {
+        let (node, ids, visible) = actor.placement().await?;
+        ensure!(
+            node != "node-0",
+            "a GPU actor landed on node-0, which has no GPUs"
+        );
+        ensure!(ids.len() == 1, "one GPU each, got {ids:?}");
+        ensure!(
+            visible == ids[0].to_string(),
+            "CUDA_VISIBLE_DEVICES {visible} for GPU ids {ids:?}"
+        );
+        ensure!(
+            seen.insert((node.clone(), ids[0])),
+            "GPU {} of {node} was given twice",
+            ids[0]
+        );
+        *per_node.entry(node).or_default() += 1;
+    }
+    ensure!(
+        per_node.get("node-1") == Some(&2),
+        "node-1 has 2 GPUs and should host 2 actors: {per_node:?}"
+    );
+    for actor in &actors {
+        fleet::kill(actor.raw()).await?;
+    }
+    Ok(())
+}
+
+async fn raylet_info(
+    gcs: &fleet_gcs::GcsClient,
+    node_id: &str,
+) -> Result<fleet_proto::runtime::NodeInfoReply> {
+    let node = gcs
+        .list_nodes()
+        .await?
+        .into_iter()
+        .find(|n| n.node_id == node_id)
+        .with_context(|| format!("{node_id} is not in the nodes table"))?;
+    let mut client = fleet_proto::runtime::raylet_client::RayletClient::connect(format!(
+        "http://{}",
+        node.address
+    ))
+    .await?;
+    Ok(client
+        .node_info(fleet_proto::runtime::NodeInfoRequest {})
+        .await?
+        .into_inner())
+}
+
+fn on(node: &str) -> Scheduling {
+    Scheduling::NodeAffinity {
+        node_id: node.into(),
+        soft: false,
+    }
+}
+
+async fn objects_move_once_per_node(gcs: &fleet_gcs::GcsClient) -> Result<()> {
+    const LEN: usize = 4 << 20;
+    let started = Instant::now();
+    let blob: ObjectRef<Vec<u8>> = make_blob::options()
+        .scheduling(on("node-1"))
+        .remote(LEN, 7u8);
+    fleet::wait(std::slice::from_ref(&blob), 1, None).await?;
+    println!("  made a 4 MiB object on node-1 in {:?}", started.elapsed());
+    let started = Instant::now();
+    let before = raylet_info(gcs, "node-2").await?;
+    // Six readers on node-2 at once: one transfer.
+    let readers: Vec<ObjectRef<(String, u64)>> = (0..6)
+        .map(|_| blob_sum::options().scheduling(on("node-2")).remote(&blob))
+        .collect();
+    for (node, sum) in fleet::get_all(&readers).await? {
+        ensure!(node == "node-2", "a reader ran on {node}");
+        ensure!(sum == expected_sum(LEN, 7), "wrong bytes on node-2");
+    }
+    println!("  6 readers on node-2 done in {:?}", started.elapsed());
+    let after = raylet_info(gcs, "node-2").await?;
+    ensure!(
+        after.objects_pulled - before.objects_pulled == 1,
+        "node-2 pulled the object {} times for 6 readers",
+        after.objects_pulled - before.objects_pulled
+    );
+    ensure!(
+        after.bytes_pulled - before.bytes_pulled >= LEN as u64,
+        "node-2 pulled {} bytes of an {LEN}-byte object",
+        after.bytes_pulled - before.bytes_pulled
+    );
+    Ok(())
+}
+
+async fn wait_node_dead(gcs: &fleet_gcs::GcsClient, node_id: &str) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let dead = gcs
+            .list_nodes()
+            .await?
+            .iter()
+            .any(|n| n.node_id == node_id && n.state == NodeState::NodeDead as i32);
+        if dead {
+            return Ok(started.elapsed());
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "{node_id} was not declared dead within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SIGKILL node-3 (raylet and workers; directories wiped) while counters on it take
+/// increments and tasks run: counters come back elsewhere with exact counts, tasks finish,
+/// and an object whose only copy was on node-3 is rebuilt from its lineage.
+async fn surviving_node_loss(
+    cluster: &mut ClusterHandle,
+    gcs: &fleet_gcs::GcsClient,
+) -> Result<()> {
+    let checkpoints =
+        std::env::temp_dir().join(format!("fleet-cluster-ckpt-{}", std::process::id()));
+    let mut counters = Vec::new();
+    for _ in 0..3 {
+        let counter = Counter::remote()
+            .scheduling(Scheduling::NodeAffinity {
+                node_id: "node-3".into(),
+                soft: true,
+            })
+            .max_restarts(3)
+            .max_task_retries(5)
+            .checkpoint_every(1)
+            .checkpoint_dir(&checkpoints)
+            .spawn()
+            .await?;
+        ensure!(counter.node().await? == "node-3");
+        counters.push(counter);
+    }
+    // An object made by a task on node-3 only.
+    const LEN: usize = 1 << 20;
+    let lost: ObjectRef<Vec<u8>> = make_blob::options()
+        .scheduling(Scheduling::NodeAffinity {
+            node_id: "node-3".into(),
+            soft: true,
+        })
+        .remote(LEN, 9u8);
+    fleet::wait(std::slice::from_ref(&lost), 1, None).await?;
+
+    let mut workload = tokio::task::JoinSet::new();
+    for (index, counter) in counters.iter().enumerate() {
+        let counter = counter.clone();
+        workload.spawn(async move {
+            let mut acked = 0u64;
+            for _ in 0..60 {
+                let value = counter
+                    .incr()
+                    .await
+                    .map_err(|e| anyhow!("counter {index}: {e:#}"))?;
+                acked += 1;
+                ensure!(
+                    value == acked,
+                    "counter {index} answered {value} for increment {acked}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok::<u64, anyhow::Error>(acked)
+        });
+    }
+    let tasks: Vec<ObjectRef<String>> = (0..16)
+        .map(|_| {
+            nap_where::options()
+                .scheduling(Scheduling::Spread)
+                .remote(150u64)
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed_at = Instant::now();
+    cluster.kill_node(3)?;
+    let detection = wait_node_dead(gcs, "node-3").await?;
+    while let Some(result) = workload.join_next().await {
+        let acked = result??;
+        ensure!(acked == 60);
+    }
+    let recovered = killed_at.elapsed();
+    for (index, counter) in counters.iter().enumerate() {
+        let count = counter.count().await?;
+        ensure!(
+            count == 60,
+            "counter {index} has {count} after 60 acknowledged increments"
+        );
+        let node = counter.node().await?;
+        ensure!(node != "node-3", "counter {index} still on the dead node");
+    }
+    let ran = fleet::get_all(&tasks).await?;
+    ensure!(ran.len() == 16, "every task finished");
+    let rebuild_started = Instant::now();
+    let (node, sum) = blob_sum::options()
+        .scheduling(on("node-2"))
+        .remote(&lost)
+        .await?;
+    ensure!(
+        sum == expected_sum(LEN, 9),
+        "the rebuilt object has the right bytes"
+    );
+    ensure!(node == "node-2");
+    println!(
+        "  node-3 SIGKILLed: declared dead after {:.0} ms; 3 checkpointed counters done with exact counts {:.0} ms after the kill; lost object rebuilt and read in {:.0} ms",
+        detection.as_secs_f64() * 1e3,
+        recovered.as_secs_f64() * 1e3,
+        rebuild_started.elapsed().as_secs_f64() * 1e3
+    );
+    let _ = std::fs::remove_dir_all(&checkpoints);
+    Ok(())
+}
+
+/// SIGKILL the GCS leader during a storm of actor creations: each succeeds, exactly once.
+async fn actor_creations_survive_gcs_leader_loss(
+    cluster: &mut ClusterHandle,
+    gcs: &fleet_gcs::GcsClient,
+) -> Result<()> {
+    const ACTORS: usize = 24;
+    let job_actors_before = gcs.list_actors().await?.len();
+    let mut storm = tokio::task::JoinSet::new();
+    for i in 0..ACTORS {
+        storm.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(15 * i as u64)).await;
+            let actor = Pid::remote().spawn().await?;
+            let pid = actor.pid().await?;
+            Ok::<(PidHandle, u32), fleet::Error>((actor, pid))
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let leader = cluster
+        .gcs_leader()
+        .await
+        .context("the GCS has no leader")?;
+    let killed_at = Instant::now();
+    cluster.kill_gcs(leader)?;
+    let mut actors = Vec::new();
+    while let Some(result) = storm.join_next().await {
+        actors.push(result?.map_err(|e| anyhow!("an actor creation failed: {e:#}"))?);
+    }
+    let all_created = killed_at.elapsed();
+    let table = gcs.list_actors().await?;
+    ensure!(
+        table.len() - job_actors_before == ACTORS,
+        "{} actors recorded for {ACTORS} creations",
+        table.len() - job_actors_before
+    );
+    let pids: BTreeSet<u32> = actors.iter().map(|(_, pid)| *pid).collect();
+    ensure!(pids.len() == ACTORS, "each actor has a worker of its own");
+    let alive = table
+        .iter()
+        .filter(|a| a.class_name.ends_with("Pid") && a.state == ActorState::ActorAlive as i32)
+        .count();
+    ensure!(
+        alive == ACTORS,
+        "{alive} Pid actors ALIVE, expected {ACTORS}"
+    );
+    let new_leader = cluster.gcs_leader().await;
+    println!(
+        "  GCS leader {leader} SIGKILLed during {ACTORS} actor creations: all created once, {:.0} ms after the kill (new leader {new_leader:?})",
+        all_created.as_secs_f64() * 1e3
+    );
+    for (actor, _) in &actors {
+        fleet::kill(actor.raw()).await?;
+    }
+    cluster.restart_gcs(leader)?;
+    Ok(())
+}
+
+/// Every scenario is bounded: a hang is a failure (and the cluster still goes down).
+async fn bounded(
+    scenario: std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + '_>>,
+) -> Result<()> {
+    match tokio::time::timeout(SCENARIO_LIMIT, scenario).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(anyhow!("did not finish within {SCENARIO_LIMIT:?}")),
+    }
+}
+
+const SCENARIO_LIMIT: Duration = Duration::from_secs(90);
+
+fn fleet_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fleet"))
+}
+
+async fn run() -> Result<()> {
+    let home = tempfile::Builder::new()
+        .prefix("fleet-cluster-test-")
+        .tempdir()?;
+    // FLEET_TEST_KEEP_LOGS=1 keeps the daemons' logs (the directory is printed).
+    let home_path = if std::env::var_os("FLEET_TEST_KEEP_LOGS").is_some() {
+        let path = home.keep();
+        println!("cluster directory kept: {}", path.display());
+        path
+    } else {
+        home.path().to_path_buf()
+    };
+    let config = ClusterConfig::from_toml_str(CONFIG, "the test config")?;
+    let mut cluster = LocalCluster::up(&config, &fleet_binary(), &home_path.join("cluster"))
+        .await
+        .context("starting the test cluster")?;
+    cluster.set_stop_on_drop(true);
+    let address = cluster.address().to_string();
+    let gcs = cluster.client()?;
+    std::env::set_var("FLEET_NODE_ID", "node-0");
+    let started = Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        fleet::init_with(InitOptions {
+            address: Some(address),
+            ..Default::default()
+        }),
+    )
+    .await
+    .context("fleet::init on the cluster did not finish within 60 s")??;
+    println!("cluster up and driver attached ({:?})", started.elapsed());
+    type Scenario<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
+    let mut failures = Vec::new();
+    let mut step = |name: &str, outcome: Result<()>, started: Instant| match outcome {
+        Ok(()) => println!("test {name} ... ok ({:?})", started.elapsed()),
+        Err(error) => {
+            println!("test {name} ... FAILED: {error:#}");
+            failures.push(name.to_string());
+        }
+    };
+    let scenarios: Vec<(&str, Scenario)> = vec![
+        // First: it also brings the job binary to every GPU node (fetched once per node).
+        (
+            "gpu_actors_are_pinned_across_nodes",
+            Box::pin(gpu_actors_are_pinned_across_nodes()),
+        ),
+        ("spread_and_affinity", Box::pin(spread_and_affinity())),
+        (
+            "objects_move_once_per_node",
+            Box::pin(objects_move_once_per_node(&gcs)),
+        ),
+    ];
+    // FLEET_TEST_ONLY=name,name runs only those scenarios (the fault scenarios always run).
+    let only = std::env::var("FLEET_TEST_ONLY").unwrap_or_default();
+    for (name, scenario) in scenarios {
+        if !only.is_empty() && !only.split(',').any(|o| o == name) {
+            continue;
+        }
+        let started = Instant::now();
+        step(name, bounded(scenario).await, started);
+    }
+    let started = Instant::now();
+    let outcome = bounded(Box::pin(surviving_node_loss(&mut cluster, &gcs))).await;
+    step("surviving_node_loss", outcome, started);
+    let started = Instant::now();
+    let outcome = bounded(Box::pin(actor_creations_survive_gcs_leader_loss(
+        &mut cluster,
+        &gcs,
+    )))
+    .await;
+    step("actor_creations_survive_gcs_leader_loss", outcome, started);
+    fleet::shutdown().await;
+    cluster.set_stop_on_drop(false);
+    cluster
+        .down(Duration::from_secs(3))
+        .context("stopping the test cluster")?;
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("failed: {}", failures.join(", ")))
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start a runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        if std::env::var_os("FLEET_WORKER_ID").is_some() {
+            // A worker of the test's job: never returns.
+            let _ = fleet::init().await;
+            return std::process::ExitCode::FAILURE;
+        }
+        match run().await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("cluster test: {error:#}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    })
+}
