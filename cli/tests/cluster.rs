@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
-use fleet::{InitOptions, ObjectRef, Scheduling};
+use fleet::{InitOptions, ObjectRef, PlacementGroup, PlacementStrategy, Scheduling};
 use fleet_cluster::{ClusterConfig, ClusterHandle, LocalCluster};
 use fleet_proto::gcs::{ActorState, NodeState};
 use serde::{Deserialize, Serialize};
@@ -297,6 +297,163 @@ async fn objects_move_once_per_node(gcs: &fleet_gcs::GcsClient) -> Result<()> {
     Ok(())
 }
 
+/// Waits until no node holds a reservation or a lease: every node's `available` equals its
+/// `total` and it has no bundles reserved.
+async fn cluster_is_idle(gcs: &fleet_gcs::GcsClient, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut busy = Vec::new();
+        for node in gcs.list_nodes().await? {
+            if node.state != NodeState::NodeAlive as i32 {
+                continue;
+            }
+            let info = raylet_info(gcs, &node.node_id).await?;
+            let used: Vec<String> = info
+                .total
+                .iter()
+                .filter(|(name, total)| {
+                    (info.available.get(*name).copied().unwrap_or(0.0) - **total).abs() > 1e-6
+                })
+                .map(|(name, total)| {
+                    format!(
+                        "{name} {}/{total} free",
+                        info.available.get(name).copied().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            if !used.is_empty() || info.reserved_bundles > 0 {
+                busy.push(format!(
+                    "{}: {} bundles reserved, {}",
+                    node.node_id,
+                    info.reserved_bundles,
+                    used.join(", ")
+                ));
+            }
+        }
+        if busy.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("{what}: resources still held: {}", busy.join("; ")));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn bundles(count: usize, resource: &str, amount: f64) -> Vec<fleet::Bundle> {
+    (0..count)
+        .map(|_| BTreeMap::from([(resource.to_string(), amount)]))
+        .collect()
+}
+
+async fn placement_groups(gcs: &fleet_gcs::GcsClient) -> Result<()> {
+    cluster_is_idle(gcs, "before the placement groups").await?;
+    // STRICT_SPREAD: three bundles on three distinct nodes; tasks follow their bundle.
+    let spread = PlacementGroup::new(bundles(3, "CPU", 1.0))
+        .strategy(PlacementStrategy::StrictSpread)
+        .name("spread3")
+        .create()
+        .await?;
+    let nodes: BTreeSet<&String> = spread.bundle_nodes().iter().collect();
+    ensure!(
+        nodes.len() == 3,
+        "STRICT_SPREAD bundles share nodes: {:?}",
+        spread.bundle_nodes()
+    );
+    for (index, node) in spread.bundle_nodes().iter().enumerate() {
+        let info = raylet_info(gcs, node).await?;
+        ensure!(
+            info.reserved_bundles == 1,
+            "{node} holds {} bundles of the group",
+            info.reserved_bundles
+        );
+        let ran: Vec<ObjectRef<String>> = (0..3)
+            .map(|_| {
+                where_am_i::options()
+                    .scheduling(spread.scheduling(Some(index)))
+                    .remote()
+            })
+            .collect();
+        for ran_on in fleet::get_all(&ran).await? {
+            ensure!(
+                ran_on == *node,
+                "a task in bundle {index} (on {node}) ran on {ran_on}"
+            );
+        }
+    }
+    fleet::remove_placement_group(&spread).await?;
+    cluster_is_idle(gcs, "after removing the STRICT_SPREAD group").await?;
+
+    // STRICT_PACK of two GPUs: node-1 is the only node with two.
+    let pack = PlacementGroup::new(bundles(2, "GPU", 1.0))
+        .strategy(PlacementStrategy::StrictPack)
+        .create()
+        .await?;
+    ensure!(
+        pack.bundle_nodes() == ["node-1", "node-1"],
+        "STRICT_PACK of 2 GPUs landed on {:?}",
+        pack.bundle_nodes()
+    );
+    let info = raylet_info(gcs, "node-1").await?;
+    ensure!(
+        info.available.get("GPU").copied().unwrap_or(0.0) == 0.0,
+        "node-1 reports {:?} GPUs free with both reserved",
+        info.available.get("GPU")
+    );
+    let mut actors = Vec::new();
+    for index in 0..2 {
+        actors.push(
+            GpuUser::remote()
+                .num_gpus(1.0)
+                .scheduling(pack.scheduling(Some(index)))
+                .spawn()
+                .await?,
+        );
+    }
+    let mut ids = BTreeSet::new();
+    for actor in &actors {
+        let (node, gpu_ids, _) = actor.placement().await?;
+        ensure!(node == "node-1", "a GPU actor of the group ran on {node}");
+        ensure!(gpu_ids.len() == 1, "one GPU each, got {gpu_ids:?}");
+        ensure!(ids.insert(gpu_ids[0]), "GPU {} was given twice", gpu_ids[0]);
+    }
+    // Removal ends the actors inside the bundles and frees the GPUs.
+    fleet::remove_placement_group(&pack).await?;
+    for actor in &actors {
+        let mut ended = false;
+        for _ in 0..100 {
+            if actor.placement().await.is_err() {
+                ended = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ensure!(ended, "an actor in a removed group's bundle still answers");
+    }
+    cluster_is_idle(gcs, "after removing the STRICT_PACK group").await?;
+
+    // Five distinct nodes do not exist: a clear error, and nothing reserved anywhere.
+    let failed = PlacementGroup::new(bundles(5, "CPU", 1.0))
+        .strategy(PlacementStrategy::StrictSpread)
+        .name("too-wide")
+        .create()
+        .await;
+    let message = format!(
+        "{:#}",
+        failed
+            .err()
+            .context("5 bundles cannot spread over 4 nodes")?
+    );
+    ensure!(
+        message.contains("too-wide")
+            && message.contains("5 distinct nodes")
+            && message.contains("node-0"),
+        "the error names the group, the need and the nodes: {message}"
+    );
+    cluster_is_idle(gcs, "after the infeasible group").await?;
+    Ok(())
+}
+
 async fn wait_node_dead(gcs: &fleet_gcs::GcsClient, node_id: &str) -> Result<Duration> {
     let started = Instant::now();
     loop {
@@ -486,6 +643,70 @@ async fn bounded(
 
 const SCENARIO_LIMIT: Duration = Duration::from_secs(90);
 
+/// The second driver's part: a plain actor and a detached named one, then wait to be killed.
+async fn doomed_driver() -> Result<()> {
+    let plain = Pid::remote().spawn().await?;
+    let detached = Pid::remote().name("survivor").detached().spawn().await?;
+    println!("PIDS {} {}", plain.pid().await?, detached.pid().await?);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    Ok(())
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| !stat.contains(") Z "))
+        .unwrap_or(false)
+}
+
+/// A driver SIGKILLed while it owns actors: its plain actor's worker is stopped, its detached
+/// named actor stays and answers other drivers.
+async fn a_dead_drivers_actors_go_detached_ones_stay(address: &str) -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .env("FLEET_TEST_DOOMED_DRIVER", "1")
+        .env("FLEET_ADDRESS", address)
+        .env("FLEET_NODE_ID", "node-1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("the driver's stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .context("the second driver did not report its actors within 60 s")??
+        .context("the second driver exited early")?;
+    let pids: Vec<u32> = line
+        .strip_prefix("PIDS ")
+        .context("unexpected output from the second driver")?
+        .split(' ')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    ensure!(pids.len() == 2, "bad line {line:?}");
+    let (plain, detached) = (pids[0], pids[1]);
+    child.start_kill()?;
+    child.wait().await?;
+    let killed = Instant::now();
+    while process_alive(plain) {
+        ensure!(
+            killed.elapsed() < Duration::from_secs(20),
+            "the dead driver's actor (pid {plain}) still runs 20 s later"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "  a SIGKILLed driver's actor was stopped {:.0} ms after the kill",
+        killed.elapsed().as_secs_f64() * 1e3
+    );
+    ensure!(
+        process_alive(detached),
+        "the detached actor must outlive its driver"
+    );
+    let survivor = fleet::get_actor::<Pid>("survivor").await?;
+    ensure!(survivor.pid().await? == detached);
+    fleet::kill(survivor.raw()).await?;
+    Ok(())
+}
+
 fn fleet_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fleet"))
 }
@@ -508,6 +729,7 @@ async fn run() -> Result<()> {
         .context("starting the test cluster")?;
     cluster.set_stop_on_drop(true);
     let address = cluster.address().to_string();
+    let driver_address = address.clone();
     let gcs = cluster.client()?;
     std::env::set_var("FLEET_NODE_ID", "node-0");
     let started = Instant::now();
@@ -538,9 +760,14 @@ async fn run() -> Result<()> {
         ),
         ("spread_and_affinity", Box::pin(spread_and_affinity())),
         (
+            "a_dead_drivers_actors_go_detached_ones_stay",
+            Box::pin(a_dead_drivers_actors_go_detached_ones_stay(&driver_address)),
+        ),
+        (
             "objects_move_once_per_node",
             Box::pin(objects_move_once_per_node(&gcs)),
         ),
+        ("placement_groups", Box::pin(placement_groups(&gcs))),
     ];
     // FLEET_TEST_ONLY=name,name runs only those scenarios (the fault scenarios always run).
     let only = std::env::var("FLEET_TEST_ONLY").unwrap_or_default();
@@ -589,6 +816,19 @@ fn main() -> std::process::ExitCode {
             // A worker of the test's job: never returns.
             let _ = fleet::init().await;
             return std::process::ExitCode::FAILURE;
+        }
+        if std::env::var_os("FLEET_TEST_DOOMED_DRIVER").is_some() {
+            let outcome = async {
+                fleet::init().await?;
+                doomed_driver().await
+            };
+            return match outcome.await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("doomed driver: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
         }
         match run().await {
             Ok(()) => std::process::ExitCode::SUCCESS,

@@ -470,6 +470,33 @@ impl GcsClient {
         .await
     }
 
+    /// Marks the job's actors that are not detached DEAD with `cause` (the job ended: its
+    /// workers are stopped); returns how many.
+    pub async fn mark_job_actors_dead(&self, job_id: &str, cause: &str) -> Result<usize> {
+        use fleet_proto::gcs::ActorState;
+        let mut marked = 0;
+        for actor in self.list_actors().await? {
+            if actor.job_id != job_id
+                || actor.detached
+                || actor.state == ActorState::ActorDead as i32
+            {
+                continue;
+            }
+            let update = UpdateActor {
+                actor_id: actor.actor_id.clone(),
+                expected_state: actor.state,
+                new_state: ActorState::ActorDead as i32,
+                death_cause: cause.to_string(),
+                ..UpdateActor::default()
+            };
+            // Rejected: it changed meanwhile (killed, restarted); nothing to do.
+            if self.update_actor(update).await.is_ok() {
+                marked += 1;
+            }
+        }
+        Ok(marked)
+    }
+
     /// All jobs.
     pub async fn list_jobs(&self) -> Result<Vec<JobInfo>> {
         self.read_table(Table::Jobs, "", true).await
@@ -524,6 +551,15 @@ impl GcsClient {
             placement_group_id: id.into(),
         }))
         .await
+    }
+
+    /// One placement group.
+    pub async fn get_placement_group(&self, id: &str) -> Result<Option<PlacementGroupInfo>> {
+        Ok(self
+            .read_table(Table::PlacementGroups, id, false)
+            .await?
+            .into_iter()
+            .next())
     }
 
     /// All placement groups.

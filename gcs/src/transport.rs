@@ -29,6 +29,11 @@ pub trait Connector: Send + Sync + 'static {
     fn channel(&self, address: &str) -> Result<Channel, String>;
 }
 
+/// HTTP/2 flow-control window of one stream (clients and servers of Fleet's services).
+pub const STREAM_WINDOW_BYTES: u32 = 16 << 20;
+/// HTTP/2 flow-control window of one connection.
+pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
+
 /// Real TCP.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TcpConnector;
@@ -40,7 +45,11 @@ impl Connector for TcpConnector {
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .keep_alive_timeout(Duration::from_secs(5))
+            // HTTP/2's default 64 KiB windows stall large transfers (objects, job binaries,
+            // snapshots) on a window update every 64 KiB.
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
         Ok(endpoint.connect_lazy())
     }
 }

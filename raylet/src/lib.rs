@@ -11,10 +11,12 @@
 //! - [`scheduling`]: where a lease goes (hybrid, spread, node affinity; pure).
 //! - [`cluster_view`]: the other nodes' free resources, for spillback.
 //! - [`transfer`]: pulling objects between nodes, chunked and deduplicated.
+//! - [`bundles`]: placement-group bundles reserved on this node (two-phase commit; pure).
 //! - [`binaries`]: content-addressed job binaries, uploaded once and fetched once per node.
 //! - [`daemon`]: `fleet raylet`: a node of a cluster (registration, shutdown).
 
 pub mod binaries;
+pub mod bundles;
 pub mod cluster_view;
 pub mod config;
 pub mod daemon;

@@ -124,6 +124,23 @@ impl NodeResources {
         }
     }
 
+    /// A pool offering `total` whose GPUs are the given shares (index `i` holds
+    /// `gpu_shares[i]` of one GPU): what a placement-group bundle reserved out of a node
+    /// offers the leases inside it. The `GPU` total is the sum of the shares.
+    pub fn from_gpu_shares(mut total: ResourceSet, gpu_shares: &[Amount]) -> Self {
+        let gpus = gpu_shares
+            .iter()
+            .fold(Amount::ZERO, |sum, share| sum.saturating_add(*share));
+        total.set(GPU, gpus);
+        NodeResources {
+            available: total.clone(),
+            total,
+            gpu_free: gpu_shares.iter().map(|s| (*s).min(Amount::ONE)).collect(),
+            outstanding: BTreeMap::new(),
+            next_allocation_id: 0,
+        }
+    }
+
     /// Everything this node has.
     pub fn total(&self) -> &ResourceSet {
         &self.total

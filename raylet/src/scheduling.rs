@@ -240,6 +240,266 @@ pub fn describe(resources: &BTreeMap<String, f64>) -> String {
     format!("{{{}}}", parts.join(", "))
 }
 
+/// How a placement group's bundles are spread over nodes (Ray's strategies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlacementStrategy {
+    /// As few nodes as possible, best effort.
+    Pack,
+    /// Distinct nodes as far as possible, best effort.
+    Spread,
+    /// All bundles on one node, or fail.
+    StrictPack,
+    /// Every bundle on a node of its own, or fail.
+    StrictSpread,
+}
+
+impl std::fmt::Display for PlacementStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PlacementStrategy::Pack => "PACK",
+            PlacementStrategy::Spread => "SPREAD",
+            PlacementStrategy::StrictPack => "STRICT_PACK",
+            PlacementStrategy::StrictSpread => "STRICT_SPREAD",
+        })
+    }
+}
+
+/// Why a placement group cannot be placed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlacementError {
+    /// It can never fit the cluster (judged by the nodes' totals): the message names the
+    /// bundle and the nodes.
+    Infeasible(String),
+    /// It could fit, but not in what is free now: try again later.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for PlacementError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlacementError::Infeasible(m) | PlacementError::Unavailable(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Chooses a node for each bundle (the returned vector holds indexes into `nodes`, one
+/// per bundle) from what is free on each node now.
+///
+/// - PACK: all on one node when one fits them all, otherwise fill nodes one at a time
+///   (largest bundles first), opening as few nodes as it can.
+/// - SPREAD: each bundle on a node no other bundle of the group uses while there is one,
+///   then on the node with the fewest of them.
+/// - STRICT_PACK: one node that fits the sum of the bundles.
+/// - STRICT_SPREAD: a node of its own per bundle (an exact matching, not a greedy guess).
+///
+/// Among equal choices, less used nodes win, then lower node ids. When nothing fits now,
+/// the same question is asked of the nodes' totals to tell [`PlacementError::Infeasible`]
+/// (never) from [`PlacementError::Unavailable`] (not now).
+pub fn place_bundles(
+    strategy: PlacementStrategy,
+    bundles: &[BTreeMap<String, f64>],
+    nodes: &[NodeView],
+) -> Result<Vec<usize>, PlacementError> {
+    if bundles.is_empty() {
+        return Err(PlacementError::Infeasible(
+            "a placement group needs at least one bundle".into(),
+        ));
+    }
+    let free: Vec<BTreeMap<String, f64>> = nodes.iter().map(|n| n.available.clone()).collect();
+    match assign(strategy, bundles, nodes, free) {
+        Ok(chosen) => Ok(chosen),
+        Err(_) => {
+            let totals: Vec<BTreeMap<String, f64>> =
+                nodes.iter().map(|n| n.total.clone()).collect();
+            match assign(strategy, bundles, nodes, totals) {
+                Ok(_) => Err(PlacementError::Unavailable(format!(
+                    "the {strategy} placement group {} does not fit what is free now ({})",
+                    describe_bundles(bundles),
+                    describe_nodes(nodes, |n| &n.available, "free")
+                ))),
+                Err(reason) => Err(PlacementError::Infeasible(format!(
+                    "the {strategy} placement group {} can never fit this cluster: {reason} ({}); lower the bundles, change the strategy, or add nodes",
+                    describe_bundles(bundles),
+                    describe_nodes(nodes, |n| &n.total, "has")
+                ))),
+            }
+        }
+    }
+}
+
+fn describe_bundles(bundles: &[BTreeMap<String, f64>]) -> String {
+    let parts: Vec<String> = bundles
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("#{i} {}", describe(b)))
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
+fn describe_nodes(
+    nodes: &[NodeView],
+    what: impl Fn(&NodeView) -> &BTreeMap<String, f64>,
+    verb: &str,
+) -> String {
+    if nodes.is_empty() {
+        return "no live nodes".into();
+    }
+    nodes
+        .iter()
+        .map(|n| format!("{} {verb} {}", n.node_id, describe(what(n))))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn take(have: &mut BTreeMap<String, f64>, wanted: &BTreeMap<String, f64>) {
+    for (name, amount) in wanted {
+        let left = have.entry(name.clone()).or_insert(0.0);
+        *left = (*left - amount).max(0.0);
+    }
+}
+
+/// Node indexes ordered least used first, then by id.
+fn by_preference(nodes: &[NodeView]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    order.sort_by(|&a, &b| {
+        nodes[a]
+            .utilization()
+            .total_cmp(&nodes[b].utilization())
+            .then_with(|| nodes[a].node_id.cmp(&nodes[b].node_id))
+    });
+    order
+}
+
+/// Bundle indexes, largest first (by the sum of their amounts), ties by index.
+fn largest_first(bundles: &[BTreeMap<String, f64>]) -> Vec<usize> {
+    let size = |b: &BTreeMap<String, f64>| b.values().sum::<f64>();
+    let mut order: Vec<usize> = (0..bundles.len()).collect();
+    order.sort_by(|&a, &b| {
+        size(&bundles[b])
+            .total_cmp(&size(&bundles[a]))
+            .then(a.cmp(&b))
+    });
+    order
+}
+
+/// The assignment against `free` (each node's capacity), or why there is none.
+fn assign(
+    strategy: PlacementStrategy,
+    bundles: &[BTreeMap<String, f64>],
+    nodes: &[NodeView],
+    mut free: Vec<BTreeMap<String, f64>>,
+) -> Result<Vec<usize>, String> {
+    let order = by_preference(nodes);
+    let mut sum: BTreeMap<String, f64> = BTreeMap::new();
+    for bundle in bundles {
+        for (name, amount) in bundle {
+            *sum.entry(name.clone()).or_default() += amount;
+        }
+    }
+    let one_node = order.iter().copied().find(|&n| fits(&free[n], &sum));
+    match strategy {
+        PlacementStrategy::StrictPack => {
+            one_node.map(|n| vec![n; bundles.len()]).ok_or_else(|| {
+                format!(
+                    "no node has {} for all of its bundles together",
+                    describe(&sum)
+                )
+            })
+        }
+        PlacementStrategy::Pack => {
+            if let Some(n) = one_node {
+                return Ok(vec![n; bundles.len()]);
+            }
+            let mut chosen = vec![usize::MAX; bundles.len()];
+            let mut opened: Vec<usize> = Vec::new();
+            for b in largest_first(bundles) {
+                let node = opened
+                    .iter()
+                    .copied()
+                    .find(|&n| fits(&free[n], &bundles[b]))
+                    .or_else(|| order.iter().copied().find(|&n| fits(&free[n], &bundles[b])))
+                    .ok_or_else(|| format!("bundle {b} {} fits no node", describe(&bundles[b])))?;
+                if !opened.contains(&node) {
+                    opened.push(node);
+                }
+                take(&mut free[node], &bundles[b]);
+                chosen[b] = node;
+            }
+            Ok(chosen)
+        }
+        PlacementStrategy::Spread => {
+            let mut chosen = vec![usize::MAX; bundles.len()];
+            let mut count = vec![0usize; nodes.len()];
+            for b in largest_first(bundles) {
+                let node = order
+                    .iter()
+                    .copied()
+                    .filter(|&n| fits(&free[n], &bundles[b]))
+                    .min_by_key(|&n| count[n])
+                    .ok_or_else(|| format!("bundle {b} {} fits no node", describe(&bundles[b])))?;
+                count[node] += 1;
+                take(&mut free[node], &bundles[b]);
+                chosen[b] = node;
+            }
+            Ok(chosen)
+        }
+        PlacementStrategy::StrictSpread => {
+            if bundles.len() > nodes.len() {
+                return Err(format!(
+                    "its {} bundles need {} distinct nodes but the cluster has {}",
+                    bundles.len(),
+                    bundles.len(),
+                    nodes.len()
+                ));
+            }
+            // Bipartite matching (Kuhn): a node hosts at most one bundle, so whether a
+            // bundle fits a node does not depend on the other bundles.
+            let mut owner: Vec<Option<usize>> = vec![None; nodes.len()];
+            for b in largest_first(bundles) {
+                let mut seen = vec![false; nodes.len()];
+                if !augment(b, bundles, &free, &order, &mut owner, &mut seen) {
+                    return Err(format!(
+                        "bundle {b} {} finds no node of its own among those that fit it",
+                        describe(&bundles[b])
+                    ));
+                }
+            }
+            let mut chosen = vec![usize::MAX; bundles.len()];
+            for (node, bundle) in owner.iter().enumerate() {
+                if let Some(b) = bundle {
+                    chosen[*b] = node;
+                }
+            }
+            Ok(chosen)
+        }
+    }
+}
+
+fn augment(
+    b: usize,
+    bundles: &[BTreeMap<String, f64>],
+    free: &[BTreeMap<String, f64>],
+    order: &[usize],
+    owner: &mut [Option<usize>],
+    seen: &mut [bool],
+) -> bool {
+    for &n in order {
+        if seen[n] || !fits(&free[n], &bundles[b]) {
+            continue;
+        }
+        seen[n] = true;
+        let free_now = match owner[n] {
+            None => true,
+            Some(other) => augment(other, bundles, free, order, owner, seen),
+        };
+        if free_now {
+            owner[n] = Some(b);
+            return true;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,5 +666,170 @@ mod tests {
         assert!((n.utilization() - 1.0).abs() < 1e-9);
         let empty = node("e", &[("CPU", 0.0)], &[]);
         assert_eq!(empty.utilization(), 0.0);
+    }
+    fn bundles(n: usize, pairs: &[(&str, f64)]) -> Vec<BTreeMap<String, f64>> {
+        (0..n).map(|_| want(pairs)).collect()
+    }
+
+    fn cluster() -> Vec<NodeView> {
+        vec![
+            node("n0", &[("CPU", 2.0)], &[]),
+            node("n1", &[("CPU", 2.0), ("GPU", 2.0)], &[]),
+            node("n2", &[("CPU", 2.0), ("GPU", 1.0)], &[]),
+            node("n3", &[("CPU", 2.0), ("GPU", 1.0)], &[]),
+        ]
+    }
+
+    fn ids(nodes: &[NodeView], chosen: &[usize]) -> Vec<String> {
+        chosen.iter().map(|&i| nodes[i].node_id.clone()).collect()
+    }
+
+    #[test]
+    fn strict_spread_puts_each_bundle_on_its_own_node() {
+        let nodes = cluster();
+        let chosen = place_bundles(
+            PlacementStrategy::StrictSpread,
+            &bundles(3, &[("CPU", 1.0)]),
+            &nodes,
+        )
+        .expect("fits");
+        let distinct: std::collections::BTreeSet<usize> = chosen.iter().copied().collect();
+        assert_eq!(distinct.len(), 3);
+    }
+
+    #[test]
+    fn strict_spread_finds_the_matching_a_greedy_pick_would_miss() {
+        // The GPU bundle must go to n1, the only GPU node, even though n1 is the least
+        // used node and the CPU bundle (larger) would grab it first.
+        let nodes = vec![
+            node("n0", &[("CPU", 4.0)], &[("CPU", 1.0)]),
+            node("n1", &[("CPU", 4.0), ("GPU", 1.0)], &[]),
+        ];
+        let chosen = place_bundles(
+            PlacementStrategy::StrictSpread,
+            &[want(&[("CPU", 3.0)]), want(&[("GPU", 1.0)])],
+            &nodes,
+        )
+        .expect("fits");
+        assert_eq!(ids(&nodes, &chosen), vec!["n0", "n1"]);
+    }
+
+    #[test]
+    fn strict_spread_with_more_bundles_than_nodes_is_infeasible() {
+        match place_bundles(
+            PlacementStrategy::StrictSpread,
+            &bundles(5, &[("CPU", 1.0)]),
+            &cluster(),
+        ) {
+            Err(PlacementError::Infeasible(reason)) => {
+                assert!(reason.contains("5 distinct nodes"), "{reason}");
+                assert!(reason.contains("n3 has {CPU: 2"), "{reason}");
+                assert!(reason.contains("STRICT_SPREAD"), "{reason}");
+            }
+            other => panic!("expected infeasible, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn strict_pack_needs_one_node_for_everything() {
+        let nodes = cluster();
+        let chosen = place_bundles(
+            PlacementStrategy::StrictPack,
+            &bundles(2, &[("GPU", 1.0)]),
+            &nodes,
+        )
+        .expect("fits n1");
+        assert_eq!(ids(&nodes, &chosen), vec!["n1", "n1"]);
+        match place_bundles(
+            PlacementStrategy::StrictPack,
+            &bundles(3, &[("GPU", 1.0)]),
+            &nodes,
+        ) {
+            Err(PlacementError::Infeasible(reason)) => {
+                assert!(reason.contains("{GPU: 3}"), "{reason}")
+            }
+            other => panic!("expected infeasible, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pack_uses_as_few_nodes_as_it_can() {
+        let nodes = cluster();
+        let chosen = place_bundles(
+            PlacementStrategy::Pack,
+            &bundles(2, &[("CPU", 1.0)]),
+            &nodes,
+        )
+        .expect("fits");
+        assert_eq!(chosen[0], chosen[1]);
+        // 5 CPUs fit no node: two full nodes and one more, three nodes in all.
+        let chosen = place_bundles(
+            PlacementStrategy::Pack,
+            &bundles(5, &[("CPU", 1.0)]),
+            &nodes,
+        )
+        .expect("fits");
+        let used: std::collections::BTreeSet<usize> = chosen.iter().copied().collect();
+        assert_eq!(used.len(), 3);
+    }
+
+    #[test]
+    fn spread_is_best_effort() {
+        let nodes = cluster();
+        let chosen = place_bundles(
+            PlacementStrategy::Spread,
+            &bundles(4, &[("CPU", 1.0)]),
+            &nodes,
+        )
+        .expect("fits");
+        let used: std::collections::BTreeSet<usize> = chosen.iter().copied().collect();
+        assert_eq!(used.len(), 4);
+        // More bundles than nodes: still placed, two to a node.
+        let chosen = place_bundles(
+            PlacementStrategy::Spread,
+            &bundles(8, &[("CPU", 1.0)]),
+            &nodes,
+        )
+        .expect("fits");
+        for n in 0..4 {
+            assert_eq!(chosen.iter().filter(|&&c| c == n).count(), 2);
+        }
+    }
+
+    #[test]
+    fn busy_but_feasible_is_unavailable_not_infeasible() {
+        let nodes = vec![node("n0", &[("CPU", 2.0)], &[("CPU", 2.0)])];
+        for strategy in [
+            PlacementStrategy::Pack,
+            PlacementStrategy::Spread,
+            PlacementStrategy::StrictPack,
+            PlacementStrategy::StrictSpread,
+        ] {
+            assert!(matches!(
+                place_bundles(strategy, &bundles(1, &[("CPU", 1.0)]), &nodes),
+                Err(PlacementError::Unavailable(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_resource_no_node_has_is_infeasible_for_every_strategy() {
+        for strategy in [
+            PlacementStrategy::Pack,
+            PlacementStrategy::Spread,
+            PlacementStrategy::StrictPack,
+            PlacementStrategy::StrictSpread,
+        ] {
+            match place_bundles(strategy, &bundles(1, &[("TPU", 1.0)]), &cluster()) {
+                Err(PlacementError::Infeasible(reason)) => {
+                    assert!(reason.contains("#0 {TPU: 1}"), "{reason}")
+                }
+                other => panic!("{strategy}: expected infeasible, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            place_bundles(PlacementStrategy::Pack, &[], &cluster()),
+            Err(PlacementError::Infeasible(_))
+        ));
     }
 }

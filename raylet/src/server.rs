@@ -16,12 +16,13 @@ use fleet_proto::gcs::{JobState, Table, WatchFilter};
 use fleet_proto::runtime::raylet_server::{Raylet, RayletServer};
 use fleet_proto::runtime::scheduling_strategy::Kind as StrategyKind;
 use fleet_proto::runtime::{
-    AttachDriverRequest, BinaryChunk, DriverEvent, FetchBinaryRequest, HasBinaryReply,
-    HasBinaryRequest, LeaseReply, LeaseRequest, NodeInfoReply, NodeInfoRequest, ObjectChunk,
-    PullObjectReply, PullObjectRequest, ReadObjectRequest, RegisterWorkerReply,
-    RegisterWorkerRequest, ReturnLeaseReply, ReturnLeaseRequest, StoreDeleteReply,
-    StoreDeleteRequest, StoreGetReply, StoreGetRequest, StorePutReply, StorePutRequest,
-    UploadBinaryReply,
+    AttachDriverRequest, BinaryChunk, CancelBundlesReply, CancelBundlesRequest, CommitBundlesReply,
+    CommitBundlesRequest, DriverEvent, FetchBinaryRequest, HasBinaryReply, HasBinaryRequest,
+    LeaseReply, LeaseRequest, NodeInfoReply, NodeInfoRequest, ObjectChunk, PrepareBundlesReply,
+    PrepareBundlesRequest, PullObjectReply, PullObjectRequest, ReadObjectRequest,
+    RegisterWorkerReply, RegisterWorkerRequest, ReturnLeaseReply, ReturnLeaseRequest,
+    StoreDeleteReply, StoreDeleteRequest, StoreGetReply, StoreGetRequest, StorePutReply,
+    StorePutRequest, UploadBinaryReply,
 };
 use prost::Message;
 use tokio::net::TcpListener;
@@ -32,10 +33,17 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::binaries::Binaries;
+use crate::bundles::{BundleError, BundleKey, BundleRequest, Bundles};
 use crate::cluster_view::ClusterView;
 use crate::config::RayletConfig;
 use crate::scheduling::{Decision, NodeView, Strategy};
 use crate::transfer::Transfers;
+
+/// The GPU count of a resource set (whole GPUs; a share counts as one).
+fn gpu_count(resources: &ResourceSet) -> u32 {
+    let gpus = resources.get(crate::resources::GPU);
+    u32::try_from(gpus.whole_part() + u64::from(!gpus.is_whole())).unwrap_or(u32::MAX)
+}
 
 /// Largest message (objects written through the raylet travel whole).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
@@ -58,6 +66,9 @@ struct WorkerEntry {
     detached: bool,
 }
 
+/// How long a lease request waits queued on this node before it is placed again.
+const REPLACE_QUEUED_AFTER: Duration = Duration::from_millis(500);
+
 /// The pool key of the raylet's own worker binary (embedded mode).
 const DEFAULT_POOL: &str = "default";
 
@@ -72,10 +83,14 @@ fn pool_key(request: &LeaseRequest) -> String {
 struct Lease {
     worker_id: String,
     allocation: Allocation,
+    /// The placement-group bundle it was allocated from (else the node's free pool).
+    bundle: Option<BundleKey>,
 }
 
 struct State {
     resources: NodeResources,
+    /// Placement-group bundles reserved here (out of `resources`).
+    bundles: Bundles,
     workers: HashMap<String, WorkerEntry>,
     idle: VecDeque<String>,
     registering: HashMap<String, oneshot::Sender<String>>,
@@ -84,6 +99,43 @@ struct State {
     next_worker: u64,
     dead_workers: Vec<WorkerExit>,
     pending_leases: u32,
+}
+
+impl State {
+    /// Gives back what a lease took: to its bundle, or to the node's free pool.
+    fn release(&mut self, allocation: &Allocation, bundle: Option<&BundleKey>) {
+        match bundle {
+            Some(key) => {
+                self.bundles.release(key, allocation);
+            }
+            None => {
+                self.resources.release(allocation);
+            }
+        }
+    }
+
+    /// Ends the leases inside bundles that were just released: their workers are retired
+    /// (the lessees see them die) and the leases forgotten.
+    fn end_bundle_leases(&mut self, released: &[BundleKey]) -> usize {
+        if released.is_empty() {
+            return 0;
+        }
+        let ended: Vec<u64> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.bundle.as_ref().is_some_and(|k| released.contains(k)))
+            .map(|(id, _)| *id)
+            .collect();
+        for lease_id in &ended {
+            if let Some(lease) = self.leases.remove(lease_id) {
+                if let Some(worker) = self.workers.get_mut(&lease.worker_id) {
+                    worker.leased = None;
+                    worker.process.retire(true);
+                }
+            }
+        }
+        ended.len()
+    }
 }
 
 /// The program a worker runs.
@@ -208,6 +260,7 @@ impl RayletService {
                 launcher,
                 state: Mutex::new(State {
                     resources,
+                    bundles: Bundles::default(),
                     workers: HashMap::new(),
                     idle: VecDeque::new(),
                     registering: HashMap::new(),
@@ -396,6 +449,16 @@ impl RayletService {
         }
         let map: BTreeMap<String, f64> = request.resources.clone().into_iter().collect();
         let wanted = to_resource_set(&map, &what)?;
+        if let Some(strategy) = request
+            .strategy
+            .as_ref()
+            .filter(|s| s.kind == StrategyKind::PlacementGroup as i32)
+        {
+            let strategy = strategy.clone();
+            return self
+                .lease_in_bundle(&request, &strategy, what, wanted)
+                .await;
+        }
         match self.place(&request, &map) {
             Decision::Local => {}
             Decision::Spill { node_id, address } => {
@@ -434,32 +497,7 @@ impl RayletService {
                 }
             }
         }
-        // The job's program, fetched once per node, before resources are held.
-        let program = if request.job_binary.is_empty() {
-            Program {
-                job_id: request.job_id.clone(),
-                detached: request.detached,
-                ..Program::default()
-            }
-        } else {
-            let binary = self
-                .inner
-                .binaries
-                .ensure(&request.job_binary)
-                .await
-                .map_err(|reason| Error::WorkerStart {
-                    binary: self.inner.binaries.path(&request.job_binary),
-                    reason,
-                })?;
-            Program {
-                binary: Some(binary),
-                args: request.worker_args.clone(),
-                pool_key: pool_key(&request),
-                job_id: request.job_id.clone(),
-                digest: request.job_binary.clone(),
-                detached: request.detached,
-            }
-        };
+        let program = self.program(&request).await?;
         let allocation = loop {
             let notified = self.inner.freed.notified();
             tokio::pin!(notified);
@@ -487,10 +525,229 @@ impl RayletService {
                 }
                 state.pending_leases += 1;
             }
+            // Queued here: look again now and then, in case another node has room by now
+            // (a lease queued on a busy node must not wait out work that never leaves).
+            let requeue = tokio::select! {
+                _ = notified => false,
+                _ = tokio::time::sleep(REPLACE_QUEUED_AFTER) => true,
+            };
+            self.lock().pending_leases -= 1;
+            if requeue && !request.grant_or_reject {
+                if let Decision::Spill { node_id, address } = self.place(&request, &map) {
+                    return Ok(LeaseReply {
+                        spillback_address: address,
+                        spillback_node_id: node_id,
+                        ..LeaseReply::default()
+                    });
+                }
+            }
+        };
+        let gpu_ids = allocation.gpu_ids.clone();
+        self.grant(&request, program, allocation, gpu_ids, None)
+            .await
+    }
+
+    /// A lease inside a placement group's bundle: granted here from the bundle's own
+    /// resources when the bundle is here (waiting while the bundle is busy), else spilled
+    /// to the node holding it (the GCS placement group table says which).
+    async fn lease_in_bundle(
+        &self,
+        request: &LeaseRequest,
+        strategy: &fleet_proto::runtime::SchedulingStrategy,
+        what: String,
+        wanted: ResourceSet,
+    ) -> Result<LeaseReply> {
+        let group = strategy.placement_group_id.clone();
+        let index = u32::try_from(strategy.bundle_index).ok();
+        let local = {
+            let state = self.lock();
+            match index {
+                Some(index) => {
+                    let key = BundleKey {
+                        group: group.clone(),
+                        index,
+                    };
+                    state.bundles.is_committed(&key).then_some(key)
+                }
+                None => state.bundles.pick(&group, &wanted),
+            }
+        };
+        let Some(key) = local else {
+            if request.grant_or_reject {
+                return Err(Error::InvalidRequest {
+                    what,
+                    reason: format!(
+                        "placement group {group} has no bundle{} reserved on node {} (was the group removed?)",
+                        index.map(|i| format!(" {i}")).unwrap_or_default(),
+                        self.inner.config.node_id
+                    ),
+                });
+            }
+            let (node_id, address) = self.bundle_node(&group, index, &wanted, &what).await?;
+            return Ok(LeaseReply {
+                spillback_address: address,
+                spillback_node_id: node_id,
+                ..LeaseReply::default()
+            });
+        };
+        let program = self.program(request).await?;
+        let (allocation, gpu_ids) = loop {
+            let notified = self.inner.freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.lock();
+                match state.bundles.allocate(&key, &wanted) {
+                    Ok(granted) => break granted,
+                    // Only the group's own work uses the bundle: wait for it.
+                    Err(BundleError::Busy { .. }) => {}
+                    Err(error) => {
+                        return Err(Error::InvalidRequest {
+                            what,
+                            reason: error.to_string(),
+                        })
+                    }
+                }
+                state.pending_leases += 1;
+            }
             notified.await;
             self.lock().pending_leases -= 1;
         };
-        let dedicated = request.dedicated || !allocation.gpu_ids.is_empty();
+        self.grant(request, program, allocation, gpu_ids, Some(key))
+            .await
+    }
+
+    /// The node (id, raylet address) holding a bundle of `group` that `wanted` fits.
+    async fn bundle_node(
+        &self,
+        group: &str,
+        index: Option<u32>,
+        wanted: &ResourceSet,
+        what: &str,
+    ) -> Result<(String, String)> {
+        use fleet_proto::gcs::PlacementGroupState;
+        let invalid = |reason: String| Error::InvalidRequest {
+            what: what.to_string(),
+            reason,
+        };
+        let info = self
+            .inner
+            .gcs
+            .get_placement_group(group)
+            .await
+            .map_err(|e| invalid(format!("cannot read placement group {group}: {e}")))?
+            .ok_or_else(|| {
+                invalid(format!(
+                    "no placement group {group}; create it with fleet::PlacementGroup first"
+                ))
+            })?;
+        if info.state == PlacementGroupState::PgRemoved as i32 {
+            return Err(invalid(format!("placement group {group} was removed")));
+        }
+        if info.state != PlacementGroupState::PgCreated as i32 {
+            return Err(invalid(format!(
+                "placement group {group} is not created yet (await its create())"
+            )));
+        }
+        let candidates: Vec<(usize, String)> = match index {
+            Some(i) => {
+                let bundle = info.bundles.get(i as usize).ok_or_else(|| {
+                    invalid(format!(
+                        "placement group {group} has {} bundles; there is no bundle {i}",
+                        info.bundles.len()
+                    ))
+                })?;
+                vec![(i as usize, bundle.node_id.clone())]
+            }
+            None => info
+                .bundles
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| {
+                    let map: BTreeMap<String, f64> = b.resources.clone().into_iter().collect();
+                    ResourceSet::try_from_map(&map).is_ok_and(|reserved| {
+                        NodeResources::new(reserved.clone(), gpu_count(&reserved))
+                            .is_feasible(wanted)
+                            .is_ok()
+                    })
+                })
+                .map(|(i, b)| (i, b.node_id.clone()))
+                .collect(),
+        };
+        if candidates.is_empty() {
+            return Err(invalid(format!(
+                "the request {wanted} fits no bundle of placement group {group}; lower the request or make the bundles larger"
+            )));
+        }
+        let counter = self
+            .inner
+            .spread_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (bundle, node_id) = candidates[counter % candidates.len()].clone();
+        if node_id == self.inner.config.node_id {
+            return Err(invalid(format!(
+                "bundle {bundle} of placement group {group} is no longer reserved on node {node_id}"
+            )));
+        }
+        if let Some(node) = self
+            .inner
+            .view
+            .others()
+            .into_iter()
+            .find(|n| n.node_id == node_id)
+        {
+            return Ok((node_id, node.address));
+        }
+        let nodes = self.inner.gcs.list_nodes().await.unwrap_or_default();
+        match nodes.into_iter().find(|n| {
+            n.node_id == node_id && n.state == fleet_proto::gcs::NodeState::NodeAlive as i32
+        }) {
+            Some(node) => Ok((node_id, node.address)),
+            None => Err(invalid(format!(
+                "bundle {bundle} of placement group {group} is on node {node_id}, which is dead"
+            ))),
+        }
+    }
+
+    /// The job's program, fetched once per node, before resources are held.
+    async fn program(&self, request: &LeaseRequest) -> Result<Program> {
+        Ok(if request.job_binary.is_empty() {
+            Program {
+                job_id: request.job_id.clone(),
+                detached: request.detached,
+                ..Program::default()
+            }
+        } else {
+            let binary = self
+                .inner
+                .binaries
+                .ensure(&request.job_binary)
+                .await
+                .map_err(|reason| Error::WorkerStart {
+                    binary: self.inner.binaries.path(&request.job_binary),
+                    reason,
+                })?;
+            Program {
+                binary: Some(binary),
+                args: request.worker_args.clone(),
+                pool_key: pool_key(request),
+                job_id: request.job_id.clone(),
+                digest: request.job_binary.clone(),
+                detached: request.detached,
+            }
+        })
+    }
+
+    /// Gives a worker to a granted allocation: an idle shared one, or a new process.
+    async fn grant(
+        &self,
+        request: &LeaseRequest,
+        program: Program,
+        allocation: Allocation,
+        gpu_ids: Vec<u32>,
+        bundle: Option<BundleKey>,
+    ) -> Result<LeaseReply> {
+        let dedicated = request.dedicated || !gpu_ids.is_empty();
         let reused = if dedicated {
             None
         } else {
@@ -517,13 +774,10 @@ impl RayletService {
         };
         let (worker_id, address) = match reused {
             Some(found) => found,
-            None => match self
-                .start_worker(dedicated, &allocation.gpu_ids, &program)
-                .await
-            {
+            None => match self.start_worker(dedicated, &gpu_ids, &program).await {
                 Ok(found) => found,
                 Err(error) => {
-                    self.lock().resources.release(&allocation);
+                    self.lock().release(&allocation, bundle.as_ref());
                     self.inner.freed.notify_waiters();
                     return Err(error);
                 }
@@ -532,7 +786,6 @@ impl RayletService {
         let mut state = self.lock();
         let lease_id = state.next_lease;
         state.next_lease += 1;
-        let gpu_ids = allocation.gpu_ids.clone();
         match state.workers.get_mut(&worker_id) {
             Some(worker) => {
                 worker.leased = Some(lease_id);
@@ -541,7 +794,7 @@ impl RayletService {
             }
             None => {
                 // It died between start and grant.
-                state.resources.release(&allocation);
+                state.release(&allocation, bundle.as_ref());
                 drop(state);
                 self.inner.freed.notify_waiters();
                 return Err(Error::WorkerStart {
@@ -558,6 +811,7 @@ impl RayletService {
             Lease {
                 worker_id: worker_id.clone(),
                 allocation,
+                bundle,
             },
         );
         Ok(LeaseReply {
@@ -590,6 +844,17 @@ impl RayletService {
             return;
         }
         let mut state = self.lock();
+        let state = &mut *state;
+        let released = state.bundles.release_job(&mut state.resources, job_id);
+        state.end_bundle_leases(&released);
+        if !released.is_empty() {
+            tracing::info!(
+                job = job_id,
+                bundles = released.len(),
+                "job finished; its placement-group bundles released"
+            );
+            self.inner.freed.notify_waiters();
+        }
         let mut retired = 0;
         for worker in state.workers.values_mut() {
             if worker.job_id == job_id && !worker.detached {
@@ -644,13 +909,84 @@ impl RayletService {
         }
     }
 
+    /// Prepare (phase one): reserves the bundles out of the free pool, all or nothing.
+    pub fn prepare_bundles(&self, request: PrepareBundlesRequest) -> Result<PrepareBundlesReply> {
+        let mut bundles = Vec::with_capacity(request.bundles.len());
+        for spec in request.bundles {
+            let map: BTreeMap<String, f64> = spec.resources.into_iter().collect();
+            let key = BundleKey {
+                group: spec.placement_group_id,
+                index: spec.bundle_index,
+            };
+            let resources = to_resource_set(&map, &key.to_string())?;
+            bundles.push(BundleRequest {
+                key,
+                resources,
+                job_id: spec.job_id,
+            });
+        }
+        let mut state = self.lock();
+        let state = &mut *state;
+        Ok(
+            match state.bundles.prepare(
+                &mut state.resources,
+                &bundles,
+                tokio::time::Instant::now().into_std(),
+            ) {
+                Ok(()) => PrepareBundlesReply {
+                    success: true,
+                    reason: String::new(),
+                },
+                Err(reason) => PrepareBundlesReply {
+                    success: false,
+                    reason: format!("node {} cannot reserve {reason}", self.inner.config.node_id),
+                },
+            },
+        )
+    }
+
+    /// Releases bundles of a group (all of it here when the indexes are empty), or with
+    /// `None` the uncommitted prepares past their deadline, and ends the leases inside.
+    fn release_bundles(&self, group: Option<(&str, &[u32])>) -> usize {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let released = match group {
+            Some((group, indexes)) => state.bundles.cancel(&mut state.resources, group, indexes),
+            None => state
+                .bundles
+                .expire(&mut state.resources, tokio::time::Instant::now().into_std()),
+        };
+        let ended = state.end_bundle_leases(&released);
+        if !released.is_empty() {
+            tracing::info!(
+                bundles = released.len(),
+                leases_ended = ended,
+                expired = group.is_none(),
+                "placement-group bundles released"
+            );
+            self.inner.freed.notify_waiters();
+        }
+        released.len()
+    }
+
+    /// Releases prepared bundles whose commit never came, every second until `stop`.
+    async fn expire_bundles(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            self.release_bundles(None);
+        }
+    }
+
     fn return_lease(&self, lease_id: u64, worker_failed: bool) -> Result<()> {
         let mut state = self.lock();
         let Some(lease) = state.leases.remove(&lease_id) else {
             // Its worker died and the lease was already cleaned up.
             return Ok(());
         };
-        state.resources.release(&lease.allocation);
+        state.release(&lease.allocation, lease.bundle.as_ref());
         let max_idle = self.inner.config.max_idle_workers;
         let idle_count = state.idle.len();
         if let Some(worker) = state.workers.get_mut(&lease.worker_id) {
@@ -676,7 +1012,7 @@ impl RayletService {
         if let Some(worker) = state.workers.remove(&exit.worker_id) {
             if let Some(lease_id) = worker.leased {
                 if let Some(lease) = state.leases.remove(&lease_id) {
-                    state.resources.release(&lease.allocation);
+                    state.release(&lease.allocation, lease.bundle.as_ref());
                 }
             }
         }
@@ -693,6 +1029,7 @@ impl RayletService {
         self.inner
             .stopping
             .store(true, std::sync::atomic::Ordering::Release);
+        self.inner.freed.notify_waiters();
         let mut state = self.lock();
         for worker in state.workers.values_mut() {
             worker.process.retire(true);
@@ -737,7 +1074,23 @@ impl Raylet for RayletService {
         &self,
         request: Request<LeaseRequest>,
     ) -> Result<Response<LeaseReply>, Status> {
-        Ok(Response::new(self.lease(request.into_inner()).await?))
+        // Leased on a task of its own: a requester that goes away mid-request (it died)
+        // must not cancel it halfway, leaking the resources it holds; a lease granted to a
+        // requester that is gone goes straight back.
+        let this = self.clone();
+        let (done, answer) = oneshot::channel();
+        tokio::spawn(async move {
+            let result = this.lease(request.into_inner()).await;
+            if let Err(Ok(reply)) = done.send(result) {
+                if reply.lease_id != 0 {
+                    let _ = this.return_lease(reply.lease_id, false);
+                }
+            }
+        });
+        let result = answer
+            .await
+            .map_err(|_| Status::internal("the lease task ended without an answer"))?;
+        Ok(Response::new(result?))
     }
 
     async fn return_worker_lease(
@@ -747,6 +1100,34 @@ impl Raylet for RayletService {
         let request = request.into_inner();
         self.return_lease(request.lease_id, request.worker_failed)?;
         Ok(Response::new(ReturnLeaseReply {}))
+    }
+
+    async fn prepare_bundles(
+        &self,
+        request: Request<PrepareBundlesRequest>,
+    ) -> Result<Response<PrepareBundlesReply>, Status> {
+        Ok(Response::new(self.prepare_bundles(request.into_inner())?))
+    }
+
+    async fn commit_bundles(
+        &self,
+        request: Request<CommitBundlesRequest>,
+    ) -> Result<Response<CommitBundlesReply>, Status> {
+        let request = request.into_inner();
+        self.lock()
+            .bundles
+            .commit(&request.placement_group_id, &request.bundle_indexes)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(CommitBundlesReply {}))
+    }
+
+    async fn cancel_bundles(
+        &self,
+        request: Request<CancelBundlesRequest>,
+    ) -> Result<Response<CancelBundlesReply>, Status> {
+        let request = request.into_inner();
+        self.release_bundles(Some((&request.placement_group_id, &request.bundle_indexes)));
+        Ok(Response::new(CancelBundlesReply {}))
     }
 
     async fn node_info(
@@ -770,6 +1151,7 @@ impl Raylet for RayletService {
             pending_leases: state.pending_leases,
             objects_pulled,
             bytes_pulled,
+            reserved_bundles: state.bundles.len() as u32,
         }))
     }
 
@@ -887,9 +1269,28 @@ impl Raylet for RayletService {
         let (tx, rx) = mpsc::channel(1);
         let gcs = self.inner.gcs.clone();
         let node_id = self.inner.config.node_id.clone();
+        let this = self.clone();
         tokio::spawn(async move {
-            // The driver's end of the stream went away: it exited or died.
-            tx.closed().await;
+            // The driver's end of the stream went away: it exited or died. (A raylet that
+            // stops ends the stream instead, so its server can shut down.)
+            loop {
+                let stopping = this.inner.freed.notified();
+                if this
+                    .inner
+                    .stopping
+                    .load(std::sync::atomic::Ordering::Acquire)
+                {
+                    return;
+                }
+                tokio::select! {
+                    _ = tx.closed() => break,
+                    _ = stopping => {
+                        if this.inner.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                            return;
+                        }
+                    }
+                }
+            }
             let jobs = gcs.list_jobs().await.unwrap_or_default();
             let running = jobs
                 .iter()
@@ -905,6 +1306,10 @@ impl Raylet for RayletService {
                     .await
                 {
                     tracing::warn!(%error, job = %request.job_id, "could not mark the job failed");
+                }
+                let cause = format!("its job {} ended: {message}", request.job_id);
+                if let Err(error) = gcs.mark_job_actors_dead(&request.job_id, &cause).await {
+                    tracing::warn!(%error, job = %request.job_id, "could not mark the job's actors dead");
                 }
             }
         });
@@ -996,6 +1401,7 @@ pub async fn start(config: RayletConfig, listener: TcpListener) -> Result<Runnin
         shutdown.clone(),
     ));
     tokio::spawn(service.clone().watch_jobs(shutdown.clone()));
+    tokio::spawn(service.clone().expire_bundles(shutdown.clone()));
     let server = RayletServer::new(service.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -1011,6 +1417,9 @@ pub async fn start(config: RayletConfig, listener: TcpListener) -> Result<Runnin
         let prestarting = tokio::spawn(async move { prestarter.prestart(prestart).await });
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         if let Err(error) = tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(fleet_gcs::transport::STREAM_WINDOW_BYTES))
+            .initial_connection_window_size(Some(fleet_gcs::transport::CONNECTION_WINDOW_BYTES))
+            .max_frame_size(Some(1 << 20))
             .add_service(server)
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
             .await
@@ -1157,6 +1566,98 @@ mod tests {
             .await
             .expect_err("invalid");
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        running.stop().await;
+    }
+    #[tokio::test]
+    async fn bundles_reserve_out_of_node_info_and_leases_beyond_them_fail_clearly() {
+        use fleet_proto::runtime::{
+            BundleSpec, CancelBundlesRequest, CommitBundlesRequest, PrepareBundlesRequest,
+            SchedulingStrategy,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let running = raylet(PathBuf::from("true"), dir.path()).await;
+        let mut client = RayletClient::connect(format!("http://{}", running.address))
+            .await
+            .expect("connect");
+        let spec = |index: u32, cpus: f64| BundleSpec {
+            placement_group_id: "pg-1".into(),
+            bundle_index: index,
+            resources: [("CPU".to_string(), cpus)].into_iter().collect(),
+            job_id: String::new(),
+        };
+        let prepare = PrepareBundlesRequest {
+            bundles: vec![spec(0, 1.0), spec(1, 0.5)],
+        };
+        let reply = client
+            .prepare_bundles(prepare.clone())
+            .await
+            .expect("prepare")
+            .into_inner();
+        assert!(reply.success, "{}", reply.reason);
+        // Idempotent: a retried prepare reserves nothing more.
+        client.prepare_bundles(prepare).await.expect("again");
+        let info = client
+            .node_info(NodeInfoRequest {})
+            .await
+            .expect("info")
+            .into_inner();
+        assert_eq!(info.available.get("CPU"), Some(&0.5));
+        assert_eq!(info.reserved_bundles, 2);
+        // More than is left: nothing reserved, and the reason names the bundle.
+        let reply = client
+            .prepare_bundles(PrepareBundlesRequest {
+                bundles: vec![spec(2, 1.0)],
+            })
+            .await
+            .expect("prepare")
+            .into_inner();
+        assert!(!reply.success);
+        assert!(
+            reply.reason.contains("bundle 2 of placement group pg-1"),
+            "{}",
+            reply.reason
+        );
+        client
+            .commit_bundles(CommitBundlesRequest {
+                placement_group_id: "pg-1".into(),
+                bundle_indexes: vec![0, 1],
+            })
+            .await
+            .expect("commit");
+        let mut beyond = request(&[("CPU", 2.0)]);
+        beyond.strategy = Some(SchedulingStrategy {
+            kind: StrategyKind::PlacementGroup as i32,
+            placement_group_id: "pg-1".into(),
+            bundle_index: 0,
+            ..SchedulingStrategy::default()
+        });
+        let status = client
+            .request_worker_lease(beyond)
+            .await
+            .expect_err("larger than the bundle");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            status
+                .message()
+                .contains("bundle 0 of placement group pg-1")
+                && status.message().contains("CPU: 1"),
+            "{}",
+            status.message()
+        );
+        client
+            .cancel_bundles(CancelBundlesRequest {
+                placement_group_id: "pg-1".into(),
+                bundle_indexes: vec![],
+            })
+            .await
+            .expect("cancel");
+        let info = client
+            .node_info(NodeInfoRequest {})
+            .await
+            .expect("info")
+            .into_inner();
+        assert_eq!(info.available.get("CPU"), Some(&2.0));
+        assert_eq!(info.reserved_bundles, 0);
         running.stop().await;
     }
 }

@@ -130,7 +130,10 @@ impl Transfers {
             .await
             .map_err(|s| format!("node at {from}: {}", fleet_gcs::error::describe_status(&s)))?
             .into_inner();
-        let mut data: Vec<u8> = Vec::new();
+        // Chunks are kept as they arrive and written to the store in one pass (no
+        // reassembly copy).
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        let mut received: u64 = 0;
         let mut total: Option<u64> = None;
         loop {
             let chunk: Option<ObjectChunk> = stream.message().await.map_err(|s| {
@@ -142,31 +145,31 @@ impl Transfers {
             let Some(chunk) = chunk else { break };
             if total.is_none() {
                 total = Some(chunk.total_size);
-                let size = usize::try_from(chunk.total_size)
+                usize::try_from(chunk.total_size)
                     .map_err(|_| format!("object {id} is too large for this machine"))?;
-                data.reserve_exact(size);
             }
-            if chunk.offset != data.len() as u64 {
+            if chunk.offset != received {
                 return Err(format!(
-                    "node at {from} sent object {id} out of order (offset {} after {} bytes)",
-                    chunk.offset,
-                    data.len()
+                    "node at {from} sent object {id} out of order (offset {} after {received} bytes)",
+                    chunk.offset
                 ));
             }
-            data.extend_from_slice(&chunk.data);
+            received += chunk.data.len() as u64;
+            chunks.push(chunk.data);
         }
         let total = total.unwrap_or(0);
-        if data.len() as u64 != total {
+        if received != total {
             return Err(format!(
-                "node at {from} sent {} of the {total} bytes of object {id}",
-                data.len()
+                "node at {from} sent {received} of the {total} bytes of object {id}"
             ));
         }
+        let parts: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
         self.inner
             .store
-            .put(id, &data)
+            .put_parts(id, &parts)
             .await
             .map_err(|e| format!("cannot store the copy of object {id}: {e}"))?;
+        drop(chunks);
         tracing::debug!(object = %id, bytes = total, from, elapsed = ?started.elapsed(), "pulled");
         self.inner
             .objects_pulled

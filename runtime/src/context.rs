@@ -352,6 +352,25 @@ impl CoreWorker {
         });
     }
 
+    /// A node was declared dead: calls in flight to its workers fail now (their actors
+    /// restart, their tasks retry elsewhere) instead of waiting on connections that may
+    /// never break (a partitioned node).
+    pub(crate) fn on_node_dead(&self, node_id: &str, cause: &str) {
+        for address in self.leaser.workers_on(node_id) {
+            let Some((_, connection)) = self.connections.remove(&address) else {
+                continue;
+            };
+            let ids: Vec<String> = connection.pending.iter().map(|e| e.key().clone()).collect();
+            for id in ids {
+                if let Some((_, waiter)) = connection.pending.remove(&id) {
+                    let _ = waiter.send(Err(format!(
+                        "its node {node_id} was declared dead ({cause})"
+                    )));
+                }
+            }
+        }
+    }
+
     /// Pushes a task to the worker at `address` over this process's stream to it (opened on
     /// first use, reopened after a failure); the error is the transport's cause.
     pub(crate) async fn push(

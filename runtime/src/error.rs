@@ -143,6 +143,14 @@ pub enum Error {
     /// The resource request can never be satisfied.
     #[error("{0}")]
     Infeasible(String),
+    /// A placement group could not be created (or removed).
+    #[error("placement group {group}: {reason}")]
+    PlacementGroup {
+        /// Its name, or its id when unnamed.
+        group: String,
+        /// Why, naming the bundle and the nodes.
+        reason: String,
+    },
     /// `fleet::init()` has not run in this process.
     #[error("Fleet is not initialized: call fleet::init().await (or use #[fleet::main]) first")]
     NotInitialized,
@@ -245,6 +253,10 @@ impl Clone for Error {
                 reason: reason.clone(),
             },
             Error::Infeasible(s) => Error::Infeasible(s.clone()),
+            Error::PlacementGroup { group, reason } => Error::PlacementGroup {
+                group: group.clone(),
+                reason: reason.clone(),
+            },
             Error::NotInitialized => Error::NotInitialized,
             Error::Timeout(d) => Error::Timeout(*d),
             other @ (Error::Gcs(_) | Error::Raylet(_) | Error::Rpc { .. } | Error::Internal(_)) => {

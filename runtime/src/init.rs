@@ -168,7 +168,40 @@ pub async fn init_with(options: InitOptions) -> Result<()> {
     })
     .await?;
     attach_driver(&raylet_address, job_id, address).await?;
+    tokio::spawn(watch_node_deaths(runtime));
     Ok(())
+}
+
+/// Follows the nodes table: when the GCS declares a node dead, calls in flight to its
+/// workers fail at once (see `CoreWorker::on_node_dead`).
+async fn watch_node_deaths(runtime: Arc<CoreWorker>) {
+    use prost::Message;
+    let mut watch = runtime.gcs.watch(
+        vec![fleet_proto::gcs::WatchFilter {
+            table: fleet_proto::gcs::Table::Nodes as i32,
+            ..Default::default()
+        }],
+        0,
+    );
+    loop {
+        match watch.next().await {
+            Ok(update) => {
+                for event in update.events {
+                    let Some(record) = event.record else { continue };
+                    let Ok(node) = NodeInfo::decode(record.value.as_slice()) else {
+                        continue;
+                    };
+                    if node.state == NodeState::NodeDead as i32 {
+                        runtime.on_node_dead(&node.node_id, &node.death_cause);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "nodes watch interrupted; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 /// The node this driver uses: `FLEET_NODE_ID`'s, else the first live one.
@@ -400,6 +433,13 @@ pub async fn shutdown() {
             if !matches!(finished, Ok(Ok(_))) {
                 tracing::debug!("could not record the job's end");
             }
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                runtime
+                    .gcs
+                    .mark_job_actors_dead(&runtime.job_id, "its driver finished"),
+            )
+            .await;
         }
     }
     if let Some(cell) = EMBEDDED.get() {

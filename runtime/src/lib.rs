@@ -6,6 +6,7 @@
 //! - [`submitter`]: remote function calls over reused worker leases, with retries.
 //! - [`actor`]: spawning actors, typed handles, ordered calls, restarts, named lookup, kill.
 //! - [`executor`]: the worker side: runs functions, hosts actors, checkpoints, serves objects.
+//! - [`placement`]: placement groups, reserved across raylets with two-phase commit.
 //! - [`plasma`]: large objects in the node's shared-memory object store.
 //! - [`registry`]: remote functions and actor classes registered at link time.
 //! - [`api`]: `put`, `get`, `get_all`, `wait`.
@@ -20,6 +21,7 @@ pub mod executor;
 pub mod ids;
 pub mod init;
 pub mod object_ref;
+pub mod placement;
 pub mod plasma;
 pub mod registry;
 pub mod submitter;
@@ -29,4 +31,7 @@ pub use api::{get, get_all, kill, put, wait};
 pub use error::{Error, Location, RemoteError, Result, TaskFailure};
 pub use init::{cluster_address, gpu_ids, init, init_with, node_id, shutdown, InitOptions};
 pub use object_ref::{Arg, IntoArg, ObjectRef};
+pub use placement::{
+    remove_placement_group, Bundle, PlacementGroup, PlacementGroupHandle, PlacementStrategy,
+};
 pub use submitter::{submit_task, Scheduling, TaskOptions};

@@ -66,6 +66,14 @@ pub enum Scheduling {
         /// Fall back instead of failing.
         soft: bool,
     },
+    /// Inside a placement group's bundle (any bundle that fits when `bundle_index` is
+    /// `None`): on the bundle's node, from the resources the bundle reserved.
+    PlacementGroup {
+        /// The group's id ([`crate::placement::PlacementGroupHandle::id`]).
+        id: String,
+        /// Which bundle; `None`: any.
+        bundle_index: Option<usize>,
+    },
 }
 
 impl Scheduling {
@@ -80,6 +88,12 @@ impl Scheduling {
                 kind: StrategyKind::NodeAffinity as i32,
                 node_id: node_id.clone(),
                 soft: *soft,
+                ..SchedulingStrategy::default()
+            }),
+            Scheduling::PlacementGroup { id, bundle_index } => Some(SchedulingStrategy {
+                kind: StrategyKind::PlacementGroup as i32,
+                placement_group_id: id.clone(),
+                bundle_index: bundle_index.map_or(-1, |i| i32::try_from(i).unwrap_or(i32::MAX)),
                 ..SchedulingStrategy::default()
             }),
         }
@@ -115,6 +129,8 @@ struct LeaserInner {
     job_binary: String,
     worker_args: Vec<String>,
     clients: DashMap<String, RayletClient<Channel>>,
+    /// The node of every worker leased so far (worker address → node id).
+    worker_nodes: DashMap<String, String>,
 }
 
 /// What a lease is for.
@@ -149,6 +165,7 @@ impl Leaser {
                 job_binary,
                 worker_args: std::env::args().skip(1).collect(),
                 clients: DashMap::new(),
+                worker_nodes: DashMap::new(),
             }),
         }
     }
@@ -229,7 +246,25 @@ impl Leaser {
         }
     }
 
+    /// Addresses of the workers leased on `node_id` (forgotten here).
+    pub(crate) fn workers_on(&self, node_id: &str) -> Vec<String> {
+        let workers: Vec<String> = self
+            .inner
+            .worker_nodes
+            .iter()
+            .filter(|e| e.value() == node_id)
+            .map(|e| e.key().clone())
+            .collect();
+        for worker in &workers {
+            self.inner.worker_nodes.remove(worker);
+        }
+        workers
+    }
+
     fn granted(&self, reply: LeaseReply, raylet_address: &str) -> Lease {
+        self.inner
+            .worker_nodes
+            .insert(reply.worker_address.clone(), reply.node_id.clone());
         Lease {
             lease_id: reply.lease_id,
             worker_address: reply.worker_address,

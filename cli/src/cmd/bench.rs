@@ -1,7 +1,9 @@
 //! `fleet bench`: the runtime microbenchmark (Ray's metric names) and `fleet bench gcs`
 //! (control-store writes, side by side with etcd).
 
+pub mod placement;
 pub mod runtime;
+pub mod transfer;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,6 +25,20 @@ enum BenchTarget {
     Runtime(RuntimeBenchArgs),
     /// Control-store write throughput, p50/p99 latency and leader failover, vs etcd.
     Gcs(GcsBenchArgs),
+    /// Placement group create/removal (ops/s) on an embedded cluster, as in Ray's benchmark.
+    Placement(placement::PlacementBenchArgs),
+    /// Node-to-node object transfer (GB/s) vs a plain TCP socket on loopback.
+    Transfer(TransferBenchArgs),
+}
+
+#[derive(Args)]
+struct TransferBenchArgs {
+    /// Object size in bytes (default 1 GiB).
+    #[arg(long, default_value_t = 1 << 30)]
+    bytes: usize,
+    /// Rounds; each metric is the median over them.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
 }
 
 #[derive(Args)]
@@ -107,6 +123,8 @@ impl BenchCommand {
                 }
                 fleet::shutdown().await;
             }
+            BenchTarget::Transfer(args) => transfer::run(args.bytes, args.repeat).await?,
+            BenchTarget::Placement(args) => placement::run(args).await?,
             BenchTarget::Gcs(args) => {
                 if args.clients == 0 || args.seconds == 0 {
                     anyhow::bail!("--clients and --seconds must be at least 1");
