@@ -283,6 +283,18 @@ async fn objects_move_once_per_node(gcs: &fleet_gcs::GcsClient) -> Result<()> {
         ensure!(sum == expected_sum(LEN, 7), "wrong bytes on node-2");
     }
     println!("  6 readers on node-2 done in {:?}", started.elapsed());
+    // Finished tasks reach the task events table (`fleet list tasks`) in batches.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let recorded = gcs
+        .list_task_events()
+        .await?
+        .into_iter()
+        .filter(|e| e.name.ends_with("blob_sum") && e.state == "FINISHED" && e.node_id == "node-2")
+        .count();
+    ensure!(
+        recorded >= 6,
+        "{recorded} blob_sum task events recorded on node-2, expected 6"
+    );
     let after = raylet_info(gcs, "node-2").await?;
     ensure!(
         after.objects_pulled - before.objects_pulled == 1,

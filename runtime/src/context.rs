@@ -70,6 +70,8 @@ pub struct CoreWorker {
     pub(crate) leaser: Leaser,
     /// How to re-run the tasks whose results live in an object store (lineage), by object id.
     pub(crate) lineage: DashMap<String, Arc<Lineage>>,
+    /// Finished task attempts, batched into the GCS task events table (`fleet list tasks`).
+    task_events: mpsc::UnboundedSender<fleet_proto::gcs::TaskEvent>,
     rebuilding: DashMap<String, Shared<BoxFuture<'static, Result<Stored>>>>,
     pub(crate) store: MemoryStore,
     pub(crate) plasma: Plasma,
@@ -121,6 +123,7 @@ impl CoreWorker {
             pid: std::process::id(),
             namespace: parts.namespace,
             gpu_ids: parts.gpu_ids,
+            task_events: spawn_task_event_reporter(parts.gcs.clone()),
             gcs: parts.gcs,
             raylet: parts.raylet.clone(),
             store: MemoryStore::default(),
@@ -163,6 +166,11 @@ impl CoreWorker {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         self.clients.insert(address.to_string(), client.clone());
         Ok(client)
+    }
+
+    /// Records a finished task attempt (sent to the GCS in batches, never waited for).
+    pub(crate) fn task_event(&self, event: fleet_proto::gcs::TaskEvent) {
+        let _ = self.task_events.send(event);
     }
 
     /// Where values this process stores are (its node's raylet).
@@ -542,4 +550,28 @@ impl CoreWorker {
             }),
         }
     }
+}
+
+/// How often task events go to the GCS (one proposal per batch).
+const TASK_EVENT_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
+
+fn spawn_task_event_reporter(gcs: GcsClient) -> mpsc::UnboundedSender<fleet_proto::gcs::TaskEvent> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<fleet_proto::gcs::TaskEvent>();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            tokio::time::sleep(TASK_EVENT_FLUSH).await;
+            let mut batch = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+                if batch.len() >= 2048 {
+                    break;
+                }
+            }
+            if let Err(error) = gcs.add_task_events(batch).await {
+                // Events are for operators; losing a batch must not stall work.
+                tracing::debug!(%error, "task events not recorded");
+            }
+        }
+    });
+    tx
 }

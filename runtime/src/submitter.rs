@@ -626,7 +626,34 @@ async fn run_resolved(
             owner_address: runtime.address.clone(),
             ..TaskSpec::default()
         };
-        match runtime.push(&lease.worker_address, spec).await {
+        let node_id = lease.node_id.clone();
+        let outcome = runtime.push(&lease.worker_address, spec).await;
+        let failure = match &outcome {
+            Ok(reply) => match &reply.result {
+                Some(task_reply::Result::Error(error)) => Some(error.message.clone()),
+                _ => None,
+            },
+            Err(cause) => Some(format!("its worker died: {cause}")),
+        };
+        runtime.task_event(fleet_proto::gcs::TaskEvent {
+            task_id: task_id.to_string(),
+            attempt: attempts,
+            job_id: runtime.job_id.clone(),
+            name: function.to_string(),
+            state: if failure.is_some() {
+                "FAILED"
+            } else {
+                "FINISHED"
+            }
+            .into(),
+            node_id,
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            error: failure.unwrap_or_default(),
+        });
+        match outcome {
             Ok(reply) => {
                 pool.release(&options.resources, &options.scheduling, lease, false);
                 runtime.pin_retained(&reply.retained).await;
