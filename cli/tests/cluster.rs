@@ -37,6 +37,12 @@ fn make_blob(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// A value made from another stored value (for recursive lineage).
+#[fleet::remote]
+fn blob_plus(blob: Vec<u8>, add: u8) -> Vec<u8> {
+    blob.into_iter().map(|b| b.wrapping_add(add)).collect()
+}
+
 #[fleet::remote]
 fn blob_sum(blob: Vec<u8>) -> (String, u64) {
     (fleet::node_id(), blob.iter().map(|b| u64::from(*b)).sum())
@@ -71,6 +77,11 @@ impl Counter {
 
     pub fn node(&self) -> String {
         fleet::node_id()
+    }
+
+    /// A large result of an actor method (it cannot be rebuilt by lineage).
+    pub fn blob(&self, len: usize) -> Vec<u8> {
+        vec![3u8; len]
     }
 }
 
@@ -519,6 +530,23 @@ async fn surviving_node_loss(
         })
         .remote(LEN, 9u8);
     fleet::wait(std::slice::from_ref(&lost), 1, None).await?;
+    // Made on node-3 from another object made there: rebuilding it rebuilds both.
+    let soft_on_3 = Scheduling::NodeAffinity {
+        node_id: "node-3".into(),
+        soft: true,
+    };
+    let base: ObjectRef<Vec<u8>> = make_blob::options()
+        .scheduling(soft_on_3.clone())
+        .remote(LEN, 4u8);
+    let derived: ObjectRef<Vec<u8>> = blob_plus::options()
+        .scheduling(soft_on_3)
+        .remote(&base, 1u8);
+    fleet::wait(std::slice::from_ref(&derived), 1, None).await?;
+    // An actor method's result on node-3: lost with it, and not rebuildable.
+    let unrebuildable = counters[0].blob(LEN);
+    // Calls run in order: once this answers the blob is made (and only on node-3; waiting
+    // on it with `fleet::wait` would copy it to this node).
+    counters[0].count().await?;
 
     let mut workload = tokio::task::JoinSet::new();
     for (index, counter) in counters.iter().enumerate() {
@@ -577,6 +605,27 @@ async fn surviving_node_loss(
         "the rebuilt object has the right bytes"
     );
     ensure!(node == "node-2");
+    let (_, sum) = blob_sum::options()
+        .scheduling(on("node-2"))
+        .remote(&derived)
+        .await?;
+    ensure!(
+        sum == expected_sum(LEN, 5),
+        "the object made from a lost object is rebuilt (both re-run) with the right bytes"
+    );
+    let error = match unrebuildable.await {
+        Ok(value) => {
+            return Err(anyhow!(
+                "an actor method's lost result came back ({} bytes)",
+                value.len()
+            ))
+        }
+        Err(error) => format!("{error:#}"),
+    };
+    ensure!(
+        error.contains("lost") && error.contains("actor method"),
+        "the error names the loss and why it cannot be rebuilt: {error}"
+    );
     println!(
         "  node-3 SIGKILLed: declared dead after {:.0} ms; 3 checkpointed counters done with exact counts {:.0} ms after the kill; lost object rebuilt and read in {:.0} ms",
         detection.as_secs_f64() * 1e3,

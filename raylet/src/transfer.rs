@@ -211,8 +211,8 @@ impl Transfers {
                 readers.push(reader);
             }
         }
-        // Two chunks ahead of the network.
-        let (tx, rx) = mpsc::channel(2);
+        // Several chunks ahead of the network (the stream window holds 4 of them).
+        let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
             let total = buffer.len();
             let mut offset = 0;

@@ -127,18 +127,21 @@ type Retained = Vec<fleet_proto::runtime::RetainedRef>;
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 pub(crate) struct CheckpointEnvelope {
     state: Vec<u8>,
-    answers: Vec<(String, Vec<u8>)>,
+    answers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// Answers kept per actor for deduplicating retried calls.
 const REMEMBERED_ANSWERS: usize = 1024;
+/// Larger answers are not kept (every checkpoint carries them): a retry of such a call after
+/// a restart is refused with an error instead of being applied twice.
+const REMEMBERED_ANSWER_BYTES: usize = 16 << 10;
 
 impl CheckpointPolicy {
     fn checkpointing(&self) -> bool {
         self.every > 0 || self.interval.is_some()
     }
 
-    fn answered(&self, task_id: &str) -> Option<Vec<u8>> {
+    fn answered(&self, task_id: &str) -> Option<Result<Vec<u8>, TaskError>> {
         if task_id.is_empty() {
             return None;
         }
@@ -146,7 +149,13 @@ impl CheckpointPolicy {
             .iter()
             .rev()
             .find(|(id, _)| id == task_id)
-            .map(|(_, answer)| answer.clone())
+            .map(|(_, answer)| {
+                answer.clone().ok_or_else(|| {
+                    TaskError::system(format!(
+                        "call {task_id} was already applied before the actor restarted, and its answer (over {REMEMBERED_ANSWER_BYTES} bytes) was not kept; it is not applied twice"
+                    ))
+                })
+            })
     }
 
     fn remember(&mut self, task_id: &str, answer: &[u8]) {
@@ -156,14 +165,14 @@ impl CheckpointPolicy {
         if self.answers.len() >= REMEMBERED_ANSWERS {
             self.answers.pop_front();
         }
-        self.answers
-            .push_back((task_id.to_string(), answer.to_vec()));
+        let kept = (answer.len() <= REMEMBERED_ANSWER_BYTES).then(|| answer.to_vec());
+        self.answers.push_back((task_id.to_string(), kept));
     }
 }
 
 struct CheckpointPolicy {
     /// Answers of the latest calls (task id, reply), carried in checkpoints.
-    answers: VecDeque<(String, Vec<u8>)>,
+    answers: VecDeque<(String, Option<Vec<u8>>)>,
     actor_id: String,
     every: u64,
     interval: Option<std::time::Duration>,
@@ -314,7 +323,7 @@ impl Executor {
         &self,
         spec: TaskSpec,
         instance: Box<dyn ActorObject>,
-        answers: Vec<(String, Vec<u8>)>,
+        answers: Vec<(String, Option<Vec<u8>>)>,
     ) -> Result<Vec<u8>, TaskError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let policy = CheckpointPolicy {
@@ -449,7 +458,7 @@ async fn actor_loop(
             // A retry of a call whose effect is already in the restored checkpoint (its reply
             // was lost with the old worker): answer it again, do not run it twice.
             if let Some(answer) = policy.answered(&call.task_id) {
-                let _ = call.reply.send((Ok(answer), Vec::new()));
+                let _ = call.reply.send((answer, Vec::new()));
                 continue;
             }
             let (outcome, trace) =
