@@ -768,6 +768,79 @@ async fn a_dead_drivers_actors_go_detached_ones_stay(address: &str) -> Result<()
     Ok(())
 }
 
+/// A job's part when run by `fleet job submit`: a fan-out over the cluster, then a line.
+async fn submitted_job() -> Result<()> {
+    let nodes: Vec<ObjectRef<String>> = (0..8)
+        .map(|_| {
+            nap_where::options()
+                .scheduling(Scheduling::Spread)
+                .remote(100u64)
+        })
+        .collect();
+    let nodes: BTreeSet<String> = fleet::get_all(&nodes).await?.into_iter().collect();
+    println!("SUBMITTED JOB RAN ON {} NODES", nodes.len());
+    fleet::shutdown().await;
+    Ok(())
+}
+
+/// `fleet job submit` runs this binary as a driver against the cluster; `fleet job list`
+/// shows it SUCCEEDED and `fleet job logs` has its output.
+async fn fleet_job_submit_list_logs(address: &str) -> Result<()> {
+    let home = tempfile::tempdir()?;
+    let fleet = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(fleet_binary());
+        command
+            .args(args)
+            .env("FLEET_HOME", home.path())
+            .env("FLEET_ADDRESS", address)
+            .env("FLEET_TEST_SUBMITTED_JOB", "1")
+            .env("FLEET_NODE_ID", "node-2")
+            .kill_on_drop(true);
+        command
+    };
+    let binary = std::env::current_exe()?;
+    let binary = binary.to_string_lossy();
+    let submitted = tokio::time::timeout(
+        Duration::from_secs(90),
+        fleet(&["job", "submit", "--job-id", "job-cli-test", "--", &binary]).output(),
+    )
+    .await
+    .context("fleet job submit did not finish within 90 s")??;
+    let out = String::from_utf8_lossy(&submitted.stdout).to_string()
+        + &String::from_utf8_lossy(&submitted.stderr);
+    ensure!(submitted.status.success(), "fleet job submit failed: {out}");
+    ensure!(
+        out.contains("SUBMITTED JOB RAN ON"),
+        "submit follows the job's log: {out}"
+    );
+    let listed = fleet(&["job", "list", "--json"]).output().await?;
+    let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).with_context(|| {
+        format!(
+            "job list --json: {}",
+            String::from_utf8_lossy(&listed.stdout)
+        )
+    })?;
+    let row = rows
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["job_id"] == "job-cli-test"))
+        .with_context(|| format!("job-cli-test not in {rows}"))?;
+    ensure!(row["state"] == "SUCCEEDED", "job state: {row}");
+    let logs = fleet(&["job", "logs", "job-cli-test"]).output().await?;
+    ensure!(
+        String::from_utf8_lossy(&logs.stdout).contains("SUBMITTED JOB RAN ON"),
+        "fleet job logs shows the driver's output"
+    );
+    let unknown = fleet(&["job", "logs", "job-nope"]).output().await?;
+    let message = String::from_utf8_lossy(&unknown.stderr);
+    ensure!(
+        !unknown.status.success()
+            && message.contains("job-nope")
+            && message.contains("fleet job list"),
+        "an unknown job is a clear error: {message}"
+    );
+    Ok(())
+}
+
 fn fleet_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fleet"))
 }
@@ -820,6 +893,10 @@ async fn run() -> Result<()> {
             Box::pin(gpu_actors_are_pinned_across_nodes()),
         ),
         ("spread_and_affinity", Box::pin(spread_and_affinity())),
+        (
+            "fleet_job_submit_list_logs",
+            Box::pin(fleet_job_submit_list_logs(&driver_address)),
+        ),
         (
             "a_dead_drivers_actors_go_detached_ones_stay",
             Box::pin(a_dead_drivers_actors_go_detached_ones_stay(&driver_address)),
@@ -877,6 +954,19 @@ fn main() -> std::process::ExitCode {
             // A worker of the test's job: never returns.
             let _ = fleet::init().await;
             return std::process::ExitCode::FAILURE;
+        }
+        if std::env::var_os("FLEET_TEST_SUBMITTED_JOB").is_some() {
+            let outcome = async {
+                fleet::init().await?;
+                submitted_job().await
+            };
+            return match outcome.await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("submitted job: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
         }
         if std::env::var_os("FLEET_TEST_DOOMED_DRIVER").is_some() {
             let outcome = async {
