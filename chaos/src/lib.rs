@@ -1,4 +1,24 @@
-//! The chaos harness: a cluster of real processes, fault injectors, invariant checkers.
+//! The chaos harness: `fleet chaos run SCENARIO.toml` starts a cluster of real `fleet`
+//! processes, runs a workload against it, injects faults on a (seeded) schedule, checks the
+//! workload's invariants and reports every fault with its detection and recovery times and
+//! the count of acknowledged operations lost (which must be 0).
 //!
-//! Empty on purpose: the chaos issue builds it. The GCS's linearizability checker it will
-//! use lives in `fleet_gcs::linearizability`.
+//! - [`scenario`]: the scenario file (cluster, workload, faults), validated key by key.
+//! - [`faults`]: injecting faults into a `fleet_cluster::ClusterHandle` (SIGKILL of a node
+//!   with its directories wiped, SIGKILL of the GCS leader or a follower, SIGSTOP/SIGCONT of
+//!   a node, restarts).
+//! - [`workloads`]: built-in workloads with checkable invariants (checkpointed counters with
+//!   exact final counts, a task fan-out/fan-in with exact sums) and the [`workloads::Workload`]
+//!   trait a user's own workload implements.
+//! - [`report`]: the report, for people and (`--json`) machines.
+//! - [`runner`]: ties them together.
+
+pub mod faults;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod workloads;
+
+pub use report::Report;
+pub use runner::run;
+pub use scenario::Scenario;

@@ -3,6 +3,7 @@
 //! - `cmd::gcs`: `fleet gcs` (run a replica), `fleet gcs status`, `fleet gcs member add|remove`.
 //! - `cmd::raylet`: `fleet raylet` (run a node).
 //! - `cmd::kv`: `fleet kv put|get|list|delete`.
+//! - `cmd::chaos`: `fleet chaos run SCENARIO.toml` (the chaos harness).
 //! - `cmd::bench`: `fleet bench` (runtime microbenchmark) and `fleet bench gcs`.
 //! - `cmd::cluster`: `fleet cluster up|down|status` (over `fleet_cluster`).
 //! - `cmd::status`: `fleet status` (nodes, GCS members and leader, jobs).
@@ -31,6 +32,8 @@ enum Command {
     Kv(cmd::kv::KvCommand),
     /// Benchmarks.
     Bench(cmd::bench::BenchCommand),
+    /// Chaos: run a workload on a real cluster under faults and check nothing is lost.
+    Chaos(cmd::chaos::ChaosCommand),
     /// Start, stop and inspect a cluster (`fleet cluster up|down|status`).
     Cluster(cmd::cluster::ClusterCommand),
     /// Nodes, GCS members and leader, jobs.
@@ -51,6 +54,25 @@ fn install_tracing(default: &str) {
 }
 
 fn main() -> std::process::ExitCode {
+    // A worker started by a raylet for a job run by this binary (`fleet bench`, `fleet
+    // chaos`): serve tasks, whatever the arguments say (they are the driver's). Never
+    // returns.
+    if std::env::var_os(fleet_raylet::worker_pool::env::WORKER_ID).is_some() {
+        return match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => {
+                let outcome = runtime.block_on(fleet::init());
+                eprintln!("fleet worker: {outcome:?}");
+                std::process::ExitCode::FAILURE
+            }
+            Err(error) => {
+                eprintln!("fleet worker: cannot start the async runtime: {error}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -77,6 +99,10 @@ fn main() -> std::process::ExitCode {
                 command.run().await
             }
             Command::Kv(command) => {
+                install_tracing("warn");
+                command.run().await
+            }
+            Command::Chaos(command) => {
                 install_tracing("warn");
                 command.run().await
             }

@@ -20,6 +20,9 @@ use tonic::transport::Channel;
 use crate::error::{Error, Result};
 use crate::object_ref::{Arg, Location, ObjectRef, RefGuard, Stored};
 
+/// How long returning a lease may take before the returner moves on.
+const RETURN_LEASE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How long an unused lease is kept before it goes back to the raylet.
 const LEASE_IDLE: Duration = Duration::from_millis(100);
 /// Lease requests of one shape outstanding at the raylet at once. Queued tasks beyond this
@@ -283,8 +286,20 @@ impl Leaser {
             lease_id: lease.lease_id,
             worker_failed,
         };
-        if let Err(status) = raylet.return_worker_lease(request).await {
-            tracing::debug!(lease = lease.lease_id, status = %status.message(), "returning a lease failed (its node may be gone)");
+        // Bounded: the granting node may be frozen or partitioned (an actor's restart waits
+        // for this), and a node that is gone freed the lease with itself.
+        match tokio::time::timeout(RETURN_LEASE_TIMEOUT, raylet.return_worker_lease(request)).await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => {
+                tracing::debug!(lease = lease.lease_id, status = %status.message(), "returning a lease failed (its node may be gone)");
+            }
+            Err(_) => {
+                tracing::debug!(
+                    lease = lease.lease_id,
+                    "returning a lease timed out (its node does not answer)"
+                );
+            }
         }
     }
 }

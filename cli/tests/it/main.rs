@@ -4,6 +4,7 @@
 //! time (a global lock), whatever the harness's parallelism.
 
 mod bad_input;
+mod chaos;
 mod disk_full;
 mod gcs_cluster;
 

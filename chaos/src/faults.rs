@@ -1,0 +1,160 @@
+//! Injecting faults into a cluster of real processes.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use fleet_cluster::ClusterHandle;
+use fleet_proto::gcs::NodeState;
+
+use crate::scenario::{FaultKind, FaultSpec};
+
+/// A fault as it happened.
+#[derive(Clone, Debug)]
+pub struct Injected {
+    /// When (the workload's clock).
+    pub at: Instant,
+    /// What and where, in words ("kill_node node-2", "kill_gcs_leader gcs-1").
+    pub target: String,
+    /// The node id affected (to detect its death), if a node.
+    pub node_id: Option<String>,
+    /// Follow-up: restart this GCS replica, or SIGCONT this node, after a while.
+    pub undo: Option<(Duration, Undo)>,
+}
+
+/// What to do when a fault's duration is over.
+#[derive(Clone, Debug)]
+pub enum Undo {
+    /// Start GCS replica `id` again.
+    RestartGcs(u64),
+    /// SIGCONT node `index`.
+    Resume(usize),
+}
+
+fn node_pid(
+    cluster: &ClusterHandle,
+    index: usize,
+) -> anyhow::Result<fleet_cluster::process::ProcessId> {
+    cluster
+        .state()
+        .nodes
+        .get(index)
+        .and_then(|n| n.pid)
+        .with_context(|| format!("node {index} is not running"))
+}
+
+/// Injects one fault.
+pub async fn inject(cluster: &mut ClusterHandle, fault: &FaultSpec) -> anyhow::Result<Injected> {
+    let at = Instant::now();
+    let node_id = |cluster: &ClusterHandle, index: usize| {
+        cluster
+            .state()
+            .nodes
+            .get(index)
+            .map(|n| n.daemon.node_id.clone())
+    };
+    let injected = match fault.kind {
+        FaultKind::KillNode => {
+            let index = fault.node.context("kill_node needs a node")?;
+            let id = node_id(cluster, index);
+            cluster.kill_node(index)?;
+            Injected {
+                at,
+                target: format!("kill_node {}", id.clone().unwrap_or_default()),
+                node_id: id,
+                undo: None,
+            }
+        }
+        FaultKind::RestartNode => {
+            let index = fault.node.context("restart_node needs a node")?;
+            let id = cluster.restart_node(index).await?;
+            Injected {
+                at,
+                target: format!("restart_node {id}"),
+                node_id: None,
+                undo: None,
+            }
+        }
+        FaultKind::PauseNode => {
+            let index = fault.node.context("pause_node needs a node")?;
+            let pid = node_pid(cluster, index)?;
+            if !pid.signal_group(libc::SIGSTOP) {
+                bail!("cannot SIGSTOP node {index}");
+            }
+            let seconds = fault.duration_secs.unwrap_or(1.0);
+            let id = node_id(cluster, index);
+            Injected {
+                at,
+                target: format!(
+                    "pause_node {} for {seconds} s",
+                    id.clone().unwrap_or_default()
+                ),
+                // Paused past the node timeout, it is declared dead like a lost node.
+                node_id: id,
+                undo: Some((Duration::from_secs_f64(seconds), Undo::Resume(index))),
+            }
+        }
+        FaultKind::KillGcsLeader | FaultKind::KillGcsFollower => {
+            let leader = cluster
+                .gcs_leader()
+                .await
+                .context("the GCS has no leader")?;
+            let id = if fault.kind == FaultKind::KillGcsLeader {
+                leader
+            } else {
+                cluster
+                    .state()
+                    .gcs
+                    .iter()
+                    .map(|g| g.daemon.id)
+                    .find(|id| *id != leader)
+                    .context("no follower")?
+            };
+            cluster.kill_gcs(id)?;
+            let kind = if id == leader { "leader" } else { "follower" };
+            Injected {
+                at,
+                target: format!("kill_gcs_{kind} gcs-{id}"),
+                node_id: None,
+                undo: fault
+                    .duration_secs
+                    .map(|s| (Duration::from_secs_f64(s), Undo::RestartGcs(id))),
+            }
+        }
+    };
+    Ok(injected)
+}
+
+/// Ends a fault (restart a replica, resume a node).
+pub fn undo(cluster: &mut ClusterHandle, undo: &Undo) -> anyhow::Result<()> {
+    match undo {
+        Undo::RestartGcs(id) => cluster.restart_gcs(*id)?,
+        Undo::Resume(index) => {
+            let pid = node_pid(cluster, *index)?;
+            if !pid.signal_group(libc::SIGCONT) {
+                bail!("cannot SIGCONT node {index}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How long after `at` the GCS declared `node_id` dead (polls up to `limit`).
+pub async fn detection(
+    gcs: &fleet_gcs::GcsClient,
+    node_id: &str,
+    at: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    while at.elapsed() < limit {
+        if let Ok(nodes) = gcs.list_nodes().await {
+            if nodes
+                .iter()
+                .any(|n| n.node_id == node_id && n.state == NodeState::NodeDead as i32)
+            {
+                return Some(at.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}

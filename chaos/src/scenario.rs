@@ -1,0 +1,242 @@
+//! A scenario file:
+//!
+//! ```toml
+//! name = "node-loss-under-counters"
+//! seed = 7                 # the fault schedule's jitter; `--seed` overrides
+//! duration_secs = 20       # the workload runs this long (faults happen inside it)
+//!
+//! [cluster]                # a `fleet cluster up` config (docs/cluster.md)
+//! gcs = { replicas = 3, base_port = 0, node_timeout_ms = 1500, health_check_ms = 200 }
+//! nodes = [{ num_cpus = 2, count = 3 }]
+//!
+//! [workload]
+//! kind = "counters"        # or "fanout"
+//! actors = 4               # counters: how many checkpointed counter actors
+//! tasks = 16               # fanout: tasks per round
+//!
+//! [[faults]]
+//! at_secs = 5              # after the workload starts (plus up to jitter_ms, seeded)
+//! kind = "kill_node"       # kill_node | restart_node | pause_node | kill_gcs_leader | kill_gcs_follower
+//! node = 2                 # node index (kill_node, restart_node, pause_node)
+//! duration_secs = 3        # pause_node: how long SIGSTOPped; kill_gcs_*: restart after this
+//! ```
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// A whole scenario.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Its name (in the report).
+    pub name: String,
+    /// Seed of the schedule's jitter.
+    #[serde(default)]
+    pub seed: u64,
+    /// How long the workload runs.
+    pub duration_secs: f64,
+    /// Largest random delay added to each fault's time.
+    #[serde(default = "default_jitter_ms")]
+    pub jitter_ms: u64,
+    /// The cluster to start (a `fleet cluster up` config as a table).
+    pub cluster: toml::Table,
+    /// The workload.
+    pub workload: WorkloadSpec,
+    /// The faults.
+    #[serde(default)]
+    pub faults: Vec<FaultSpec>,
+}
+
+fn default_jitter_ms() -> u64 {
+    500
+}
+
+/// Which built-in workload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// `counters` or `fanout`.
+    pub kind: WorkloadKind,
+    /// counters: actors.
+    #[serde(default = "default_actors")]
+    pub actors: usize,
+    /// fanout: tasks per round.
+    #[serde(default = "default_tasks")]
+    pub tasks: usize,
+}
+
+fn default_actors() -> usize {
+    4
+}
+fn default_tasks() -> usize {
+    16
+}
+
+/// Built-in workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkloadKind {
+    /// Checkpointed counter actors, incremented without pause; final counts must equal the
+    /// acknowledged increments exactly.
+    Counters,
+    /// Rounds of tasks summing squares; every round's sum must be exact.
+    Fanout,
+}
+
+/// One fault.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// When, after the workload starts.
+    pub at_secs: f64,
+    /// What.
+    pub kind: FaultKind,
+    /// The node's index in the cluster config's expanded node list.
+    #[serde(default)]
+    pub node: Option<usize>,
+    /// pause_node: how long; kill_gcs_*: restart the replica after this (none: stays down).
+    #[serde(default)]
+    pub duration_secs: Option<f64>,
+}
+
+/// Fault kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// SIGKILL a raylet and its workers; wipe its object-store and spill directories.
+    KillNode,
+    /// Start a killed node again (as a new node id).
+    RestartNode,
+    /// SIGSTOP a raylet and its workers for `duration_secs`, then SIGCONT.
+    PauseNode,
+    /// SIGKILL the GCS leader.
+    KillGcsLeader,
+    /// SIGKILL a GCS follower.
+    KillGcsFollower,
+}
+
+impl Scenario {
+    /// Parses and validates a scenario; errors name the key.
+    pub fn from_toml_str(text: &str, origin: &str) -> anyhow::Result<Self> {
+        let scenario: Scenario =
+            toml::from_str(text).with_context(|| format!("{origin} is not a valid scenario"))?;
+        scenario.validate(origin)?;
+        Ok(scenario)
+    }
+
+    /// Reads a scenario file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the scenario {}", path.display()))?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// The cluster config it starts.
+    pub fn cluster_config(&self, origin: &str) -> anyhow::Result<fleet_cluster::ClusterConfig> {
+        let text = toml::to_string(&self.cluster)?;
+        Ok(fleet_cluster::ClusterConfig::from_toml_str(
+            &text,
+            &format!("{origin} [cluster]"),
+        )?)
+    }
+
+    fn validate(&self, origin: &str) -> anyhow::Result<()> {
+        if !(self.duration_secs.is_finite()
+            && self.duration_secs > 0.0
+            && self.duration_secs <= 3600.0)
+        {
+            bail!("{origin}: duration_secs must be in (0, 3600] (every chaos run is bounded)");
+        }
+        let config = self.cluster_config(origin)?;
+        let nodes: usize = config.nodes.iter().map(|n| n.count as usize).sum();
+        if self.workload.actors == 0 || self.workload.tasks == 0 {
+            bail!("{origin}: workload.actors and workload.tasks must be at least 1");
+        }
+        for (i, fault) in self.faults.iter().enumerate() {
+            let key = format!("{origin}: faults[{i}]");
+            if !(fault.at_secs.is_finite()
+                && fault.at_secs >= 0.0
+                && fault.at_secs < self.duration_secs)
+            {
+                bail!("{key}.at_secs must fall inside the run (0 to duration_secs)");
+            }
+            match fault.kind {
+                FaultKind::KillNode | FaultKind::RestartNode | FaultKind::PauseNode => {
+                    let node = fault
+                        .node
+                        .with_context(|| format!("{key}.node is required for {:?}", fault.kind))?;
+                    if node >= nodes {
+                        bail!("{key}.node is {node} but the cluster has {nodes} node(s) (0-based)");
+                    }
+                    if node == 0 {
+                        bail!("{key}.node is 0: node 0 hosts the harness's driver; fault another node");
+                    }
+                }
+                FaultKind::KillGcsLeader | FaultKind::KillGcsFollower => {
+                    if config.gcs.replicas < 3 {
+                        bail!("{key}: killing a GCS replica needs [cluster] gcs.replicas >= 3");
+                    }
+                }
+            }
+            if fault.kind == FaultKind::PauseNode && fault.duration_secs.is_none() {
+                bail!("{key}.duration_secs is required for pause_node");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "t"
+duration_secs = 10
+[cluster]
+gcs = { replicas = 3, base_port = 0 }
+nodes = [{ num_cpus = 1, count = 3 }]
+[workload]
+kind = "counters"
+[[faults]]
+at_secs = 2
+kind = "kill_node"
+node = 2
+"#;
+
+    #[test]
+    fn a_good_scenario_parses() {
+        let s = Scenario::from_toml_str(GOOD, "good.toml").expect("valid");
+        assert_eq!(s.faults.len(), 1);
+        assert_eq!(s.workload.kind, WorkloadKind::Counters);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_fix() {
+        let bad = GOOD.replace("node = 2", "node = 7");
+        let e = format!(
+            "{:#}",
+            Scenario::from_toml_str(&bad, "bad.toml").expect_err("bad")
+        );
+        assert!(
+            e.contains("faults[0].node") && e.contains("3 node(s)"),
+            "{e}"
+        );
+        let driver = GOOD.replace("node = 2", "node = 0");
+        let e = format!(
+            "{:#}",
+            Scenario::from_toml_str(&driver, "bad.toml").expect_err("bad")
+        );
+        assert!(e.contains("driver"), "{e}");
+        let unknown = GOOD.replace("kind = \"kill_node\"", "kind = \"kill_node\"\nnodes = 1");
+        let e = format!(
+            "{:#}",
+            Scenario::from_toml_str(&unknown, "bad.toml").expect_err("bad")
+        );
+        assert!(e.contains("nodes"), "{e}");
+        let long = GOOD.replace("duration_secs = 10", "duration_secs = 99999");
+        assert!(Scenario::from_toml_str(&long, "bad.toml").is_err());
+    }
+}

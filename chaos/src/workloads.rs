@@ -1,0 +1,330 @@
+//! Workloads with checkable invariants. Built in: checkpointed counters (exact final counts)
+//! and a task fan-out/fan-in (exact sums). A user's workload implements [`Workload`] and is
+//! run by [`crate::runner::run_with`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fleet::{ObjectRef, Scheduling};
+use serde::{Deserialize, Serialize};
+
+/// A boxed future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One invariant's verdict.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Verdict {
+    /// What was checked.
+    pub invariant: String,
+    /// Whether it held.
+    pub passed: bool,
+    /// The figures that show it.
+    pub evidence: String,
+}
+
+/// What a workload did, as it went: acknowledged operations per lane (an actor, a stream of
+/// rounds), with their times (for recovery times), and operations whose outcome is unknown.
+#[derive(Default)]
+pub struct Progress {
+    lanes: Mutex<Vec<Vec<Instant>>>,
+}
+
+impl Progress {
+    /// Records an acknowledged operation on `lane`.
+    pub fn acked(&self, lane: usize) {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        if lanes.len() <= lane {
+            lanes.resize(lane + 1, Vec::new());
+        }
+        lanes[lane].push(Instant::now());
+    }
+
+    /// Acknowledged operations in all lanes.
+    pub fn total(&self) -> usize {
+        let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        lanes.iter().map(Vec::len).sum()
+    }
+
+    /// How long after `at` every lane had an acknowledged operation again (None: some lane
+    /// never did).
+    pub fn recovered_after(&self, at: Instant) -> Option<Duration> {
+        let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut worst = Duration::ZERO;
+        for lane in lanes.iter() {
+            let next = lane.iter().find(|t| **t > at)?;
+            worst = worst.max(next.duration_since(at));
+        }
+        Some(worst)
+    }
+}
+
+/// A workload the harness runs while it injects faults.
+pub trait Workload: Send + Sync {
+    /// Its name in the report.
+    fn name(&self) -> String;
+    /// Sets up (actors, data) before the clock starts.
+    fn prepare(&mut self) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Runs until `deadline`, recording acknowledged operations in `progress`.
+    fn run(&self, deadline: Instant, progress: Arc<Progress>) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Checks its invariants after the run; also returns how many acknowledged operations
+    /// were lost.
+    fn check(&self) -> BoxFuture<'_, (Vec<Verdict>, u64)>;
+}
+
+#[fleet::actor(checkpoint)]
+#[derive(Default, Serialize, Deserialize)]
+pub struct ChaosCounter {
+    count: u64,
+}
+
+#[fleet::actor]
+impl ChaosCounter {
+    pub fn new() -> Self {
+        ChaosCounter::default()
+    }
+
+    pub fn incr(&mut self) -> u64 {
+        self.count += 1;
+        self.count
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+/// x² (the fan-out's task).
+#[fleet::remote]
+pub fn chaos_square(x: u64) -> u64 {
+    x * x
+}
+
+#[derive(Default)]
+struct Lane {
+    acked: u64,
+    /// Calls that failed: applied or not, nobody knows.
+    unknown: u64,
+    /// Answers that did not follow the acknowledged count.
+    out_of_step: Vec<String>,
+}
+
+/// Checkpointed counter actors (spread over the nodes, restarted without limit, checkpoint
+/// after every call), each incremented in a loop. Invariant: each final count equals its
+/// acknowledged increments (plus at most the calls whose outcome is unknown), and every
+/// answer is the count of acknowledged increments so far.
+pub struct Counters {
+    actors: usize,
+    checkpoint_dir: std::path::PathBuf,
+    handles: Vec<ChaosCounterHandle>,
+    lanes: Vec<Arc<Mutex<Lane>>>,
+}
+
+impl Counters {
+    /// `actors` counters checkpointing into `checkpoint_dir`.
+    pub fn new(actors: usize, checkpoint_dir: std::path::PathBuf) -> Self {
+        Counters {
+            actors,
+            checkpoint_dir,
+            handles: Vec::new(),
+            lanes: Vec::new(),
+        }
+    }
+}
+
+impl Workload for Counters {
+    fn name(&self) -> String {
+        format!("counters ({} checkpointed actors)", self.actors)
+    }
+
+    fn prepare(&mut self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            for _ in 0..self.actors {
+                let handle = ChaosCounter::remote()
+                    .scheduling(Scheduling::Spread)
+                    .max_restarts(-1)
+                    .max_task_retries(20)
+                    .checkpoint_every(1)
+                    .checkpoint_dir(&self.checkpoint_dir)
+                    .spawn()
+                    .await?;
+                handle.count().await?;
+                self.handles.push(handle);
+                self.lanes.push(Arc::default());
+            }
+            Ok(())
+        })
+    }
+
+    fn run(&self, deadline: Instant, progress: Arc<Progress>) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            let mut loops = Vec::new();
+            for (index, handle) in self.handles.iter().enumerate() {
+                let handle = handle.clone();
+                let lane = self.lanes[index].clone();
+                let progress = progress.clone();
+                loops.push(tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        let answer = handle.incr().await;
+                        let mut lane = lane.lock().unwrap_or_else(|e| e.into_inner());
+                        match answer {
+                            Ok(value) => {
+                                lane.acked += 1;
+                                let low = lane.acked;
+                                let high = lane.acked + lane.unknown;
+                                if value < low || value > high {
+                                    let note = format!(
+                                        "answered {value} after {} acknowledged (+{} unknown)",
+                                        lane.acked, lane.unknown
+                                    );
+                                    lane.out_of_step.push(note);
+                                }
+                                progress.acked(index);
+                            }
+                            Err(error) => {
+                                lane.unknown += 1;
+                                tracing::warn!(counter = index, %error, "increment failed");
+                            }
+                        }
+                    }
+                }));
+            }
+            for l in loops {
+                l.await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn check(&self) -> BoxFuture<'_, (Vec<Verdict>, u64)> {
+        Box::pin(async move {
+            let mut verdicts = Vec::new();
+            let mut lost = 0u64;
+            for (index, handle) in self.handles.iter().enumerate() {
+                let final_count = handle.count().await;
+                let lane = self.lanes[index].lock().unwrap_or_else(|e| e.into_inner());
+                let (acked, unknown) = (lane.acked, lane.unknown);
+                let (passed, evidence) = match final_count {
+                    Ok(count) => {
+                        lost += acked.saturating_sub(count);
+                        (
+                            count >= acked
+                                && count <= acked + unknown
+                                && lane.out_of_step.is_empty(),
+                            format!(
+                                "final count {count}, acknowledged {acked}, unknown {unknown}{}",
+                                if lane.out_of_step.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!("; out of step: {}", lane.out_of_step.join("; "))
+                                }
+                            ),
+                        )
+                    }
+                    Err(error) => {
+                        lost += acked;
+                        (false, format!("cannot read the final count: {error:#}"))
+                    }
+                };
+                verdicts.push(Verdict {
+                    invariant: format!(
+                        "counter {index} counts exactly its acknowledged increments"
+                    ),
+                    passed,
+                    evidence,
+                });
+            }
+            (verdicts, lost)
+        })
+    }
+}
+
+/// Rounds of `tasks` tasks (spread) whose results are summed. Invariant: every round that
+/// completes has the exact sum.
+pub struct FanOut {
+    tasks: usize,
+    rounds: Arc<Mutex<(u64, u64, Vec<String>)>>,
+}
+
+impl FanOut {
+    /// Rounds of `tasks` tasks.
+    pub fn new(tasks: usize) -> Self {
+        FanOut {
+            tasks,
+            rounds: Arc::default(),
+        }
+    }
+}
+
+impl Workload for FanOut {
+    fn name(&self) -> String {
+        format!("fan-out/fan-in ({} tasks per round)", self.tasks)
+    }
+
+    fn prepare(&mut self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn run(&self, deadline: Instant, progress: Arc<Progress>) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            let mut round = 0u64;
+            while Instant::now() < deadline {
+                let base = round * self.tasks as u64;
+                let refs: Vec<ObjectRef<u64>> = (0..self.tasks as u64)
+                    .map(|i| {
+                        chaos_square::options()
+                            .scheduling(Scheduling::Spread)
+                            .max_retries(10)
+                            .remote(base + i)
+                    })
+                    .collect();
+                let expected: u64 = (base..base + self.tasks as u64).map(|x| x * x).sum();
+                let outcome = fleet::get_all(&refs).await;
+                let mut rounds = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
+                match outcome {
+                    Ok(values) => {
+                        let sum: u64 = values.iter().sum();
+                        rounds.0 += 1;
+                        if sum != expected {
+                            let note = format!("round {round}: sum {sum}, expected {expected}");
+                            rounds.2.push(note);
+                        }
+                        progress.acked(0);
+                    }
+                    Err(error) => {
+                        rounds.1 += 1;
+                        rounds.2.push(format!("round {round} failed: {error:#}"));
+                    }
+                }
+                round += 1;
+            }
+            Ok(())
+        })
+    }
+
+    fn check(&self) -> BoxFuture<'_, (Vec<Verdict>, u64)> {
+        Box::pin(async move {
+            let rounds = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
+            let (done, failed, notes) = (rounds.0, rounds.1, rounds.2.clone());
+            let wrong = notes.iter().filter(|n| n.contains("expected")).count() as u64;
+            let verdicts = vec![
+                Verdict {
+                    invariant: "every completed round has the exact sum".into(),
+                    passed: wrong == 0,
+                    evidence: format!("{done} rounds completed, {wrong} with a wrong sum"),
+                },
+                Verdict {
+                    invariant: "every round completes (tasks retry across faults)".into(),
+                    passed: failed == 0,
+                    evidence: if failed == 0 {
+                        format!("{done} rounds, none failed")
+                    } else {
+                        format!("{failed} failed: {}", notes.join("; "))
+                    },
+                },
+            ];
+            (verdicts, wrong)
+        })
+    }
+}

@@ -1,0 +1,57 @@
+//! The chaos smoke subset CI runs: two shipped scenarios through `fleet chaos run --json`
+//! (real daemons, SIGKILLs); each must pass with no acknowledged operation lost. The other
+//! scenarios and longer soaks are documented commands (docs/chaos.md).
+
+use std::path::Path;
+use std::process::Command;
+
+fn run_scenario(file: &str) -> serde_json::Value {
+    let _serial = crate::serial();
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("scenarios")
+        .join(file);
+    let work = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(crate::fleet_binary())
+        .args(["chaos", "run", "--json", "--work-dir"])
+        .arg(work.path())
+        .arg(&scenario)
+        .output()
+        .expect("fleet chaos runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{file} failed:\n{stdout}\n{stderr}"
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{file}: bad JSON ({e}): {stdout}"))
+}
+
+#[test]
+fn node_loss_under_counters_loses_nothing() {
+    let report = run_scenario("node-loss-counters.toml");
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["lost_acknowledged"], 0, "{report:#}");
+    let kill = &report["faults"][0];
+    assert!(kill["target"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("kill_node"));
+    assert!(
+        kill["detected_ms"].as_u64().is_some(),
+        "the killed node is detected: {report:#}"
+    );
+    assert!(
+        kill["recovered_ms"].as_u64().is_some(),
+        "the workload recovers: {report:#}"
+    );
+    assert!(report["acknowledged"].as_u64().unwrap_or(0) > 0);
+}
+
+#[test]
+fn gcs_leader_loss_under_fanout_loses_nothing() {
+    let report = run_scenario("gcs-leader-loss-fanout.toml");
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["lost_acknowledged"], 0, "{report:#}");
+    assert!(report["acknowledged"].as_u64().unwrap_or(0) > 0);
+}
