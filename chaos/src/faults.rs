@@ -28,6 +28,66 @@ pub enum Undo {
     RestartGcs(u64),
     /// SIGCONT node `index`.
     Resume(usize),
+    /// Remove the partition.
+    Heal,
+}
+
+/// Loopback partitions with `tc`: a priority qdisc on `lo` whose extra band drops everything
+/// (`netem loss 100%`), and filters sending the cut-off ports' traffic (both directions) to
+/// it. Needs root (CAP_NET_ADMIN).
+pub mod partition {
+    use anyhow::{bail, Context};
+
+    fn tc(args: &[&str]) -> anyhow::Result<()> {
+        let output = std::process::Command::new("tc")
+            .args(args)
+            .output()
+            .context("cannot run tc (iproute2); partitions need it")?;
+        if !output.status.success() {
+            bail!(
+                "tc {} failed: {} (partitions need root (CAP_NET_ADMIN) and a kernel with the sch_prio and sch_netem qdiscs; `modprobe sch_prio sch_netem` where they are modules)",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Drops all loopback traffic to and from `ports`.
+    pub fn cut(ports: &[u16]) -> anyhow::Result<()> {
+        heal();
+        tc(&[
+            "qdisc", "add", "dev", "lo", "root", "handle", "1:", "prio", "bands", "4",
+        ])?;
+        tc(&[
+            "qdisc", "add", "dev", "lo", "parent", "1:4", "handle", "40:", "netem", "loss", "100%",
+        ])?;
+        for port in ports {
+            let port = port.to_string();
+            for direction in ["dport", "sport"] {
+                tc(&[
+                    "filter", "add", "dev", "lo", "parent", "1:0", "protocol", "ip", "prio", "1",
+                    "u32", "match", "ip", direction, &port, "0xffff", "flowid", "1:4",
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes any partition (and the qdisc holding it).
+    pub fn heal() {
+        let _ = std::process::Command::new("tc")
+            .args(["qdisc", "del", "dev", "lo", "root"])
+            .output();
+    }
+}
+
+fn port_of(address: &str) -> anyhow::Result<u16> {
+    address
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no port in {address:?}"))
 }
 
 fn node_pid(
@@ -93,6 +153,39 @@ pub async fn inject(cluster: &mut ClusterHandle, fault: &FaultSpec) -> anyhow::R
                 undo: Some((Duration::from_secs_f64(seconds), Undo::Resume(index))),
             }
         }
+        FaultKind::Partition => {
+            let index = fault.node.context("partition needs a node")?;
+            let id = node_id(cluster, index).context("no such node")?;
+            let gcs = cluster.client()?;
+            let address = gcs
+                .list_nodes()
+                .await?
+                .into_iter()
+                .find(|n| n.node_id == id)
+                .map(|n| n.address)
+                .with_context(|| format!("{id} is not in the nodes table"))?;
+            let mut ports = vec![port_of(&address)?];
+            let mut what = format!("partition {id}");
+            if let Some(replica) = fault.gcs_replica {
+                let record = cluster
+                    .state()
+                    .gcs
+                    .iter()
+                    .find(|g| g.daemon.id == replica)
+                    .with_context(|| format!("no GCS replica {replica}"))?;
+                ports.push(port_of(&record.daemon.address)?);
+                what.push_str(&format!(" + gcs-{replica}"));
+            }
+            partition::cut(&ports)?;
+            let seconds = fault.duration_secs.unwrap_or(1.0);
+            Injected {
+                at,
+                target: format!("{what} for {seconds} s"),
+                // Cut off past the node timeout, the node is declared dead.
+                node_id: Some(id),
+                undo: Some((Duration::from_secs_f64(seconds), Undo::Heal)),
+            }
+        }
         FaultKind::KillGcsLeader | FaultKind::KillGcsFollower => {
             let leader = cluster
                 .gcs_leader()
@@ -128,6 +221,7 @@ pub async fn inject(cluster: &mut ClusterHandle, fault: &FaultSpec) -> anyhow::R
 pub fn undo(cluster: &mut ClusterHandle, undo: &Undo) -> anyhow::Result<()> {
     match undo {
         Undo::RestartGcs(id) => cluster.restart_gcs(*id)?,
+        Undo::Heal => partition::heal(),
         Undo::Resume(index) => {
             let pid = node_pid(cluster, *index)?;
             if !pid.signal_group(libc::SIGCONT) {

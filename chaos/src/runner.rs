@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use crate::faults::{self, Undo};
 use crate::report::{FaultRecord, Report, Spread};
 use crate::scenario::{Scenario, WorkloadKind};
-use crate::workloads::{Counters, FanOut, Progress, Workload};
+use crate::workloads::{Counters, FanOut, Progress, Register, Workload};
 
 /// How long the harness waits for the GCS to declare a killed node dead.
 const DETECTION_LIMIT: Duration = Duration::from_secs(30);
@@ -48,6 +48,11 @@ pub async fn run(
             work_dir.join("checkpoints"),
         )),
         WorkloadKind::Fanout => Box::new(FanOut::new(scenario.workload.tasks)),
+        WorkloadKind::Register => Box::new(Register::new(
+            cluster.client()?,
+            scenario.workload.clients,
+            scenario.workload.keys,
+        )),
     };
     let report = run_with(&mut cluster, scenario, workload).await;
     fleet::shutdown().await;

@@ -65,6 +65,19 @@ pub struct WorkloadSpec {
     /// fanout: tasks per round.
     #[serde(default = "default_tasks")]
     pub tasks: usize,
+    /// register: concurrent clients.
+    #[serde(default = "default_clients")]
+    pub clients: usize,
+    /// register: registers (keys).
+    #[serde(default = "default_keys")]
+    pub keys: usize,
+}
+
+fn default_clients() -> usize {
+    4
+}
+fn default_keys() -> usize {
+    3
 }
 
 fn default_actors() -> usize {
@@ -83,6 +96,8 @@ pub enum WorkloadKind {
     Counters,
     /// Rounds of tasks summing squares; every round's sum must be exact.
     Fanout,
+    /// Clients reading and writing GCS registers; the history must be linearizable.
+    Register,
 }
 
 /// One fault.
@@ -96,9 +111,13 @@ pub struct FaultSpec {
     /// The node's index in the cluster config's expanded node list.
     #[serde(default)]
     pub node: Option<usize>,
-    /// pause_node: how long; kill_gcs_*: restart the replica after this (none: stays down).
+    /// pause_node, partition: how long; kill_gcs_*: restart the replica after this (none:
+    /// stays down).
     #[serde(default)]
     pub duration_secs: Option<f64>,
+    /// partition: the GCS replica cut off with the node (none: only the node).
+    #[serde(default)]
+    pub gcs_replica: Option<u64>,
 }
 
 /// Fault kinds.
@@ -115,6 +134,9 @@ pub enum FaultKind {
     KillGcsLeader,
     /// SIGKILL a GCS follower.
     KillGcsFollower,
+    /// Cut `node` (its raylet's port) and GCS replica `gcs_replica` (its port) off the
+    /// network for `duration_secs` (`tc netem` dropping their loopback traffic; needs root).
+    Partition,
 }
 
 impl Scenario {
@@ -163,7 +185,10 @@ impl Scenario {
                 bail!("{key}.at_secs must fall inside the run (0 to duration_secs)");
             }
             match fault.kind {
-                FaultKind::KillNode | FaultKind::RestartNode | FaultKind::PauseNode => {
+                FaultKind::KillNode
+                | FaultKind::RestartNode
+                | FaultKind::PauseNode
+                | FaultKind::Partition => {
                     let node = fault
                         .node
                         .with_context(|| format!("{key}.node is required for {:?}", fault.kind))?;
@@ -180,8 +205,18 @@ impl Scenario {
                     }
                 }
             }
-            if fault.kind == FaultKind::PauseNode && fault.duration_secs.is_none() {
-                bail!("{key}.duration_secs is required for pause_node");
+            if matches!(fault.kind, FaultKind::PauseNode | FaultKind::Partition)
+                && fault.duration_secs.is_none()
+            {
+                bail!("{key}.duration_secs is required for {:?}", fault.kind);
+            }
+            if let Some(replica) = fault.gcs_replica {
+                if replica == 0 || replica > u64::from(config.gcs.replicas) {
+                    bail!(
+                        "{key}.gcs_replica is {replica}; replicas are numbered 1 to {}",
+                        config.gcs.replicas
+                    );
+                }
             }
         }
         Ok(())

@@ -328,3 +328,160 @@ impl Workload for FanOut {
         })
     }
 }
+
+/// Clients reading and writing a few registers in the control store (the GCS KV) without
+/// pause. Invariant: the history (each operation's call and return times, unknown outcomes
+/// included) is linearizable, checked per key with `fleet_gcs::linearizability`.
+pub struct Register {
+    gcs: fleet_gcs::GcsClient,
+    clients: usize,
+    keys: usize,
+    history: Arc<Mutex<History>>,
+    started: Instant,
+}
+
+/// Operations on registers, by key.
+type History = Vec<(String, fleet_gcs::linearizability::Operation<u64>)>;
+
+/// The KV namespace the register workload uses.
+pub const REGISTER_NAMESPACE: &str = "fleet.chaos.register";
+
+impl Register {
+    /// `clients` clients over `keys` registers.
+    pub fn new(gcs: fleet_gcs::GcsClient, clients: usize, keys: usize) -> Self {
+        Register {
+            gcs,
+            clients,
+            keys: keys.max(1),
+            history: Arc::default(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Workload for Register {
+    fn name(&self) -> String {
+        format!(
+            "control-store registers ({} clients, {} keys)",
+            self.clients, self.keys
+        )
+    }
+
+    fn prepare(&mut self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.gcs.kv_delete(REGISTER_NAMESPACE, b"", true).await?;
+            self.started = Instant::now();
+            Ok(())
+        })
+    }
+
+    fn run(&self, deadline: Instant, progress: Arc<Progress>) -> BoxFuture<'_, anyhow::Result<()>> {
+        use fleet_gcs::linearizability::{OpKind, Operation};
+        use rand::{Rng, SeedableRng};
+        Box::pin(async move {
+            let mut clients = Vec::new();
+            for client in 0..self.clients {
+                let gcs = self.gcs.clone();
+                let history = self.history.clone();
+                let progress = progress.clone();
+                let (keys, started) = (self.keys, self.started);
+                clients.push(tokio::spawn(async move {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(client as u64);
+                    let mut seq = 0u64;
+                    let micros = || started.elapsed().as_micros() as u64;
+                    while Instant::now() < deadline {
+                        let key = format!("k{}", rng.gen_range(0..keys));
+                        let call = micros();
+                        if rng.gen_bool(0.5) {
+                            seq += 1;
+                            let value = client as u64 * 1_000_000_000 + seq;
+                            let written = gcs
+                                .kv_put(REGISTER_NAMESPACE, key.as_bytes(), &value.to_le_bytes())
+                                .await;
+                            let ret = written.is_ok().then(micros);
+                            if ret.is_some() {
+                                progress.acked(client);
+                            }
+                            // A failed write may still have happened: its outcome is unknown.
+                            let op = Operation {
+                                client,
+                                call,
+                                ret,
+                                kind: OpKind::Write(value),
+                            };
+                            history
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push((key, op));
+                        } else if let Ok(record) =
+                            gcs.kv_get(REGISTER_NAMESPACE, key.as_bytes()).await
+                        {
+                            let ret = Some(micros());
+                            let value = record.and_then(|r| {
+                                <[u8; 8]>::try_from(r.value.as_slice())
+                                    .ok()
+                                    .map(u64::from_le_bytes)
+                            });
+                            progress.acked(client);
+                            let op = Operation {
+                                client,
+                                call,
+                                ret,
+                                kind: OpKind::Read(value),
+                            };
+                            history
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push((key, op));
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }));
+            }
+            for client in clients {
+                client.await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn check(&self) -> BoxFuture<'_, (Vec<Verdict>, u64)> {
+        Box::pin(async move {
+            let history = self
+                .history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let unknown = history.iter().filter(|(_, op)| op.ret.is_none()).count();
+            let checked = tokio::task::spawn_blocking(move || {
+                let outcome = fleet_gcs::linearizability::check_kv(&history);
+                (outcome, history.len())
+            })
+            .await;
+            let (passed, evidence) = match checked {
+                Ok((Ok(()), ops)) => (
+                    true,
+                    format!("{ops} operations ({unknown} with unknown outcome) linearizable"),
+                ),
+                Ok((Err(violation), ops)) => (
+                    false,
+                    format!(
+                        "{ops} operations; key {}: {}",
+                        violation.key, violation.explanation
+                    ),
+                ),
+                Err(error) => (false, format!("the checker failed: {error}")),
+            };
+            // A non-linearizable history means an acknowledged write was lost or reordered.
+            let lost = u64::from(!passed);
+            (
+                vec![Verdict {
+                    invariant: "the register history is linearizable".into(),
+                    passed,
+                    evidence,
+                }],
+                lost,
+            )
+        })
+    }
+}

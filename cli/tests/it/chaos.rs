@@ -1,4 +1,4 @@
-//! The chaos smoke subset CI runs: two shipped scenarios through `fleet chaos run --json`
+//! The chaos smoke subset CI runs: three shipped scenarios through `fleet chaos run --json`
 //! (real daemons, SIGKILLs); each must pass with no acknowledged operation lost. The other
 //! scenarios and longer soaks are documented commands (docs/chaos.md).
 
@@ -54,4 +54,18 @@ fn gcs_leader_loss_under_fanout_loses_nothing() {
     assert_eq!(report["passed"], true, "{report:#}");
     assert_eq!(report["lost_acknowledged"], 0, "{report:#}");
     assert!(report["acknowledged"].as_u64().unwrap_or(0) > 0);
+}
+
+#[test]
+fn gcs_leader_loss_under_registers_stays_linearizable() {
+    let report = run_scenario("gcs-leader-loss-register.toml");
+    assert_eq!(report["passed"], true, "{report:#}");
+    let verdict = &report["invariants"][0];
+    assert!(
+        verdict["evidence"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("linearizable"),
+        "{report:#}"
+    );
 }
