@@ -51,9 +51,9 @@ pub async fn run(
         })?;
     let node_id = config.node_id.clone();
     let gcs =
-        fleet_gcs::GcsClient::connect(&config.gcs_address).map_err(|e| Error::InvalidRequest {
-            what: "--gcs".into(),
-            reason: e.to_string(),
+        fleet_gcs::GcsClient::connect(&config.gcs_address).map_err(|e| Error::Registration {
+            node: node_id.clone(),
+            reason: format!("--gcs {:?}: {e}", config.gcs_address),
         })?;
     let mut total: BTreeMap<String, f64> = config.resources.clone();
     total.insert("GPU".into(), f64::from(config.num_gpus));
@@ -73,8 +73,8 @@ pub async fn run(
         .await;
     if let Err(error) = registered {
         raylet.stop().await;
-        return Err(Error::InvalidRequest {
-            what: format!("node {node_id}"),
+        return Err(Error::Registration {
+            node: node_id,
             reason: format!("cannot register with the GCS: {error}"),
         });
     }

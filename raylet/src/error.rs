@@ -48,6 +48,14 @@ pub enum Error {
     /// The object store failed.
     #[error(transparent)]
     ObjectStore(#[from] crate::object_store::Error),
+    /// The node could not join its cluster.
+    #[error("node {node} cannot join the cluster: {reason}")]
+    Registration {
+        /// The node.
+        node: String,
+        /// Why (names the GCS address and the fix).
+        reason: String,
+    },
     /// The raylet is shutting down.
     #[error("the raylet is shutting down")]
     ShuttingDown,
@@ -62,9 +70,10 @@ impl From<Error> for tonic::Status {
             }
             Error::UnknownLease { .. } => tonic::Status::not_found(message),
             Error::ShuttingDown => tonic::Status::unavailable(message),
-            Error::WorkerStart { .. } | Error::Listen { .. } | Error::ObjectStore(_) => {
-                tonic::Status::internal(message)
-            }
+            Error::WorkerStart { .. }
+            | Error::Listen { .. }
+            | Error::ObjectStore(_)
+            | Error::Registration { .. } => tonic::Status::internal(message),
         }
     }
 }
