@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use fleet_cluster::ClusterHandle;
 use fleet_proto::gcs::NodeState;
 
+use crate::network::{Cut, FaultId, FaultNetwork, LinkEffect};
 use crate::scenario::{FaultKind, FaultSpec};
 
 /// A fault as it happened.
@@ -28,13 +29,14 @@ pub enum Undo {
     RestartGcs(u64),
     /// SIGCONT node `index`.
     Resume(usize),
-    /// Remove the partition.
-    Heal,
+    /// End a network fault: the proxies' (Some) or tc's (None).
+    Heal(Option<FaultId>),
 }
 
-/// Loopback partitions with `tc`: a priority qdisc on `lo` whose extra band drops everything
-/// (`netem loss 100%`), and filters sending the cut-off ports' traffic (both directions) to
-/// it. Needs root (CAP_NET_ADMIN).
+/// Network faults with `tc` (`network = "netem"`): a priority qdisc on `lo` whose extra band
+/// is a `netem` (dropping everything for a partition, delaying or dropping some for latency
+/// and loss), and filters sending the side's ports' traffic (both directions) to it. Needs
+/// root (CAP_NET_ADMIN) and a kernel with sch_prio and sch_netem.
 pub mod partition {
     use anyhow::{bail, Context};
 
@@ -53,15 +55,17 @@ pub mod partition {
         Ok(())
     }
 
-    /// Drops all loopback traffic to and from `ports`.
-    pub fn cut(ports: &[u16]) -> anyhow::Result<()> {
+    /// Applies `netem` (e.g. `["loss", "100%"]`) to all loopback traffic to and from `ports`.
+    pub fn cut(ports: &[u16], netem: &[&str]) -> anyhow::Result<()> {
         heal();
         tc(&[
             "qdisc", "add", "dev", "lo", "root", "handle", "1:", "prio", "bands", "4",
         ])?;
-        tc(&[
-            "qdisc", "add", "dev", "lo", "parent", "1:4", "handle", "40:", "netem", "loss", "100%",
-        ])?;
+        let mut qdisc = vec![
+            "qdisc", "add", "dev", "lo", "parent", "1:4", "handle", "40:", "netem",
+        ];
+        qdisc.extend_from_slice(netem);
+        tc(&qdisc)?;
         for port in ports {
             let port = port.to_string();
             for direction in ["dport", "sport"] {
@@ -103,7 +107,11 @@ fn node_pid(
 }
 
 /// Injects one fault.
-pub async fn inject(cluster: &mut ClusterHandle, fault: &FaultSpec) -> anyhow::Result<Injected> {
+pub async fn inject(
+    cluster: &mut ClusterHandle,
+    network: Option<&FaultNetwork>,
+    fault: &FaultSpec,
+) -> anyhow::Result<Injected> {
     let at = Instant::now();
     let node_id = |cluster: &ClusterHandle, index: usize| {
         cluster
@@ -153,38 +161,8 @@ pub async fn inject(cluster: &mut ClusterHandle, fault: &FaultSpec) -> anyhow::R
                 undo: Some((Duration::from_secs_f64(seconds), Undo::Resume(index))),
             }
         }
-        FaultKind::Partition => {
-            let index = fault.node.context("partition needs a node")?;
-            let id = node_id(cluster, index).context("no such node")?;
-            let gcs = cluster.client()?;
-            let address = gcs
-                .list_nodes()
-                .await?
-                .into_iter()
-                .find(|n| n.node_id == id)
-                .map(|n| n.address)
-                .with_context(|| format!("{id} is not in the nodes table"))?;
-            let mut ports = vec![port_of(&address)?];
-            let mut what = format!("partition {id}");
-            if let Some(replica) = fault.gcs_replica {
-                let record = cluster
-                    .state()
-                    .gcs
-                    .iter()
-                    .find(|g| g.daemon.id == replica)
-                    .with_context(|| format!("no GCS replica {replica}"))?;
-                ports.push(port_of(&record.daemon.address)?);
-                what.push_str(&format!(" + gcs-{replica}"));
-            }
-            partition::cut(&ports)?;
-            let seconds = fault.duration_secs.unwrap_or(1.0);
-            Injected {
-                at,
-                target: format!("{what} for {seconds} s"),
-                // Cut off past the node timeout, the node is declared dead.
-                node_id: Some(id),
-                undo: Some((Duration::from_secs_f64(seconds), Undo::Heal)),
-            }
+        FaultKind::Partition | FaultKind::Latency | FaultKind::Loss => {
+            inject_network(cluster, network, fault, at).await?
         }
         FaultKind::KillGcsLeader | FaultKind::KillGcsFollower => {
             let leader = cluster
@@ -218,10 +196,19 @@ pub async fn inject(cluster: &mut ClusterHandle, fault: &FaultSpec) -> anyhow::R
 }
 
 /// Ends a fault (restart a replica, resume a node).
-pub fn undo(cluster: &mut ClusterHandle, undo: &Undo) -> anyhow::Result<()> {
+pub fn undo(
+    cluster: &mut ClusterHandle,
+    network: Option<&FaultNetwork>,
+    undo: &Undo,
+) -> anyhow::Result<()> {
     match undo {
         Undo::RestartGcs(id) => cluster.restart_gcs(*id)?,
-        Undo::Heal => partition::heal(),
+        Undo::Heal(Some(id)) => {
+            if let Some(network) = network {
+                network.heal(*id);
+            }
+        }
+        Undo::Heal(None) => partition::heal(),
         Undo::Resume(index) => {
             let pid = node_pid(cluster, *index)?;
             if !pid.signal_group(libc::SIGCONT) {
@@ -230,6 +217,146 @@ pub fn undo(cluster: &mut ClusterHandle, undo: &Undo) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The effect a network fault asks for.
+fn effect_of(fault: &FaultSpec) -> LinkEffect {
+    match fault.kind {
+        FaultKind::Partition => LinkEffect {
+            blocked: true,
+            ..Default::default()
+        },
+        FaultKind::Latency => LinkEffect {
+            delay: Duration::from_millis(fault.delay_ms.unwrap_or_default()),
+            ..Default::default()
+        },
+        _ => LinkEffect {
+            loss: fault.loss_percent.unwrap_or_default() / 100.0,
+            ..Default::default()
+        },
+    }
+}
+
+/// Partition, latency or loss: through the fault network's proxies, or `tc` when the
+/// scenario asks for netem (no `network`).
+async fn inject_network(
+    cluster: &mut ClusterHandle,
+    network: Option<&FaultNetwork>,
+    fault: &FaultSpec,
+    at: Instant,
+) -> anyhow::Result<Injected> {
+    let mut side_nodes = Vec::new();
+    let mut side_replicas = Vec::new();
+    if let Some(index) = fault.node {
+        side_nodes.push(index);
+    }
+    if let Some(replica) = fault.gcs_replica {
+        side_replicas.push(replica);
+    }
+    if fault.gcs_leader {
+        let leader = cluster
+            .gcs_leader()
+            .await
+            .context("the GCS has no leader to cut off")?;
+        if !side_replicas.contains(&leader) {
+            side_replicas.push(leader);
+        }
+    }
+    let node_ids: Vec<String> = side_nodes
+        .iter()
+        .map(|i| {
+            cluster
+                .state()
+                .nodes
+                .get(*i)
+                .map(|n| n.daemon.node_id.clone())
+                .with_context(|| format!("no node {i}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut what: Vec<String> = node_ids.clone();
+    what.extend(side_replicas.iter().map(|r| format!("gcs-{r}")));
+    let peers: Vec<String> = fault
+        .peer_nodes
+        .iter()
+        .map(|i| format!("node-{i}"))
+        .chain(fault.peer_gcs_replicas.iter().map(|r| format!("gcs-{r}")))
+        .collect();
+    let effect = effect_of(fault);
+    let seconds = fault.duration_secs.unwrap_or(1.0);
+    let heal = match network {
+        Some(network) => {
+            let cut = Cut {
+                side: side_nodes
+                    .iter()
+                    .map(|i| format!("node-{i}"))
+                    .chain(side_replicas.iter().map(|r| format!("gcs-{r}")))
+                    .collect(),
+                peers: (!peers.is_empty()).then(|| peers.iter().cloned().collect()),
+            };
+            Some(network.inject(cut, effect))
+        }
+        None => {
+            let mut ports = Vec::new();
+            for id in &node_ids {
+                let address = cluster
+                    .client()?
+                    .list_nodes()
+                    .await?
+                    .into_iter()
+                    .find(|n| &n.node_id == id)
+                    .map(|n| n.address)
+                    .with_context(|| format!("{id} is not in the nodes table"))?;
+                ports.push(port_of(&address)?);
+            }
+            for replica in &side_replicas {
+                let record = cluster
+                    .state()
+                    .gcs
+                    .iter()
+                    .find(|g| g.daemon.id == *replica)
+                    .with_context(|| format!("no GCS replica {replica}"))?;
+                ports.push(port_of(&record.daemon.address)?);
+            }
+            let delay = format!("{}ms", effect.delay.as_millis());
+            let loss = format!("{}%", effect.loss * 100.0);
+            let netem: Vec<&str> = match fault.kind {
+                FaultKind::Partition => vec!["loss", "100%"],
+                FaultKind::Latency => vec!["delay", &delay],
+                _ => vec!["loss", &loss],
+            };
+            partition::cut(&ports, &netem)?;
+            None
+        }
+    };
+    let kind = match fault.kind {
+        FaultKind::Partition => "partition".to_string(),
+        FaultKind::Latency => format!("latency +{} ms", effect.delay.as_millis()),
+        _ => format!("loss {}%", effect.loss * 100.0),
+    };
+    let from = if peers.is_empty() {
+        String::new()
+    } else {
+        format!(" from {}", peers.join(" + "))
+    };
+    // A node cut off from everyone past the node timeout is declared dead: detection is
+    // expected (and measured) then.
+    let node_timeout = match cluster.state().config.gcs.node_timeout_ms {
+        Some(ms) => Duration::from_millis(ms),
+        None => fleet_gcs::GcsConfig::default().node_timeout,
+    };
+    let expect_death = fault.kind == FaultKind::Partition
+        && peers.is_empty()
+        && Duration::from_secs_f64(seconds) > node_timeout + Duration::from_secs(1);
+    Ok(Injected {
+        at,
+        target: format!("{kind} {}{from} for {seconds} s", what.join(" + ")),
+        node_id: if expect_death {
+            node_ids.first().cloned()
+        } else {
+            None
+        },
+        undo: Some((Duration::from_secs_f64(seconds), Undo::Heal(heal))),
+    })
 }
 
 /// How long after `at` the GCS declared `node_id` dead (polls up to `limit`).

@@ -7,6 +7,8 @@
 //! - [`faults`]: injecting faults into a `fleet_cluster::ClusterHandle` (SIGKILL of a node
 //!   with its directories wiped, SIGKILL of the GCS leader or a follower, SIGSTOP/SIGCONT of
 //!   a node, restarts).
+//! - [`network`]: the fault-injecting network (each daemon on its own loopback IP behind its
+//!   own egress proxy) that partitions, delays and drops traffic between chosen daemons.
 //! - [`workloads`]: built-in workloads with checkable invariants (checkpointed counters with
 //!   exact final counts, a task fan-out/fan-in with exact sums) and the [`workloads::Workload`]
 //!   trait a user's own workload implements.
@@ -14,6 +16,7 @@
 //! - [`runner`]: ties them together.
 
 pub mod faults;
+pub mod network;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -64,6 +64,22 @@ pub struct Report {
     pub invariants: Vec<Verdict>,
     /// Everything held and nothing acknowledged was lost.
     pub passed: bool,
+    /// The fault network's traffic (runs with network faults through the proxies).
+    #[serde(default)]
+    pub network: Option<NetworkSummary>,
+}
+
+/// What crossed the fault-injecting proxies.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NetworkSummary {
+    /// Connections tunnelled.
+    pub connections: u64,
+    /// Connections held unanswered by a partition when they were opened.
+    pub held_at_connect: u64,
+    /// Bytes delivered.
+    pub bytes: u64,
+    /// Chunks charged a retransmission timeout by a loss fault.
+    pub lost_chunks: u64,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -107,6 +123,12 @@ impl Report {
                 if v.passed { "PASS" } else { "FAIL" },
                 v.invariant,
                 v.evidence
+            ));
+        }
+        if let Some(n) = &self.network {
+            out.push_str(&format!(
+                "network (fault proxies): {} connections ({} held at connect by a partition), {} bytes, {} chunks retransmitted\n",
+                n.connections, n.held_at_connect, n.bytes, n.lost_chunks
             ));
         }
         out.push_str(&format!(

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use fleet_cluster::plan::ClusterPlan;
 use fleet_cluster::{ClusterHandle, LocalCluster};
 use rand::{Rng, SeedableRng};
 
 use crate::faults::{self, Undo};
-use crate::report::{FaultRecord, Report, Spread};
+use crate::network::FaultNetwork;
+use crate::report::{FaultRecord, NetworkSummary, Report, Spread};
 use crate::scenario::{Scenario, WorkloadKind};
 use crate::workloads::{Counters, FanOut, Progress, Register, Workload};
 
@@ -26,10 +28,38 @@ pub async fn run(
     work_dir: &Path,
 ) -> anyhow::Result<Report> {
     let config = scenario.cluster_config(origin)?;
-    let mut cluster = LocalCluster::up(&config, fleet_binary, &work_dir.join("cluster"))
-        .await
-        .context("starting the scenario's cluster")?;
+    let network = if scenario.needs_fault_network() {
+        let hosts: Vec<String> = (1..=u64::from(config.gcs.replicas))
+            .map(|id| format!("gcs-{id}"))
+            .chain((0..config.expanded_nodes().len()).map(|i| format!("node-{i}")))
+            .collect();
+        Some(
+            FaultNetwork::start(&hosts, scenario.seed)
+                .await
+                .context("starting the fault-injecting proxies")?,
+        )
+    } else {
+        None
+    };
+    let cluster_dir = work_dir.join("cluster");
+    let mut cluster = match &network {
+        Some(network) => {
+            LocalCluster::up_with(&config, fleet_binary, &cluster_dir, |plan| {
+                place_on_fault_network(plan, network)
+            })
+            .await
+        }
+        None => LocalCluster::up(&config, fleet_binary, &cluster_dir).await,
+    }
+    .context("starting the scenario's cluster")?;
     cluster.set_stop_on_drop(true);
+    if let Some(network) = &network {
+        // The driver lives on node 0: its server on node 0's IP, its connections through
+        // node 0's proxy, so that cutting a node off cuts it off from the driver too.
+        if let Some(settings) = network.settings("node-0") {
+            fleet_gcs::transport::NetworkSettings::set(settings);
+        }
+    }
     let driver_node = cluster
         .node_ids()
         .first()
@@ -54,7 +84,7 @@ pub async fn run(
             scenario.workload.keys,
         )),
     };
-    let report = run_with(&mut cluster, scenario, workload).await;
+    let report = run_on(&mut cluster, network.as_ref(), scenario, workload).await;
     fleet::shutdown().await;
     cluster.set_stop_on_drop(false);
     cluster
@@ -63,18 +93,57 @@ pub async fn run(
     report
 }
 
+/// Gives each daemon its host's IP and egress proxy.
+fn place_on_fault_network(plan: &mut ClusterPlan, network: &FaultNetwork) {
+    let port = |address: &str| address.rsplit(':').next().unwrap_or("0").to_string();
+    for gcs in &mut plan.gcs {
+        let host = format!("gcs-{}", gcs.id);
+        if let Some(ip) = network.ip(&host) {
+            gcs.address = format!("{ip}:{}", port(&gcs.address));
+            gcs.host = ip.to_string();
+            gcs.env = network.env(&host);
+        }
+    }
+    for node in &mut plan.nodes {
+        let host = format!("node-{}", node.index);
+        if let Some(ip) = network.ip(&host) {
+            node.listen = format!("{ip}:{}", port(&node.listen));
+            node.host = ip.to_string();
+            node.env = network.env(&host);
+        }
+    }
+}
+
 enum Event {
     Fault(usize),
     Undo(Undo),
 }
 
 /// Runs `workload` on a started cluster (this process already attached as its driver)
-/// with `scenario`'s faults; a user's own workload plugs in here.
+/// with `scenario`'s faults; a user's own workload plugs in here. Network faults need
+/// `network = "netem"` here (or [`run_on`] with the cluster's fault network).
 pub async fn run_with(
     cluster: &mut ClusterHandle,
     scenario: &Scenario,
+    workload: Box<dyn Workload>,
+) -> anyhow::Result<Report> {
+    run_on(cluster, None, scenario, workload).await
+}
+
+/// [`run_with`] on a cluster placed on `network` (whose proxies make the network faults).
+pub async fn run_on(
+    cluster: &mut ClusterHandle,
+    network: Option<&FaultNetwork>,
+    scenario: &Scenario,
     mut workload: Box<dyn Workload>,
 ) -> anyhow::Result<Report> {
+    if scenario.needs_fault_network() && network.is_none() {
+        anyhow::bail!(
+            "scenario {} has network faults but the cluster is not on a fault network; \
+             run it with `fleet chaos run` (which places it on one) or set network = \"netem\"",
+            scenario.name
+        );
+    }
     let gcs = cluster.client()?;
     workload.prepare().await.context("preparing the workload")?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(scenario.seed);
@@ -112,7 +181,7 @@ pub async fn run_with(
             match event {
                 Event::Fault(i) => {
                     let spec = &scenario.faults[i];
-                    match faults::inject(cluster, spec).await {
+                    match faults::inject(cluster, network, spec).await {
                         Ok(fault) => {
                             tracing::info!(target = %fault.target, "fault injected");
                             if let Some(node_id) = fault.node_id.clone() {
@@ -142,7 +211,7 @@ pub async fn run_with(
                         }
                     }
                 }
-                Event::Undo(undo) => faults::undo(cluster, &undo)?,
+                Event::Undo(undo) => faults::undo(cluster, network, &undo)?,
             }
         }
         Ok::<Vec<Undo>, anyhow::Error>(pending_undo)
@@ -151,7 +220,7 @@ pub async fn run_with(
     // End every fault before checking (a paused node must answer the final reads).
     let leftover = scheduled?;
     for undo in leftover {
-        faults::undo(cluster, &undo)?;
+        faults::undo(cluster, network, &undo)?;
     }
     ran.context("running the workload")?;
     let elapsed = started.elapsed();
@@ -192,5 +261,16 @@ pub async fn run_with(
         lost_acknowledged: lost,
         invariants,
         passed,
+        network: network.map(|n| {
+            let stats = n.stats();
+            let load =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            NetworkSummary {
+                connections: load(&stats.connections),
+                held_at_connect: load(&stats.held_at_connect),
+                bytes: load(&stats.bytes),
+                lost_chunks: load(&stats.lost_chunks),
+            }
+        }),
     })
 }

@@ -17,9 +17,25 @@
 //! [[faults]]
 //! at_secs = 5              # after the workload starts (plus up to jitter_ms, seeded)
 //! kind = "kill_node"       # kill_node | restart_node | pause_node | kill_gcs_leader | kill_gcs_follower
-//! node = 2                 # node index (kill_node, restart_node, pause_node)
-//! duration_secs = 3        # pause_node: how long SIGSTOPped; kill_gcs_*: restart after this
+//!                          # | partition | latency | loss
+//! node = 2                 # node index (kill_node, restart_node, pause_node; network faults)
+//! duration_secs = 3        # pause_node, network faults: how long; kill_gcs_*: restart after this
+//!
+//! [[faults]]               # a network fault: between one side and its peers, both ways
+//! at_secs = 8
+//! kind = "partition"
+//! node = 2                 # the side: node 2, and/or
+//! gcs_replica = 3          #   GCS replica 3, and/or
+//! gcs_leader = false       #   whichever replica leads when the fault starts
+//! peer_nodes = []          # its peers (both empty: every other daemon and the driver)
+//! peer_gcs_replicas = []
+//! duration_secs = 5
+//! # latency: delay_ms = 50 (added each way); loss: loss_percent = 10
 //! ```
+//!
+//! `network = "proxy"` (the default) runs network faults through the harness's
+//! fault-injecting proxies ([`crate::network`]); `network = "netem"` uses `tc netem` on
+//! loopback instead (root and a kernel with sch_prio and sch_netem).
 
 use std::path::Path;
 
@@ -47,6 +63,21 @@ pub struct Scenario {
     /// The faults.
     #[serde(default)]
     pub faults: Vec<FaultSpec>,
+    /// How network faults are made.
+    #[serde(default)]
+    pub network: NetworkMode,
+}
+
+/// How network faults (partition, latency, loss) are made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// Each daemon on its own loopback IP behind the harness's egress proxy (no root, no
+    /// kernel modules).
+    #[default]
+    Proxy,
+    /// `tc netem` on loopback, matching the daemons' ports (root; sch_prio and sch_netem).
+    Netem,
 }
 
 fn default_jitter_ms() -> u64 {
@@ -115,9 +146,35 @@ pub struct FaultSpec {
     /// stays down).
     #[serde(default)]
     pub duration_secs: Option<f64>,
-    /// partition: the GCS replica cut off with the node (none: only the node).
+    /// Network faults: a GCS replica on the fault's side.
     #[serde(default)]
     pub gcs_replica: Option<u64>,
+    /// Network faults: the replica leading when the fault starts is on its side.
+    #[serde(default)]
+    pub gcs_leader: bool,
+    /// Network faults: nodes on the other side (with `peer_gcs_replicas` empty too: every
+    /// daemon not on the side, and the driver).
+    #[serde(default)]
+    pub peer_nodes: Vec<usize>,
+    /// Network faults: GCS replicas on the other side.
+    #[serde(default)]
+    pub peer_gcs_replicas: Vec<u64>,
+    /// latency: added one-way delay.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// loss: share of packets (proxy: chunks) lost, 0 to 100.
+    #[serde(default)]
+    pub loss_percent: Option<f64>,
+}
+
+impl FaultSpec {
+    /// A partition, latency or loss.
+    pub fn is_network(&self) -> bool {
+        matches!(
+            self.kind,
+            FaultKind::Partition | FaultKind::Latency | FaultKind::Loss
+        )
+    }
 }
 
 /// Fault kinds.
@@ -134,9 +191,13 @@ pub enum FaultKind {
     KillGcsLeader,
     /// SIGKILL a GCS follower.
     KillGcsFollower,
-    /// Cut `node` (its raylet's port) and GCS replica `gcs_replica` (its port) off the
-    /// network for `duration_secs` (`tc netem` dropping their loopback traffic; needs root).
+    /// Cut a side (`node`, `gcs_replica`, `gcs_leader`) off from its peers for
+    /// `duration_secs`: nothing crosses.
     Partition,
+    /// Add `delay_ms` each way between a side and its peers for `duration_secs`.
+    Latency,
+    /// Lose `loss_percent` of the traffic between a side and its peers for `duration_secs`.
+    Loss,
 }
 
 impl Scenario {
@@ -184,11 +245,13 @@ impl Scenario {
             {
                 bail!("{key}.at_secs must fall inside the run (0 to duration_secs)");
             }
+            if fault.is_network() {
+                self.validate_network_fault(&key, fault, nodes, config.gcs.replicas)?;
+                continue;
+            }
             match fault.kind {
-                FaultKind::KillNode
-                | FaultKind::RestartNode
-                | FaultKind::PauseNode
-                | FaultKind::Partition => {
+                FaultKind::Partition | FaultKind::Latency | FaultKind::Loss => {}
+                FaultKind::KillNode | FaultKind::RestartNode | FaultKind::PauseNode => {
                     let node = fault
                         .node
                         .with_context(|| format!("{key}.node is required for {:?}", fault.kind))?;
@@ -205,21 +268,86 @@ impl Scenario {
                     }
                 }
             }
-            if matches!(fault.kind, FaultKind::PauseNode | FaultKind::Partition)
-                && fault.duration_secs.is_none()
-            {
+            if fault.kind == FaultKind::PauseNode && fault.duration_secs.is_none() {
                 bail!("{key}.duration_secs is required for {:?}", fault.kind);
             }
-            if let Some(replica) = fault.gcs_replica {
-                if replica == 0 || replica > u64::from(config.gcs.replicas) {
-                    bail!(
-                        "{key}.gcs_replica is {replica}; replicas are numbered 1 to {}",
-                        config.gcs.replicas
-                    );
-                }
+            if fault.gcs_replica.is_some()
+                || fault.gcs_leader
+                || !fault.peer_nodes.is_empty()
+                || !fault.peer_gcs_replicas.is_empty()
+                || fault.delay_ms.is_some()
+                || fault.loss_percent.is_some()
+            {
+                bail!(
+                    "{key}: gcs_replica, gcs_leader, peer_*, delay_ms and loss_percent belong to \
+                     network faults (partition, latency, loss), not {:?}",
+                    fault.kind
+                );
             }
         }
         Ok(())
+    }
+
+    fn validate_network_fault(
+        &self,
+        key: &str,
+        fault: &FaultSpec,
+        nodes: usize,
+        replicas: u32,
+    ) -> anyhow::Result<()> {
+        let replica_ok = |replica: u64| replica >= 1 && replica <= u64::from(replicas);
+        if fault.node.is_none() && fault.gcs_replica.is_none() && !fault.gcs_leader {
+            bail!(
+                "{key}: a {:?} needs a side: node, gcs_replica or gcs_leader = true",
+                fault.kind
+            );
+        }
+        for node in fault.node.iter().chain(&fault.peer_nodes) {
+            if *node >= nodes {
+                bail!(
+                    "{key}: node {node} does not exist; the cluster has {nodes} node(s) (0-based)"
+                );
+            }
+        }
+        for replica in fault.gcs_replica.iter().chain(&fault.peer_gcs_replicas) {
+            if !replica_ok(*replica) {
+                bail!("{key}: GCS replica {replica} does not exist; replicas are numbered 1 to {replicas}");
+            }
+        }
+        if fault.kind == FaultKind::Partition && fault.node == Some(0) {
+            bail!("{key}.node is 0: node 0 hosts the harness's driver, which must keep reaching the cluster; partition another node");
+        }
+        if fault.duration_secs.is_none() {
+            bail!(
+                "{key}.duration_secs is required for {:?} (every fault ends)",
+                fault.kind
+            );
+        }
+        match fault.kind {
+            FaultKind::Latency => match fault.delay_ms {
+                Some(ms) if (1..=10_000).contains(&ms) => {}
+                _ => bail!("{key}.delay_ms is required for latency, 1 to 10000"),
+            },
+            FaultKind::Loss => match fault.loss_percent {
+                Some(p) if p > 0.0 && p <= 100.0 => {}
+                _ => bail!("{key}.loss_percent is required for loss, above 0 and at most 100"),
+            },
+            _ => {}
+        }
+        if self.network == NetworkMode::Netem
+            && (!fault.peer_nodes.is_empty() || !fault.peer_gcs_replicas.is_empty())
+        {
+            bail!(
+                "{key}: network = \"netem\" cuts a side off from everyone (it matches ports); \
+                 peer_nodes and peer_gcs_replicas need network = \"proxy\""
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the run needs the fault-injecting proxies.
+    pub fn needs_fault_network(&self) -> bool {
+        self.network == NetworkMode::Proxy && self.faults.iter().any(FaultSpec::is_network)
     }
 }
 

@@ -28,17 +28,18 @@ pub struct Verdict {
 /// rounds), with their times (for recovery times), and operations whose outcome is unknown.
 #[derive(Default)]
 pub struct Progress {
-    lanes: Mutex<Vec<Vec<Instant>>>,
+    /// Per lane: (started, acknowledged) of each acknowledged operation.
+    lanes: Mutex<Vec<Vec<(Instant, Instant)>>>,
 }
 
 impl Progress {
-    /// Records an acknowledged operation on `lane`.
-    pub fn acked(&self, lane: usize) {
+    /// Records an operation on `lane`, started at `started`, acknowledged now.
+    pub fn acked(&self, lane: usize, started: Instant) {
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         if lanes.len() <= lane {
             lanes.resize(lane + 1, Vec::new());
         }
-        lanes[lane].push(Instant::now());
+        lanes[lane].push((started, Instant::now()));
     }
 
     /// Acknowledged operations in all lanes.
@@ -47,14 +48,15 @@ impl Progress {
         lanes.iter().map(Vec::len).sum()
     }
 
-    /// How long after `at` every lane had an acknowledged operation again (None: some lane
-    /// never did).
+    /// How long after `at` every lane had an operation *started after `at`* acknowledged
+    /// (None: some lane never did). Operations already in flight at `at` do not count: they
+    /// say nothing of whether the cluster serves new work.
     pub fn recovered_after(&self, at: Instant) -> Option<Duration> {
         let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         let mut worst = Duration::ZERO;
         for lane in lanes.iter() {
-            let next = lane.iter().find(|t| **t > at)?;
-            worst = worst.max(next.duration_since(at));
+            let (_, acked) = lane.iter().find(|(started, _)| *started >= at)?;
+            worst = worst.max(acked.duration_since(at));
         }
         Some(worst)
     }
@@ -166,6 +168,7 @@ impl Workload for Counters {
                 let progress = progress.clone();
                 loops.push(tokio::spawn(async move {
                     while Instant::now() < deadline {
+                        let began = Instant::now();
                         let answer = handle.incr().await;
                         let mut lane = lane.lock().unwrap_or_else(|e| e.into_inner());
                         match answer {
@@ -180,7 +183,7 @@ impl Workload for Counters {
                                     );
                                     lane.out_of_step.push(note);
                                 }
-                                progress.acked(index);
+                                progress.acked(index, began);
                             }
                             Err(error) => {
                                 lane.unknown += 1;
@@ -270,6 +273,7 @@ impl Workload for FanOut {
         Box::pin(async move {
             let mut round = 0u64;
             while Instant::now() < deadline {
+                let round_started = Instant::now();
                 let base = round * self.tasks as u64;
                 let refs: Vec<ObjectRef<u64>> = (0..self.tasks as u64)
                     .map(|i| {
@@ -281,6 +285,7 @@ impl Workload for FanOut {
                     .collect();
                 let expected: u64 = (base..base + self.tasks as u64).map(|x| x * x).sum();
                 let outcome = fleet::get_all(&refs).await;
+                let began = round_started;
                 let mut rounds = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
                 match outcome {
                     Ok(values) => {
@@ -290,7 +295,7 @@ impl Workload for FanOut {
                             let note = format!("round {round}: sum {sum}, expected {expected}");
                             rounds.2.push(note);
                         }
-                        progress.acked(0);
+                        progress.acked(0, began);
                     }
                     Err(error) => {
                         rounds.1 += 1;
@@ -392,6 +397,7 @@ impl Workload for Register {
                     while Instant::now() < deadline {
                         let key = format!("k{}", rng.gen_range(0..keys));
                         let call = micros();
+                        let began = Instant::now();
                         if rng.gen_bool(0.5) {
                             seq += 1;
                             let value = client as u64 * 1_000_000_000 + seq;
@@ -400,7 +406,7 @@ impl Workload for Register {
                                 .await;
                             let ret = written.is_ok().then(micros);
                             if ret.is_some() {
-                                progress.acked(client);
+                                progress.acked(client, began);
                             }
                             // A failed write may still have happened: its outcome is unknown.
                             let op = Operation {
@@ -422,7 +428,7 @@ impl Workload for Register {
                                     .ok()
                                     .map(u64::from_le_bytes)
                             });
-                            progress.acked(client);
+                            progress.acked(client, began);
                             let op = Operation {
                                 client,
                                 call,

@@ -51,6 +51,17 @@ impl LocalCluster {
         fleet_binary: &Path,
         cluster_dir: &Path,
     ) -> Result<ClusterHandle> {
+        Self::up_with(config, fleet_binary, cluster_dir, |_| {}).await
+    }
+
+    /// Like [`up`](Self::up), with `adjust` changing the plan before anything starts: the
+    /// chaos harness gives each daemon its own IP and egress proxy there.
+    pub async fn up_with(
+        config: &ClusterConfig,
+        fleet_binary: &Path,
+        cluster_dir: &Path,
+        adjust: impl FnOnce(&mut ClusterPlan),
+    ) -> Result<ClusterHandle> {
         config.validate()?;
         if config.provider != Provider::Local {
             return Err(Error::Config {
@@ -80,7 +91,8 @@ impl LocalCluster {
             remove_dir(&cluster_dir.join(format!("gcs-{id}")))?;
         }
         let token = format!("{:08x}", rand::random::<u32>());
-        let plan = ClusterPlan::new(config, cluster_dir, &process::shm_root(), &token, &ports);
+        let mut plan = ClusterPlan::new(config, cluster_dir, &process::shm_root(), &token, &ports);
+        adjust(&mut plan);
         for node in &plan.nodes {
             remove_dir(&node.node_dir)?;
         }
@@ -345,7 +357,7 @@ impl ClusterHandle {
             &format!("gcs-{id}"),
             &self.state.fleet_binary,
             &args,
-            &[],
+            &record.daemon.env,
             &record.daemon.log,
         )?;
         record.pid = Some(ProcessId::of(child.id()));
@@ -371,7 +383,7 @@ impl ClusterHandle {
             &format!("node-{index}"),
             &self.state.fleet_binary,
             &args,
-            &[],
+            &record.daemon.env,
             &record.daemon.log,
         )?;
         record.pid = Some(ProcessId::of(child.id()));

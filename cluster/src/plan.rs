@@ -20,6 +20,9 @@ pub struct GcsDaemon {
     pub data_dir: PathBuf,
     /// stdout and stderr.
     pub log: PathBuf,
+    /// Environment added to its process (the chaos harness's network settings).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
 }
 
 /// One raylet.
@@ -43,6 +46,9 @@ pub struct NodeDaemon {
     pub log: PathBuf,
     /// Resources and labels.
     pub spec: NodeSpec,
+    /// Environment added to its process (and so to its workers').
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
 }
 
 /// Every daemon of a cluster.
@@ -84,6 +90,7 @@ impl ClusterPlan {
                     host,
                     data_dir: dir.join(format!("gcs-{id}")),
                     log: dir.join("logs").join(format!("gcs-{id}.log")),
+                    env: Vec::new(),
                 }
             })
             .collect();
@@ -105,6 +112,7 @@ impl ClusterPlan {
                     log: dir.join("logs").join(format!("node-{index}.log")),
                     node_dir,
                     spec,
+                    env: Vec::new(),
                 }
             })
             .collect();

@@ -27,7 +27,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use crate::error::{Error, Result, LEADER_METADATA_KEY};
-use crate::transport::{Connector, TcpConnector, MAX_MESSAGE_BYTES};
+use crate::transport::{Connector, ControlStoreConnector, MAX_MESSAGE_BYTES};
 
 /// How hard the client tries.
 #[derive(Clone, Debug)]
@@ -136,7 +136,7 @@ impl GcsClient {
     pub fn connect_with(addresses: &str, options: ClientOptions) -> Result<Self> {
         Ok(Self::with_connector(
             parse_endpoints(addresses)?,
-            Arc::new(TcpConnector),
+            Arc::new(ControlStoreConnector),
             options,
         ))
     }
@@ -217,6 +217,24 @@ impl GcsClient {
             .unwrap_or_default()
     }
 
+    /// Drops the cached channel to `endpoint`: a call that timed out may sit on a connection
+    /// that a partition stalled, and the next one must open a new connection instead.
+    fn forget_channel(&self, endpoint: &str) {
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(endpoint);
+    }
+
+    fn current_leader(&self) -> Option<String> {
+        self.inner
+            .leader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn forget_leader(&self, endpoint: &str) {
         let mut leader = self.inner.leader.lock().unwrap_or_else(|e| e.into_inner());
         if leader.as_deref() == Some(endpoint) {
@@ -245,10 +263,13 @@ impl GcsClient {
                     return Ok(value);
                 }
                 Ok(Err(status)) => status,
-                Err(_) => Status::deadline_exceeded(format!(
-                    "{what}: no answer in {:?}",
-                    options.rpc_timeout
-                )),
+                Err(_) => {
+                    self.forget_channel(&endpoint);
+                    Status::deadline_exceeded(format!(
+                        "{what}: no answer in {:?}",
+                        options.rpc_timeout
+                    ))
+                }
             };
             match status.code() {
                 Code::Unavailable
@@ -664,9 +685,14 @@ impl GcsClient {
             filters,
             next_version: start_version,
             stream: None,
+            serving: None,
         }
     }
 }
+
+/// A watch stream that hears nothing (not even the leader's progress reports, sent every
+/// 500 ms) for this long is presumed cut off, dropped, and resumed at another replica.
+pub const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A watch that survives leader changes: when its stream breaks it reconnects to the
 /// (new) leader and resumes from the version after the last one delivered, so no change is
@@ -676,6 +702,8 @@ pub struct WatchStream {
     filters: Vec<WatchFilter>,
     next_version: u64,
     stream: Option<Streaming<WatchResponse>>,
+    /// The replica serving `stream`.
+    serving: Option<String>,
 }
 
 impl WatchStream {
@@ -700,11 +728,26 @@ impl WatchStream {
                     })
                     .await?;
                 self.stream = Some(stream);
+                self.serving = self.client.current_leader();
             }
             let Some(stream) = self.stream.as_mut() else {
                 continue;
             };
-            match stream.message().await {
+            let message = match tokio::time::timeout(WATCH_IDLE_TIMEOUT, stream.message()).await {
+                Ok(message) => message,
+                Err(_) => {
+                    // A leader partitioned away (or frozen) keeps the stream open and silent;
+                    // its replacement is elsewhere.
+                    if let Some(serving) = self.serving.take() {
+                        tracing::info!(replica = %serving, "watch silent for {WATCH_IDLE_TIMEOUT:?}; resuming at another replica");
+                        self.client.forget_leader(&serving);
+                        self.client.forget_channel(&serving);
+                    }
+                    self.stream = None;
+                    continue;
+                }
+            };
+            match message {
                 Ok(Some(response)) => {
                     // Drop events already delivered (a resumed stream never repeats them, this
                     // only guards against a server that would).

@@ -168,6 +168,7 @@ async fn serve_watch(
     let mut applied_rx = node.applied.clone();
     let mut cursor = request.start_version;
     let mut last_sent_version = 0;
+    let mut last_sent_at = tokio::time::Instant::now();
     let mut progress = tokio::time::interval(WATCH_PROGRESS_INTERVAL);
     loop {
         let response = {
@@ -214,7 +215,20 @@ async fn serve_watch(
                 }
                 last_sent_version = version;
                 cursor = version + 1;
+                last_sent_at = tokio::time::Instant::now();
             }
+        } else if last_sent_at.elapsed() >= WATCH_PROGRESS_INTERVAL && cursor > 0 {
+            // Nothing changed: a heartbeat, so a watcher can tell a quiet leader from one
+            // it can no longer hear (and resume elsewhere).
+            let heartbeat = WatchResponse {
+                resync: false,
+                events: Vec::new(),
+                version: cursor - 1,
+            };
+            if tx.send(Ok(heartbeat)).await.is_err() {
+                return;
+            }
+            last_sent_at = tokio::time::Instant::now();
         }
         tokio::select! {
             _ = shutdown.cancelled() => {

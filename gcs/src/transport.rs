@@ -1,22 +1,29 @@
 //! How replicas reach each other (and clients reach replicas).
 //!
 //! [`Connector`] makes a gRPC channel to an address: [`TcpConnector`] for real sockets; the
-//! simulation passes one over `turmoil`'s network. [`PeerTransport`] keeps one sender task
+//! simulation passes one over `turmoil`'s network. [`NetworkSettings`] are this process's
+//! place on the network: the IP its servers bind (`FLEET_NODE_IP`, the node's address, which
+//! a raylet hands to its workers) and an optional HTTP CONNECT proxy every outgoing
+//! connection goes through (`FLEET_EGRESS_PROXY`; the chaos harness's fault-injecting proxy
+//! uses it, as would a site that routes traffic through one). [`PeerTransport`] keeps one sender task
 //! per peer with a bounded queue: the driver never waits on the network, a slow or dead
 //! peer only loses messages (which Raft retransmits) and is reported unreachable.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use fleet_proto::gcs::raft_transport_client::RaftTransportClient;
 use fleet_proto::gcs::RaftEnvelope;
+use hyper_util::rt::TokioIo;
 use raft::prelude::{Message, MessageType};
 use raft::SnapshotStatus;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::storage::encode_pb;
 
@@ -34,24 +41,172 @@ pub const STREAM_WINDOW_BYTES: u32 = 16 << 20;
 /// HTTP/2 flow-control window of one connection.
 pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
 
-/// Real TCP.
+/// Environment variable: the IP this process's servers bind (default 127.0.0.1).
+pub const NODE_IP_ENV: &str = "FLEET_NODE_IP";
+/// Environment variable: `HOST:PORT` of an HTTP CONNECT proxy for every outgoing connection.
+pub const EGRESS_PROXY_ENV: &str = "FLEET_EGRESS_PROXY";
+
+/// This process's place on the network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetworkSettings {
+    /// The IP servers bind and advertise (None: 127.0.0.1).
+    pub node_ip: Option<IpAddr>,
+    /// HTTP CONNECT proxy (`HOST:PORT`) that outgoing connections go through.
+    pub egress_proxy: Option<String>,
+}
+
+static NETWORK: RwLock<Option<NetworkSettings>> = RwLock::new(None);
+
+impl NetworkSettings {
+    /// Reads `FLEET_NODE_IP` and `FLEET_EGRESS_PROXY`; a malformed value is an error naming
+    /// the variable.
+    pub fn from_env() -> Result<Self, String> {
+        let node_ip = match std::env::var(NODE_IP_ENV) {
+            Ok(text) if !text.is_empty() => Some(text.parse::<IpAddr>().map_err(|e| {
+                format!("{NODE_IP_ENV}={text:?} is not an IP address ({e}); unset it or give the node's IP")
+            })?),
+            _ => None,
+        };
+        let egress_proxy = match std::env::var(EGRESS_PROXY_ENV) {
+            Ok(text) if !text.is_empty() => {
+                if !text.contains(':') {
+                    return Err(format!(
+                        "{EGRESS_PROXY_ENV}={text:?} is not a HOST:PORT address; unset it or give the proxy's address"
+                    ));
+                }
+                Some(text)
+            }
+            _ => None,
+        };
+        Ok(NetworkSettings {
+            node_ip,
+            egress_proxy,
+        })
+    }
+
+    /// The settings in force: those [`set`](Self::set) gave, else the environment's (a
+    /// malformed variable is logged and ignored).
+    pub fn current() -> Self {
+        if let Some(settings) = NETWORK.read().unwrap_or_else(|e| e.into_inner()).clone() {
+            return settings;
+        }
+        let settings = Self::from_env().unwrap_or_else(|error| {
+            tracing::error!(%error, "ignoring the network settings");
+            NetworkSettings::default()
+        });
+        *NETWORK.write().unwrap_or_else(|e| e.into_inner()) = Some(settings.clone());
+        settings
+    }
+
+    /// Sets this process's settings (a driver placing itself on a node); connections made
+    /// after this use them.
+    pub fn set(settings: NetworkSettings) {
+        *NETWORK.write().unwrap_or_else(|e| e.into_inner()) = Some(settings);
+    }
+
+    /// The IP servers bind.
+    pub fn bind_ip(&self) -> IpAddr {
+        self.node_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+}
+
+/// Opens a tunnel to `target` through the HTTP CONNECT proxy at `proxy`.
+pub async fn connect_via_proxy(proxy: &str, target: &str) -> std::io::Result<TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(proxy).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot reach the egress proxy {proxy} ({EGRESS_PROXY_ENV}): {e}"),
+        )
+    })?;
+    stream.set_nodelay(true)?;
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await?;
+    // Read the reply byte by byte up to its blank line: nothing past it may be consumed.
+    let mut reply = Vec::with_capacity(64);
+    while !reply.ends_with(b"\r\n\r\n") {
+        if reply.len() >= 8192 {
+            return Err(std::io::Error::other(format!(
+                "the egress proxy {proxy} sent an over-long reply to CONNECT {target}"
+            )));
+        }
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                format!("the egress proxy {proxy} closed the connection to {target}"),
+            ));
+        }
+        reply.push(byte[0]);
+    }
+    let status_line = String::from_utf8_lossy(&reply);
+    let status_line = status_line.lines().next().unwrap_or_default();
+    if status_line.split_whitespace().nth(1) != Some("200") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            format!("the egress proxy {proxy} refused CONNECT {target}: {status_line}"),
+        ));
+    }
+    Ok(stream)
+}
+
+/// Real TCP (through the egress proxy when one is set).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TcpConnector;
 
 impl Connector for TcpConnector {
     fn channel(&self, address: &str) -> Result<Channel, String> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| format!("'{address}' is not a HOST:PORT address: {e}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            // HTTP/2's default 64 KiB windows stall large transfers (objects, job binaries,
-            // snapshots) on a window update every 64 KiB.
-            .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
-        Ok(endpoint.connect_lazy())
+        // A peer that stops answering (partitioned, frozen) fails the calls waiting on it
+        // within 5 s instead of leaving them on a dead connection; pings go out only while
+        // calls are in flight.
+        tcp_channel(address, Duration::from_secs(2), Duration::from_secs(3))
     }
+}
+
+/// Real TCP to the control store: a replica that stops answering (a leader partitioned
+/// away) is given up within 1.5 s, so that clients move to the new leader quickly. Safe to
+/// be quick: every GCS call is retried, and writes are applied exactly once across retries.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ControlStoreConnector;
+
+impl Connector for ControlStoreConnector {
+    fn channel(&self, address: &str) -> Result<Channel, String> {
+        tcp_channel(address, Duration::from_millis(500), Duration::from_secs(1))
+    }
+}
+
+/// A lazily connecting channel to `address` with HTTP/2 keepalive pings every
+/// `keepalive_interval` while calls are in flight, each answered within `keepalive_timeout`.
+fn tcp_channel(
+    address: &str,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
+) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| format!("'{address}' is not a HOST:PORT address: {e}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(keepalive_interval)
+        .keep_alive_timeout(keepalive_timeout)
+        // HTTP/2's default 64 KiB windows stall large transfers (objects, job binaries,
+        // snapshots) on a window update every 64 KiB.
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
+    let Some(proxy) = NetworkSettings::current().egress_proxy else {
+        return Ok(endpoint.connect_lazy());
+    };
+    let target = address.to_string();
+    Ok(
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let proxy = proxy.clone();
+            let target = target.clone();
+            async move {
+                let stream = connect_via_proxy(&proxy, &target).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        })),
+    )
 }
 
 /// What the transport tells the driver.

@@ -224,6 +224,16 @@ impl RayletService {
         worker_env.insert(env::RAYLET_ADDRESS.into(), address.clone());
         worker_env.insert(env::GCS_ADDRESS.into(), config.gcs_address.clone());
         worker_env.insert(env::NODE_ID.into(), config.node_id.clone());
+        // Workers serve on the node's IP, where the raylet serves (not on loopback: owners on
+        // other machines must reach them); a raylet bound to every interface leaves them to
+        // FLEET_NODE_IP as it was given.
+        if let Ok(socket) = address.parse::<std::net::SocketAddr>() {
+            if !socket.ip().is_unspecified() {
+                worker_env
+                    .entry(fleet_gcs::transport::NODE_IP_ENV.into())
+                    .or_insert_with(|| socket.ip().to_string());
+            }
+        }
         worker_env.insert(
             env::OBJECT_STORE_DIR.into(),
             config.object_store_dir.display().to_string(),

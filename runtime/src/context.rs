@@ -364,7 +364,7 @@ impl CoreWorker {
     /// restart, their tasks retry elsewhere) instead of waiting on connections that may
     /// never break (a partitioned node).
     pub(crate) fn on_node_dead(&self, node_id: &str, cause: &str) {
-        for address in self.leaser.workers_on(node_id) {
+        for address in self.leaser.node_died(node_id) {
             let Some((_, connection)) = self.connections.remove(&address) else {
                 continue;
             };

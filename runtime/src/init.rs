@@ -76,10 +76,13 @@ async fn serve_core_worker(listener: TcpListener, executor: Executor) {
     }
 }
 
-async fn bind_loopback() -> Result<(TcpListener, String)> {
-    let listener = TcpListener::bind("127.0.0.1:0")
+/// Binds this process's server on its node's IP (`FLEET_NODE_IP`, which the raylet hands its
+/// workers; 127.0.0.1 when unset), on a free port.
+async fn bind_node_port() -> Result<(TcpListener, String)> {
+    let ip = fleet_gcs::transport::NetworkSettings::current().bind_ip();
+    let listener = TcpListener::bind((ip, 0))
         .await
-        .map_err(|e| Error::Internal(format!("cannot bind a loopback port: {e}")))?;
+        .map_err(|e| Error::Internal(format!("cannot bind a port on {ip} (FLEET_NODE_IP): {e}")))?;
     let address = listener
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?
@@ -129,7 +132,7 @@ pub async fn init_with(options: InitOptions) -> Result<()> {
     } else {
         String::new()
     };
-    let (listener, address) = bind_loopback().await?;
+    let (listener, address) = bind_node_port().await?;
     let worker_id = crate::ids::new_id("driver");
     let runtime = Arc::new(CoreWorker::new(CoreWorkerParts {
         job_id: job_id.clone(),
@@ -350,7 +353,7 @@ async fn start_embedded(
     }
     let mut total: BTreeMap<String, f64> = config.resources.clone();
     total.insert("GPU".into(), f64::from(num_gpus));
-    let (listener, _) = bind_loopback().await?;
+    let (listener, _) = bind_node_port().await?;
     let raylet = fleet_raylet::server::start(config, listener).await?;
     gcs.register_node(NodeInfo {
         node_id: node_id.clone(),
@@ -475,7 +478,7 @@ async fn serve_worker(worker_id: String) -> Result<()> {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let (listener, address) = bind_loopback().await?;
+    let (listener, address) = bind_node_port().await?;
     let mut raylet = raylet_client(&raylet_address)?;
     let runtime = Arc::new(CoreWorker::new(CoreWorkerParts {
         job_id: std::env::var(env::JOB_ID).unwrap_or_default(),

@@ -134,6 +134,8 @@ struct LeaserInner {
     clients: DashMap<String, RayletClient<Channel>>,
     /// The node of every worker leased so far (worker address → node id).
     worker_nodes: DashMap<String, String>,
+    /// Nodes the GCS declared dead.
+    dead_nodes: DashMap<String, ()>,
 }
 
 /// What a lease is for.
@@ -169,6 +171,7 @@ impl Leaser {
                 worker_args: std::env::args().skip(1).collect(),
                 clients: DashMap::new(),
                 worker_nodes: DashMap::new(),
+                dead_nodes: DashMap::new(),
             }),
         }
     }
@@ -250,7 +253,11 @@ impl Leaser {
     }
 
     /// Addresses of the workers leased on `node_id` (forgotten here).
-    pub(crate) fn workers_on(&self, node_id: &str) -> Vec<String> {
+    /// Records that the GCS declared `node_id` dead (its leases are not returned: it freed
+    /// them with itself, or frees them when it learns it is dead) and returns the workers
+    /// this process used on it.
+    pub(crate) fn node_died(&self, node_id: &str) -> Vec<String> {
+        self.inner.dead_nodes.insert(node_id.to_string(), ());
         let workers: Vec<String> = self
             .inner
             .worker_nodes
@@ -279,6 +286,10 @@ impl Leaser {
 
     /// Gives a lease back to the raylet that granted it.
     pub(crate) async fn return_lease(&self, lease: &Lease, worker_failed: bool) {
+        // A partitioned dead node would only be waited on (RETURN_LEASE_TIMEOUT) in vain.
+        if self.inner.dead_nodes.contains_key(&lease.node_id) {
+            return;
+        }
         let Ok(mut raylet) = self.raylet_at(&lease.raylet_address) else {
             return;
         };

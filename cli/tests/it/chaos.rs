@@ -1,5 +1,6 @@
-//! The chaos smoke subset CI runs: three shipped scenarios through `fleet chaos run --json`
-//! (real daemons, SIGKILLs); each must pass with no acknowledged operation lost. The other
+//! The chaos smoke subset CI runs: six shipped scenarios through `fleet chaos run --json`
+//! (real daemons; SIGKILLs, partitions, latency and loss through the fault proxies); each
+//! must pass with no acknowledged operation lost. The other
 //! scenarios and longer soaks are documented commands (docs/chaos.md).
 
 use std::path::Path;
@@ -67,5 +68,45 @@ fn gcs_leader_loss_under_registers_stays_linearizable() {
             .unwrap_or_default()
             .contains("linearizable"),
         "{report:#}"
+    );
+}
+
+#[test]
+fn partition_of_a_node_and_a_replica_loses_nothing() {
+    let report = run_scenario("partition-node-and-replica.toml");
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["lost_acknowledged"], 0, "{report:#}");
+    let cut = &report["faults"][0];
+    assert!(
+        cut["detected_ms"].as_u64().is_some(),
+        "the cut-off node is declared dead: {report:#}"
+    );
+    // The traffic really crossed the fault proxies, and the partition held connections.
+    assert!(
+        report["network"]["held_at_connect"].as_u64().unwrap_or(0) > 0,
+        "{report:#}"
+    );
+}
+
+#[test]
+fn partitioned_gcs_leader_keeps_the_registers_linearizable() {
+    let report = run_scenario("partition-gcs-leader-register.toml");
+    assert_eq!(report["passed"], true, "{report:#}");
+    let faults = report["faults"].as_array().cloned().unwrap_or_default();
+    assert_eq!(faults.len(), 2, "{report:#}");
+    assert!(
+        faults.iter().all(|f| f["recovered_ms"].as_u64().is_some()),
+        "the clients serve again after each cut: {report:#}"
+    );
+}
+
+#[test]
+fn latency_and_loss_slow_the_counters_down_but_lose_nothing() {
+    let report = run_scenario("slow-network-counters.toml");
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["lost_acknowledged"], 0, "{report:#}");
+    assert!(
+        report["network"]["lost_chunks"].as_u64().unwrap_or(0) > 0,
+        "the loss fault charged retransmissions: {report:#}"
     );
 }
