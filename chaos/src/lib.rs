@@ -23,5 +23,5 @@ pub mod scenario;
 pub mod workloads;
 
 pub use report::Report;
-pub use runner::run;
+pub use runner::{run, run_attached};
 pub use scenario::Scenario;

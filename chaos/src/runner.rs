@@ -60,6 +60,55 @@ pub async fn run(
             fleet_gcs::transport::NetworkSettings::set(settings);
         }
     }
+    let report = drive(&mut cluster, network.as_ref(), scenario, work_dir).await;
+    cluster.set_stop_on_drop(false);
+    cluster
+        .down(Duration::from_secs(3))
+        .context("stopping the scenario's cluster")?;
+    report
+}
+
+/// Runs `scenario` against the running local cluster recorded in `cluster_dir` (started by
+/// `fleet cluster up`), which is left running. Its `[cluster]` table is not used; node and
+/// replica numbers refer to the attached cluster. Network faults need `network = "netem"`
+/// (the proxies must be in place before the daemons start).
+pub async fn run_attached(
+    scenario: &Scenario,
+    cluster_dir: &Path,
+    work_dir: &Path,
+) -> anyhow::Result<Report> {
+    if scenario.needs_fault_network() {
+        anyhow::bail!(
+            "scenario {} has network faults, which an attached cluster can only get with \
+             network = \"netem\" (root, sch_netem); leave --attach out to let the harness \
+             start a cluster behind its fault-injecting proxies",
+            scenario.name
+        );
+    }
+    let mut cluster = ClusterHandle::attach(cluster_dir).with_context(|| {
+        format!(
+            "attaching to the cluster in {} (start one with `fleet cluster up`)",
+            cluster_dir.display()
+        )
+    })?;
+    cluster.set_stop_on_drop(false);
+    if !cluster.state().is_running() {
+        anyhow::bail!(
+            "the cluster recorded in {} is not running; start it with `fleet cluster up`",
+            cluster_dir.display()
+        );
+    }
+    drive(&mut cluster, None, scenario, work_dir).await
+}
+
+/// Attaches this process as the driver (on node 0), runs the scenario's workload under its
+/// faults, and detaches.
+async fn drive(
+    cluster: &mut ClusterHandle,
+    network: Option<&FaultNetwork>,
+    scenario: &Scenario,
+    work_dir: &Path,
+) -> anyhow::Result<Report> {
     let driver_node = cluster
         .node_ids()
         .first()
@@ -84,12 +133,8 @@ pub async fn run(
             scenario.workload.keys,
         )),
     };
-    let report = run_on(&mut cluster, network.as_ref(), scenario, workload).await;
+    let report = run_on(cluster, network, scenario, workload).await;
     fleet::shutdown().await;
-    cluster.set_stop_on_drop(false);
-    cluster
-        .down(Duration::from_secs(3))
-        .context("stopping the scenario's cluster")?;
     report
 }
 

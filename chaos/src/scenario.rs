@@ -56,8 +56,10 @@ pub struct Scenario {
     /// Largest random delay added to each fault's time.
     #[serde(default = "default_jitter_ms")]
     pub jitter_ms: u64,
-    /// The cluster to start (a `fleet cluster up` config as a table).
-    pub cluster: toml::Table,
+    /// The cluster to start (a `fleet cluster up` config as a table); may be left out for
+    /// runs that attach to a running cluster (`--attach`).
+    #[serde(default)]
+    pub cluster: Option<toml::Table>,
     /// The workload.
     pub workload: WorkloadSpec,
     /// The faults.
@@ -218,7 +220,10 @@ impl Scenario {
 
     /// The cluster config it starts.
     pub fn cluster_config(&self, origin: &str) -> anyhow::Result<fleet_cluster::ClusterConfig> {
-        let text = toml::to_string(&self.cluster)?;
+        let Some(cluster) = &self.cluster else {
+            bail!("{origin} has no [cluster] table: add one (the cluster the run starts) or attach to a running cluster (`fleet chaos run --attach NAME`)");
+        };
+        let text = toml::to_string(cluster)?;
         Ok(fleet_cluster::ClusterConfig::from_toml_str(
             &text,
             &format!("{origin} [cluster]"),
@@ -232,8 +237,16 @@ impl Scenario {
         {
             bail!("{origin}: duration_secs must be in (0, 3600] (every chaos run is bounded)");
         }
-        let config = self.cluster_config(origin)?;
-        let nodes: usize = config.nodes.iter().map(|n| n.count as usize).sum();
+        // Without a [cluster] (an attached run) node and replica numbers are checked when
+        // the faults are injected.
+        let (nodes, replicas) = match &self.cluster {
+            Some(_) => {
+                let config = self.cluster_config(origin)?;
+                let nodes: usize = config.nodes.iter().map(|n| n.count as usize).sum();
+                (nodes, config.gcs.replicas)
+            }
+            None => (usize::MAX, u32::MAX),
+        };
         if self.workload.actors == 0 || self.workload.tasks == 0 {
             bail!("{origin}: workload.actors and workload.tasks must be at least 1");
         }
@@ -246,7 +259,7 @@ impl Scenario {
                 bail!("{key}.at_secs must fall inside the run (0 to duration_secs)");
             }
             if fault.is_network() {
-                self.validate_network_fault(&key, fault, nodes, config.gcs.replicas)?;
+                self.validate_network_fault(&key, fault, nodes, replicas)?;
                 continue;
             }
             match fault.kind {
@@ -263,7 +276,7 @@ impl Scenario {
                     }
                 }
                 FaultKind::KillGcsLeader | FaultKind::KillGcsFollower => {
-                    if config.gcs.replicas < 3 {
+                    if replicas < 3 {
                         bail!("{key}: killing a GCS replica needs [cluster] gcs.replicas >= 3");
                     }
                 }
@@ -401,5 +414,49 @@ node = 2
         assert!(e.contains("nodes"), "{e}");
         let long = GOOD.replace("duration_secs = 10", "duration_secs = 99999");
         assert!(Scenario::from_toml_str(&long, "bad.toml").is_err());
+    }
+
+    #[test]
+    fn network_faults_are_checked_key_by_key() {
+        let with = |fault: &str| GOOD.replace("kind = \"kill_node\"\nnode = 2", fault);
+        let error = |text: String| {
+            format!(
+                "{:#}",
+                Scenario::from_toml_str(&text, "net.toml").expect_err("refused")
+            )
+        };
+        let ok =
+            with("kind = \"latency\"\nnode = 1\ngcs_replica = 3\ndelay_ms = 40\nduration_secs = 2");
+        let scenario = Scenario::from_toml_str(&ok, "net.toml").expect("valid");
+        assert!(scenario.needs_fault_network());
+        let e = error(with("kind = \"latency\"\nnode = 1\nduration_secs = 2"));
+        assert!(e.contains("delay_ms"), "{e}");
+        let e = error(with(
+            "kind = \"loss\"\nnode = 1\nloss_percent = 150\nduration_secs = 2",
+        ));
+        assert!(e.contains("loss_percent"), "{e}");
+        let e = error(with("kind = \"partition\"\nduration_secs = 2"));
+        assert!(e.contains("needs a side"), "{e}");
+        let e = error(with("kind = \"partition\"\nnode = 0\nduration_secs = 2"));
+        assert!(e.contains("driver"), "{e}");
+        let e = error(with(
+            "kind = \"partition\"\ngcs_replica = 4\nduration_secs = 2",
+        ));
+        assert!(e.contains("replica 4"), "{e}");
+        let e = error(with("kind = \"partition\"\nnode = 1"));
+        assert!(e.contains("duration_secs"), "{e}");
+        let e = error(format!(
+            "network = \"netem\"\n{}",
+            with("kind = \"partition\"\nnode = 1\npeer_nodes = [2]\nduration_secs = 2")
+        ));
+        assert!(e.contains("network = \"proxy\""), "{e}");
+        let e = error(with("kind = \"kill_node\"\nnode = 2\ndelay_ms = 5"));
+        assert!(e.contains("network faults"), "{e}");
+        // Attached runs have no [cluster]: numbers are checked at injection.
+        let attached = ok.replace("[cluster]\ngcs = { replicas = 3, base_port = 0 }\nnodes = [{ num_cpus = 1, count = 3 }]\n", "");
+        let scenario =
+            Scenario::from_toml_str(&attached, "net.toml").expect("valid without [cluster]");
+        assert!(scenario.cluster.is_none());
+        assert!(scenario.cluster_config("net.toml").is_err());
     }
 }

@@ -14,7 +14,8 @@ pub struct ChaosCommand {
 
 #[derive(Subcommand)]
 enum ChaosAction {
-    /// Start a cluster, run the scenario's workload under its faults, check, report.
+    /// Start a cluster (or attach to one), run the scenario's workload under its faults,
+    /// check, report.
     Run {
         /// The scenario file (see scenarios/ and docs/chaos.md).
         scenario: PathBuf,
@@ -28,6 +29,10 @@ enum ChaosAction {
         /// when the run passes).
         #[arg(long)]
         work_dir: Option<PathBuf>,
+        /// Run against the running cluster NAME (`fleet cluster up`) instead of starting
+        /// one; it is left running. Node and replica numbers in the faults are its own.
+        #[arg(long, value_name = "NAME")]
+        attach: Option<String>,
     },
 }
 
@@ -39,6 +44,7 @@ impl ChaosCommand {
             seed,
             json,
             work_dir,
+            attach,
         } = self.action;
         let mut scenario = fleet_chaos::Scenario::load(&path)?;
         if let Some(seed) = seed {
@@ -54,8 +60,14 @@ impl ChaosCommand {
         std::fs::create_dir_all(&work_dir)
             .with_context(|| format!("cannot create {}", work_dir.display()))?;
         let binary = std::env::current_exe().context("cannot find the fleet binary")?;
-        let report =
-            fleet_chaos::run(&scenario, &path.display().to_string(), &binary, &work_dir).await?;
+        let origin = path.display().to_string();
+        let report = match &attach {
+            Some(name) => {
+                let dir = fleet_cluster::state::cluster_dir(name);
+                fleet_chaos::run_attached(&scenario, &dir, &work_dir).await?
+            }
+            None => fleet_chaos::run(&scenario, &origin, &binary, &work_dir).await?,
+        };
         if json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {

@@ -110,3 +110,115 @@ fn latency_and_loss_slow_the_counters_down_but_lose_nothing() {
         "the loss fault charged retransmissions: {report:#}"
     );
 }
+
+/// Stops the attached test's cluster whatever happens.
+struct ClusterDown<'a> {
+    home: &'a Path,
+}
+
+impl Drop for ClusterDown<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(crate::fleet_binary())
+            .args([
+                "cluster",
+                "down",
+                "--name",
+                "chaos-attach",
+                "--grace-secs",
+                "2",
+            ])
+            .env("FLEET_HOME", self.home)
+            .output();
+    }
+}
+
+#[test]
+fn a_scenario_runs_against_a_cluster_started_by_cluster_up() {
+    let _serial = crate::serial();
+    let home = tempfile::tempdir().expect("temp dir");
+    let config = home.path().join("fleet.toml");
+    std::fs::write(
+        &config,
+        r#"name = "chaos-attach"
+gcs = { replicas = 3, base_port = 0, health_check_ms = 200, node_timeout_ms = 1500, fsync = false }
+nodes = [{ num_cpus = 1, count = 3 }]
+"#,
+    )
+    .expect("config written");
+    // No [cluster]: the run attaches.
+    let scenario = home.path().join("attached.toml");
+    std::fs::write(
+        &scenario,
+        r#"name = "attached-node-loss"
+duration_secs = 8
+[workload]
+kind = "counters"
+actors = 3
+[[faults]]
+at_secs = 2
+kind = "kill_node"
+node = 2
+[[faults]]
+at_secs = 5
+kind = "restart_node"
+node = 2
+"#,
+    )
+    .expect("scenario written");
+    let up = Command::new(crate::fleet_binary())
+        .args(["cluster", "up", "--config"])
+        .arg(&config)
+        .env("FLEET_HOME", home.path())
+        .output()
+        .expect("fleet cluster up runs");
+    let _down = ClusterDown { home: home.path() };
+    assert!(
+        up.status.success(),
+        "cluster up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let run = Command::new(crate::fleet_binary())
+        .args([
+            "chaos",
+            "run",
+            "--json",
+            "--attach",
+            "chaos-attach",
+            "--work-dir",
+        ])
+        .arg(home.path().join("work"))
+        .arg(&scenario)
+        .env("FLEET_HOME", home.path())
+        .output()
+        .expect("fleet chaos runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "attached run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["lost_acknowledged"], 0, "{report:#}");
+    assert!(
+        report["faults"][0]["detected_ms"].as_u64().is_some(),
+        "{report:#}"
+    );
+    // The cluster outlives the run (attached runs leave it up): its GCS still answers.
+    let status = Command::new(crate::fleet_binary())
+        .args([
+            "status",
+            "--cluster",
+            "chaos-attach",
+            "--timeout-secs",
+            "10",
+        ])
+        .env("FLEET_HOME", home.path())
+        .output()
+        .expect("fleet status runs");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+}
