@@ -14,7 +14,7 @@ use crate::faults::{self, Undo};
 use crate::network::FaultNetwork;
 use crate::report::{FaultRecord, NetworkSummary, Report, Spread};
 use crate::scenario::{Scenario, WorkloadKind};
-use crate::workloads::{Counters, FanOut, Progress, Register, Workload};
+use crate::workloads::{ActorCreation, Counters, FanOut, Progress, Register, Workload};
 
 /// How long the harness waits for the GCS to declare a killed node dead.
 const DETECTION_LIMIT: Duration = Duration::from_secs(30);
@@ -131,6 +131,10 @@ async fn drive(
             cluster.client()?,
             scenario.workload.clients,
             scenario.workload.keys,
+        )),
+        WorkloadKind::ActorCreation => Box::new(ActorCreation::new(
+            cluster.client()?,
+            scenario.workload.clients,
         )),
     };
     let report = run_on(cluster, network, scenario, workload).await;

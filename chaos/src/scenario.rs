@@ -10,7 +10,7 @@
 //! nodes = [{ num_cpus = 2, count = 3 }]
 //!
 //! [workload]
-//! kind = "counters"        # or "fanout"
+//! kind = "counters"        # counters | fanout | register | actor_creation
 //! actors = 4               # counters: how many checkpointed counter actors
 //! tasks = 16               # fanout: tasks per round
 //!
@@ -98,7 +98,7 @@ pub struct WorkloadSpec {
     /// fanout: tasks per round.
     #[serde(default = "default_tasks")]
     pub tasks: usize,
-    /// register: concurrent clients.
+    /// register, actor_creation: concurrent clients.
     #[serde(default = "default_clients")]
     pub clients: usize,
     /// register: registers (keys).
@@ -131,6 +131,9 @@ pub enum WorkloadKind {
     Fanout,
     /// Clients reading and writing GCS registers; the history must be linearizable.
     Register,
+    /// Clients creating, calling and killing actors; every acknowledged creation recorded
+    /// once, none twice.
+    ActorCreation,
 }
 
 /// One fault.

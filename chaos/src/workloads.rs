@@ -491,3 +491,265 @@ impl Workload for Register {
         })
     }
 }
+
+/// The actor-creation workload's actor: remembers the token it was created with.
+#[fleet::actor]
+pub struct ChaosProbe {
+    token: u64,
+}
+
+#[fleet::actor]
+impl ChaosProbe {
+    pub fn new(token: u64) -> Self {
+        ChaosProbe { token }
+    }
+
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+}
+
+/// One creation attempt of the actor-creation workload.
+struct Creation {
+    /// The actor id, when the creation returned one.
+    actor_id: Option<String>,
+    /// Created and answered its token.
+    acknowledged: bool,
+}
+
+#[derive(Default)]
+struct CreationLog {
+    creations: Vec<Creation>,
+    /// Probes that answered someone else's token.
+    wrong_tokens: Vec<String>,
+    /// Probes whose kill failed during the run (retried in the check).
+    to_kill: Vec<ChaosProbeHandle>,
+}
+
+/// Clients creating actors without pause (each: create with a unique token, ask for the
+/// token, kill it). Invariants: every acknowledged creation is recorded in the control store,
+/// no creation happened twice (no actor records beyond the attempts), every probe answered
+/// its own token, and every probe is DEAD once killed.
+pub struct ActorCreation {
+    clients: usize,
+    gcs: fleet_gcs::GcsClient,
+    /// ChaosProbe records already in the control store before the run (an attached cluster).
+    before: std::collections::BTreeSet<String>,
+    log: Arc<Mutex<CreationLog>>,
+}
+
+const PROBE_CLASS: &str = "ChaosProbe";
+
+impl ActorCreation {
+    /// `clients` concurrent creators; `gcs` reads the actors table for the check.
+    pub fn new(gcs: fleet_gcs::GcsClient, clients: usize) -> Self {
+        ActorCreation {
+            clients,
+            gcs,
+            before: Default::default(),
+            log: Arc::default(),
+        }
+    }
+
+    async fn probe_records(&self) -> anyhow::Result<Vec<fleet_proto::gcs::ActorInfo>> {
+        Ok(self
+            .gcs
+            .list_actors()
+            .await?
+            .into_iter()
+            .filter(|a| a.class_name.ends_with(PROBE_CLASS))
+            .collect())
+    }
+}
+
+impl Workload for ActorCreation {
+    fn name(&self) -> String {
+        format!("actor creation ({} clients)", self.clients)
+    }
+
+    fn prepare(&mut self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.before = self
+                .probe_records()
+                .await?
+                .into_iter()
+                .map(|a| a.actor_id)
+                .collect();
+            Ok(())
+        })
+    }
+
+    fn run(&self, deadline: Instant, progress: Arc<Progress>) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            let mut clients = Vec::new();
+            for client in 0..self.clients {
+                let log = self.log.clone();
+                let progress = progress.clone();
+                clients.push(tokio::spawn(async move {
+                    let mut seq = 0u64;
+                    while Instant::now() < deadline {
+                        seq += 1;
+                        let token = client as u64 * 1_000_000_000 + seq;
+                        let began = Instant::now();
+                        let created = ChaosProbe::remote(token).spawn().await;
+                        let handle = match created {
+                            Ok(handle) => handle,
+                            Err(error) => {
+                                tracing::debug!(%error, "creation failed (outcome unknown)");
+                                log.lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .creations
+                                    .push(Creation {
+                                        actor_id: None,
+                                        acknowledged: false,
+                                    });
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        };
+                        let actor_id = handle.raw().actor_id().to_string();
+                        let answer = handle.token().await;
+                        let acknowledged = matches!(answer, Ok(t) if t == token);
+                        if acknowledged {
+                            progress.acked(client, began);
+                        }
+                        let killed = handle.raw().kill().await;
+                        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Ok(other) = answer {
+                            if other != token {
+                                log.wrong_tokens.push(format!(
+                                    "{actor_id} created with {token} answered {other}"
+                                ));
+                            }
+                        }
+                        log.creations.push(Creation {
+                            actor_id: Some(actor_id),
+                            acknowledged,
+                        });
+                        if killed.is_err() {
+                            log.to_kill.push(handle);
+                        }
+                    }
+                }));
+            }
+            for client in clients {
+                client.await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn check(&self) -> BoxFuture<'_, (Vec<Verdict>, u64)> {
+        Box::pin(async move {
+            let to_kill: Vec<ChaosProbeHandle> =
+                std::mem::take(&mut self.log.lock().unwrap_or_else(|e| e.into_inner()).to_kill);
+            for handle in &to_kill {
+                let _ = handle.raw().kill().await;
+            }
+            let (acked, known, unknown_without_id, wrong) = {
+                let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+                let acked: Vec<String> = log
+                    .creations
+                    .iter()
+                    .filter(|c| c.acknowledged)
+                    .filter_map(|c| c.actor_id.clone())
+                    .collect();
+                let known: std::collections::BTreeSet<String> = log
+                    .creations
+                    .iter()
+                    .filter_map(|c| c.actor_id.clone())
+                    .collect();
+                let unknown = log
+                    .creations
+                    .iter()
+                    .filter(|c| c.actor_id.is_none())
+                    .count();
+                (acked, known, unknown, log.wrong_tokens.clone())
+            };
+            let records = match self.probe_records().await {
+                Ok(records) => records,
+                Err(error) => {
+                    let verdict = Verdict {
+                        invariant: "the actors table can be read".into(),
+                        passed: false,
+                        evidence: format!("{error:#}"),
+                    };
+                    return (vec![verdict], acked.len() as u64);
+                }
+            };
+            let new: Vec<&fleet_proto::gcs::ActorInfo> = records
+                .iter()
+                .filter(|a| !self.before.contains(&a.actor_id))
+                .collect();
+            let recorded: std::collections::BTreeSet<&str> =
+                new.iter().map(|a| a.actor_id.as_str()).collect();
+            let missing: Vec<&String> = acked
+                .iter()
+                .filter(|id| !recorded.contains(id.as_str()))
+                .collect();
+            let phantoms: Vec<&str> = recorded
+                .iter()
+                .copied()
+                .filter(|id| !known.contains(*id))
+                .collect();
+            let alive: Vec<&str> = new
+                .iter()
+                .filter(|a| {
+                    known.contains(&a.actor_id)
+                        && a.state != fleet_proto::gcs::ActorState::ActorDead as i32
+                })
+                .map(|a| a.actor_id.as_str())
+                .collect();
+            let restarted: Vec<&str> = new
+                .iter()
+                .filter(|a| a.num_restarts > 0)
+                .map(|a| a.actor_id.as_str())
+                .collect();
+            let verdicts = vec![
+                Verdict {
+                    invariant: "every acknowledged creation is in the actors table".into(),
+                    passed: missing.is_empty(),
+                    evidence: format!(
+                        "{} acknowledged, {} missing{}",
+                        acked.len(),
+                        missing.len(),
+                        sample(&missing)
+                    ),
+                },
+                Verdict {
+                    invariant: "no actor was created twice (no records beyond the attempts)"
+                        .into(),
+                    passed: phantoms.len() <= unknown_without_id && restarted.is_empty(),
+                    evidence: format!(
+                        "{} records for {} attempts that returned an id; {} records of no attempt (at most {} creations failed without an id, whose outcome is unknown); {} restarted",
+                        recorded.len(),
+                        known.len(),
+                        phantoms.len(),
+                        unknown_without_id,
+                        restarted.len()
+                    ),
+                },
+                Verdict {
+                    invariant: "every probe answered the token it was created with".into(),
+                    passed: wrong.is_empty(),
+                    evidence: format!("{} wrong{}", wrong.len(), sample(&wrong)),
+                },
+                Verdict {
+                    invariant: "every killed probe is DEAD".into(),
+                    passed: alive.is_empty(),
+                    evidence: format!("{} not DEAD{}", alive.len(), sample(&alive)),
+                },
+            ];
+            (verdicts, missing.len() as u64)
+        })
+    }
+}
+
+/// The first few of `items`, for evidence.
+fn sample<T: std::fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<String> = items.iter().take(3).map(|i| i.to_string()).collect();
+    format!(" (e.g. {})", shown.join(", "))
+}

@@ -1,4 +1,4 @@
-//! The chaos smoke subset CI runs: six shipped scenarios through `fleet chaos run --json`
+//! The chaos smoke subset CI runs: seven shipped scenarios through `fleet chaos run --json`
 //! (real daemons; SIGKILLs, partitions, latency and loss through the fault proxies); each
 //! must pass with no acknowledged operation lost. The other
 //! scenarios and longer soaks are documented commands (docs/chaos.md).
@@ -55,6 +55,19 @@ fn gcs_leader_loss_under_fanout_loses_nothing() {
     assert_eq!(report["passed"], true, "{report:#}");
     assert_eq!(report["lost_acknowledged"], 0, "{report:#}");
     assert!(report["acknowledged"].as_u64().unwrap_or(0) > 0);
+}
+
+#[test]
+fn gcs_leader_loss_under_actor_creation_creates_each_actor_once() {
+    let report = run_scenario("gcs-leader-loss-actor-creation.toml");
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["lost_acknowledged"], 0, "{report:#}");
+    let invariants = report["invariants"].as_array().cloned().unwrap_or_default();
+    assert_eq!(invariants.len(), 4, "{report:#}");
+    assert!(
+        report["acknowledged"].as_u64().unwrap_or(0) > 0,
+        "{report:#}"
+    );
 }
 
 #[test]
