@@ -156,8 +156,12 @@ pub async fn inject(
                     "pause_node {} for {seconds} s",
                     id.clone().unwrap_or_default()
                 ),
-                // Paused past the node timeout, it is declared dead like a lost node.
-                node_id: id,
+                // Paused past the node timeout, it is declared dead like a lost node (and
+                // its detection is measured); a shorter pause must not be.
+                node_id: id.filter(|_| {
+                    Duration::from_secs_f64(seconds)
+                        > node_timeout(cluster) + Duration::from_secs(1)
+                }),
                 undo: Some((Duration::from_secs_f64(seconds), Undo::Resume(index))),
             }
         }
@@ -217,6 +221,14 @@ pub fn undo(
         }
     }
     Ok(())
+}
+
+/// How long the cluster's GCS waits before declaring a silent node dead.
+fn node_timeout(cluster: &ClusterHandle) -> Duration {
+    match cluster.state().config.gcs.node_timeout_ms {
+        Some(ms) => Duration::from_millis(ms),
+        None => fleet_gcs::GcsConfig::default().node_timeout,
+    }
 }
 
 /// The effect a network fault asks for.
@@ -340,13 +352,9 @@ async fn inject_network(
     };
     // A node cut off from everyone past the node timeout is declared dead: detection is
     // expected (and measured) then.
-    let node_timeout = match cluster.state().config.gcs.node_timeout_ms {
-        Some(ms) => Duration::from_millis(ms),
-        None => fleet_gcs::GcsConfig::default().node_timeout,
-    };
     let expect_death = fault.kind == FaultKind::Partition
         && peers.is_empty()
-        && Duration::from_secs_f64(seconds) > node_timeout + Duration::from_secs(1);
+        && Duration::from_secs_f64(seconds) > node_timeout(cluster) + Duration::from_secs(1);
     Ok(Injected {
         at,
         target: format!("{kind} {}{from} for {seconds} s", what.join(" + ")),
