@@ -330,7 +330,7 @@ async fn inject_network(
                 ports.push(port_of(&record.daemon.address)?);
             }
             let delay = format!("{}ms", effect.delay.as_millis());
-            let loss = format!("{}%", effect.loss * 100.0);
+            let loss = format!("{}%", fault.loss_percent.unwrap_or_default());
             let netem: Vec<&str> = match fault.kind {
                 FaultKind::Partition => vec!["loss", "100%"],
                 FaultKind::Latency => vec!["delay", &delay],
@@ -343,7 +343,7 @@ async fn inject_network(
     let kind = match fault.kind {
         FaultKind::Partition => "partition".to_string(),
         FaultKind::Latency => format!("latency +{} ms", effect.delay.as_millis()),
-        _ => format!("loss {}%", effect.loss * 100.0),
+        _ => format!("loss {}%", fault.loss_percent.unwrap_or_default()),
     };
     let from = if peers.is_empty() {
         String::new()

@@ -350,6 +350,23 @@ impl Scenario {
             },
             _ => {}
         }
+        if self.network == NetworkMode::Netem {
+            // tc holds one netem at a time: a second fault would replace the first.
+            let ends = fault.at_secs + fault.duration_secs.unwrap_or_default();
+            let overlaps = self.faults.iter().any(|other| {
+                !std::ptr::eq(other, fault)
+                    && other.is_network()
+                    && other.at_secs >= fault.at_secs
+                    && other.at_secs < ends + self.jitter_ms as f64 / 1000.0
+            });
+            if overlaps {
+                bail!(
+                    "{key}: network = \"netem\" makes one network fault at a time and another \
+                     starts before this one ends (jitter included); space them out or use \
+                     network = \"proxy\""
+                );
+            }
+        }
         if self.network == NetworkMode::Netem
             && (!fault.peer_nodes.is_empty() || !fault.peer_gcs_replicas.is_empty())
         {
@@ -453,6 +470,14 @@ node = 2
             with("kind = \"partition\"\nnode = 1\npeer_nodes = [2]\nduration_secs = 2")
         ));
         assert!(e.contains("network = \"proxy\""), "{e}");
+        let two = with("kind = \"partition\"\nnode = 1\nduration_secs = 3")
+            + "[[faults]]\nat_secs = 3\nkind = \"latency\"\nnode = 2\ndelay_ms = 9\nduration_secs = 1\n";
+        assert!(
+            Scenario::from_toml_str(&two, "net.toml").is_ok(),
+            "the proxy overlaps faults"
+        );
+        let e = error(format!("network = \"netem\"\n{two}"));
+        assert!(e.contains("one network fault at a time"), "{e}");
         let e = error(with("kind = \"kill_node\"\nnode = 2\ndelay_ms = 5"));
         assert!(e.contains("network faults"), "{e}");
         // Attached runs have no [cluster]: numbers are checked at injection.
