@@ -178,6 +178,8 @@ struct CheckpointPolicy {
     interval: Option<std::time::Duration>,
     dir: PathBuf,
     sequence: u64,
+    /// Checkpoint files this instance committed, oldest first (it removes its own only).
+    written: VecDeque<PathBuf>,
 }
 
 type ActorJob = Box<dyn FnOnce() -> registry::LocalBoxFuture<'static, ()> + Send>;
@@ -334,6 +336,7 @@ impl Executor {
                 .then(|| std::time::Duration::from_millis(spec.checkpoint_interval_ms)),
             dir: PathBuf::from(&spec.checkpoint_dir),
             sequence: spec.checkpoint_sequence,
+            written: VecDeque::new(),
         };
         let thread = match self.actor_thread.get() {
             Some(thread) => thread,
@@ -600,8 +603,13 @@ async fn checkpoint(
         .map_err(|e| TaskError::system(e.to_string()))?;
     let sequence = policy.sequence + 1;
     let dir = policy.dir.join(&policy.actor_id);
-    let path = dir.join(format!("{sequence:012}.ckpt"));
-    let temp = dir.join(format!("{sequence:012}.ckpt.tmp"));
+    // The file is this worker's own: an old incarnation that wakes up (a node frozen past
+    // its owner's patience) may write the same sequence, and must never overwrite the file
+    // the other incarnation's commit points to. The GCS then keeps whichever commit of that
+    // sequence came first and refuses the other.
+    let name = format!("{sequence:012}-{}", runtime.worker_id);
+    let path = dir.join(format!("{name}.ckpt"));
+    let temp = dir.join(format!("{name}.ckpt.tmp"));
     let size = state.len() as u64;
     let write = async {
         tokio::fs::create_dir_all(&dir).await?;
@@ -623,15 +631,20 @@ async fn checkpoint(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
     };
-    runtime
-        .gcs
-        .commit_checkpoint(info)
-        .await
-        .map_err(|e| TaskError::system(format!("cannot commit checkpoint {sequence}: {e}")))?;
+    if let Err(error) = runtime.gcs.commit_checkpoint(info).await {
+        // Not committed: nobody will read it.
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(TaskError::system(format!(
+            "cannot commit checkpoint {sequence}: {error}"
+        )));
+    }
     policy.sequence = sequence;
+    policy.written.push_back(path);
     // Keep the previous checkpoint as well: a reader may be restoring it right now.
-    if sequence > 2 {
-        let _ = tokio::fs::remove_file(dir.join(format!("{:012}.ckpt", sequence - 2))).await;
+    while policy.written.len() > 2 {
+        if let Some(old) = policy.written.pop_front() {
+            let _ = tokio::fs::remove_file(old).await;
+        }
     }
     Ok(sequence)
 }
