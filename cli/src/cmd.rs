@@ -9,6 +9,7 @@ pub mod kv;
 pub mod list;
 pub mod raylet;
 pub mod status;
+pub mod token;
 
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +74,14 @@ impl AddressArgs {
     /// The address: `--address`, then `FLEET_ADDRESS`, then the `cluster.json` of the
     /// local cluster named by `--cluster` (default "default").
     pub fn resolve(&self) -> anyhow::Result<ResolvedAddress> {
+        let resolved = self.resolve_address()?;
+        if let Some(state) = &resolved.state {
+            adopt_cluster_token(&state.dir)?;
+        }
+        Ok(resolved)
+    }
+
+    fn resolve_address(&self) -> anyhow::Result<ResolvedAddress> {
         let dir = fleet_cluster::state::cluster_dir(&self.cluster_name);
         let state = fleet_cluster::ClusterState::load(&dir)?;
         let address = self.address.trim();
@@ -104,7 +113,7 @@ impl AddressArgs {
         }
     }
 
-    /// A GCS client for these flags.
+    /// A GCS client for these flags (with the cluster's token, see [`adopt_cluster_token`]).
     pub fn client(&self) -> anyhow::Result<fleet_gcs::GcsClient> {
         self.client_for(&self.resolve()?.address)
     }
@@ -117,4 +126,21 @@ impl AddressArgs {
         };
         Ok(fleet_gcs::GcsClient::connect_with(address, options)?)
     }
+}
+
+/// A client command talking to a cluster recorded on this machine uses that cluster's token
+/// file, unless the user gave one (`--token-file`, `FLEET_TOKEN`, `FLEET_TOKEN_FILE`).
+fn adopt_cluster_token(cluster_dir: &std::path::Path) -> anyhow::Result<()> {
+    use fleet_gcs::auth;
+    let given = auth::process_token().is_some_and(
+        |t| !matches!(t.source(), auth::TokenSource::File(p) if *p == auth::default_token_file()),
+    );
+    if given {
+        return Ok(());
+    }
+    let file = cluster_dir.join(auth::TOKEN_FILE_NAME);
+    if file.exists() {
+        auth::set_process_token(auth::ClusterToken::read_file(&file).map_err(anyhow::Error::msg)?);
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@
 //! - `cmd::status`: `fleet status` (nodes, GCS members and leader, jobs).
 //! - `cmd::list`: `fleet list nodes|actors|tasks|objects|placement-groups|jobs`.
 //! - `cmd::job`: `fleet job submit|list|logs|stop`.
+//! - `cmd::token`: `fleet token new|show` (the cluster token every request carries).
 
 mod cmd;
 
@@ -18,6 +19,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "fleet", version, about)]
 struct Cli {
+    /// The cluster's token file (default: FLEET_TOKEN, then FLEET_TOKEN_FILE, then the
+    /// token of the local cluster `fleet cluster up` started).
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +47,8 @@ enum Command {
     List(cmd::list::ListCommand),
     /// Submit, list, follow and stop jobs.
     Job(cmd::job::JobCommand),
+    /// Make or inspect the cluster token.
+    Token(cmd::token::TokenCommand),
 }
 
 fn install_tracing(default: &str) {
@@ -74,6 +81,17 @@ fn main() -> std::process::ExitCode {
         };
     }
     let cli = Cli::parse();
+    if let Some(path) = &cli.token_file {
+        match fleet_gcs::auth::ClusterToken::read_file(path) {
+            Ok(token) => {
+                fleet_gcs::auth::set_process_token(token);
+            }
+            Err(error) => {
+                eprintln!("error: --token-file: {error}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -123,6 +141,10 @@ fn main() -> std::process::ExitCode {
                 command.run().await
             }
             Command::Job(command) => {
+                install_tracing("warn");
+                command.run().await
+            }
+            Command::Token(command) => {
                 install_tracing("warn");
                 command.run().await
             }

@@ -156,11 +156,15 @@ num_gpus = 1
 "#;
 
 async fn spread_and_affinity() -> Result<()> {
+    // Each task long enough that node-0's own two CPUs cannot finish all twelve before the
+    // workers spilled to the other nodes have started (a cold worker start there takes a
+    // few seconds on a loaded 2-core machine; leases are reused, so a slow spill target
+    // otherwise gets no task at all).
     let spread: Vec<ObjectRef<String>> = (0..12)
         .map(|_| {
             nap_where::options()
                 .scheduling(Scheduling::Spread)
-                .remote(400u64)
+                .remote(1500u64)
         })
         .collect();
     let nodes: BTreeSet<String> = fleet::get_all(&spread).await?.into_iter().collect();
@@ -257,11 +261,12 @@ async fn raylet_info(
         .into_iter()
         .find(|n| n.node_id == node_id)
         .with_context(|| format!("{node_id} is not in the nodes table"))?;
-    let mut client = fleet_proto::runtime::raylet_client::RayletClient::connect(format!(
-        "http://{}",
-        node.address
-    ))
-    .await?;
+    use fleet_gcs::transport::Connector;
+    let mut client = fleet_proto::runtime::raylet_client::RayletClient::new(
+        fleet_gcs::transport::TcpConnector
+            .channel(&node.address)
+            .map_err(|e| anyhow!(e))?,
+    );
     Ok(client
         .node_info(fleet_proto::runtime::NodeInfoRequest {})
         .await?
@@ -726,6 +731,7 @@ async fn a_dead_drivers_actors_go_detached_ones_stay(address: &str) -> Result<()
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .env("FLEET_TEST_DOOMED_DRIVER", "1")
         .env("FLEET_ADDRESS", address)
+        .env("FLEET_TOKEN", fleet::cluster_token()?)
         .env("FLEET_NODE_ID", "node-1")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -787,12 +793,14 @@ async fn submitted_job() -> Result<()> {
 /// shows it SUCCEEDED and `fleet job logs` has its output.
 async fn fleet_job_submit_list_logs(address: &str) -> Result<()> {
     let home = tempfile::tempdir()?;
+    let token = fleet::cluster_token()?;
     let fleet = |args: &[&str]| {
         let mut command = tokio::process::Command::new(fleet_binary());
         command
             .args(args)
             .env("FLEET_HOME", home.path())
             .env("FLEET_ADDRESS", address)
+            .env("FLEET_TOKEN", &token)
             .env("FLEET_TEST_SUBMITTED_JOB", "1")
             .env("FLEET_NODE_ID", "node-2")
             .kill_on_drop(true);

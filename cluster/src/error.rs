@@ -148,6 +148,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// The cluster's token file is missing or unusable.
+    #[error("the cluster token {}: {reason}", path.display())]
+    Token {
+        /// The token file.
+        path: PathBuf,
+        /// Why it cannot be used (with the fix).
+        reason: String,
+    },
+
     /// Talking to the GCS failed.
     #[error(transparent)]
     Gcs(#[from] fleet_gcs::Error),
@@ -168,7 +177,8 @@ impl Error {
             | Error::Spawn { .. }
             | Error::MissingCommand { .. }
             | Error::NoSuchNode { .. }
-            | Error::NoSuchReplica { .. } => false,
+            | Error::NoSuchReplica { .. }
+            | Error::Token { .. } => false,
         }
     }
 

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fleet_gcs::auth::{set_process_token, ClusterToken, TOKEN_FILE_NAME};
+
 use crate::config::{ClusterConfig, Provider};
 use crate::error::{Error, Result};
 use crate::plan::ClusterPlan;
@@ -89,14 +91,25 @@ fn ssh(config: &ClusterConfig, daemon: String, host: &str, remote: String) -> Ss
     }
 }
 
-fn start_line(fleet: &str, dirs: &[&Path], args: &[String], log: &Path) -> String {
+fn start_line(
+    fleet: &str,
+    dirs: &[&Path],
+    env: &[(String, String)],
+    args: &[String],
+    log: &Path,
+) -> String {
     let mut mkdir = vec!["mkdir".to_string(), "-p".into()];
     mkdir.extend(dirs.iter().map(|d| shell_quote(&d.display().to_string())));
+    // Assignments before `setsid`: the shell puts them in the daemon's environment.
+    let assignments: String = env
+        .iter()
+        .map(|(key, value)| format!("{key}={} ", shell_quote(value)))
+        .collect();
     let command: Vec<String> = std::iter::once(shell_quote(fleet))
         .chain(args.iter().map(|a| shell_quote(a)))
         .collect();
     format!(
-        "{} && setsid nohup {} > {} 2>&1 < /dev/null & echo $!",
+        "{} && {assignments}setsid nohup {} > {} 2>&1 < /dev/null & echo $!",
         mkdir.join(" "),
         command.join(" "),
         shell_quote(&log.display().to_string())
@@ -111,7 +124,7 @@ pub fn start_commands(plan: &ClusterPlan) -> Vec<SshCommand> {
     let mut commands = Vec::new();
     for gcs in &plan.gcs {
         let args = plan.gcs_args(gcs.id).unwrap_or_default();
-        let line = start_line(fleet, &[&logs, &gcs.data_dir], &args, &gcs.log);
+        let line = start_line(fleet, &[&logs, &gcs.data_dir], &gcs.env, &args, &gcs.log);
         commands.push(ssh(config, format!("gcs-{}", gcs.id), &gcs.host, line));
     }
     for node in &plan.nodes {
@@ -119,6 +132,7 @@ pub fn start_commands(plan: &ClusterPlan) -> Vec<SshCommand> {
         let line = start_line(
             fleet,
             &[&logs, &node.node_dir, &node.spill_dir],
+            &node.env,
             &args,
             &node.log,
         );
@@ -130,6 +144,39 @@ pub fn start_commands(plan: &ClusterPlan) -> Vec<SshCommand> {
         ));
     }
     commands
+}
+
+/// The commands that put the cluster token on every host, one per host: each reads the
+/// token from its standard input (never from the command line, which `ps` shows) into
+/// `token_file` with mode 0600.
+pub fn token_commands(plan: &ClusterPlan, token_file: &Path) -> Vec<SshCommand> {
+    let mut hosts: Vec<&str> = plan
+        .gcs
+        .iter()
+        .map(|g| g.host.as_str())
+        .chain(plan.nodes.iter().map(|n| n.host.as_str()))
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    let file = shell_quote(&token_file.display().to_string());
+    let dir = shell_quote(
+        &token_file
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .display()
+            .to_string(),
+    );
+    hosts
+        .into_iter()
+        .map(|host| {
+            ssh(
+                &plan.config,
+                "token".into(),
+                host,
+                format!("umask 077 && mkdir -p {dir} && cat > {file}"),
+            )
+        })
+        .collect()
 }
 
 /// The command that stops `pid` on `host`: SIGTERM, up to `grace` for it to exit, then
@@ -158,15 +205,36 @@ pub fn stop_command(
 }
 
 fn run(command: &SshCommand) -> Result<String> {
-    let output = Command::new(&command.argv[0])
+    run_with_input(command, None)
+}
+
+/// Runs `command`, writing `input` (if any) to its standard input.
+fn run_with_input(command: &SshCommand, input: Option<&[u8]>) -> Result<String> {
+    use std::io::Write;
+    let failed = |reason: String| Error::Ssh {
+        host: command.host.clone(),
+        command: command.to_shell(),
+        reason,
+    };
+    let mut child = Command::new(&command.argv[0])
         .args(&command.argv[1..])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Ssh {
-            host: command.host.clone(),
-            command: command.to_shell(),
-            reason: e.to_string(),
-        })?;
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(e.to_string()))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(input)
+            .map_err(|e| failed(format!("cannot write its input: {e}")))?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
     if !output.status.success() {
         return Err(Error::Ssh {
             host: command.host.clone(),
@@ -200,7 +268,20 @@ pub async fn up(config: &ClusterConfig, cluster_dir: &Path) -> Result<ClusterSta
         });
     }
     let token = format!("{:08x}", rand::random::<u32>());
-    let plan = plan(config, &token);
+    let mut plan = plan(config, &token);
+    // The token: a copy here (for this machine's clients) and one on every host.
+    let cluster_token = ClusterToken::generate();
+    let local_token_file = cluster_dir.join(TOKEN_FILE_NAME);
+    cluster_token
+        .write_file(&local_token_file)
+        .map_err(|e| Error::io("write", &local_token_file, e))?;
+    let remote_token_file = plan.dir.join(TOKEN_FILE_NAME);
+    for command in token_commands(&plan, &remote_token_file) {
+        let secret = format!("{}\n", cluster_token.secret());
+        run_with_input(&command, Some(secret.as_bytes()))?;
+    }
+    plan.hand_out_token_file(&remote_token_file);
+    set_process_token(cluster_token);
     let mut state = ClusterState::new(&plan, Path::new(&config.ssh.fleet_binary));
     state.dir = cluster_dir.to_path_buf();
     let result = start(&plan, &mut state).await;
@@ -367,6 +448,31 @@ mod tests {
         match ClusterConfig::from_toml_str(text, "test") {
             Ok(config) => config,
             Err(error) => panic!("{error}"),
+        }
+    }
+
+    #[test]
+    fn the_token_reaches_each_host_once_through_stdin_and_daemons_by_file() {
+        let mut plan = plan(&config(), "t0k3n");
+        let file = plan.dir.join(TOKEN_FILE_NAME);
+        let commands = token_commands(&plan, &file);
+        let hosts: Vec<&str> = commands.iter().map(|c| c.host.as_str()).collect();
+        assert_eq!(
+            hosts,
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.5", "10.0.0.6"]
+        );
+        let line = commands[0].argv.last().cloned().unwrap_or_default();
+        assert_eq!(
+            line,
+            "umask 077 && mkdir -p .fleet/clusters/prod && cat > .fleet/clusters/prod/token"
+        );
+        plan.hand_out_token_file(&file);
+        for command in start_commands(&plan) {
+            let line = command.argv.last().cloned().unwrap_or_default();
+            assert!(
+                line.contains("&& FLEET_TOKEN_FILE=.fleet/clusters/prod/token setsid nohup /opt/fleet/bin/fleet"),
+                "{line}"
+            );
         }
     }
 

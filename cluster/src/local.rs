@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fleet_gcs::auth::{set_process_token, ClusterToken, TOKEN_FILE_NAME};
 use fleet_gcs::GcsClient;
 
 use crate::config::{ClusterConfig, Provider};
@@ -93,6 +94,15 @@ impl LocalCluster {
         let token = format!("{:08x}", rand::random::<u32>());
         let mut plan = ClusterPlan::new(config, cluster_dir, &process::shm_root(), &token, &ports);
         adjust(&mut plan);
+        let cluster_token = ClusterToken::generate();
+        let token_file = cluster_dir.join(TOKEN_FILE_NAME);
+        cluster_token
+            .write_file(&token_file)
+            .map_err(|e| Error::io("write", &token_file, e))?;
+        plan.hand_out_token_file(&token_file);
+        // This process is the cluster's operator: its clients (readiness checks, the chaos
+        // harness's driver) speak with the new token.
+        set_process_token(cluster_token);
         for node in &plan.nodes {
             remove_dir(&node.node_dir)?;
         }
@@ -127,9 +137,19 @@ impl LocalCluster {
 
 impl ClusterHandle {
     /// A handle on the cluster recorded in `cluster_dir` (started by another process).
+    /// This process adopts the cluster's token (from `cluster_dir/token`).
     pub fn attach(cluster_dir: &Path) -> Result<Self> {
         match ClusterState::load(cluster_dir)? {
-            Some(state) => Ok(Self::from_state(state)),
+            Some(state) => {
+                let token_file = cluster_dir.join(TOKEN_FILE_NAME);
+                let token =
+                    ClusterToken::read_file(&token_file).map_err(|reason| Error::Token {
+                        path: token_file.clone(),
+                        reason,
+                    })?;
+                set_process_token(token);
+                Ok(Self::from_state(state))
+            }
             None => Err(Error::NotRunning {
                 name: cluster_dir
                     .file_name()

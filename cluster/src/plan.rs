@@ -125,6 +125,24 @@ impl ClusterPlan {
         }
     }
 
+    /// Every daemon finds the cluster token in `token_file` (`FLEET_TOKEN_FILE`: the path
+    /// is in its environment, the secret only in the file).
+    pub fn hand_out_token_file(&mut self, token_file: &Path) {
+        let entry = (
+            fleet_gcs::auth::TOKEN_FILE_ENV.to_string(),
+            token_file.display().to_string(),
+        );
+        for env in self
+            .gcs
+            .iter_mut()
+            .map(|g| &mut g.env)
+            .chain(self.nodes.iter_mut().map(|n| &mut n.env))
+        {
+            env.retain(|(key, _)| key != fleet_gcs::auth::TOKEN_FILE_ENV);
+            env.push(entry.clone());
+        }
+    }
+
     /// The GCS address clients use: every replica, comma-separated.
     pub fn address(&self) -> String {
         self.gcs

@@ -67,13 +67,7 @@ pub struct ClusterState {
 
 /// `$FLEET_HOME`, else `$HOME/.fleet`.
 pub fn fleet_home() -> PathBuf {
-    if let Some(home) = std::env::var_os("FLEET_HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(home);
-    }
-    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        Some(home) => PathBuf::from(home).join(".fleet"),
-        None => std::env::temp_dir().join("fleet"),
-    }
+    fleet_gcs::auth::fleet_home()
 }
 
 /// The directory of cluster `name` on this machine.

@@ -11,9 +11,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::AuthChannel;
 use fleet_proto::etcd::kv_client::KvClient;
 use fleet_proto::etcd::PutRequest;
-use tonic::transport::Channel;
 
 use crate::client::{ClientOptions, GcsClient};
 use crate::error::{Error, Result};
@@ -299,7 +299,7 @@ impl EtcdCluster {
         })
     }
 
-    fn channels(&self) -> Result<Vec<Channel>> {
+    fn channels(&self) -> Result<Vec<AuthChannel>> {
         self.client_addresses
             .iter()
             .map(|a| TcpConnector.channel(a).map_err(Error::InvalidRequest))

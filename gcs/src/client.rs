@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::auth::AuthChannel;
 use fleet_proto::gcs::command::Op;
 use fleet_proto::gcs::gcs_client::GcsClient as GcsGrpc;
 use fleet_proto::gcs::{
@@ -23,7 +24,6 @@ use fleet_proto::gcs::{
     TaskEventBatch, UpdateActor, UpdatePlacementGroup, WatchEvent, WatchFilter, WatchRequest,
     WatchResponse, WriteRequest,
 };
-use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use crate::error::{Error, Result, LEADER_METADATA_KEY};
@@ -56,7 +56,7 @@ impl Default for ClientOptions {
 struct Inner {
     endpoints: Vec<String>,
     connector: Arc<dyn Connector>,
-    channels: Mutex<HashMap<String, GcsGrpc<Channel>>>,
+    channels: Mutex<HashMap<String, GcsGrpc<AuthChannel>>>,
     leader: Mutex<Option<String>>,
     next_endpoint: AtomicUsize,
     client_id: u64,
@@ -172,7 +172,7 @@ impl GcsClient {
         &self.inner.endpoints
     }
 
-    fn grpc(&self, endpoint: &str) -> Result<GcsGrpc<Channel>> {
+    fn grpc(&self, endpoint: &str) -> Result<GcsGrpc<AuthChannel>> {
         let mut channels = self
             .inner
             .channels
@@ -245,7 +245,7 @@ impl GcsClient {
     /// Runs `call` against the leader, retrying across leader changes until the deadline.
     async fn with_leader<T, F, Fut>(&self, what: &'static str, mut call: F) -> Result<T>
     where
-        F: FnMut(GcsGrpc<Channel>) -> Fut,
+        F: FnMut(GcsGrpc<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let options = &self.inner.options;
@@ -279,6 +279,13 @@ impl GcsClient {
                 | Code::Aborted => {}
                 Code::InvalidArgument => {
                     return Err(Error::InvalidRequest(status.message().to_string()))
+                }
+                // Another replica would say the same: the token is the cluster's.
+                Code::Unauthenticated => {
+                    return Err(Error::Unauthenticated {
+                        endpoint,
+                        message: status.message().to_string(),
+                    })
                 }
                 _ => {
                     return Err(Error::Rpc {

@@ -121,6 +121,18 @@ pub enum Error {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
+    /// The replica refused this process's cluster token (or its lack of one).
+    #[error(
+        "the GCS at {endpoint} refused this client: {message}; {}",
+        crate::auth::describe_own_token()
+    )]
+    Unauthenticated {
+        /// The replica.
+        endpoint: String,
+        /// The server's reason.
+        message: String,
+    },
+
     /// A gRPC error from a replica that is not one of the cases above.
     #[error("GCS RPC to {endpoint} failed: {}", describe_status(status))]
     Rpc {
@@ -157,6 +169,7 @@ impl Error {
             | Error::Rejected { .. }
             | Error::BadResponse { .. }
             | Error::InvalidRequest(_)
+            | Error::Unauthenticated { .. }
             | Error::Listen { .. } => false,
         }
     }
@@ -185,6 +198,7 @@ impl From<Error> for tonic::Status {
                 tonic::Status::invalid_argument(message)
             }
             Error::Rejected { .. } => tonic::Status::failed_precondition(message),
+            Error::Unauthenticated { .. } => tonic::Status::unauthenticated(message),
             Error::Rpc { status, .. } => (**status).clone(),
             Error::DataDirMismatch { .. }
             | Error::CorruptDataDir { .. }
@@ -212,6 +226,9 @@ pub fn describe_status(status: &tonic::Status) -> String {
         if !text.contains(&root) {
             text = format!("{text}: {root}");
         }
+    }
+    if status.code() == tonic::Code::Unauthenticated {
+        text = format!("{text}; {}", crate::auth::describe_own_token());
     }
     text
 }

@@ -86,7 +86,7 @@ pub async fn run(handle: NodeHandle, stop: CancellationToken) {
         return;
     };
     let mut book = HealthBook::default();
-    let mut clients: HashMap<String, RayletClient<tonic::transport::Channel>> = HashMap::new();
+    let mut clients: HashMap<String, RayletClient<crate::auth::AuthChannel>> = HashMap::new();
     let declared: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     loop {
         tokio::select! {

@@ -11,6 +11,7 @@
 //!   peer messages into `Ready`s, persisting, sending and applying them.
 //! - [`transport`]: how replicas reach each other and clients reach replicas (real TCP or an
 //!   injected connector, for simulation).
+//! - [`auth`]: the cluster token: every request carries it, every server checks it.
 //! - [`service`]: the gRPC services (`Gcs` for clients, `RaftTransport` for peers).
 //! - [`health`]: the leader's health checks of raylets (declares silent nodes dead).
 //! - [`server`]: `run(config, incoming, connector, shutdown)`: one replica.
@@ -22,6 +23,7 @@
 //!
 //! Reads are linearizable through Raft's ReadIndex (see `docs/gcs.md` for why not leases).
 
+pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod config;

@@ -145,6 +145,12 @@ impl LocalCluster {
                 "--snapshot-threshold",
                 &options.snapshot_threshold.to_string(),
             ])
+            // The replicas share this process's token (made in memory if it has none), so
+            // its clients are let in.
+            .env(
+                crate::auth::TOKEN_ENV,
+                crate::auth::ensure_process_token().secret(),
+            )
             .env(
                 "RUST_LOG",
                 std::env::var("FLEET_TEST_LOG").unwrap_or_else(|_| "info".into()),

@@ -118,6 +118,7 @@ where
     let serve_stop = stop.clone();
     let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(crate::auth::RequireToken::layer_for_process())
         .add_service(gcs)
         .add_service(raft)
         .serve_with_incoming_shutdown(incoming, serve_stop.cancelled_owned())

@@ -281,10 +281,24 @@ impl RaftTransport for RaftService {
                 self.node.config.id, self.node.config.advertise_address, envelope.from, envelope.cluster_name
             )));
         }
+        let own_id = self.node.config.id;
+        check_sender(own_id, envelope.from, &self.node.addresses)?;
+        // Decode everything before queueing anything: an envelope is taken whole or not at all.
+        let mut messages = Vec::with_capacity(envelope.messages.len());
         for bytes in envelope.messages {
             let message: Message = decode_pb(&bytes, "raft message").map_err(|reason| {
                 Status::invalid_argument(format!("from replica {}: {reason}", envelope.from))
             })?;
+            if message.from != envelope.from || message.to != own_id {
+                return Err(Status::invalid_argument(format!(
+                    "replica {} sent replica {own_id} a raft message from {} to {}: a message's \
+                     sender and receiver must match its envelope",
+                    envelope.from, message.from, message.to
+                )));
+            }
+            messages.push(message);
+        }
+        for message in messages {
             self.node
                 .raft_messages
                 .send(message)
@@ -293,4 +307,26 @@ impl RaftTransport for RaftService {
         }
         Ok(Response::new(RaftAck {}))
     }
+}
+
+/// A Raft envelope is taken only from another member of the group. A replica that knows no
+/// members yet (one started with `--join`, before its first snapshot) takes any member's
+/// messages; the cluster token already keeps strangers out.
+fn check_sender(
+    own_id: u64,
+    from: u64,
+    members: &std::sync::RwLock<std::collections::BTreeMap<u64, String>>,
+) -> Result<(), Status> {
+    let members = members.read().unwrap_or_else(|e| e.into_inner());
+    if from == own_id || from == 0 || (!members.is_empty() && !members.contains_key(&from)) {
+        return Err(Status::permission_denied(format!(
+            "replica {own_id} takes raft messages only from the other members of its group \
+             ({:?}); replica {from} is not one (a removed replica, or a misconfigured --id)",
+            members
+                .keys()
+                .filter(|id| **id != own_id)
+                .collect::<Vec<_>>()
+        )));
+    }
+    Ok(())
 }

@@ -23,8 +23,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Endpoint, Uri};
 
+use crate::auth::{authed, AuthChannel};
 use crate::storage::encode_pb;
 
 /// Largest gRPC message a replica accepts or sends (snapshots travel whole).
@@ -32,8 +33,9 @@ pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
 
 /// Makes gRPC channels to addresses.
 pub trait Connector: Send + Sync + 'static {
-    /// A lazily connecting channel to `address` (`HOST:PORT`).
-    fn channel(&self, address: &str) -> Result<Channel, String>;
+    /// A lazily connecting channel to `address` (`HOST:PORT`) whose requests carry this
+    /// process's cluster token.
+    fn channel(&self, address: &str) -> Result<AuthChannel, String>;
 }
 
 /// HTTP/2 flow-control window of one stream (clients and servers of Fleet's services).
@@ -156,7 +158,7 @@ pub async fn connect_via_proxy(proxy: &str, target: &str) -> std::io::Result<Tcp
 pub struct TcpConnector;
 
 impl Connector for TcpConnector {
-    fn channel(&self, address: &str) -> Result<Channel, String> {
+    fn channel(&self, address: &str) -> Result<AuthChannel, String> {
         // A peer that stops answering (partitioned, frozen) fails the calls waiting on it
         // within 5 s instead of leaving them on a dead connection; pings go out only while
         // calls are in flight.
@@ -171,7 +173,7 @@ impl Connector for TcpConnector {
 pub struct ControlStoreConnector;
 
 impl Connector for ControlStoreConnector {
-    fn channel(&self, address: &str) -> Result<Channel, String> {
+    fn channel(&self, address: &str) -> Result<AuthChannel, String> {
         tcp_channel(address, Duration::from_millis(500), Duration::from_secs(1))
     }
 }
@@ -182,7 +184,7 @@ fn tcp_channel(
     address: &str,
     keepalive_interval: Duration,
     keepalive_timeout: Duration,
-) -> Result<Channel, String> {
+) -> Result<AuthChannel, String> {
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| format!("'{address}' is not a HOST:PORT address: {e}"))?
         .connect_timeout(Duration::from_secs(1))
@@ -194,19 +196,19 @@ fn tcp_channel(
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
     let Some(proxy) = NetworkSettings::current().egress_proxy else {
-        return Ok(endpoint.connect_lazy());
+        return Ok(authed(endpoint.connect_lazy()));
     };
     let target = address.to_string();
-    Ok(
-        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+    Ok(authed(endpoint.connect_with_connector_lazy(
+        tower::service_fn(move |_: Uri| {
             let proxy = proxy.clone();
             let target = target.clone();
             async move {
                 let stream = connect_via_proxy(&proxy, &target).await?;
                 Ok::<_, std::io::Error>(TokioIo::new(stream))
             }
-        })),
-    )
+        }),
+    )))
 }
 
 /// What the transport tells the driver.
@@ -309,7 +311,7 @@ struct PeerTask {
 
 impl PeerTask {
     async fn run(self, mut rx: mpsc::Receiver<Message>, shutdown: CancellationToken) {
-        let mut client: Option<(String, RaftTransportClient<Channel>)> = None;
+        let mut client: Option<(String, RaftTransportClient<AuthChannel>)> = None;
         // Logged on change only: an unreachable peer is retried on every Raft heartbeat.
         let mut reachable: Option<bool> = None;
         loop {

@@ -114,7 +114,14 @@ impl ClusterView {
                                 available: reply.available.into_iter().collect(),
                             })
                         }
-                        _ => None,
+                        Ok(Err(status)) => {
+                            tracing::debug!(node = %node_id, %address, status = %fleet_gcs::error::describe_status(&status), "load poll failed");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::debug!(node = %node_id, %address, "load poll: no answer in 500 ms");
+                            None
+                        }
                     }
                 });
             }
@@ -134,4 +141,4 @@ impl ClusterView {
     }
 }
 
-type Client = fleet_proto::runtime::raylet_client::RayletClient<tonic::transport::Channel>;
+type Client = fleet_proto::runtime::raylet_client::RayletClient<fleet_gcs::auth::AuthChannel>;

@@ -435,6 +435,7 @@ impl RayletService {
             &self.inner.view.others(),
             counter,
         );
+        tracing::debug!(?strategy, ?decision, "lease placement");
         if let Decision::Spill { node_id, .. } = &decision {
             // Count it against that node until its next report.
             self.inner.view.reserve(node_id, wanted);
@@ -1430,6 +1431,7 @@ pub async fn start(config: RayletConfig, listener: TcpListener) -> Result<Runnin
             .initial_stream_window_size(Some(fleet_gcs::transport::STREAM_WINDOW_BYTES))
             .initial_connection_window_size(Some(fleet_gcs::transport::CONNECTION_WINDOW_BYTES))
             .max_frame_size(Some(1 << 20))
+            .layer(fleet_gcs::auth::RequireToken::layer_for_process())
             .add_service(server)
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
             .await

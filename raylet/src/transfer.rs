@@ -47,7 +47,7 @@ struct Inner {
 }
 
 /// A raylet client for another node.
-pub fn connect(address: &str) -> Result<RayletClient<tonic::transport::Channel>, String> {
+pub fn connect(address: &str) -> Result<RayletClient<fleet_gcs::auth::AuthChannel>, String> {
     let channel =
         fleet_gcs::transport::Connector::channel(&fleet_gcs::transport::TcpConnector, address)?;
     Ok(RayletClient::new(channel)

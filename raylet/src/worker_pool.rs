@@ -107,6 +107,11 @@ impl WorkerLauncher {
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        // The cluster token goes through the environment, never the command line (`ps`
+        // shows that to everyone).
+        if let Some((key, value)) = fleet_gcs::auth::child_env() {
+            command.env(key, value);
+        }
         for (key, value) in extra_env {
             command.env(key, value);
         }

@@ -49,10 +49,17 @@ pub struct ActorOptions {
     /// start in order and interleave at their await points; a `&mut self` method waits for
     /// them and runs alone.
     pub max_concurrency: u32,
-    /// Checkpoint every this many calls (0: only on demand). Needs `#[fleet::actor(checkpoint)]`.
+    /// Checkpoint at least every this many calls (0: only on demand). Needs
+    /// `#[fleet::actor(checkpoint)]`. A reply waits for the checkpoint covering its call
+    /// (group commit: up to this many calls share one checkpoint), unless
+    /// `answer_before_checkpoint`.
     pub checkpoint_every: u64,
-    /// Also checkpoint this often, when calls ran since the last checkpoint.
+    /// With `answer_before_checkpoint`: also checkpoint this often, when calls ran since the
+    /// last checkpoint. Alone: checkpoints, with group commit, bounded by 1,024 calls a group.
     pub checkpoint_interval: Option<std::time::Duration>,
+    /// Replies go out before the checkpoint that covers them: faster, and a crash **loses
+    /// the calls answered since the last checkpoint**. Off by default.
+    pub answer_before_checkpoint: bool,
     /// Where checkpoints are written (a directory standing for shared storage).
     pub checkpoint_dir: PathBuf,
     /// Where it is placed (default: hybrid).
@@ -71,6 +78,7 @@ impl Default for ActorOptions {
             max_concurrency: 1,
             checkpoint_every: 0,
             checkpoint_interval: None,
+            answer_before_checkpoint: false,
             checkpoint_dir: std::env::var_os("FLEET_CHECKPOINT_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| std::env::temp_dir().join("fleet-checkpoints")),
@@ -138,14 +146,25 @@ impl<A: ActorType> ActorBuilder<A> {
         self.options.max_concurrency = calls.max(1);
         self
     }
-    /// Checkpoint every `calls` calls.
+    /// Checkpoint at least every `calls` calls; each reply waits for the checkpoint that
+    /// covers its call (up to `calls` queued calls share one), so an acknowledged call
+    /// survives any crash.
     pub fn checkpoint_every(mut self, calls: u64) -> Self {
         self.options.checkpoint_every = calls;
         self
     }
-    /// Checkpoint this often (when calls ran since the last checkpoint).
+    /// Checkpoint this often when calls ran since the last checkpoint (with
+    /// [`answer_before_checkpoint`](Self::answer_before_checkpoint); otherwise every reply
+    /// already waits for its checkpoint).
     pub fn checkpoint_interval(mut self, interval: std::time::Duration) -> Self {
         self.options.checkpoint_interval = Some(interval);
+        self
+    }
+    /// Relaxed checkpoints: replies go out at once, checkpoints follow every
+    /// `checkpoint_every` calls or `checkpoint_interval`. A crash **loses the calls answered
+    /// since the last checkpoint** (their callers were told they succeeded).
+    pub fn answer_before_checkpoint(mut self) -> Self {
+        self.options.answer_before_checkpoint = true;
         self
     }
     /// Where checkpoints go.
@@ -397,6 +416,7 @@ async fn start_instance(
             .options
             .checkpoint_interval
             .map_or(0, |d| d.as_millis().max(1) as u64),
+        checkpoint_answer_first: owner.options.answer_before_checkpoint,
         checkpoint_dir: owner.options.checkpoint_dir.display().to_string(),
         gpu_ids: reply.gpu_ids.clone(),
         owner_address: runtime.address.clone(),
@@ -425,21 +445,37 @@ async fn retire_lease(runtime: &CoreWorker, lease: Lease) {
     runtime.leaser.return_lease(&lease, true).await;
 }
 
-async fn latest_checkpoint(runtime: &CoreWorker, actor_id: &str) -> Result<Option<(Vec<u8>, u64)>> {
+/// The latest committed checkpoint of `actor_id`, read only from its own directory of the
+/// checkpoint store (a record naming another path is refused).
+async fn latest_checkpoint(
+    runtime: &CoreWorker,
+    actor_id: &str,
+    checkpoint_dir: &std::path::Path,
+) -> Result<Option<(Vec<u8>, u64)>> {
     let Some(info) = runtime.gcs.latest_checkpoint(actor_id).await? else {
         return Ok(None);
     };
-    let path = info
-        .url
-        .strip_prefix("file://")
-        .unwrap_or(&info.url)
-        .to_string();
+    let unavailable = |reason: String| Error::ObjectUnavailable {
+        object_id: format!("checkpoint {} of actor {actor_id}", info.sequence),
+        reason,
+    };
+    let path = crate::checkpoint::checkpoint_file(&info.url, checkpoint_dir, actor_id)
+        .map_err(unavailable)?;
+    // Bounded: a checkpoint travels whole in the actor's creation message.
+    let size = tokio::fs::metadata(&path)
+        .await
+        .map_err(|e| unavailable(format!("cannot read {}: {e}", path.display())))?
+        .len();
+    if size > crate::checkpoint::MAX_CHECKPOINT_BYTES {
+        return Err(unavailable(format!(
+            "{} holds {size} bytes, more than a checkpoint may ({} bytes)",
+            path.display(),
+            crate::checkpoint::MAX_CHECKPOINT_BYTES
+        )));
+    }
     let bytes = tokio::fs::read(&path)
         .await
-        .map_err(|e| Error::ObjectUnavailable {
-            object_id: format!("checkpoint {} of actor {actor_id}", info.sequence),
-            reason: format!("cannot read {path}: {e}"),
-        })?;
+        .map_err(|e| unavailable(format!("cannot read {}: {e}", path.display())))?;
     Ok(Some((bytes, info.sequence)))
 }
 
@@ -560,7 +596,12 @@ impl ActorLink {
                 return;
             }
         }
-        let checkpoint = match latest_checkpoint(runtime, &self.actor_id).await {
+        let checkpoint_dir = self
+            .owner
+            .as_ref()
+            .map(|o| o.options.checkpoint_dir.clone())
+            .unwrap_or_default();
+        let checkpoint = match latest_checkpoint(runtime, &self.actor_id, &checkpoint_dir).await {
             Ok(checkpoint) => checkpoint,
             Err(error) => {
                 tracing::warn!(actor = %self.label, %error, "restarting without a checkpoint");

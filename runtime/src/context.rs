@@ -4,13 +4,13 @@
 use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
+use fleet_gcs::auth::AuthChannel;
 use fleet_gcs::GcsClient;
 use fleet_proto::runtime::core_worker_client::CoreWorkerClient;
 use fleet_proto::runtime::get_object_reply;
 use fleet_proto::runtime::raylet_client::RayletClient;
 use fleet_proto::runtime::{GetObjectRequest, TaskReply, TaskSpec};
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 use crate::object_ref::{Location, MemoryStore, Stored};
@@ -62,7 +62,7 @@ pub struct CoreWorker {
     /// GPU ids this process may use.
     pub gpu_ids: Vec<u32>,
     pub(crate) gcs: GcsClient,
-    pub(crate) raylet: RayletClient<Channel>,
+    pub(crate) raylet: RayletClient<AuthChannel>,
     /// The local raylet's address: where values this process stores are.
     pub(crate) raylet_address: String,
     location: Location,
@@ -76,7 +76,7 @@ pub struct CoreWorker {
     pub(crate) store: MemoryStore,
     pub(crate) plasma: Plasma,
     pub(crate) leases: Arc<LeasePool>,
-    clients: DashMap<String, CoreWorkerClient<Channel>>,
+    clients: DashMap<String, CoreWorkerClient<AuthChannel>>,
     pub(crate) links: DashMap<String, Arc<crate::actor::ActorLink>>,
     /// Borrowed references alive in this process: id → (live handles, reported to owner).
     borrowed: DashMap<String, (usize, bool)>,
@@ -94,7 +94,7 @@ pub(crate) struct CoreWorkerParts {
     pub namespace: String,
     pub gpu_ids: Vec<u32>,
     pub gcs: GcsClient,
-    pub raylet: RayletClient<Channel>,
+    pub raylet: RayletClient<AuthChannel>,
     pub raylet_address: String,
     /// SHA-256 of the job's binary uploaded to the cluster (empty: the raylet's own).
     pub job_binary: String,
@@ -154,7 +154,7 @@ impl CoreWorker {
     }
 
     /// A client for another process's CoreWorker service.
-    pub(crate) fn worker_client(&self, address: &str) -> Result<CoreWorkerClient<Channel>> {
+    pub(crate) fn worker_client(&self, address: &str) -> Result<CoreWorkerClient<AuthChannel>> {
         if let Some(client) = self.clients.get(address) {
             return Ok(client.clone());
         }

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::checkpoint::{uncovered_call_error, CheckpointEnvelope, CheckpointPolicy};
 use crate::context::CoreWorker;
 use crate::error::{Error, Location, RemoteError, TaskFailure};
 use crate::object_ref::{Stored, Traced};
@@ -120,67 +121,6 @@ struct ActorCall {
 
 /// References a finished call still holds or passed on.
 type Retained = Vec<fleet_proto::runtime::RetainedRef>;
-
-/// What a checkpoint file holds: the actor's state and the answers of its latest calls, so
-/// that a call retried after a restart (applied before the crash, its reply lost) is
-/// answered from here instead of being applied twice.
-#[derive(serde::Serialize, serde::Deserialize, Default)]
-pub(crate) struct CheckpointEnvelope {
-    state: Vec<u8>,
-    answers: Vec<(String, Option<Vec<u8>>)>,
-}
-
-/// Answers kept per actor for deduplicating retried calls.
-const REMEMBERED_ANSWERS: usize = 1024;
-/// Larger answers are not kept (every checkpoint carries them): a retry of such a call after
-/// a restart is refused with an error instead of being applied twice.
-const REMEMBERED_ANSWER_BYTES: usize = 16 << 10;
-
-impl CheckpointPolicy {
-    fn checkpointing(&self) -> bool {
-        self.every > 0 || self.interval.is_some()
-    }
-
-    fn answered(&self, task_id: &str) -> Option<Result<Vec<u8>, TaskError>> {
-        if task_id.is_empty() {
-            return None;
-        }
-        self.answers
-            .iter()
-            .rev()
-            .find(|(id, _)| id == task_id)
-            .map(|(_, answer)| {
-                answer.clone().ok_or_else(|| {
-                    TaskError::system(format!(
-                        "call {task_id} was already applied before the actor restarted, and its answer (over {REMEMBERED_ANSWER_BYTES} bytes) was not kept; it is not applied twice"
-                    ))
-                })
-            })
-    }
-
-    fn remember(&mut self, task_id: &str, answer: &[u8]) {
-        if !self.checkpointing() || task_id.is_empty() {
-            return;
-        }
-        if self.answers.len() >= REMEMBERED_ANSWERS {
-            self.answers.pop_front();
-        }
-        let kept = (answer.len() <= REMEMBERED_ANSWER_BYTES).then(|| answer.to_vec());
-        self.answers.push_back((task_id.to_string(), kept));
-    }
-}
-
-struct CheckpointPolicy {
-    /// Answers of the latest calls (task id, reply), carried in checkpoints.
-    answers: VecDeque<(String, Option<Vec<u8>>)>,
-    actor_id: String,
-    every: u64,
-    interval: Option<std::time::Duration>,
-    dir: PathBuf,
-    sequence: u64,
-    /// Checkpoint files this instance committed, oldest first (it removes its own only).
-    written: VecDeque<PathBuf>,
-}
 
 type ActorJob = Box<dyn FnOnce() -> registry::LocalBoxFuture<'static, ()> + Send>;
 
@@ -327,6 +267,8 @@ impl Executor {
         instance: Box<dyn ActorObject>,
         answers: Vec<(String, Option<Vec<u8>>)>,
     ) -> Result<Vec<u8>, TaskError> {
+        // The id names the actor's directory in the checkpoint store.
+        crate::checkpoint::validate_actor_id(&spec.actor_id).map_err(TaskError::system)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let policy = CheckpointPolicy {
             answers: answers.into(),
@@ -334,6 +276,7 @@ impl Executor {
             every: spec.checkpoint_every_calls,
             interval: (spec.checkpoint_interval_ms > 0)
                 .then(|| std::time::Duration::from_millis(spec.checkpoint_interval_ms)),
+            answer_first: spec.checkpoint_answer_first,
             dir: PathBuf::from(&spec.checkpoint_dir),
             sequence: spec.checkpoint_sequence,
             written: VecDeque::new(),
@@ -389,6 +332,63 @@ impl CallOrder {
     }
 }
 
+/// Where an actor call's reply goes.
+type ReplySender = oneshot::Sender<(Result<Vec<u8>, TaskError>, Retained)>;
+
+/// A reply waiting for the checkpoint that covers its call (group commit).
+struct HeldReply {
+    reply: ReplySender,
+    outcome: Result<Vec<u8>, TaskError>,
+    retained: Retained,
+}
+
+/// Sends a finished call's reply now, or holds it for the checkpoint that will cover it.
+fn finish(
+    policy: &CheckpointPolicy,
+    held: &mut Vec<HeldReply>,
+    reply: ReplySender,
+    outcome: Result<Vec<u8>, TaskError>,
+    retained: Retained,
+) {
+    if policy.holds_replies() {
+        held.push(HeldReply {
+            reply,
+            outcome,
+            retained,
+        });
+    } else {
+        let _ = reply.send((outcome, retained));
+    }
+}
+
+/// Checkpoints the actor and answers every held reply: with its outcome once the
+/// checkpoint is committed, with the failure otherwise (the caller then knows its call is
+/// not durable, instead of believing it is).
+async fn commit_group(
+    runtime: &CoreWorker,
+    instance: &dyn ActorObject,
+    policy: &mut CheckpointPolicy,
+    held: &mut Vec<HeldReply>,
+) -> Result<u64, TaskError> {
+    let result = checkpoint(runtime, instance.checkpoint(), policy).await;
+    if let Err(error) = &result {
+        tracing::warn!(
+            actor = %policy.actor_id,
+            error = %error.message,
+            calls = held.len(),
+            "checkpoint failed; the calls it was to cover are answered with the failure"
+        );
+    }
+    for held in held.drain(..) {
+        let outcome = match &result {
+            Ok(_) => held.outcome,
+            Err(error) => Err(uncovered_call_error(error)),
+        };
+        let _ = held.reply.send((outcome, held.retained));
+    }
+    result
+}
+
 async fn actor_loop(
     runtime: Arc<CoreWorker>,
     mut instance: Box<dyn ActorObject>,
@@ -398,6 +398,8 @@ async fn actor_loop(
 ) {
     let mut order = CallOrder::default();
     let mut ready: VecDeque<ActorCall> = VecDeque::new();
+    // Replies waiting for their checkpoint; always empty while the mailbox is waited on.
+    let mut held: Vec<HeldReply> = Vec::new();
     let mut calls_since_checkpoint = 0u64;
     let mut ticker = policy.interval.map(|period| {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -412,12 +414,11 @@ async fn actor_loop(
                     None => return,
                 },
                 _ = next_tick(&mut ticker) => {
+                    // Answer-first actors: the timed checkpoint. Under group commit
+                    // everything answered is already covered, and nothing ran since.
                     if calls_since_checkpoint > 0 {
                         calls_since_checkpoint = 0;
-                        let state = instance.checkpoint();
-                        if let Err(error) = checkpoint(&runtime, state, &mut policy).await {
-                            tracing::warn!(actor = %policy.actor_id, error = %error.message, "timed checkpoint failed");
-                        }
+                        let _ = commit_group(&runtime, instance.as_ref(), &mut policy, &mut held).await;
                     }
                 }
             }
@@ -430,8 +431,8 @@ async fn actor_loop(
             continue;
         };
         if call.method == CHECKPOINT_METHOD {
-            let state = instance.checkpoint();
-            let result = checkpoint(&runtime, state, &mut policy)
+            calls_since_checkpoint = 0;
+            let result = commit_group(&runtime, instance.as_ref(), &mut policy, &mut held)
                 .await
                 .and_then(|seq| registry::encode_return(&seq, "checkpoint"));
             let _ = call.reply.send((result, Vec::new()));
@@ -441,15 +442,24 @@ async fn actor_loop(
             match run_shared(
                 instance.as_ref(),
                 call,
-                &mut rx,
-                &mut order,
-                &mut ready,
+                SharedQueues {
+                    rx: &mut rx,
+                    order: &mut order,
+                    ready: &mut ready,
+                },
                 concurrency,
+                &mut policy,
+                &mut held,
             )
             .await
             {
                 SharedOutcome::Done(calls) => {
                     calls_since_checkpoint += calls;
+                    None
+                }
+                SharedOutcome::Exclusive(call) if call.method == CHECKPOINT_METHOD => {
+                    // Handled at the top of the loop, after the shared calls before it.
+                    ready.push_front(call);
                     None
                 }
                 SharedOutcome::Exclusive(call) => Some(call),
@@ -461,32 +471,24 @@ async fn actor_loop(
             // A retry of a call whose effect is already in the restored checkpoint (its reply
             // was lost with the old worker): answer it again, do not run it twice.
             if let Some(answer) = policy.answered(&call.task_id) {
-                let _ = call.reply.send((answer, Vec::new()));
-                continue;
-            }
-            let (outcome, trace) =
-                Traced::new(catching(instance.dispatch(&call.method, call.args))).await;
-            if let Ok(bytes) = &outcome {
-                policy.remember(&call.task_id, bytes);
-            }
-            calls_since_checkpoint += 1;
-            if policy.every > 0 && calls_since_checkpoint >= policy.every {
-                // Before the reply: a call acknowledged to its caller is in a committed
-                // checkpoint, so a restart never loses it.
-                calls_since_checkpoint = 0;
-                let state = instance.checkpoint();
-                if let Err(error) = checkpoint(&runtime, state, &mut policy).await {
-                    tracing::warn!(actor = %policy.actor_id, error = %error.message, "periodic checkpoint failed");
+                finish(&policy, &mut held, call.reply, answer, Vec::new());
+            } else {
+                let (outcome, trace) =
+                    Traced::new(catching(instance.dispatch(&call.method, call.args))).await;
+                if let Ok(bytes) = &outcome {
+                    policy.remember(&call.task_id, bytes);
                 }
+                calls_since_checkpoint += 1;
+                finish(&policy, &mut held, call.reply, outcome, trace.retained());
             }
-            let _ = call.reply.send((outcome, trace.retained()));
         }
-        if policy.every > 0 && calls_since_checkpoint >= policy.every {
+        // Commit the group when it is full or no further call is ready to join it.
+        while let Ok(call) = rx.try_recv() {
+            order.admit(call, &mut ready);
+        }
+        if policy.due(calls_since_checkpoint, held.len(), ready.is_empty()) {
             calls_since_checkpoint = 0;
-            let state = instance.checkpoint();
-            if let Err(error) = checkpoint(&runtime, state, &mut policy).await {
-                tracing::warn!(actor = %policy.actor_id, error = %error.message, "periodic checkpoint failed");
-            }
+            let _ = commit_group(&runtime, instance.as_ref(), &mut policy, &mut held).await;
         }
     }
 }
@@ -498,38 +500,53 @@ enum SharedOutcome {
     Exclusive(ActorCall),
 }
 
+/// The actor's mailbox and its ordering state, lent to [`run_shared`].
+struct SharedQueues<'a> {
+    rx: &'a mut mpsc::UnboundedReceiver<ActorCall>,
+    order: &'a mut CallOrder,
+    ready: &'a mut VecDeque<ActorCall>,
+}
+
 /// Runs `first` and the shared calls after it, up to `concurrency` at once, until none is in
 /// flight; stops admitting at the first call that needs `&mut self` (returned to run alone).
+/// Checkpointed actors keep exactly-once here too: a retried call already applied is
+/// answered from memory, and under group commit the replies are held (at most a group's
+/// worth of calls is started) for the checkpoint taken after the run.
 async fn run_shared(
     instance: &dyn ActorObject,
     first: ActorCall,
-    rx: &mut mpsc::UnboundedReceiver<ActorCall>,
-    order: &mut CallOrder,
-    ready: &mut VecDeque<ActorCall>,
+    queues: SharedQueues<'_>,
     concurrency: usize,
+    policy: &mut CheckpointPolicy,
+    held: &mut Vec<HeldReply>,
 ) -> SharedOutcome {
     use futures::stream::{FuturesUnordered, StreamExt};
-    type Running<'a> = registry::LocalBoxFuture<
-        'a,
-        (
-            oneshot::Sender<(Result<Vec<u8>, TaskError>, Retained)>,
-            Result<Vec<u8>, TaskError>,
-            Retained,
-        ),
-    >;
+    type Running<'a> =
+        registry::LocalBoxFuture<'a, (String, ReplySender, Result<Vec<u8>, TaskError>, Retained)>;
+    let SharedQueues { rx, order, ready } = queues;
+    let limit = if policy.holds_replies() {
+        policy.group_limit()
+    } else {
+        usize::MAX
+    };
     let mut running: FuturesUnordered<Running<'_>> = FuturesUnordered::new();
     let mut exclusive: Option<ActorCall> = None;
     let mut done = 0u64;
+    let mut started = 0usize;
     let mut next = Some(first);
     loop {
         // Start what may start.
-        while exclusive.is_none() && running.len() < concurrency {
+        while exclusive.is_none() && running.len() < concurrency && started < limit {
             let Some(call) = next.take().or_else(|| ready.pop_front()) else {
                 break;
             };
             if call.method == CHECKPOINT_METHOD {
                 exclusive = Some(call);
                 break;
+            }
+            if let Some(answer) = policy.answered(&call.task_id) {
+                finish(policy, held, call.reply, answer, Vec::new());
+                continue;
             }
             let ActorCall {
                 task_id,
@@ -540,10 +557,13 @@ async fn run_shared(
                 reply,
             } = call;
             match instance.dispatch_shared(&method, args) {
-                Ok(future) => running.push(Box::pin(async move {
-                    let (result, trace) = Traced::new(catching(future)).await;
-                    (reply, result, trace.retained())
-                })),
+                Ok(future) => {
+                    started += 1;
+                    running.push(Box::pin(async move {
+                        let (result, trace) = Traced::new(catching(future)).await;
+                        (task_id, reply, result, trace.retained())
+                    }))
+                }
                 Err(args) => {
                     exclusive = Some(ActorCall {
                         task_id,
@@ -557,14 +577,21 @@ async fn run_shared(
             }
         }
         if running.is_empty() {
+            if let Some(call) = next.take() {
+                // Not started (the group was full): it runs after the checkpoint.
+                ready.push_front(call);
+            }
             return match exclusive {
                 Some(call) => SharedOutcome::Exclusive(call),
                 None => SharedOutcome::Done(done),
             };
         }
         tokio::select! {
-            Some((reply, result, retained)) = running.next() => {
-                let _ = reply.send((result, retained));
+            Some((task_id, reply, result, retained)) = running.next() => {
+                if let Ok(bytes) = &result {
+                    policy.remember(&task_id, bytes);
+                }
+                finish(policy, held, reply, result, retained);
                 done += 1;
             }
             call = rx.recv(), if exclusive.is_none() => {

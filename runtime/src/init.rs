@@ -68,6 +68,7 @@ async fn serve_core_worker(listener: TcpListener, executor: Executor) {
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     if let Err(error) = tonic::transport::Server::builder()
+        .layer(fleet_gcs::auth::RequireToken::layer_for_process())
         .add_service(service)
         .serve_with_incoming(incoming)
         .await
@@ -90,7 +91,7 @@ async fn bind_node_port() -> Result<(TcpListener, String)> {
     Ok((listener, address))
 }
 
-fn raylet_client(address: &str) -> Result<RayletClient<tonic::transport::Channel>> {
+fn raylet_client(address: &str) -> Result<RayletClient<fleet_gcs::auth::AuthChannel>> {
     let channel =
         fleet_gcs::transport::Connector::channel(&fleet_gcs::transport::TcpConnector, address)
             .map_err(Error::Internal)?;
@@ -148,7 +149,7 @@ pub async fn init_with(options: InitOptions) -> Result<()> {
         plasma: match local_store {
             Some(store) => Plasma::Local(store),
             None => Plasma::Remote {
-                raylet: raylet_client(&raylet_address)?,
+                raylet: Box::new(raylet_client(&raylet_address)?),
                 shm_dir: std::path::PathBuf::from(
                     std::env::var(env::OBJECT_STORE_DIR).unwrap_or_default(),
                 ),
@@ -305,6 +306,9 @@ async fn start_embedded(
     options: &InitOptions,
 ) -> Result<(GcsClient, String, String, Option<ObjectStore>)> {
     sweep_stale_embedded();
+    // The embedded cluster's token lives in memory (this process's, or FLEET_TOKEN's); its
+    // workers get it through their environment.
+    fleet_gcs::auth::ensure_process_token();
     let dir = tempfile::Builder::new()
         .prefix("fleet-embedded-")
         .tempdir()
@@ -492,7 +496,7 @@ async fn serve_worker(worker_id: String) -> Result<()> {
         raylet_address: raylet_address.clone(),
         job_binary: std::env::var(env::JOB_BINARY).unwrap_or_default(),
         plasma: Plasma::Remote {
-            raylet: raylet.clone(),
+            raylet: Box::new(raylet.clone()),
             shm_dir: std::path::PathBuf::from(var(env::OBJECT_STORE_DIR)?),
         },
         is_driver: false,
@@ -539,6 +543,15 @@ async fn serve_worker(worker_id: String) -> Result<()> {
 /// another program sets as `FLEET_ADDRESS` to join it, including an embedded cluster.
 pub fn cluster_address() -> Result<String> {
     Ok(crate::context::current()?.gcs.endpoints().join(","))
+}
+
+/// The token of the cluster this process is part of: what another program sets as
+/// `FLEET_TOKEN` (next to [`cluster_address`]'s `FLEET_ADDRESS`) to join it. A secret: hand
+/// it over through the environment or a file of mode 0600, never a command line.
+pub fn cluster_token() -> Result<String> {
+    fleet_gcs::auth::process_token()
+        .map(|t| t.secret().to_string())
+        .ok_or_else(|| Error::Internal(fleet_gcs::auth::describe_own_token()))
 }
 
 /// The id of the node this process runs on.

@@ -6,6 +6,8 @@
 //! - [`submitter`]: remote function calls over reused worker leases, with retries.
 //! - [`actor`]: spawning actors, typed handles, ordered calls, restarts, named lookup, kill.
 //! - [`executor`]: the worker side: runs functions, hosts actors, checkpoints, serves objects.
+//! - [`checkpoint`]: a checkpointed actor's policy as pure decisions (group commit, dedup of
+//!   retried calls, checkpoint paths from the wire).
 //! - [`placement`]: placement groups, reserved across raylets with two-phase commit.
 //! - [`plasma`]: large objects in the node's shared-memory object store.
 //! - [`registry`]: remote functions and actor classes registered at link time.
@@ -14,6 +16,7 @@
 
 pub mod actor;
 pub mod api;
+pub mod checkpoint;
 pub mod codec;
 pub mod context;
 pub mod error;
@@ -29,7 +32,9 @@ pub mod submitter;
 pub use actor::{get_actor, get_actor_in, ActorBuilder, ActorHandle, ActorOptions, ActorType};
 pub use api::{get, get_all, kill, put, wait};
 pub use error::{Error, Location, RemoteError, Result, TaskFailure};
-pub use init::{cluster_address, gpu_ids, init, init_with, node_id, shutdown, InitOptions};
+pub use init::{
+    cluster_address, cluster_token, gpu_ids, init, init_with, node_id, shutdown, InitOptions,
+};
 pub use object_ref::{Arg, IntoArg, ObjectRef};
 pub use placement::{
     remove_placement_group, Bundle, PlacementGroup, PlacementGroupHandle, PlacementStrategy,

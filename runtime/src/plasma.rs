@@ -7,10 +7,10 @@ use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use fleet_gcs::auth::AuthChannel;
 use fleet_proto::runtime::raylet_client::RayletClient;
 use fleet_proto::runtime::{StoreDeleteRequest, StoreGetRequest, StorePutRequest};
 use fleet_raylet::object_store::{map_object, ObjectBuffer, ObjectId, ObjectStore};
-use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 
@@ -45,8 +45,8 @@ pub enum Plasma {
     Local(ObjectStore),
     /// Through the raylet; reads map the file under `shm_dir`.
     Remote {
-        /// The raylet.
-        raylet: RayletClient<Channel>,
+        /// The raylet (boxed: the client is large next to the local store's handle).
+        raylet: Box<RayletClient<AuthChannel>>,
         /// The store's shared-memory directory.
         shm_dir: PathBuf,
     },

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use fleet_gcs::auth::AuthChannel;
 use fleet_proto::runtime::raylet_client::RayletClient;
 use fleet_proto::runtime::scheduling_strategy::Kind as StrategyKind;
 use fleet_proto::runtime::{
@@ -15,7 +16,6 @@ use fleet_proto::runtime::{
     TaskSpec,
 };
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 use crate::object_ref::{Arg, Location, ObjectRef, RefGuard, Stored};
@@ -126,12 +126,12 @@ pub(crate) struct Leaser {
 }
 
 struct LeaserInner {
-    local: RayletClient<Channel>,
+    local: RayletClient<AuthChannel>,
     local_address: String,
     job_id: String,
     job_binary: String,
     worker_args: Vec<String>,
-    clients: DashMap<String, RayletClient<Channel>>,
+    clients: DashMap<String, RayletClient<AuthChannel>>,
     /// The node of every worker leased so far (worker address → node id).
     worker_nodes: DashMap<String, String>,
     /// Nodes the GCS declared dead.
@@ -157,7 +157,7 @@ fn lease_error(description: &str, status: &tonic::Status) -> Error {
 
 impl Leaser {
     pub(crate) fn new(
-        local: RayletClient<Channel>,
+        local: RayletClient<AuthChannel>,
         local_address: String,
         job_id: String,
         job_binary: String,
@@ -177,7 +177,7 @@ impl Leaser {
     }
 
     /// A client for the raylet at `address`.
-    pub(crate) fn raylet_at(&self, address: &str) -> Result<RayletClient<Channel>> {
+    pub(crate) fn raylet_at(&self, address: &str) -> Result<RayletClient<AuthChannel>> {
         if address.is_empty() || address == self.inner.local_address {
             return Ok(self.inner.local.clone());
         }

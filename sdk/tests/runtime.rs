@@ -11,6 +11,9 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
+
+#[path = "runtime/auth.rs"]
+mod auth;
 use fleet::{Error, ObjectRef, TaskFailure};
 use serde::{Deserialize, Serialize};
 
@@ -499,6 +502,69 @@ async fn a_checkpointed_actor_comes_back_with_its_exact_state() -> Result<()> {
     Ok(())
 }
 
+/// Group commit: with `checkpoint_every(10)`, every acknowledged call survives a SIGKILL
+/// (before, the calls answered since the last of every 10th checkpoint were lost), and
+/// pipelined calls share checkpoints. The relaxed mode loses what it said it would.
+async fn acknowledged_calls_survive_a_crash_between_checkpoints() -> Result<()> {
+    let dir = scratch().join("group-commit");
+    let tally = Tally::remote()
+        .max_restarts(2)
+        .max_task_retries(2)
+        .checkpoint_every(10)
+        .checkpoint_dir(&dir)
+        .spawn()
+        .await?;
+    // Seven calls, each awaited: acknowledged one by one, none a 10th.
+    for expected in 1..=7u64 {
+        ensure!(tally.incr().await? == expected);
+    }
+    sigkill(tally.pid().await?)?;
+    ensure!(
+        tally.count().await? == 7,
+        "all 7 acknowledged calls survive the crash"
+    );
+    // Pipelined: 25 calls in flight at once share checkpoints (at most 10 a group).
+    let before = tally.checkpoint().await?;
+    let calls: Vec<_> = (0..25).map(|_| tally.incr()).collect();
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await?);
+    }
+    ensure!(answers == (8..=32).collect::<Vec<u64>>(), "{answers:?}");
+    let groups = tally.checkpoint().await? - before - 1;
+    ensure!(
+        (3..=25).contains(&groups),
+        "25 calls, at most 10 a group: {groups} checkpoints"
+    );
+    println!("  25 pipelined calls were covered by {groups} checkpoints");
+    sigkill(tally.pid().await?)?;
+    ensure!(
+        tally.count().await? == 32,
+        "the pipelined calls survive too"
+    );
+    tally.raw().kill().await?;
+
+    // Answer first: fast, and documented to lose the calls since the last checkpoint.
+    let relaxed = Tally::remote()
+        .max_restarts(1)
+        .max_task_retries(1)
+        .checkpoint_every(10)
+        .answer_before_checkpoint()
+        .checkpoint_dir(&dir)
+        .spawn()
+        .await?;
+    for _ in 0..13 {
+        relaxed.incr().await?;
+    }
+    sigkill(relaxed.pid().await?)?;
+    ensure!(
+        relaxed.count().await? == 10,
+        "answer-first restores the checkpoint of call 10, losing calls 11-13"
+    );
+    relaxed.raw().kill().await?;
+    Ok(())
+}
+
 async fn gpu_actors_get_distinct_device_ids() -> Result<()> {
     let a = GpuUser::remote().num_gpus(1.0).spawn().await?;
     let b = GpuUser::remote().num_gpus(1.0).spawn().await?;
@@ -670,6 +736,7 @@ async fn a_second_driver_joins_the_running_cluster() -> Result<()> {
     let address = fleet::cluster_address()?;
     let output = tokio::process::Command::new(std::env::current_exe()?)
         .env("FLEET_ADDRESS", &address)
+        .env("FLEET_TOKEN", fleet::cluster_token()?)
         .env("FLEET_TEST_SECOND_DRIVER", "1")
         .output()
         .await?;
@@ -816,6 +883,10 @@ fn main() -> std::process::ExitCode {
             };
         }
         let scenarios: Vec<(&str, Scenario)> = vec![
+            (
+                "strangers_are_refused_by_every_rpc_of_every_service",
+                || Box::pin(auth::strangers_are_refused_by_every_rpc_of_every_service()),
+            ),
             ("tasks_fan_out_and_pass_references", || {
                 Box::pin(tasks_fan_out_and_pass_references())
             }),
@@ -841,6 +912,10 @@ fn main() -> std::process::ExitCode {
             (
                 "a_checkpointed_actor_comes_back_with_its_exact_state",
                 || Box::pin(a_checkpointed_actor_comes_back_with_its_exact_state()),
+            ),
+            (
+                "acknowledged_calls_survive_a_crash_between_checkpoints",
+                || Box::pin(acknowledged_calls_survive_a_crash_between_checkpoints()),
             ),
             ("gpu_actors_get_distinct_device_ids", || {
                 Box::pin(gpu_actors_get_distinct_device_ids())

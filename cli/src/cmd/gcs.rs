@@ -126,6 +126,7 @@ impl GcsCommand {
 }
 
 async fn run_replica(args: ReplicaArgs) -> anyhow::Result<()> {
+    super::token::require_daemon_token("fleet gcs")?;
     let listen: SocketAddr = args.listen.parse().with_context(|| {
         format!(
             "--listen '{}' is not an IP:PORT address (e.g. 127.0.0.1:6380)",

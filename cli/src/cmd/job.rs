@@ -176,22 +176,23 @@ async fn submit(
             resolved.address
         );
     }
-    let jobs_dir = match &resolved.state {
-        Some(state) => state.jobs_dir(),
-        None => fleet_cluster::state::fleet_home().join("jobs"),
-    };
-    let log = jobs_dir.join(format!("{job_id}.log"));
+    let log = jobs_dir_of(&resolved).join(format!("{job_id}.log"));
     let Some((program, args)) = entrypoint.split_first() else {
         bail!("no driver program given: `fleet job submit -- PROGRAM ARGS...`");
     };
+    let mut env = vec![
+        ("FLEET_ADDRESS".to_string(), resolved.address.clone()),
+        ("FLEET_JOB_ID".to_string(), job_id.clone()),
+    ];
+    // The driver joins with the token this command used (environment, not argv).
+    if let Some((key, value)) = fleet_gcs::auth::child_env() {
+        env.push((key.to_string(), value));
+    }
     let mut child = process::spawn_detached(
         &format!("job {job_id}"),
         Path::new(program),
         args,
-        &[
-            ("FLEET_ADDRESS".to_string(), resolved.address.clone()),
-            ("FLEET_JOB_ID".to_string(), job_id.clone()),
-        ],
+        &env,
         &log,
     )?;
     let mut record = Submission {
@@ -254,6 +255,43 @@ async fn submit(
             std::process::exit(code);
         }
         None => bail!("job '{job_id}' failed: its driver was killed by a signal ({status})"),
+    }
+}
+
+/// Where `fleet job submit` keeps driver logs for this cluster.
+fn jobs_dir_of(resolved: &super::ResolvedAddress) -> PathBuf {
+    match &resolved.state {
+        Some(state) => state.jobs_dir(),
+        None => fleet_cluster::state::fleet_home().join("jobs"),
+    }
+}
+
+/// A log path read from the GCS is opened only inside this cluster's jobs directory: a
+/// record naming `/etc/shadow` or `../../` is refused, not printed.
+fn check_log_path(log: &Path, jobs_dir: &Path) -> anyhow::Result<()> {
+    let refused = || {
+        anyhow::anyhow!(
+            "the job record names the log {}, which is outside this cluster's jobs directory {};              fleet reads only logs it wrote there",
+            log.display(),
+            jobs_dir.display()
+        )
+    };
+    if log
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(refused());
+    }
+    let inside = match (std::fs::canonicalize(log), std::fs::canonicalize(jobs_dir)) {
+        // Links resolved: a link in the jobs directory pointing out of it is refused too.
+        (Ok(file), Ok(dir)) => file.starts_with(dir),
+        // Not written yet: judge the path as recorded.
+        _ => log.starts_with(jobs_dir),
+    };
+    if inside {
+        Ok(())
+    } else {
+        Err(refused())
     }
 }
 
@@ -363,6 +401,7 @@ async fn logs(address_args: &AddressArgs, job_id: &str, follow: bool) -> anyhow:
             sub.log.display()
         );
     }
+    check_log_path(&sub.log, &jobs_dir_of(&resolved))?;
     let mut offset = print_from(&sub.log, 0)?;
     if !follow {
         return Ok(());
@@ -394,6 +433,14 @@ async fn stop(address_args: &AddressArgs, job_id: &str, grace: Duration) -> anyh
             bail!(
                 "job '{job_id}' runs on host {}; run `fleet job stop {job_id}` there",
                 sub.host
+            );
+        }
+        if sub.pid_start_ticks.is_none() {
+            bail!(
+                "job '{job_id}' records pid {} without its start time, so fleet cannot tell it \
+                 from an unrelated process that reused the pid, and will not signal it; stop the \
+                 driver by hand if it still runs",
+                sub.pid
             );
         }
         let outcome = tokio::task::spawn_blocking({
@@ -434,4 +481,37 @@ async fn stop(address_args: &AddressArgs, job_id: &str, grace: Duration) -> anyh
         None => println!("job '{job_id}' stopped (its driver never registered with the cluster)"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_logs_are_read_only_inside_the_jobs_directory() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let jobs = home.path().join("jobs");
+        std::fs::create_dir_all(&jobs).expect("mkdir");
+        let own = jobs.join("job-1.log");
+        std::fs::write(&own, "hello").expect("write");
+        assert!(check_log_path(&own, &jobs).is_ok());
+        assert!(check_log_path(&jobs.join("not-yet.log"), &jobs).is_ok());
+        let outside = home.path().join("secret");
+        std::fs::write(&outside, "secret").expect("write");
+        let error = check_log_path(&outside, &jobs).expect_err("outside is refused");
+        assert!(error
+            .to_string()
+            .contains("outside this cluster's jobs directory"));
+        assert!(check_log_path(&jobs.join("../secret"), &jobs).is_err());
+        assert!(check_log_path(Path::new("/etc/passwd"), &jobs).is_err());
+        #[cfg(unix)]
+        {
+            let link = jobs.join("link.log");
+            std::os::unix::fs::symlink(&outside, &link).expect("symlink");
+            assert!(
+                check_log_path(&link, &jobs).is_err(),
+                "a link out is refused"
+            );
+        }
+    }
 }

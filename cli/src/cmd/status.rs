@@ -138,12 +138,12 @@ async fn node_info(address: &str) -> Result<NodeInfoReply, String> {
         .await
         .map_err(|_| "no answer within 2 s".to_string())?
         .map_err(|e| e.to_string())?;
-    let mut client = RayletClient::new(channel);
+    let mut client = RayletClient::new(fleet_gcs::auth::authed(channel));
     client
         .node_info(NodeInfoRequest {})
         .await
         .map(|r| r.into_inner())
-        .map_err(|e| e.message().to_string())
+        .map_err(|e| fleet_gcs::error::describe_status(&e))
 }
 
 fn usage_json(reply: &NodeInfoReply) -> Value {

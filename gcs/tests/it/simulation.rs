@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use fleet_gcs::auth::{authed, AuthChannel};
 use fleet_gcs::client::ClientOptions;
 use fleet_gcs::linearizability::{check_kv, OpKind, Operation};
 use fleet_gcs::storage::MemDisk;
@@ -28,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Endpoint, Uri};
 
 const REPLICAS: [&str; 3] = ["gcs1", "gcs2", "gcs3"];
 const PORT: u16 = 6380;
@@ -73,20 +74,20 @@ impl AsyncWrite for SimStream {
 struct SimConnector;
 
 impl Connector for SimConnector {
-    fn channel(&self, address: &str) -> Result<Channel, String> {
+    fn channel(&self, address: &str) -> Result<AuthChannel, String> {
         let target = address.to_string();
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_millis(500));
-        Ok(
-            endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+        Ok(authed(endpoint.connect_with_connector_lazy(
+            tower::service_fn(move |_: Uri| {
                 let target = target.clone();
                 async move {
                     let stream = turmoil::net::TcpStream::connect(target).await?;
                     Ok::<_, io::Error>(TokioIo::new(stream))
                 }
-            })),
-        )
+            }),
+        )))
     }
 }
 
