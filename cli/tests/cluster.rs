@@ -156,6 +156,20 @@ num_gpus = 1
 "#;
 
 async fn spread_and_affinity() -> Result<()> {
+    // SPREAD picks the least used nodes: first let the previous scenario's leases (its
+    // killed actors') be returned, so that every node starts equal.
+    let gcs = fleet_gcs::GcsClient::connect(&fleet::cluster_address()?)?;
+    let idle_since = Instant::now();
+    loop {
+        let mut busy = 0;
+        for node in ["node-0", "node-1", "node-2", "node-3"] {
+            busy += raylet_info(&gcs, node).await?.leased_workers;
+        }
+        if busy == 0 || idle_since.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Each task long enough that node-0's own two CPUs cannot finish all twelve before the
     // workers spilled to the other nodes have started (a cold worker start there takes a
     // few seconds on a loaded 2-core machine; leases are reused, so a slow spill target
@@ -168,10 +182,20 @@ async fn spread_and_affinity() -> Result<()> {
         })
         .collect();
     let nodes: BTreeSet<String> = fleet::get_all(&spread).await?.into_iter().collect();
-    ensure!(
-        nodes.len() >= 3,
-        "SPREAD tasks ran on {nodes:?}; expected at least 3 of the 4 nodes"
-    );
+    if nodes.len() < 3 {
+        let mut usage = Vec::new();
+        for node in ["node-0", "node-1", "node-2", "node-3"] {
+            let info = raylet_info(&gcs, node).await?;
+            usage.push(format!(
+                "{node}: available {:?}, {} leased, {} idle",
+                info.available, info.leased_workers, info.idle_workers
+            ));
+        }
+        return Err(anyhow!(
+            "SPREAD tasks ran on {nodes:?}; expected at least 3 of the 4 nodes ({})",
+            usage.join("; ")
+        ));
+    }
     let pinned = where_am_i::options()
         .scheduling(Scheduling::NodeAffinity {
             node_id: "node-2".into(),

@@ -126,7 +126,6 @@ impl GcsCommand {
 }
 
 async fn run_replica(args: ReplicaArgs) -> anyhow::Result<()> {
-    super::token::require_daemon_token("fleet gcs")?;
     let listen: SocketAddr = args.listen.parse().with_context(|| {
         format!(
             "--listen '{}' is not an IP:PORT address (e.g. 127.0.0.1:6380)",
@@ -164,6 +163,8 @@ async fn run_replica(args: ReplicaArgs) -> anyhow::Result<()> {
         node_timeout: Duration::from_millis(args.node_timeout_ms),
         ..GcsConfig::default()
     };
+    // After the flags are checked, so that a malformed flag is named first.
+    super::token::require_daemon_token("fleet gcs")?;
     fleet_gcs::server::run_tcp(config, listen, shutdown_on_signal()).await?;
     Ok(())
 }

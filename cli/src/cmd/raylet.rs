@@ -116,8 +116,8 @@ impl RayletCommand {
 
     /// Runs the node until SIGTERM / Ctrl-C.
     pub async fn run(self) -> anyhow::Result<()> {
-        super::token::require_daemon_token("fleet raylet")?;
         let (config, listen) = self.config()?;
+        super::token::require_daemon_token("fleet raylet")?;
         let node_id = config.node_id.clone();
         std::fs::create_dir_all(&config.node_dir).with_context(|| {
             format!(

@@ -3,6 +3,7 @@
 use std::process::Command;
 
 use anyhow::{ensure, Result};
+use fleet_gcs::auth::{ensure_process_token, TOKEN_ENV};
 
 use crate::{fleet_binary, serial};
 
@@ -10,6 +11,7 @@ fn fleet(args: &[&str]) -> Result<(bool, String)> {
     let output = Command::new(fleet_binary())
         .args(args)
         .env("RUST_LOG", "error")
+        .env(TOKEN_ENV, ensure_process_token().secret())
         .output()?;
     let text = format!(
         "{}{}",
@@ -63,6 +65,7 @@ fn data_dir_of_another_replica_is_refused() -> Result<()> {
     let mut child = Command::new(fleet_binary())
         .args(["gcs", "--id", "1", "--listen", &address, "--data-dir", data])
         .env("RUST_LOG", "error")
+        .env(TOKEN_ENV, ensure_process_token().secret())
         .spawn()?;
     let client = fleet_gcs::GcsClient::connect(&address)?;
     let runtime = tokio::runtime::Runtime::new()?;

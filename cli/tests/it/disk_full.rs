@@ -46,6 +46,10 @@ fn full_disk_stops_the_replica_and_loses_nothing_acknowledged() -> Result<()> {
             .args(["gcs", "--listen", &address, "--data-dir"])
             .arg(&data)
             .env("RUST_LOG", "error")
+            .env(
+                fleet_gcs::auth::TOKEN_ENV,
+                fleet_gcs::auth::ensure_process_token().secret(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
