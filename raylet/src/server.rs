@@ -1419,6 +1419,9 @@ pub async fn start(config: RayletConfig, listener: TcpListener) -> Result<Runnin
     let stop = shutdown.clone();
     let watcher = service.clone();
     let prestarter = service.clone();
+    // Made before the server task runs: a client of this process made right after `run`
+    // returns carries the same token.
+    let auth = fleet_gcs::auth::RequireToken::layer_for_process();
     let task = tokio::spawn(async move {
         let exits = tokio::spawn(async move {
             while let Some(exit) = exits_rx.recv().await {
@@ -1431,7 +1434,7 @@ pub async fn start(config: RayletConfig, listener: TcpListener) -> Result<Runnin
             .initial_stream_window_size(Some(fleet_gcs::transport::STREAM_WINDOW_BYTES))
             .initial_connection_window_size(Some(fleet_gcs::transport::CONNECTION_WINDOW_BYTES))
             .max_frame_size(Some(1 << 20))
-            .layer(fleet_gcs::auth::RequireToken::layer_for_process())
+            .layer(auth)
             .add_service(server)
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
             .await
@@ -1489,9 +1492,13 @@ mod tests {
     async fn a_worker_binary_that_cannot_start_is_a_clear_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let running = raylet(PathBuf::from("/nonexistent/fleet-worker"), dir.path()).await;
-        let mut client = RayletClient::connect(format!("http://{}", running.address))
-            .await
-            .expect("connect");
+        let mut client = RayletClient::new(
+            fleet_gcs::transport::Connector::channel(
+                &fleet_gcs::transport::TcpConnector,
+                &running.address,
+            )
+            .expect("channel"),
+        );
         let status = client
             .request_worker_lease(request(&[("CPU", 1.0)]))
             .await
@@ -1516,9 +1523,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         // `true` starts and exits at once without registering.
         let running = raylet(PathBuf::from("true"), dir.path()).await;
-        let mut client = RayletClient::connect(format!("http://{}", running.address))
-            .await
-            .expect("connect");
+        let mut client = RayletClient::new(
+            fleet_gcs::transport::Connector::channel(
+                &fleet_gcs::transport::TcpConnector,
+                &running.address,
+            )
+            .expect("channel"),
+        );
         let status = client
             .request_worker_lease(request(&[("CPU", 1.0)]))
             .await
@@ -1560,9 +1571,13 @@ mod tests {
     async fn requests_that_can_never_fit_fail_at_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let running = raylet(PathBuf::from("true"), dir.path()).await;
-        let mut client = RayletClient::connect(format!("http://{}", running.address))
-            .await
-            .expect("connect");
+        let mut client = RayletClient::new(
+            fleet_gcs::transport::Connector::channel(
+                &fleet_gcs::transport::TcpConnector,
+                &running.address,
+            )
+            .expect("channel"),
+        );
         let status = client
             .request_worker_lease(request(&[("GPU", 3.0)]))
             .await
@@ -1588,9 +1603,13 @@ mod tests {
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let running = raylet(PathBuf::from("true"), dir.path()).await;
-        let mut client = RayletClient::connect(format!("http://{}", running.address))
-            .await
-            .expect("connect");
+        let mut client = RayletClient::new(
+            fleet_gcs::transport::Connector::channel(
+                &fleet_gcs::transport::TcpConnector,
+                &running.address,
+            )
+            .expect("channel"),
+        );
         let spec = |index: u32, cpus: f64| BundleSpec {
             placement_group_id: "pg-1".into(),
             bundle_index: index,
