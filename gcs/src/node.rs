@@ -8,6 +8,7 @@
 //! The state machine is shared (`Arc<RwLock<_>>`) so reads and watches never queue behind
 //! the driver; `applied` is published on a `watch` channel.
 
+mod catch_up;
 mod logger;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::state_machine::StateMachine;
 use crate::storage::{decode_pb, LogStore};
 use crate::transport::{PeerFeedback, PeerTransport};
+use catch_up::CatchUp;
 
 pub use logger::tracing_logger;
 
@@ -186,6 +188,8 @@ pub struct Driver {
     next_read: u64,
     was_leader: bool,
     removed: bool,
+    /// Set while this replica catches up after starting on an empty disk (see [`catch_up`]).
+    catch_up: Option<CatchUp>,
 }
 
 impl Driver {
@@ -208,6 +212,14 @@ impl Driver {
         }
         state.advance(store.snapshot_index());
         let applied = store.snapshot_index();
+        let catch_up = store.is_catching_up().then(CatchUp::default);
+        if catch_up.is_some() {
+            tracing::warn!(
+                id = config.id,
+                "this replica started on an empty disk in a cluster that already exists: it \
+                 will not vote or campaign until it has caught up with a leader"
+            );
+        }
         let raft_config = raft::Config {
             id: config.id,
             election_tick: config.election_ticks,
@@ -264,6 +276,7 @@ impl Driver {
             next_read: 1,
             was_leader: false,
             removed: false,
+            catch_up,
         };
         Ok((driver, handle))
     }
@@ -277,7 +290,11 @@ impl Driver {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {
-                    self.raw.tick();
+                    // Ticks only drive elections and heartbeats: a replica still catching
+                    // up must not campaign.
+                    if self.catch_up.is_none() {
+                        self.raw.tick();
+                    }
                 }
                 Some(message) = self.raft_messages.recv() => {
                     self.step(message);
@@ -305,6 +322,7 @@ impl Driver {
                 return Err(error);
             }
             self.update_view();
+            self.finish_catch_up()?;
             self.maybe_compact()?;
             if self.removed {
                 tracing::warn!(
@@ -319,6 +337,12 @@ impl Driver {
     }
 
     fn step(&mut self, mut message: Message) {
+        if let Some(catch_up) = &mut self.catch_up {
+            if !catch_up.admit(&message) {
+                tracing::debug!(from = message.from, kind = ?message.get_msg_type(), "not voting while catching up");
+                return;
+            }
+        }
         self.tolerate_lost_log(&mut message);
         if let Err(error) = self.raw.step(message) {
             tracing::debug!(%error, "dropped raft message");
@@ -357,6 +381,30 @@ impl Driver {
             }
             _ => {}
         }
+    }
+
+    /// Ends the catch-up once the log is durable up to its target, clearing the mark on
+    /// disk first (a crash before that only repeats the catch-up).
+    fn finish_catch_up(&mut self) -> Result<()> {
+        // The store writes through to disk before the driver moves on: its last index is
+        // durable.
+        let persisted = self.raw.store().last_log_index();
+        let Some(catch_up) = &self.catch_up else {
+            return Ok(());
+        };
+        if !catch_up.caught_up(persisted) {
+            return Ok(());
+        }
+        let target = catch_up.target();
+        self.raw.mut_store().set_catching_up(false)?;
+        self.catch_up = None;
+        tracing::info!(
+            id = self.config.id,
+            persisted,
+            target,
+            "caught up with the leader; voting again"
+        );
+        Ok(())
     }
 
     fn handle_feedback(&mut self, feedback: PeerFeedback) {
@@ -484,6 +532,7 @@ impl Driver {
             snapshot_index: store.snapshot_index(),
             last_log_index: store.last_log_index(),
             address: self.config.advertise_address.clone(),
+            catching_up: self.catch_up.is_some(),
         }
     }
 

@@ -4,15 +4,18 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use fleet_proto::gcs::gcs_client::GcsClient as GcsGrpcClient;
 use fleet_proto::gcs::gcs_server::GcsServer;
 use fleet_proto::gcs::raft_transport_server::RaftTransportServer;
-use fleet_proto::gcs::{Member, StateSnapshot};
+use fleet_proto::gcs::{Member, StateSnapshot, StatusRequest, StatusResponse};
 use futures::Stream;
 use prost::Message as _;
 use raft::prelude::ConfState;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::{Connected, TcpIncoming};
@@ -24,9 +27,23 @@ use crate::service::{GcsService, RaftService};
 use crate::storage::{Identity, LogStore, RaftDisk, SledDisk};
 use crate::transport::{Connector, PeerTransport, TcpConnector, MAX_MESSAGE_BYTES};
 
-/// Opens the replica's storage, bootstrapping a new cluster's membership when the disk is
-/// fresh (and `join` is off).
-pub fn open_store(config: &GcsConfig, disk: Box<dyn RaftDisk>) -> Result<LogStore> {
+/// How long an empty replica waits for each peer's status before deciding it starts a new
+/// cluster.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Opens the replica's storage and decides how an empty disk starts:
+/// - with `join`, or when a peer shows the cluster already exists (its data dir was lost,
+///   or it starts after the others did), it starts empty and marked as catching up: it
+///   does not vote or campaign until a leader has brought it up to date;
+/// - otherwise it bootstraps a new cluster's membership from `peers`.
+///
+/// A replica whose disk is lost while every peer is unreachable cannot tell that it is not
+/// new; `--join` makes the choice explicit (docs/gcs.md, "Replacing a lost disk").
+pub async fn open_store(
+    config: &GcsConfig,
+    disk: Box<dyn RaftDisk>,
+    connector: &Arc<dyn Connector>,
+) -> Result<LogStore> {
     let identity = Identity {
         replica_id: config.id,
         cluster_name: config.cluster_name.clone(),
@@ -51,25 +68,80 @@ pub fn open_store(config: &GcsConfig, disk: Box<dyn RaftDisk>) -> Result<LogStor
         },
         other => other,
     })?;
-    if !store.is_initialized() && !config.join {
-        let voters: Vec<u64> = config.peers.keys().copied().collect();
-        let initial = StateSnapshot {
-            applied_index: 1,
-            members: config
-                .peers
-                .iter()
-                .map(|(id, address)| Member {
-                    id: *id,
-                    address: address.clone(),
-                    voter: true,
-                })
-                .collect(),
-            ..StateSnapshot::default()
-        };
-        store.bootstrap(ConfState::from((voters, vec![])), initial.encode_to_vec())?;
-        tracing::info!(id = config.id, peers = ?config.peers, "bootstrapped a new GCS cluster");
+    if store.is_initialized() {
+        return Ok(store);
     }
+    if config.join {
+        store.set_catching_up(true)?;
+        return Ok(store);
+    }
+    if let Some((peer, status)) = find_running_cluster(config, connector).await {
+        tracing::warn!(
+            id = config.id,
+            peer,
+            peer_commit = status.commit_index,
+            peer_term = status.term,
+            data_dir = %config.data_dir.display(),
+            "the data dir is empty but the cluster already exists: joining it as a replica \
+             that catches up before it votes (not bootstrapping a new one)"
+        );
+        store.set_catching_up(true)?;
+        return Ok(store);
+    }
+    let voters: Vec<u64> = config.peers.keys().copied().collect();
+    let initial = StateSnapshot {
+        applied_index: 1,
+        members: config
+            .peers
+            .iter()
+            .map(|(id, address)| Member {
+                id: *id,
+                address: address.clone(),
+                voter: true,
+            })
+            .collect(),
+        ..StateSnapshot::default()
+    };
+    store.bootstrap(ConfState::from((voters, vec![])), initial.encode_to_vec())?;
+    tracing::info!(id = config.id, peers = ?config.peers, "bootstrapped a new GCS cluster");
     Ok(store)
+}
+
+/// Whether a replica's status shows a cluster that has committed past its bootstrap: only a
+/// cluster that once had a quorum of bootstrapped replicas gets there, so a late or wiped
+/// replica joining it can always be caught up by a leader of that quorum.
+fn has_history(status: &StatusResponse) -> bool {
+    status.commit_index > 1 || status.last_log_index > 1
+}
+
+/// Asks every other initial peer (in parallel, each for at most [`PROBE_TIMEOUT`]) for its
+/// status; returns the first that shows this cluster already running.
+async fn find_running_cluster(
+    config: &GcsConfig,
+    connector: &Arc<dyn Connector>,
+) -> Option<(u64, StatusResponse)> {
+    let mut probes = JoinSet::new();
+    for (id, address) in config.peers.iter().filter(|(id, _)| **id != config.id) {
+        let Ok(channel) = connector.channel(address) else {
+            continue;
+        };
+        let id = *id;
+        probes.spawn(async move {
+            let mut client = GcsGrpcClient::new(channel);
+            let answer = tokio::time::timeout(PROBE_TIMEOUT, client.status(StatusRequest {})).await;
+            (id, answer)
+        });
+    }
+    while let Some(joined) = probes.join_next().await {
+        let Ok((id, Ok(Ok(response)))) = joined else {
+            continue;
+        };
+        let status = response.into_inner();
+        if status.cluster_name == config.cluster_name && has_history(&status) {
+            return Some((id, status));
+        }
+    }
+    None
 }
 
 /// Runs one replica over `incoming` connections until `shutdown` is cancelled or storage
@@ -88,7 +160,7 @@ where
 {
     config.validate()?;
     let config = Arc::new(config);
-    let store = open_store(&config, disk)?;
+    let store = open_store(&config, disk, &connector).await?;
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();
     let (transport, feedback) = PeerTransport::new(

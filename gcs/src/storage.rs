@@ -39,6 +39,10 @@ pub struct DiskState {
     pub snapshot: Snapshot,
     /// Log entries after the snapshot, in index order.
     pub entries: Vec<Entry>,
+    /// The replica started on an empty disk into a cluster that already existed and has not
+    /// yet caught up with a leader: it must not vote or campaign (it may have acknowledged
+    /// entries before its disk was lost that it no longer holds).
+    pub catching_up: bool,
 }
 
 /// One atomic, durable change to a disk.
@@ -56,6 +60,8 @@ pub struct DiskBatch {
     pub conf_state: Option<ConfState>,
     /// Replace the snapshot.
     pub snapshot: Option<Snapshot>,
+    /// Set or clear the catching-up mark (see [`DiskState::catching_up`]).
+    pub catching_up: Option<bool>,
 }
 
 /// Durable storage for Raft state. `write` must be atomic and, when the disk was opened
@@ -86,6 +92,7 @@ pub struct LogStore {
     snapshot: Snapshot,
     /// entries[i].index == snapshot index + 1 + i
     entries: Vec<Entry>,
+    catching_up: bool,
 }
 
 impl LogStore {
@@ -127,6 +134,7 @@ impl LogStore {
             conf_state,
             snapshot: state.snapshot,
             entries,
+            catching_up: state.catching_up,
         };
         store.check_contiguous()?;
         Ok((store, fresh))
@@ -167,6 +175,22 @@ impl LogStore {
     /// Whether this store holds any state (a bootstrapped or joined replica).
     pub fn is_initialized(&self) -> bool {
         self.snapshot_index() > 0 || !self.entries.is_empty() || !self.conf_state.voters.is_empty()
+    }
+
+    /// Whether the replica is still catching up after starting on an empty disk (durable:
+    /// a crash while catching up does not make it a full voter again).
+    pub fn is_catching_up(&self) -> bool {
+        self.catching_up
+    }
+
+    /// Marks (durably) that the replica is catching up, or that it has caught up.
+    pub fn set_catching_up(&mut self, catching_up: bool) -> Result<()> {
+        self.disk.write(DiskBatch {
+            catching_up: Some(catching_up),
+            ..DiskBatch::default()
+        })?;
+        self.catching_up = catching_up;
+        Ok(())
     }
 
     /// The index of the latest snapshot.
@@ -393,6 +417,8 @@ mod tests {
     fn exercise(disk: Box<dyn RaftDisk>, reopen: impl Fn() -> Box<dyn RaftDisk>) {
         let (mut store, fresh) = LogStore::open(disk, &identity()).expect("open");
         assert!(fresh);
+        assert!(!store.is_catching_up());
+        store.set_catching_up(true).expect("mark");
         store
             .bootstrap(ConfState::from((vec![1, 2, 3], vec![])), b"init".to_vec())
             .expect("bootstrap");
@@ -414,8 +440,13 @@ mod tests {
         ));
         drop(store);
 
-        let (store, fresh) = LogStore::open(reopen(), &identity()).expect("reopen");
+        let (mut store, fresh) = LogStore::open(reopen(), &identity()).expect("reopen");
         assert!(!fresh);
+        assert!(
+            store.is_catching_up(),
+            "the catching-up mark survives a restart"
+        );
+        store.set_catching_up(false).expect("clear");
         assert_eq!(store.snapshot_index(), 4);
         assert_eq!(store.latest_snapshot().data.as_ref(), b"s4");
         let entries = store
@@ -429,6 +460,9 @@ mod tests {
             vec![(5, 2), (6, 2), (7, 2)]
         );
         assert_eq!(store.conf_state().voters, vec![1, 2, 3]);
+        drop(store);
+        let (store, _) = LogStore::open(reopen(), &identity()).expect("reopen");
+        assert!(!store.is_catching_up(), "a cleared mark stays cleared");
 
         let other = Identity {
             replica_id: 2,

@@ -187,6 +187,7 @@ async fn status(address_args: &AddressArgs, json: bool) -> anyhow::Result<()> {
                 "applied_index": status.applied_index,
                 "snapshot_index": status.snapshot_index,
                 "last_log_index": status.last_log_index,
+                "catching_up": status.catching_up,
                 "cluster_name": status.cluster_name,
                 "members": status.members.iter().map(|m| serde_json::json!({
                     "id": m.id, "address": m.address, "voter": m.voter,
@@ -240,17 +241,26 @@ async fn status(address_args: &AddressArgs, json: bool) -> anyhow::Result<()> {
             );
             continue;
         }
+        // A replica that started on an empty disk does not vote until caught up.
+        let role = match (row["role"].as_str(), row["catching_up"] == true) {
+            (Some(role), true) => format!("{role}*"),
+            (role, false) => role.unwrap_or("").to_string(),
+            (None, true) => "*".into(),
+        };
         println!(
             "{:<22} {:>3} {:<10} {:>6} {:>6} {:>10} {:>10} {:>10}",
             row["address"].as_str().unwrap_or(""),
             row["id"].to_string(),
-            row["role"].as_str().unwrap_or(""),
+            role,
             row["leader_id"].to_string(),
             row["term"].to_string(),
             row["commit_index"].to_string(),
             row["applied_index"].to_string(),
             row["snapshot_index"].to_string(),
         );
+    }
+    if reachable.iter().any(|r| r["catching_up"] == true) {
+        println!("* catching up after starting on an empty disk: not voting yet");
     }
     if reachable.is_empty() {
         bail!("no GCS replica answered at {address}; is the cluster running? (--address / FLEET_ADDRESS)");

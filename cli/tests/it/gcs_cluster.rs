@@ -1,5 +1,5 @@
-//! A 3-replica GCS of real processes: leader loss, a wiped follower, a replaced replica,
-//! a watch across a leader change.
+//! A 3-replica GCS of real processes: leader loss, a wiped follower (caught up by snapshot;
+//! not voting until then), a replaced replica, a watch across a leader change.
 
 // Each test runs on its own runtime; the process-wide lock that serializes them is meant to
 // be held across awaits.
@@ -230,6 +230,108 @@ async fn wiped_follower_rejoins_from_a_snapshot() -> Result<()> {
     cluster.wait_for_leader(Duration::from_secs(20)).await?;
     let checked = verify_acked(&cluster.client()?, &acked).await?;
     ensure!(checked == 500);
+    Ok(())
+}
+
+/// Raft's safety needs every replica to remember what it acknowledged. Leader and follower
+/// commit while the third replica is down; the follower's disk is lost and the leader dies;
+/// the stale third replica comes back. Had the wiped follower voted, the two would have
+/// elected the stale replica and every write it missed would have been lost. It must not vote
+/// until a leader has caught it up, so the cluster waits for the old leader instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_follower_does_not_elect_a_stale_replica() -> Result<()> {
+    let _serial = serial();
+    let dir = tempfile::tempdir()?;
+    let mut cluster = LocalCluster::start(&fleet_binary(), dir.path(), 3, options(10_000))?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let followers: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let (wiped, stale) = (followers[0], followers[1]);
+    let client = cluster.client()?;
+    let acked: Acked = Arc::default();
+    let write = |range: std::ops::Range<u32>| {
+        let client = client.clone();
+        let acked = acked.clone();
+        async move {
+            for i in range {
+                let key = format!("k{i:05}");
+                client.kv_put("test", key.as_bytes(), b"x").await?;
+                acked.lock().expect("lock").insert(key, "x".into());
+            }
+            anyhow::Ok(())
+        }
+    };
+    write(0..20).await?;
+    cluster.kill(stale);
+    // Committed by the leader and the (soon wiped) follower alone.
+    write(20..120).await?;
+    cluster.kill(wiped);
+    cluster.wipe(wiped)?;
+    cluster.kill(leader);
+
+    cluster.restart(stale, false)?;
+    let stale_address = cluster.address(stale).context("stale address")?.to_string();
+    let started = Instant::now();
+    while client.replica_status(&stale_address).await.is_err() {
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "the stale replica did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.restart(wiped, false)?;
+    let wiped_address = cluster.address(wiped).context("wiped address")?.to_string();
+
+    // Five election timeouts: ample time for the stale replica to win with the wiped
+    // follower's vote, if it could get it.
+    let window = Duration::from_millis(5 * TICK_MS * ELECTION_TICKS as u64);
+    let started = Instant::now();
+    let mut saw_catching_up = false;
+    while started.elapsed() < window {
+        for (id, address) in [(stale, &stale_address), (wiped, &wiped_address)] {
+            if let Ok(status) = client.replica_status(address).await {
+                ensure!(
+                    status.role != "leader",
+                    "replica {id} was elected without the old leader, which holds the writes \
+                     the stale replica missed (status: {status:?})"
+                );
+                if id == wiped && status.catching_up {
+                    saw_catching_up = true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(
+        saw_catching_up,
+        "the wiped follower reported itself catching up"
+    );
+
+    cluster.restart(leader, false)?;
+    cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let checked = verify_acked(&cluster.client()?, &acked).await?;
+    ensure!(checked == 120, "{checked} acknowledged writes checked");
+    // The old leader caught the wiped follower up; it votes again.
+    let started = Instant::now();
+    loop {
+        let status = client.replica_status(&wiped_address).await;
+        if matches!(&status, Ok(s) if !s.catching_up && s.applied_index >= 120) {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "the wiped follower did not finish catching up: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = std::fs::read_to_string(cluster.log_path(wiped).context("log")?)?;
+    ensure!(
+        log.contains("caught up with the leader"),
+        "the wiped follower's log shows the end of its catch-up"
+    );
     Ok(())
 }
 

@@ -12,6 +12,13 @@ pub struct MemDisk {
     state: Arc<Mutex<DiskState>>,
 }
 
+impl MemDisk {
+    /// Loses everything, as a wiped data dir would (the simulation's lost disk).
+    pub fn wipe(&self) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = DiskState::default();
+    }
+}
+
 impl RaftDisk for MemDisk {
     fn load(&self) -> Result<DiskState> {
         Ok(self.state.lock().unwrap_or_else(|e| e.into_inner()).clone())
@@ -40,6 +47,9 @@ impl RaftDisk for MemDisk {
         }
         if let Some(snapshot) = batch.snapshot {
             state.snapshot = snapshot;
+        }
+        if let Some(catching_up) = batch.catching_up {
+            state.catching_up = catching_up;
         }
         Ok(())
     }

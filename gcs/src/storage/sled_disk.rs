@@ -1,7 +1,7 @@
 //! The production [`RaftDisk`]: sled in the replica's data directory.
 //!
 //! The default tree holds the hot state: `e` + big-endian index → entry; `hs`, `cs`, `id` →
-//! hard state, conf state, identity. A batch of those is one `sled::Batch` (atomic) followed
+//! hard state, conf state, identity; `cu` marks a replica still catching up. A batch of those is one `sled::Batch` (atomic) followed
 //! by `flush` (fsync) when fsync is on. The snapshot lives in a tree of its own: sled
 //! rewrites a whole tree node when it consolidates the node's updates, and a multi-megabyte
 //! snapshot sharing a node with the hard state would be rewritten with every few writes.
@@ -22,6 +22,7 @@ const KEY_CONF_STATE: &[u8] = b"cs";
 const KEY_SNAPSHOT: &[u8] = b"snap";
 const SNAPSHOT_TREE: &str = "snapshot";
 const KEY_IDENTITY: &[u8] = b"id";
+const KEY_CATCHING_UP: &[u8] = b"cu";
 const ENTRY_PREFIX: u8 = b'e';
 
 fn entry_key(index: u64) -> [u8; 9] {
@@ -131,6 +132,7 @@ impl RaftDisk for SledDisk {
             state.conf_state =
                 decode_pb::<ConfState>(&bytes, "conf state").map_err(|r| corrupt(path, r))?;
         }
+        state.catching_up = get(KEY_CATCHING_UP)?.is_some();
         let snapshot = self
             .snapshots
             .get(KEY_SNAPSHOT)
@@ -173,6 +175,11 @@ impl RaftDisk for SledDisk {
         }
         if let Some(conf_state) = &batch.conf_state {
             write.insert(KEY_CONF_STATE, encode_pb(conf_state)?);
+        }
+        match batch.catching_up {
+            Some(true) => write.insert(KEY_CATCHING_UP, b"1".to_vec()),
+            Some(false) => write.remove(KEY_CATCHING_UP),
+            None => {}
         }
         self.db
             .apply_batch(write)

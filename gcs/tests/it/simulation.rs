@@ -1,7 +1,7 @@
 //! Seeded simulation with `turmoil`: three replicas (the real server, driver and state
 //! machine; in-memory disks that survive crashes), three clients doing reads and writes on a
-//! few keys, and a nemesis that crashes, restarts and partitions replicas. The recorded
-//! history must be linearizable.
+//! few keys, and a nemesis that crashes, restarts, wipes (a lost disk) and partitions
+//! replicas. The recorded history must be linearizable.
 //!
 //! `FLEET_SIM_SEEDS=N` runs N seeds (default 12); `FLEET_SIM_SEED=S` replays one. The seed
 //! fixes the network, the fault schedule and the workload; raft-rs draws its election jitter
@@ -20,7 +20,7 @@ use std::time::Duration;
 use fleet_gcs::auth::{authed, AuthChannel};
 use fleet_gcs::client::ClientOptions;
 use fleet_gcs::linearizability::{check_kv, OpKind, Operation};
-use fleet_gcs::storage::MemDisk;
+use fleet_gcs::storage::{MemDisk, RaftDisk};
 use fleet_gcs::transport::Connector;
 use fleet_gcs::{GcsClient, GcsConfig};
 use hyper_util::rt::TokioIo;
@@ -112,10 +112,16 @@ type History = Rc<RefCell<Vec<(String, Operation<String>)>>>;
 
 enum Fault {
     Crashed(&'static str),
+    /// Crashed, and its disk lost: it restarts empty under its old id.
+    Wiped(&'static str),
     Partitioned(&'static str),
 }
 
-fn run_seed(seed: u64) -> Result<(usize, usize, Duration), String> {
+/// Runs one seed: (operations completed, faults, of which wipes, simulated time).
+fn run_seed(seed: u64) -> Result<(usize, usize, usize, Duration), String> {
+    // Replicas and clients share this process's token. Channels take the token that exists
+    // when they are made, and the clients start before the replicas serve.
+    fleet_gcs::auth::ensure_process_token();
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(Duration::from_secs(600))
@@ -123,8 +129,12 @@ fn run_seed(seed: u64) -> Result<(usize, usize, Duration), String> {
         .min_message_latency(Duration::from_micros(200))
         .max_message_latency(Duration::from_millis(5))
         .build();
+    let disks: BTreeMap<&'static str, MemDisk> = REPLICAS
+        .iter()
+        .map(|name| (*name, MemDisk::default()))
+        .collect();
     for (i, name) in REPLICAS.iter().enumerate() {
-        let disk = MemDisk::default();
+        let disk = disks[name].clone();
         let id = i as u64 + 1;
         sim.host(*name, move || {
             let disk = disk.clone();
@@ -203,6 +213,7 @@ fn run_seed(seed: u64) -> Result<(usize, usize, Duration), String> {
     let mut next_fault = Duration::from_millis(nemesis.gen_range(500..1_500));
     let mut fault: Option<Fault> = None;
     let mut faults = 0;
+    let mut wipes = 0;
     loop {
         match sim.step() {
             Ok(true) => break,
@@ -214,6 +225,10 @@ fn run_seed(seed: u64) -> Result<(usize, usize, Duration), String> {
         }
         match fault.take() {
             Some(Fault::Crashed(host)) => sim.bounce(host),
+            Some(Fault::Wiped(host)) => {
+                disks[host].wipe();
+                sim.bounce(host);
+            }
             Some(Fault::Partitioned(host)) => {
                 for other in REPLICAS.iter().filter(|r| **r != host) {
                     sim.repair(host, *other);
@@ -222,9 +237,21 @@ fn run_seed(seed: u64) -> Result<(usize, usize, Duration), String> {
             None => {
                 let host = REPLICAS[nemesis.gen_range(0..REPLICAS.len())];
                 faults += 1;
-                if nemesis.gen_bool(0.5) {
+                let kind = nemesis.gen_range(0..3);
+                // Raft survives one lost disk at a time: a replica is wiped only while the
+                // others hold their state (none is empty or still catching up).
+                let others_whole = REPLICAS.iter().filter(|r| **r != host).all(|r| {
+                    disks[r].load().is_ok_and(|state| {
+                        !state.catching_up && state.snapshot.get_metadata().index > 0
+                    })
+                });
+                if kind == 0 || (kind == 1 && !others_whole) {
                     sim.crash(host);
                     fault = Some(Fault::Crashed(host));
+                } else if kind == 1 {
+                    wipes += 1;
+                    sim.crash(host);
+                    fault = Some(Fault::Wiped(host));
                 } else {
                     for other in REPLICAS.iter().filter(|r| **r != host) {
                         sim.partition(host, *other);
@@ -254,11 +281,18 @@ fn run_seed(seed: u64) -> Result<(usize, usize, Duration), String> {
         }
         format!("history not linearizable: {violation}\nhistory: {by_key:#?}")
     })?;
-    Ok((completed, faults, sim.elapsed()))
+    Ok((completed, faults, wipes, sim.elapsed()))
 }
 
 #[test]
 fn three_replicas_stay_linearizable_under_crashes_and_partitions() {
+    // FLEET_SIM_LOG=info (a tracing filter) shows the replicas' logs, e.g. to follow a seed.
+    if let Ok(filter) = std::env::var("FLEET_SIM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let seeds: Vec<u64> = match std::env::var("FLEET_SIM_SEED") {
         Ok(seed) => vec![seed.parse().expect("FLEET_SIM_SEED is a number")],
         Err(_) => {
@@ -275,8 +309,8 @@ fn three_replicas_stay_linearizable_under_crashes_and_partitions() {
     };
     for seed in seeds {
         match run_seed(seed) {
-            Ok((completed, faults, elapsed)) => {
-                eprintln!("seed {seed}: {completed} operations under {faults} faults in {elapsed:?} simulated, linearizable")
+            Ok((completed, faults, wipes, elapsed)) => {
+                eprintln!("seed {seed}: {completed} operations under {faults} faults ({wipes} lost disks) in {elapsed:?} simulated, linearizable")
             }
             Err(error) => panic!("seed {seed} failed (replay with FLEET_SIM_SEED={seed}): {error}"),
         }
