@@ -124,6 +124,7 @@ async fn drive(
     let workload: Box<dyn Workload> = match scenario.workload.kind {
         WorkloadKind::Counters => Box::new(Counters::new(
             scenario.workload.actors,
+            scenario.workload.task_retries,
             work_dir.join("checkpoints"),
         )),
         WorkloadKind::Fanout => Box::new(FanOut::new(scenario.workload.tasks)),

@@ -12,6 +12,8 @@
 //! [workload]
 //! kind = "counters"        # counters | fanout | register | actor_creation
 //! actors = 4               # counters: how many checkpointed counter actors
+//! task_retries = 20        # counters: the runtime's retries per call before the workload's
+//!                          # own retry with the call's idempotency token takes over
 //! tasks = 16               # fanout: tasks per round
 //!
 //! [[faults]]
@@ -95,6 +97,10 @@ pub struct WorkloadSpec {
     /// counters: actors.
     #[serde(default = "default_actors")]
     pub actors: usize,
+    /// counters: the runtime's retries of a call (`max_task_retries`); a call that still
+    /// fails is retried by the workload with its idempotency token.
+    #[serde(default = "default_task_retries")]
+    pub task_retries: u32,
     /// fanout: tasks per round.
     #[serde(default = "default_tasks")]
     pub tasks: usize,
@@ -115,6 +121,9 @@ fn default_keys() -> usize {
 
 fn default_actors() -> usize {
     4
+}
+fn default_task_retries() -> u32 {
+    20
 }
 fn default_tasks() -> usize {
     16

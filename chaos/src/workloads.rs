@@ -75,10 +75,15 @@ pub trait Workload: Send + Sync {
     fn check(&self) -> BoxFuture<'_, (Vec<Verdict>, u64)>;
 }
 
+/// A checkpointed counter whose increments carry idempotency tokens, so a caller can find out
+/// whether a call that failed was applied.
 #[fleet::actor(checkpoint)]
 #[derive(Default, Serialize, Deserialize)]
 pub struct ChaosCounter {
     count: u64,
+    /// The newest token applied. Each caller numbers its increments 1, 2, 3… and sends the
+    /// next only once the last one is resolved, so one number per caller remembers them all.
+    last_token: u64,
 }
 
 #[fleet::actor]
@@ -87,9 +92,18 @@ impl ChaosCounter {
         ChaosCounter::default()
     }
 
-    pub fn incr(&mut self) -> u64 {
-        self.count += 1;
+    /// Applies increment `token` unless it was applied before; answers the count.
+    pub fn incr(&mut self, token: u64) -> u64 {
+        if token > self.last_token {
+            self.count += 1;
+            self.last_token = token;
+        }
         self.count
+    }
+
+    /// Whether increment `token` was applied.
+    pub fn applied(&self, token: u64) -> bool {
+        token <= self.last_token
     }
 
     pub fn count(&self) -> u64 {
@@ -105,29 +119,44 @@ pub fn chaos_square(x: u64) -> u64 {
 
 #[derive(Default)]
 struct Lane {
+    /// Increments answered on their first call.
     acked: u64,
-    /// Calls that failed: applied or not, nobody knows.
-    unknown: u64,
-    /// Answers that did not follow the acknowledged count.
+    /// Increments whose first call failed (outcome unknown) and that a retry with the same
+    /// token, or the final query, showed applied.
+    resolved: u64,
+    /// Increments shown not applied (only the one in flight at the deadline can be).
+    not_applied: u64,
+    /// Increments that failed at least once before they were resolved.
+    failed_calls: u64,
+    /// The token still unresolved when the run ended.
+    pending: Option<u64>,
+    /// Answers that were not the count their token implies.
     out_of_step: Vec<String>,
 }
 
 /// Checkpointed counter actors (spread over the nodes, restarted without limit, checkpoint
-/// after every call), each incremented in a loop. Invariant: each final count equals its
-/// acknowledged increments (plus at most the calls whose outcome is unknown), and every
-/// answer is the count of acknowledged increments so far.
+/// after every call), each incremented in a loop. Increment n carries token n; a failed call
+/// is retried with its token until answered, and one still unresolved at the end is looked
+/// up, so no outcome stays unknown. Invariants, with no slack: each final count equals its
+/// acknowledged plus resolved increments, and increment n is always answered n.
 pub struct Counters {
     actors: usize,
+    task_retries: u32,
     checkpoint_dir: std::path::PathBuf,
     handles: Vec<ChaosCounterHandle>,
     lanes: Vec<Arc<Mutex<Lane>>>,
 }
 
+/// Pause between retries of a failed increment.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 impl Counters {
-    /// `actors` counters checkpointing into `checkpoint_dir`.
-    pub fn new(actors: usize, checkpoint_dir: std::path::PathBuf) -> Self {
+    /// `actors` counters checkpointing into `checkpoint_dir`, each call retried
+    /// `task_retries` times by the runtime before the workload's own retry takes over.
+    pub fn new(actors: usize, task_retries: u32, checkpoint_dir: std::path::PathBuf) -> Self {
         Counters {
             actors,
+            task_retries,
             checkpoint_dir,
             handles: Vec::new(),
             lanes: Vec::new(),
@@ -146,7 +175,7 @@ impl Workload for Counters {
                 let handle = ChaosCounter::remote()
                     .scheduling(Scheduling::Spread)
                     .max_restarts(-1)
-                    .max_task_retries(20)
+                    .max_task_retries(self.task_retries)
                     .checkpoint_every(1)
                     .checkpoint_dir(&self.checkpoint_dir)
                     .spawn()
@@ -167,28 +196,49 @@ impl Workload for Counters {
                 let lane = self.lanes[index].clone();
                 let progress = progress.clone();
                 loops.push(tokio::spawn(async move {
+                    let mut token = 0u64;
                     while Instant::now() < deadline {
+                        token += 1;
                         let began = Instant::now();
-                        let answer = handle.incr().await;
-                        let mut lane = lane.lock().unwrap_or_else(|e| e.into_inner());
-                        match answer {
-                            Ok(value) => {
-                                lane.acked += 1;
-                                let low = lane.acked;
-                                let high = lane.acked + lane.unknown;
-                                if value < low || value > high {
-                                    let note = format!(
-                                        "answered {value} after {} acknowledged (+{} unknown)",
-                                        lane.acked, lane.unknown
-                                    );
-                                    lane.out_of_step.push(note);
+                        let mut first_call = true;
+                        loop {
+                            let answer = handle.incr(token).await;
+                            // Answered, or given up at the deadline (the guard must be gone
+                            // before the pause: the future is Send).
+                            let done = {
+                                let mut lane = lane.lock().unwrap_or_else(|e| e.into_inner());
+                                match answer {
+                                    Ok(value) => {
+                                        if first_call {
+                                            lane.acked += 1;
+                                        } else {
+                                            lane.resolved += 1;
+                                        }
+                                        if value != token {
+                                            let note =
+                                                format!("increment {token} answered {value}");
+                                            lane.out_of_step.push(note);
+                                        }
+                                        progress.acked(index, began);
+                                        true
+                                    }
+                                    Err(error) => {
+                                        if first_call {
+                                            lane.failed_calls += 1;
+                                            first_call = false;
+                                            tracing::warn!(counter = index, token, %error, "increment failed; retrying with its token");
+                                        }
+                                        if Instant::now() >= deadline {
+                                            lane.pending = Some(token);
+                                        }
+                                        lane.pending.is_some()
+                                    }
                                 }
-                                progress.acked(index, began);
+                            };
+                            if done {
+                                break;
                             }
-                            Err(error) => {
-                                lane.unknown += 1;
-                                tracing::warn!(counter = index, %error, "increment failed");
-                            }
+                            tokio::time::sleep(RETRY_PAUSE).await;
                         }
                     }
                 }));
@@ -205,18 +255,40 @@ impl Workload for Counters {
             let mut verdicts = Vec::new();
             let mut lost = 0u64;
             for (index, handle) in self.handles.iter().enumerate() {
+                let pending = self.lanes[index]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pending;
+                let mut lookup_error = None;
+                if let Some(token) = pending {
+                    match handle.applied(token).await {
+                        Ok(applied) => {
+                            let mut lane =
+                                self.lanes[index].lock().unwrap_or_else(|e| e.into_inner());
+                            if applied {
+                                lane.resolved += 1;
+                            } else {
+                                lane.not_applied += 1;
+                            }
+                            lane.pending = None;
+                        }
+                        Err(error) => lookup_error = Some(format!("{error:#}")),
+                    }
+                }
                 let final_count = handle.count().await;
                 let lane = self.lanes[index].lock().unwrap_or_else(|e| e.into_inner());
-                let (acked, unknown) = (lane.acked, lane.unknown);
-                let (passed, evidence) = match final_count {
-                    Ok(count) => {
-                        lost += acked.saturating_sub(count);
+                let expected = lane.acked + lane.resolved;
+                let summary = format!(
+                    "acknowledged {}, resolved {} (of {} failed calls; {} not applied)",
+                    lane.acked, lane.resolved, lane.failed_calls, lane.not_applied
+                );
+                let (passed, evidence) = match (final_count, lookup_error) {
+                    (Ok(count), None) => {
+                        lost += expected.saturating_sub(count);
                         (
-                            count >= acked
-                                && count <= acked + unknown
-                                && lane.out_of_step.is_empty(),
+                            count == expected && lane.out_of_step.is_empty(),
                             format!(
-                                "final count {count}, acknowledged {acked}, unknown {unknown}{}",
+                                "final count {count}, {summary}{}",
                                 if lane.out_of_step.is_empty() {
                                     String::new()
                                 } else {
@@ -225,14 +297,24 @@ impl Workload for Counters {
                             ),
                         )
                     }
-                    Err(error) => {
-                        lost += acked;
-                        (false, format!("cannot read the final count: {error:#}"))
+                    (_, Some(error)) => {
+                        lost += expected;
+                        (
+                            false,
+                            format!("cannot resolve the last increment: {error}; {summary}"),
+                        )
+                    }
+                    (Err(error), None) => {
+                        lost += expected;
+                        (
+                            false,
+                            format!("cannot read the final count: {error:#}; {summary}"),
+                        )
                     }
                 };
                 verdicts.push(Verdict {
                     invariant: format!(
-                        "counter {index} counts exactly its acknowledged increments"
+                        "counter {index} counts exactly its acknowledged and resolved increments"
                     ),
                     passed,
                     evidence,
