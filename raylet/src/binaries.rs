@@ -57,16 +57,32 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The largest job binary a raylet accepts (an upload or a fetch from a peer): far above a
+/// release build of a large Rust program, far below a disk-filling stream.
+pub const MAX_BINARY_BYTES: u64 = 2 << 30;
+
 /// Writes a binary as it arrives, hashing it, and installs it under its digest if the digest
-/// matches.
+/// matches. However it ends short of that (an error, a broken stream, a dropped future), the
+/// temporary file is removed.
 struct Incoming {
     file: std::fs::File,
     temp: PathBuf,
     hasher: Sha256,
+    written: u64,
+    limit: u64,
+    installed: bool,
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if !self.installed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
 }
 
 impl Incoming {
-    fn create(dir: &Path, digest: &str) -> Result<Self, String> {
+    fn create(dir: &Path, digest: &str, limit: u64) -> Result<Self, String> {
         std::fs::create_dir_all(dir).map_err(|e| {
             format!(
                 "cannot create the binaries directory {}: {e}",
@@ -84,21 +100,29 @@ impl Incoming {
             file,
             temp,
             hasher: Sha256::new(),
+            written: 0,
+            limit,
+            installed: false,
         })
     }
 
     fn write(&mut self, data: &[u8]) -> Result<(), String> {
+        self.written = self.written.saturating_add(data.len() as u64);
+        if self.written > self.limit {
+            return Err(format!(
+                "the job binary is larger than the {} MiB a raylet accepts; refused",
+                self.limit >> 20
+            ));
+        }
         self.hasher.update(data);
-        self.file.write_all(data).map_err(|e| {
-            let _ = std::fs::remove_file(&self.temp);
-            format!("cannot write {}: {e} (disk full?)", self.temp.display())
-        })
+        self.file
+            .write_all(data)
+            .map_err(|e| format!("cannot write {}: {e} (disk full?)", self.temp.display()))
     }
 
-    fn install(self, dir: &Path, digest: &str) -> FetchResult {
-        let actual = hex(&self.hasher.finalize());
+    fn install(mut self, dir: &Path, digest: &str) -> FetchResult {
+        let actual = hex(&std::mem::take(&mut self.hasher).finalize());
         if actual != digest {
-            let _ = std::fs::remove_file(&self.temp);
             return Err(format!(
                 "the job binary received does not match its digest {digest} (got {actual}); upload it again"
             ));
@@ -111,10 +135,10 @@ impl Incoming {
                 .set_permissions(std::fs::Permissions::from_mode(0o755));
         }
         let _ = self.file.sync_all();
-        drop(self.file);
         let path = dir.join(digest);
         std::fs::rename(&self.temp, &path)
             .map_err(|e| format!("cannot install {}: {e}", path.display()))?;
+        self.installed = true;
         Ok(path)
     }
 }
@@ -171,7 +195,7 @@ impl Binaries {
             self.register_holder(&digest).await;
             return Ok(self.path(&digest));
         }
-        let mut incoming = Incoming::create(&self.inner.dir, &digest)?;
+        let mut incoming = Incoming::create(&self.inner.dir, &digest, MAX_BINARY_BYTES)?;
         incoming.write(&first.data)?;
         while let Some(chunk) = chunks
             .message()
@@ -303,7 +327,7 @@ impl Binaries {
             .await
             .map_err(|s| fleet_gcs::error::describe_status(&s))?
             .into_inner();
-        let mut incoming = Incoming::create(&self.inner.dir, digest)?;
+        let mut incoming = Incoming::create(&self.inner.dir, digest, MAX_BINARY_BYTES)?;
         while let Some(chunk) = stream
             .message()
             .await
@@ -330,11 +354,40 @@ mod tests {
     fn a_binary_that_does_not_match_its_digest_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let digest = "0".repeat(64);
-        let mut incoming = Incoming::create(dir.path(), &digest).expect("create");
+        let mut incoming = Incoming::create(dir.path(), &digest, MAX_BINARY_BYTES).expect("create");
         incoming.write(b"not the binary").expect("write");
         let error = incoming.install(dir.path(), &digest).expect_err("mismatch");
         assert!(error.contains("does not match"), "{error}");
         assert!(!dir.path().join(&digest).exists());
+        assert_eq!(files_in(dir.path()), 0, "the temporary file is gone");
+    }
+
+    fn files_in(dir: &Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |entries| entries.count())
+    }
+
+    #[test]
+    fn an_upload_past_the_cap_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let digest = "0".repeat(64);
+        let mut incoming = Incoming::create(dir.path(), &digest, 10).expect("create");
+        incoming.write(&[1; 8]).expect("within the cap");
+        let error = incoming.write(&[1; 8]).expect_err("past the cap");
+        assert!(error.contains("larger than"), "{error}");
+        drop(incoming);
+        assert_eq!(files_in(dir.path()), 0, "the temporary file is gone");
+    }
+
+    #[test]
+    fn an_upload_that_breaks_off_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut incoming =
+            Incoming::create(dir.path(), &"0".repeat(64), MAX_BINARY_BYTES).expect("create");
+        incoming.write(b"half a binary").expect("write");
+        assert_eq!(files_in(dir.path()), 1);
+        // The stream broke: the receiving future returns early and drops what it wrote.
+        drop(incoming);
+        assert_eq!(files_in(dir.path()), 0);
     }
 
     #[test]
@@ -343,11 +396,17 @@ mod tests {
         let source = dir.path().join("program");
         std::fs::write(&source, b"#!/bin/sh\n").expect("write");
         let digest = digest_file(&source).expect("digest");
-        let mut incoming = Incoming::create(&dir.path().join("bin"), &digest).expect("create");
+        let mut incoming =
+            Incoming::create(&dir.path().join("bin"), &digest, MAX_BINARY_BYTES).expect("create");
         incoming.write(b"#!/bin/sh\n").expect("write");
         let path = incoming
             .install(&dir.path().join("bin"), &digest)
             .expect("install");
+        assert_eq!(
+            files_in(&dir.path().join("bin")),
+            1,
+            "only the installed binary"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

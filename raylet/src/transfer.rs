@@ -131,10 +131,9 @@ impl Transfers {
             .map_err(|s| format!("node at {from}: {}", fleet_gcs::error::describe_status(&s)))?
             .into_inner();
         // Chunks are kept as they arrive and written to the store in one pass (no
-        // reassembly copy).
+        // reassembly copy). Each is checked against the declared size before it is kept.
         let mut chunks: Vec<Vec<u8>> = Vec::new();
-        let mut received: u64 = 0;
-        let mut total: Option<u64> = None;
+        let mut incoming = IncomingObject::new(self.inner.store.config().capacity_bytes);
         loop {
             let chunk: Option<ObjectChunk> = stream.message().await.map_err(|s| {
                 format!(
@@ -143,26 +142,14 @@ impl Transfers {
                 )
             })?;
             let Some(chunk) = chunk else { break };
-            if total.is_none() {
-                total = Some(chunk.total_size);
-                usize::try_from(chunk.total_size)
-                    .map_err(|_| format!("object {id} is too large for this machine"))?;
-            }
-            if chunk.offset != received {
-                return Err(format!(
-                    "node at {from} sent object {id} out of order (offset {} after {received} bytes)",
-                    chunk.offset
-                ));
-            }
-            received += chunk.data.len() as u64;
+            incoming
+                .accept(&chunk)
+                .map_err(|reason| format!("node at {from} sent object {id} {reason}"))?;
             chunks.push(chunk.data);
         }
-        let total = total.unwrap_or(0);
-        if received != total {
-            return Err(format!(
-                "node at {from} sent {received} of the {total} bytes of object {id}"
-            ));
-        }
+        let total = incoming
+            .finish()
+            .map_err(|reason| format!("node at {from} sent object {id} {reason}"))?;
         let parts: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
         self.inner
             .store
@@ -283,6 +270,78 @@ impl Transfers {
     }
 }
 
+/// The checks on one object arriving in chunks: the first chunk declares the size, which
+/// must fit this node's store; every chunk must start where the last ended, repeat the
+/// declared size, and stay within it; the stream must end at exactly that size. A peer that
+/// breaks any of these is stopped before its chunk is buffered.
+#[derive(Debug)]
+pub(crate) struct IncomingObject {
+    capacity: u64,
+    declared: Option<u64>,
+    received: u64,
+}
+
+impl IncomingObject {
+    /// An object to be stored in a store of `capacity` bytes.
+    pub(crate) fn new(capacity: u64) -> Self {
+        IncomingObject {
+            capacity,
+            declared: None,
+            received: 0,
+        }
+    }
+
+    /// Checks one chunk (before the caller keeps it).
+    pub(crate) fn accept(&mut self, chunk: &ObjectChunk) -> Result<(), String> {
+        let declared = match self.declared {
+            Some(declared) if declared != chunk.total_size => {
+                return Err(format!(
+                    "with a changed size: {} bytes after declaring {declared}",
+                    chunk.total_size
+                ))
+            }
+            Some(declared) => declared,
+            None => {
+                if chunk.total_size > self.capacity || usize::try_from(chunk.total_size).is_err() {
+                    return Err(format!(
+                        "of {} bytes, larger than this node's object store ({} bytes; raise \
+                         object_store_bytes)",
+                        chunk.total_size, self.capacity
+                    ));
+                }
+                self.declared = Some(chunk.total_size);
+                chunk.total_size
+            }
+        };
+        if chunk.offset != self.received {
+            return Err(format!(
+                "out of order (offset {} after {} bytes)",
+                chunk.offset, self.received
+            ));
+        }
+        let end = self.received.saturating_add(chunk.data.len() as u64);
+        if end > declared {
+            return Err(format!(
+                "past its declared size ({end} bytes of {declared}); the transfer was stopped"
+            ));
+        }
+        self.received = end;
+        Ok(())
+    }
+
+    /// The object's size, once the stream has ended.
+    pub(crate) fn finish(&self) -> Result<u64, String> {
+        let declared = self.declared.unwrap_or(0);
+        if self.received != declared {
+            return Err(format!(
+                "only in part: {} of {declared} bytes",
+                self.received
+            ));
+        }
+        Ok(declared)
+    }
+}
+
 /// Sends location changes to the GCS in batches: one proposal per [`BATCH_WINDOW`] at most,
 /// so object traffic never waits on a Raft commit per object.
 pub async fn report_locations(
@@ -307,3 +366,57 @@ pub async fn report_locations(
 
 /// How long location changes gather before they go to the GCS.
 pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(total_size: u64, offset: u64, len: usize) -> ObjectChunk {
+        ObjectChunk {
+            total_size,
+            offset,
+            data: vec![7; len],
+        }
+    }
+
+    #[test]
+    fn a_well_formed_transfer_is_accepted() {
+        let mut incoming = IncomingObject::new(1 << 20);
+        incoming.accept(&chunk(10, 0, 4)).expect("first");
+        incoming.accept(&chunk(10, 4, 6)).expect("second");
+        assert_eq!(incoming.finish(), Ok(10));
+        assert_eq!(IncomingObject::new(1).finish(), Ok(0), "an empty object");
+    }
+
+    #[test]
+    fn a_peer_sending_past_the_declared_size_is_stopped_before_buffering() {
+        let mut incoming = IncomingObject::new(1 << 20);
+        incoming.accept(&chunk(10, 0, 8)).expect("first");
+        let error = incoming
+            .accept(&chunk(10, 8, 3))
+            .expect_err("past the size");
+        assert!(
+            error.contains("past its declared size (11 bytes of 10)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn sizes_that_change_or_do_not_fit_and_gaps_are_refused() {
+        let error = IncomingObject::new(100)
+            .accept(&chunk(101, 0, 1))
+            .expect_err("too large");
+        assert!(
+            error.contains("larger than this node's object store"),
+            "{error}"
+        );
+        let mut incoming = IncomingObject::new(100);
+        incoming.accept(&chunk(10, 0, 2)).expect("first");
+        let error = incoming.accept(&chunk(20, 2, 2)).expect_err("changed size");
+        assert!(error.contains("changed size"), "{error}");
+        let error = incoming.accept(&chunk(10, 5, 2)).expect_err("gap");
+        assert!(error.contains("out of order"), "{error}");
+        let error = incoming.finish().expect_err("short");
+        assert!(error.contains("only in part: 2 of 10"), "{error}");
+    }
+}
