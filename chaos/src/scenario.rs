@@ -496,4 +496,29 @@ node = 2
         assert!(scenario.cluster.is_none());
         assert!(scenario.cluster_config("net.toml").is_err());
     }
+
+    proptest::proptest! {
+        /// A damaged scenario (any shipped one, edited) is a scenario or an error that names
+        /// the file, never a panic.
+        #[test]
+        fn damaged_scenarios_parse_or_fail_cleanly(
+            text in proptest::prop_oneof![
+                fleet_proto::fuzz::mutated_config_text(GOOD.to_string()),
+                fleet_proto::fuzz::mutated_config_text(
+                    include_str!("../../scenarios/soak-mixed.toml").to_string()
+                ),
+                fleet_proto::fuzz::mutated_config_text(
+                    include_str!("../../scenarios/partition-node-and-replica.toml").to_string()
+                ),
+                fleet_proto::fuzz::mutated_config_text(
+                    include_str!("../../scenarios/slow-network-counters.toml").to_string()
+                ),
+            ]
+        ) {
+            if let Err(error) = Scenario::from_toml_str(&text, "edited.toml") {
+                let message = format!("{error:#}");
+                proptest::prop_assert!(message.contains("edited.toml"), "{}", message);
+            }
+        }
+    }
 }

@@ -513,4 +513,18 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abcd"));
         assert!(constant_time_eq(b"", b""));
     }
+
+    proptest::proptest! {
+        /// Whatever text a token file or variable holds: a token or a clear error, never a
+        /// panic; a token that parses prints back as itself.
+        #[test]
+        fn any_text_parses_to_a_token_or_an_error(
+            text in proptest::prop_oneof!["\\PC{0,100}", "[0-9a-fA-F]{56,72}", " ?[0-9a-f]{64}\n?"]
+        ) {
+            if let Ok(token) = ClusterToken::parse(&text, TokenSource::Environment) {
+                let again = ClusterToken::parse(token.secret(), TokenSource::Environment);
+                proptest::prop_assert_eq!(again.map(|t| t.fingerprint()), Ok(token.fingerprint()));
+            }
+        }
+    }
 }

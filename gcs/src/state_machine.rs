@@ -874,4 +874,6 @@ pub fn matches_filters(record: &Record, filters: &[WatchFilter]) -> bool {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

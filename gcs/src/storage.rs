@@ -490,4 +490,22 @@ mod tests {
             Box::new(SledDisk::open(&reopen_path, true).expect("reopen"))
         });
     }
+
+    proptest::proptest! {
+        /// The records a data dir holds, damaged: each decodes or fails with a reason.
+        #[test]
+        fn damaged_raft_records_decode_or_fail_cleanly(
+            bytes in fleet_proto::fuzz::wire_input(vec![
+                encode_pb(&entry(5, 2)).expect("entry"),
+                encode_pb(&HardState { term: 3, vote: 1, commit: 9, ..HardState::default() })
+                    .expect("hard state"),
+                encode_pb(&ConfState::from((vec![1, 2, 3], vec![4]))).expect("conf state"),
+            ])
+        ) {
+            let _ = decode_pb::<Entry>(&bytes, "log entry");
+            let _ = decode_pb::<HardState>(&bytes, "hard state");
+            let _ = decode_pb::<ConfState>(&bytes, "conf state");
+            let _ = decode_pb::<Snapshot>(&bytes, "snapshot");
+        }
+    }
 }

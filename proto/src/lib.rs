@@ -7,6 +7,9 @@
 //! - [`etcd`]: the small subset of etcd's v3 KV API that `fleet bench gcs` drives, so the
 //!   same client stack measures Fleet's GCS and etcd side by side.
 //!
+//! - [`fuzz`] (tests, or the `fuzz` feature): strategies that make protobuf-shaped bytes, and
+//!   the property test that feeds them to every request and stream message type.
+//!
 //! Raft's own messages (`eraftpb`, protobuf-2 types from the `raft` crate) never appear
 //! here as types: they travel as opaque bytes inside [`gcs::RaftEnvelope`].
 
@@ -27,3 +30,6 @@ pub mod runtime {
 pub mod etcd {
     tonic::include_proto!("etcdserverpb");
 }
+
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;

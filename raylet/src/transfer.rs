@@ -419,4 +419,26 @@ mod tests {
         let error = incoming.finish().expect_err("short");
         assert!(error.contains("only in part: 2 of 10"), "{error}");
     }
+
+    proptest::proptest! {
+        /// Whatever chunks a peer sends (sizes, offsets, lengths), what is kept never exceeds
+        /// the declared size or the store, and the transfer completes only at exactly that size.
+        #[test]
+        fn no_chunk_sequence_gets_past_the_checks(
+            chunks in proptest::collection::vec((0u64..64, 0u64..64, 0usize..24), 0..12),
+        ) {
+            let mut incoming = IncomingObject::new(48);
+            let mut kept = 0u64;
+            for (total_size, offset, len) in chunks {
+                if incoming.accept(&chunk(total_size, offset, len)).is_err() {
+                    break;
+                }
+                kept += len as u64;
+                proptest::prop_assert!(kept <= total_size && total_size <= 48);
+            }
+            if let Ok(size) = incoming.finish() {
+                proptest::prop_assert_eq!(size, kept);
+            }
+        }
+    }
 }

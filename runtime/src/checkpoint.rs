@@ -262,4 +262,44 @@ mod tests {
         }
         assert!(checkpoint_file("file:///ckpt/../x", dir, "..").is_err());
     }
+
+    proptest::proptest! {
+        /// A checkpoint from disk, damaged: an envelope or an error, never a panic.
+        #[test]
+        fn damaged_checkpoints_decode_or_fail_cleanly(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            flip in proptest::prelude::any::<(usize, u8)>(),
+        ) {
+            let _ = crate::codec::decode::<CheckpointEnvelope>(&bytes, "a checkpoint");
+            let mut valid = crate::codec::encode(
+                &CheckpointEnvelope {
+                    state: vec![1, 2, 3],
+                    answers: vec![("task-1".into(), Some(vec![4])), ("task-2".into(), None)],
+                },
+                "a checkpoint",
+            )
+            .expect("encodes");
+            let at = flip.0 % valid.len();
+            valid[at] ^= flip.1;
+            let _ = crate::codec::decode::<CheckpointEnvelope>(&valid, "a checkpoint");
+        }
+
+        /// Whatever a checkpoint record names and whatever actor id comes with it, a path
+        /// that is accepted is a file directly inside that actor's directory of the store.
+        #[test]
+        fn accepted_checkpoint_paths_stay_in_the_store(
+            url in "(file://)?(/ckpt/|/|\\.\\./|/ckpt/actor-1/)?[a-z0-9./_-]{0,30}",
+            actor_id in "[a-z0-9./_-]{0,12}|actor-1",
+        ) {
+            let store = Path::new("/ckpt");
+            if let Ok(path) = checkpoint_file(&url, store, &actor_id) {
+                proptest::prop_assert!(validate_actor_id(&actor_id).is_ok());
+                let actor_dir = store.join(&actor_id);
+                proptest::prop_assert_eq!(path.parent(), Some(actor_dir.as_path()));
+                proptest::prop_assert!(!path
+                    .components()
+                    .any(|c| matches!(c, Component::ParentDir | Component::CurDir)));
+            }
+        }
+    }
 }

@@ -228,3 +228,54 @@ fn config_round_trips_through_toml() -> Result<()> {
     assert_eq!(ClusterConfig::from_toml_str(&text, "round trip")?, config);
     Ok(())
 }
+
+/// A config using every section: the base the property test below damages.
+const EVERY_SECTION: &str = r#"name = "lab"
+provider = "local"
+[gcs]
+replicas = 3
+base_port = 0
+tick_ms = 50
+election_ticks = 6
+node_timeout_ms = 3000
+health_check_ms = 200
+fsync = false
+[[nodes]]
+num_cpus = 1.5
+num_gpus = 2
+memory_bytes = 1000000
+object_store_bytes = 2097152
+resources = { tpu = 4, disk = 0.5 }
+labels = { zone = "a", rack = "r1" }
+count = 2
+[[nodes]]
+num_cpus = 0.5"#;
+
+proptest::proptest! {
+    /// A damaged `fleet.toml` is a config or an error that names the file, never a panic;
+    /// a config it yields validates and plans its commands.
+    #[test]
+    fn damaged_configs_parse_or_fail_cleanly(
+        text in fleet_proto::fuzz::mutated_config_text(EVERY_SECTION.to_string())
+    ) {
+        match ClusterConfig::from_toml_str(&text, "fleet.toml") {
+            Ok(config) => {
+                proptest::prop_assert!(config.validate().is_ok());
+                let nodes = config.expanded_nodes();
+                let ports: Vec<u16> = (0..config.gcs.replicas as u16).map(|i| 7001 + i).collect();
+                let _ = ClusterPlan::new(
+                    &config,
+                    Path::new("/tmp/lab"),
+                    Path::new("/dev/shm"),
+                    "tok",
+                    &ports,
+                );
+                proptest::prop_assert!(!nodes.is_empty() || config.nodes.is_empty());
+            }
+            Err(error) => {
+                let message = error.to_string();
+                proptest::prop_assert!(message.contains("fleet.toml"), "{}", message);
+            }
+        }
+    }
+}
