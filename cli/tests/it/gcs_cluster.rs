@@ -148,9 +148,12 @@ async fn leader_sigkill_loses_no_acknowledged_write() -> Result<()> {
     ensure!(new_leader != leader);
     let election_timeout = Duration::from_millis(TICK_MS * ELECTION_TICKS as u64);
     eprintln!("leader {leader} killed; replica {new_leader} led after {failover:?} (election timeout {election_timeout:?})");
+    // Failover time is a measurement (docs/benchmarks.md), not a pass mark: a split vote
+    // legitimately costs another randomized timeout or two. The bound only catches a cluster
+    // that does not elect at all.
     ensure!(
-        failover <= 2 * election_timeout,
-        "new leader took {failover:?}, more than 2x the election timeout {election_timeout:?}"
+        failover <= 5 * election_timeout,
+        "new leader took {failover:?}, more than 5x the election timeout {election_timeout:?}"
     );
     let checked = verify_acked(&cluster.client()?, &acked).await?;
     eprintln!("{checked} acknowledged writes all readable");
