@@ -525,6 +525,11 @@ impl GcsClient {
         Ok(marked)
     }
 
+    /// One job.
+    pub async fn get_job(&self, job_id: &str) -> Result<Option<JobInfo>> {
+        Ok(self.read_table(Table::Jobs, job_id, false).await?.pop())
+    }
+
     /// All jobs.
     pub async fn list_jobs(&self) -> Result<Vec<JobInfo>> {
         self.read_table(Table::Jobs, "", true).await
@@ -552,13 +557,23 @@ impl GcsClient {
         self.read_table(Table::Actors, "", true).await
     }
 
-    /// The live actor with this name in this namespace.
+    /// The live actor with this name in this namespace (one lookup in the GCS's name index).
     pub async fn get_named_actor(&self, namespace: &str, name: &str) -> Result<Option<ActorInfo>> {
-        Ok(self.list_actors().await?.into_iter().find(|a| {
-            a.namespace == namespace
-                && a.name == name
-                && a.state != fleet_proto::gcs::ActorState::ActorDead as i32
-        }))
+        let response = self
+            .read(ReadRequest {
+                table: Table::Actors as i32,
+                namespace: namespace.into(),
+                key: name.as_bytes().to_vec(),
+                by_name: true,
+                ..ReadRequest::default()
+            })
+            .await?;
+        Ok(response
+            .records
+            .iter()
+            .map(decode::<ActorInfo>)
+            .collect::<Result<Vec<_>>>()?
+            .pop())
     }
 
     // ----- placement groups -----

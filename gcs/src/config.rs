@@ -42,6 +42,9 @@ pub struct GcsConfig {
     pub health_check_period: Duration,
     /// A raylet silent this long is declared dead.
     pub node_timeout: Duration,
+    /// How many ended rows (dead actors, finished jobs, removed placement groups) the
+    /// tables keep; the same on every replica.
+    pub retention: crate::state_machine::Retention,
 }
 
 impl GcsConfig {
@@ -143,6 +146,7 @@ impl Default for GcsConfig {
             request_timeout: Duration::from_secs(5),
             health_check_period: Duration::from_millis(500),
             node_timeout: Duration::from_millis(3000),
+            retention: crate::state_machine::Retention::default(),
         }
     }
 }

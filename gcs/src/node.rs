@@ -200,7 +200,8 @@ impl Driver {
         transport: PeerTransport,
         feedback: mpsc::Receiver<PeerFeedback>,
     ) -> Result<(Self, NodeHandle)> {
-        let mut state = StateMachine::new(config.watch_history);
+        let mut state =
+            StateMachine::with_retention(config.watch_history, config.retention.clone());
         let snapshot = store.latest_snapshot();
         if !snapshot.data.is_empty() {
             state

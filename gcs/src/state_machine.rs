@@ -7,7 +7,7 @@
 
 pub mod table;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use fleet_proto::gcs::{
     command::Op, ActorInfo, ActorState, CachedResponse, CheckpointInfo, ClientSession, JobInfo,
@@ -34,6 +34,64 @@ struct Session {
     responses: BTreeMap<u64, WriteResponse>,
 }
 
+/// How many ended rows each table keeps: dead actors (and their checkpoint records),
+/// finished jobs, removed placement groups. Beyond the limit the oldest ended row is deleted
+/// (deterministically, in apply order, so every replica deletes the same rows). Every
+/// replica of a cluster must run with the same policy. Live rows are never deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Dead actors kept for `fleet list actors` and late lookups.
+    pub dead_actors: usize,
+    /// Finished (succeeded, failed, stopped) jobs kept.
+    pub finished_jobs: usize,
+    /// Removed placement groups kept.
+    pub removed_placement_groups: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            dead_actors: 10_000,
+            finished_jobs: 10_000,
+            removed_placement_groups: 10_000,
+        }
+    }
+}
+
+/// Keys of rows that ended, oldest first by the log index at which they ended (their
+/// `mod_version`, which an ended row keeps: so a snapshot restore rebuilds the same order).
+#[derive(Clone, Debug, Default)]
+struct Tombstones {
+    by_age: BTreeSet<(u64, Vec<u8>)>,
+    ages: HashMap<Vec<u8>, u64>,
+}
+
+impl Tombstones {
+    fn bury(&mut self, key: &[u8], version: u64) {
+        if let Some(old) = self.ages.insert(key.to_vec(), version) {
+            self.by_age.remove(&(old, key.to_vec()));
+        }
+        self.by_age.insert((version, key.to_vec()));
+    }
+
+    /// The oldest keys beyond `limit`, forgotten here.
+    fn beyond(&mut self, limit: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while self.by_age.len() > limit {
+            let Some((_, key)) = self.by_age.pop_first() else {
+                break;
+            };
+            self.ages.remove(&key);
+            out.push(key);
+        }
+        out
+    }
+
+    fn len(&self) -> usize {
+        self.by_age.len()
+    }
+}
+
 /// All replicated state.
 #[derive(Clone, Debug)]
 pub struct StateMachine {
@@ -56,6 +114,10 @@ pub struct StateMachine {
     history_capacity: usize,
     /// Changes at or below this version may be missing from `history`.
     history_floor: u64,
+    retention: Retention,
+    dead_actors: Tombstones,
+    finished_jobs: Tombstones,
+    removed_placement_groups: Tombstones,
 }
 
 fn reject(code: RejectCode, message: impl Into<String>, current: Option<Record>) -> Box<Rejection> {
@@ -88,6 +150,45 @@ impl StateMachine {
             history: VecDeque::new(),
             history_capacity: history_capacity.max(1),
             history_floor: 0,
+            retention: Retention::default(),
+            dead_actors: Tombstones::default(),
+            finished_jobs: Tombstones::default(),
+            removed_placement_groups: Tombstones::default(),
+        }
+    }
+
+    /// The same, keeping ended rows as `retention` says.
+    pub fn with_retention(history_capacity: usize, retention: Retention) -> Self {
+        let mut machine = StateMachine::new(history_capacity);
+        machine.retention = retention;
+        machine
+    }
+
+    /// How many ended rows are kept now: (dead actors, finished jobs, removed placement
+    /// groups).
+    pub fn ended_rows(&self) -> (usize, usize, usize) {
+        (
+            self.dead_actors.len(),
+            self.finished_jobs.len(),
+            self.removed_placement_groups.len(),
+        )
+    }
+
+    /// Deletes the oldest ended rows beyond the retention policy (a dead actor's checkpoint
+    /// record goes with it: nobody restores a dead actor).
+    fn enforce_retention(&mut self, v: u64, ev: &mut Vec<WatchEvent>) {
+        for key in self.dead_actors.beyond(self.retention.dead_actors) {
+            self.actors.delete(&key, v, ev);
+            self.checkpoints.delete(&key, v, ev);
+        }
+        for key in self.finished_jobs.beyond(self.retention.finished_jobs) {
+            self.jobs.delete(&key, v, ev);
+        }
+        for key in self
+            .removed_placement_groups
+            .beyond(self.retention.removed_placement_groups)
+        {
+            self.placement_groups.delete(&key, v, ev);
         }
     }
 
@@ -152,6 +253,7 @@ impl StateMachine {
                 None,
             )),
         };
+        self.enforce_retention(index, &mut events);
         let response = WriteResponse {
             version: index,
             rejection: outcome.err().map(|rejection| *rejection),
@@ -328,6 +430,7 @@ impl StateMachine {
                 job.state = finish.state;
                 job.end_ms = finish.end_ms;
                 job.message = finish.message;
+                self.finished_jobs.bury(&key, v);
                 self.jobs.put(key, job, v, ev);
                 Ok(())
             }
@@ -405,8 +508,13 @@ impl StateMachine {
                         None,
                     ));
                 };
+                if row.value.state == PlacementGroupState::PgRemoved as i32 {
+                    // Removing twice changes nothing (and keeps its place in retention).
+                    return Ok(());
+                }
                 let mut pg = row.value.clone();
                 pg.state = PlacementGroupState::PgRemoved as i32;
+                self.removed_placement_groups.bury(&key, v);
                 self.placement_groups.put(key, pg, v, ev);
                 Ok(())
             }
@@ -619,6 +727,7 @@ impl StateMachine {
             actor.address = update.address;
         }
         if to == ActorDead {
+            self.dead_actors.bury(&key, v);
             actor.death_cause = update.death_cause;
             if !actor.name.is_empty() {
                 self.actor_names
@@ -676,6 +785,25 @@ impl StateMachine {
             request.limit as usize
         };
         let kind = TableKind::try_from(request.table).unwrap_or(TableKind::Unspecified);
+        if request.by_name {
+            // The live actor named `key` in `namespace`, from the name index (not a scan).
+            if kind != TableKind::Actors {
+                return Vec::new();
+            }
+            let name = String::from_utf8_lossy(&request.key);
+            let Some(id) = self
+                .actor_names
+                .get(&(request.namespace.clone(), name.into_owned()))
+            else {
+                return Vec::new();
+            };
+            return self
+                .actors
+                .get(id.as_bytes())
+                .map(|row| self.actors.record(id.as_bytes(), row))
+                .into_iter()
+                .collect();
+        }
         macro_rules! scan {
             ($table:expr, $key:expr) => {{
                 let key: Vec<u8> = $key;
@@ -808,7 +936,7 @@ impl StateMachine {
 
     /// Replaces the state with a snapshot's. Watchers behind it must resync.
     pub fn restore(&mut self, snapshot: StateSnapshot) -> Result<(), String> {
-        let mut fresh = StateMachine::new(self.history_capacity);
+        let mut fresh = StateMachine::with_retention(self.history_capacity, self.retention.clone());
         fresh.applied = snapshot.applied_index;
         fresh.history_floor = snapshot.applied_index;
         for record in &snapshot.records {
@@ -825,6 +953,21 @@ impl StateMachine {
                 TableKind::Checkpoints => fresh.checkpoints.restore(record)?,
                 TableKind::Kv => fresh.kv.restore(record)?,
                 TableKind::Unspecified => return Err("snapshot record without a table".into()),
+            }
+        }
+        for (key, row) in fresh.jobs.iter() {
+            if row.value.state != JobState::JobRunning as i32 {
+                fresh.finished_jobs.bury(key, row.mod_version);
+            }
+        }
+        for (key, row) in fresh.placement_groups.iter() {
+            if row.value.state == PlacementGroupState::PgRemoved as i32 {
+                fresh.removed_placement_groups.bury(key, row.mod_version);
+            }
+        }
+        for (key, row) in fresh.actors.iter() {
+            if row.value.state == ActorState::ActorDead as i32 {
+                fresh.dead_actors.bury(key, row.mod_version);
             }
         }
         for (_, row) in fresh.actors.iter() {

@@ -39,6 +39,13 @@ pub struct RayletConfig {
     pub labels: BTreeMap<String, String>,
     /// The node's own directory: job binaries fetched to this node live here.
     pub node_dir: PathBuf,
+    /// Lease requests that may wait here for resources at once; more are refused
+    /// (`ResourceExhausted`) and their requesters back off and ask again.
+    pub max_queued_leases: usize,
+    /// How long one lease request waits here before it is answered "ask again" (the
+    /// requester re-asks, so a long wait still works, but no request lives here unbounded
+    /// after its requester went silent).
+    pub lease_wait_limit: Duration,
 }
 
 /// More GPUs than any machine has: a typo, not a node.
@@ -66,6 +73,14 @@ impl RayletConfig {
             return invalid(
                 "the object store capacity is 0 bytes; give it room (e.g. 2 GiB)".into(),
             );
+        }
+        if self.max_queued_leases == 0 {
+            return invalid(
+                "max_queued_leases is 0: no lease could ever wait; use at least 1".into(),
+            );
+        }
+        if self.lease_wait_limit.is_zero() {
+            return invalid("lease_wait_limit is 0: give waiting leases time (e.g. 30 s)".into());
         }
         if let Some(cpus) = self.resources.get("CPU") {
             if !cpus.is_finite() || *cpus < 0.0 {
@@ -105,6 +120,8 @@ impl RayletConfig {
             object_store_full_timeout: Duration::from_secs(30),
             labels: BTreeMap::new(),
             node_dir: std::env::temp_dir().join(format!("fleet-node-dir-{node_id}")),
+            max_queued_leases: 1024,
+            lease_wait_limit: Duration::from_secs(30),
             node_id,
         }
     }

@@ -15,6 +15,22 @@ pub enum Error {
         /// The node's total resources.
         total: String,
     },
+    /// The request can never fit the placement group bundle it asks for.
+    #[error("{what}: {reason}")]
+    NeverFitsBundle {
+        /// What asked.
+        what: String,
+        /// Why, naming the bundle and what it reserves.
+        reason: String,
+    },
+    /// Too many lease requests already wait at this node: ask again later.
+    #[error("node {node} already has {queued} lease requests waiting (its limit, max_queued_leases); the requester should back off and ask again")]
+    LeaseQueueFull {
+        /// The node.
+        node: String,
+        /// How many wait.
+        queued: usize,
+    },
     /// A resource request is malformed (e.g. 1.5 GPUs).
     #[error("invalid resource request for {what}: {reason}")]
     InvalidRequest {
@@ -61,13 +77,33 @@ pub enum Error {
     ShuttingDown,
 }
 
+/// Metadata key naming the kind of a raylet error, so callers classify it by type.
+pub const ERROR_KIND_METADATA: &str = "x-fleet-error";
+/// The kind of a request no node (or bundle) can ever satisfy.
+const INFEASIBLE: &str = "infeasible";
+
+/// Whether a raylet's answer says the request can never be satisfied.
+pub fn is_infeasible(status: &tonic::Status) -> bool {
+    status
+        .metadata()
+        .get(ERROR_KIND_METADATA)
+        .is_some_and(|kind| kind.as_bytes() == INFEASIBLE.as_bytes())
+}
+
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         let message = format!("{error:#}");
         match error {
-            Error::Infeasible { .. } | Error::InvalidRequest { .. } => {
-                tonic::Status::failed_precondition(message)
+            Error::Infeasible { .. } | Error::NeverFitsBundle { .. } => {
+                let mut status = tonic::Status::failed_precondition(message);
+                status.metadata_mut().insert(
+                    ERROR_KIND_METADATA,
+                    tonic::metadata::MetadataValue::from_static(INFEASIBLE),
+                );
+                status
             }
+            Error::InvalidRequest { .. } => tonic::Status::invalid_argument(message),
+            Error::LeaseQueueFull { .. } => tonic::Status::resource_exhausted(message),
             Error::UnknownLease { .. } => tonic::Status::not_found(message),
             Error::ShuttingDown => tonic::Status::unavailable(message),
             Error::WorkerStart { .. }

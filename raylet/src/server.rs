@@ -202,7 +202,7 @@ impl RayletService {
         config: RayletConfig,
         address: String,
         exits: mpsc::UnboundedSender<WorkerExit>,
-        locations: mpsc::UnboundedSender<fleet_proto::gcs::ObjectLocationUpdate>,
+        locations: mpsc::Sender<fleet_proto::gcs::ObjectLocationUpdate>,
     ) -> Result<Self> {
         let gcs = fleet_gcs::GcsClient::connect(&config.gcs_address).map_err(|e| {
             Error::InvalidRequest {
@@ -509,6 +509,7 @@ impl RayletService {
             }
         }
         let program = self.program(&request).await?;
+        let deadline = tokio::time::Instant::now() + self.inner.config.lease_wait_limit;
         let allocation = loop {
             let notified = self.inner.freed.notified();
             tokio::pin!(notified);
@@ -534,7 +535,7 @@ impl RayletService {
                         })
                     }
                 }
-                state.pending_leases += 1;
+                self.queue_lease(&mut state)?;
             }
             // Queued here: look again now and then, in case another node has room by now
             // (a lease queued on a busy node must not wait out work that never leaves).
@@ -543,6 +544,9 @@ impl RayletService {
                 _ = tokio::time::sleep(REPLACE_QUEUED_AFTER) => true,
             };
             self.lock().pending_leases -= 1;
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(self.ask_again());
+            }
             if requeue && !request.grant_or_reject {
                 if let Decision::Spill { node_id, address } = self.place(&request, &map) {
                     return Ok(LeaseReply {
@@ -556,6 +560,28 @@ impl RayletService {
         let gpu_ids = allocation.gpu_ids.clone();
         self.grant(&request, program, allocation, gpu_ids, None)
             .await
+    }
+
+    /// Counts a lease request as waiting here, or refuses it when the queue is full.
+    fn queue_lease(&self, state: &mut State) -> Result<()> {
+        let queued = state.pending_leases as usize;
+        if queued >= self.inner.config.max_queued_leases {
+            return Err(Error::LeaseQueueFull {
+                node: self.inner.config.node_id.clone(),
+                queued,
+            });
+        }
+        state.pending_leases += 1;
+        Ok(())
+    }
+
+    /// The answer to a lease request that waited its limit: not granted, ask again.
+    fn ask_again(&self) -> LeaseReply {
+        LeaseReply {
+            rejected: true,
+            node_id: self.inner.config.node_id.clone(),
+            ..LeaseReply::default()
+        }
     }
 
     /// A lease inside a placement group's bundle: granted here from the bundle's own
@@ -602,6 +628,7 @@ impl RayletService {
             });
         };
         let program = self.program(request).await?;
+        let deadline = tokio::time::Instant::now() + self.inner.config.lease_wait_limit;
         let (allocation, gpu_ids) = loop {
             let notified = self.inner.freed.notified();
             tokio::pin!(notified);
@@ -612,6 +639,12 @@ impl RayletService {
                     Ok(granted) => break granted,
                     // Only the group's own work uses the bundle: wait for it.
                     Err(BundleError::Busy { .. }) => {}
+                    Err(error @ BundleError::TooLarge { .. }) => {
+                        return Err(Error::NeverFitsBundle {
+                            what,
+                            reason: error.to_string(),
+                        })
+                    }
                     Err(error) => {
                         return Err(Error::InvalidRequest {
                             what,
@@ -619,10 +652,13 @@ impl RayletService {
                         })
                     }
                 }
-                state.pending_leases += 1;
+                self.queue_lease(&mut state)?;
             }
-            notified.await;
+            let woken = tokio::time::timeout_at(deadline, notified).await.is_ok();
             self.lock().pending_leases -= 1;
+            if !woken {
+                return Ok(self.ask_again());
+            }
         };
         self.grant(request, program, allocation, gpu_ids, Some(key))
             .await
@@ -1058,6 +1094,38 @@ impl RayletService {
     }
 }
 
+/// How long a raylet keeps retrying a control-store write that records a death.
+const RECORD_DEATH_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Runs `op` until it succeeds, backing off up to 2 s between tries; `None` when the raylet
+/// stops first or `RECORD_DEATH_PATIENCE` runs out (logged, naming `what`).
+async fn retry_gcs<T, F, Fut>(raylet: &RayletService, what: &str, mut op: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = fleet_gcs::Result<T>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match op().await {
+            Ok(value) => return Some(value),
+            Err(error) => {
+                let stopping = raylet
+                    .inner
+                    .stopping
+                    .load(std::sync::atomic::Ordering::Acquire);
+                if stopping || started.elapsed() > RECORD_DEATH_PATIENCE {
+                    tracing::warn!(%error, "{what}: gave up");
+                    return None;
+                }
+                tracing::debug!(%error, "{what}: retrying");
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
 #[tonic::async_trait]
 impl Raylet for RayletService {
     async fn register_worker(
@@ -1302,26 +1370,41 @@ impl Raylet for RayletService {
                     }
                 }
             }
-            let jobs = gcs.list_jobs().await.unwrap_or_default();
-            let running = jobs
-                .iter()
-                .any(|j| j.job_id == request.job_id && j.state == JobState::JobRunning as i32);
+            // The GCS may be briefly unreachable (an election, a partition): retry until
+            // the death is recorded, so the job never stays RUNNING without its driver.
+            let job_id = request.job_id.clone();
+            let job = retry_gcs(&this, "reading the job of a gone driver", || {
+                gcs.get_job(&job_id)
+            })
+            .await;
+            let running = job
+                .flatten()
+                .is_some_and(|j| j.state == JobState::JobRunning as i32);
             if running {
                 tracing::info!(job = %request.job_id, driver = %request.driver_address, "driver gone; failing its job");
                 let message = format!(
                     "the driver at {} exited without finishing the job (seen by node {node_id})",
                     request.driver_address
                 );
-                if let Err(error) = gcs
-                    .finish_job(&request.job_id, JobState::JobFailed, now_ms(), &message)
-                    .await
-                {
-                    tracing::warn!(%error, job = %request.job_id, "could not mark the job failed");
+                let finished = retry_gcs(&this, "marking a job failed", || async {
+                    match gcs
+                        .finish_job(&request.job_id, JobState::JobFailed, now_ms(), &message)
+                        .await
+                    {
+                        // Already finished (by its driver, or another node): done.
+                        Err(fleet_gcs::Error::Rejected { .. }) => Ok(0),
+                        other => other,
+                    }
+                })
+                .await;
+                if finished.is_none() {
+                    return;
                 }
                 let cause = format!("its job {} ended: {message}", request.job_id);
-                if let Err(error) = gcs.mark_job_actors_dead(&request.job_id, &cause).await {
-                    tracing::warn!(%error, job = %request.job_id, "could not mark the job's actors dead");
-                }
+                retry_gcs(&this, "marking a job's actors dead", || {
+                    gcs.mark_job_actors_dead(&request.job_id, &cause)
+                })
+                .await;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -1396,8 +1479,10 @@ pub async fn start(config: RayletConfig, listener: TcpListener) -> Result<Runnin
             source,
         })?
         .to_string();
+    // Unbounded by type, bounded in fact: one message per worker process this raylet
+    // started, and it starts a bounded number.
     let (exits_tx, mut exits_rx) = mpsc::unbounded_channel();
-    let (locations_tx, locations_rx) = mpsc::unbounded_channel();
+    let (locations_tx, locations_rx) = mpsc::channel(crate::transfer::LOCATION_QUEUE);
     let prestart = config.prestart_workers;
     let node_id = config.node_id.clone();
     let service = RayletService::new(config, address.clone(), exits_tx, locations_tx)?;
@@ -1463,7 +1548,16 @@ mod tests {
     use super::*;
 
     async fn raylet(binary: PathBuf, dir: &std::path::Path) -> RunningRaylet {
+        raylet_with(binary, dir, |_| {}).await
+    }
+
+    async fn raylet_with(
+        binary: PathBuf,
+        dir: &std::path::Path,
+        adjust: impl FnOnce(&mut RayletConfig),
+    ) -> RunningRaylet {
         let mut config = RayletConfig::local("test-node", 2.0, 2, binary, "127.0.0.1:1");
+        adjust(&mut config);
         config.prestart_workers = 0;
         config.worker_start_timeout = Duration::from_secs(5);
         config.object_store_dir = dir.join("shm");
@@ -1486,6 +1580,77 @@ mod tests {
             description: "a test task".into(),
             ..LeaseRequest::default()
         }
+    }
+
+    #[tokio::test]
+    async fn waiting_leases_are_bounded_in_number_and_time() {
+        use fleet_proto::runtime::{BundleSpec, PrepareBundlesRequest};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let running = raylet_with(PathBuf::from("true"), dir.path(), |config| {
+            config.max_queued_leases = 1;
+            config.lease_wait_limit = Duration::from_millis(300);
+        })
+        .await;
+        let channel = fleet_gcs::transport::Connector::channel(
+            &fleet_gcs::transport::TcpConnector,
+            &running.address,
+        )
+        .expect("channel");
+        let mut client = RayletClient::new(channel);
+        // A bundle holds both CPUs: a CPU lease fits the node but must wait.
+        let reply = client
+            .prepare_bundles(PrepareBundlesRequest {
+                bundles: vec![BundleSpec {
+                    placement_group_id: "pg-hold".into(),
+                    bundle_index: 0,
+                    resources: [("CPU".to_string(), 2.0)].into_iter().collect(),
+                    job_id: String::new(),
+                }],
+            })
+            .await
+            .expect("prepare")
+            .into_inner();
+        assert!(reply.success, "{}", reply.reason);
+        let mut first = client.clone();
+        let started = tokio::time::Instant::now();
+        let waiting =
+            tokio::spawn(async move { first.request_worker_lease(request(&[("CPU", 1.0)])).await });
+        // Wait until the first request is queued, then the queue is full.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let info = client
+                .node_info(NodeInfoRequest {})
+                .await
+                .expect("info")
+                .into_inner();
+            if info.pending_leases == 1 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the lease never queued"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let status = client
+            .request_worker_lease(request(&[("CPU", 1.0)]))
+            .await
+            .expect_err("the queue is full");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status.message().contains("max_queued_leases"),
+            "{}",
+            status.message()
+        );
+        // The waiting one is told to ask again once its wait ran out, not left hanging.
+        let reply = waiting
+            .await
+            .expect("joined")
+            .expect("answered")
+            .into_inner();
+        assert!(reply.rejected && reply.lease_id == 0, "{reply:?}");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        running.stop().await;
     }
 
     #[tokio::test]
@@ -1583,6 +1748,7 @@ mod tests {
             .await
             .expect_err("infeasible");
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(crate::error::is_infeasible(&status));
         assert!(
             status.message().contains("GPU: 3") && status.message().contains("GPU: 2"),
             "{}",
@@ -1592,7 +1758,11 @@ mod tests {
             .request_worker_lease(request(&[("GPU", 1.5)]))
             .await
             .expect_err("invalid");
-        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            !crate::error::is_infeasible(&status),
+            "a malformed request is not infeasible"
+        );
         running.stop().await;
     }
     #[tokio::test]
@@ -1667,6 +1837,7 @@ mod tests {
             .await
             .expect_err("larger than the bundle");
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(crate::error::is_infeasible(&status));
         assert!(
             status
                 .message()

@@ -41,9 +41,11 @@ struct Inner {
     in_flight: Mutex<HashMap<ObjectId, Shared<BoxFuture<'static, PullResult>>>>,
     /// Raylets that read each object from here.
     readers: DashMap<ObjectId, Vec<String>>,
-    locations: mpsc::UnboundedSender<ObjectLocationUpdate>,
+    locations: mpsc::Sender<ObjectLocationUpdate>,
     objects_pulled: std::sync::atomic::AtomicU64,
     bytes_pulled: std::sync::atomic::AtomicU64,
+    /// Location changes dropped because the queue to the GCS was full.
+    locations_dropped: std::sync::atomic::AtomicU64,
 }
 
 /// A raylet client for another node.
@@ -62,7 +64,7 @@ impl Transfers {
         store: ObjectStore,
         node_id: String,
         address: String,
-        locations: mpsc::UnboundedSender<ObjectLocationUpdate>,
+        locations: mpsc::Sender<ObjectLocationUpdate>,
     ) -> Self {
         Transfers {
             inner: Arc::new(Inner {
@@ -74,7 +76,25 @@ impl Transfers {
                 locations,
                 objects_pulled: Default::default(),
                 bytes_pulled: Default::default(),
+                locations_dropped: Default::default(),
             }),
+        }
+    }
+
+    /// Queues a location change for the GCS, or drops (and counts) it when the queue is
+    /// full: the GCS being slow must not grow this raylet's memory.
+    fn report_location(&self, update: ObjectLocationUpdate) {
+        if self.inner.locations.try_send(update).is_err() {
+            let dropped = self
+                .inner
+                .locations_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if dropped.is_multiple_of(10_000) {
+                tracing::warn!(
+                    dropped = dropped + 1,
+                    "object location changes dropped: the queue to the control store is full"
+                );
+            }
         }
     }
 
@@ -164,7 +184,7 @@ impl Transfers {
         self.inner
             .bytes_pulled
             .fetch_add(total, std::sync::atomic::Ordering::Relaxed);
-        let _ = self.inner.locations.send(ObjectLocationUpdate {
+        self.report_location(ObjectLocationUpdate {
             object_id: id.to_string(),
             change: LocationChange::LocationAdd as i32,
             node_id: self.inner.node_id.clone(),
@@ -225,7 +245,7 @@ impl Transfers {
     /// Frees the local copy and the copies other raylets read from here.
     pub fn delete(&self, id: ObjectId) {
         let _ = self.inner.store.delete(id);
-        let _ = self.inner.locations.send(ObjectLocationUpdate {
+        self.report_location(ObjectLocationUpdate {
             object_id: id.to_string(),
             change: LocationChange::LocationRemove as i32,
             node_id: self.inner.node_id.clone(),
@@ -260,7 +280,7 @@ impl Transfers {
 
     /// Reports an object stored here (by a worker or owner of this node).
     pub fn stored(&self, id: ObjectId, size: u64) {
-        let _ = self.inner.locations.send(ObjectLocationUpdate {
+        self.report_location(ObjectLocationUpdate {
             object_id: id.to_string(),
             change: LocationChange::LocationAdd as i32,
             node_id: self.inner.node_id.clone(),
@@ -346,7 +366,7 @@ impl IncomingObject {
 /// so object traffic never waits on a Raft commit per object.
 pub async fn report_locations(
     gcs: fleet_gcs::GcsClient,
-    mut updates: mpsc::UnboundedReceiver<ObjectLocationUpdate>,
+    mut updates: mpsc::Receiver<ObjectLocationUpdate>,
 ) {
     while let Some(first) = updates.recv().await {
         tokio::time::sleep(BATCH_WINDOW).await;
@@ -363,6 +383,10 @@ pub async fn report_locations(
         }
     }
 }
+
+/// Location changes queued for the GCS at most; beyond, new ones are dropped and counted
+/// (locations are hints: an owner knows where its objects are).
+pub const LOCATION_QUEUE: usize = 65_536;
 
 /// How long location changes gather before they go to the GCS.
 pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);

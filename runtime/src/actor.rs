@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::context::{current, CoreWorker};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TaskFailure};
 use crate::object_ref::{resolve_args, Arg, ObjectRef, RefGuard, Stored};
 use crate::submitter::{Lease, LeaseAsk, Scheduling};
 
@@ -64,7 +64,13 @@ pub struct ActorOptions {
     pub checkpoint_dir: PathBuf,
     /// Where it is placed (default: hybrid).
     pub scheduling: Scheduling,
+    /// Calls a handle may have in flight (submitted, not yet answered) before further calls
+    /// fail with `PendingCallsExceeded` instead of queueing without bound.
+    pub max_pending_calls: usize,
 }
+
+/// The default bound on a handle's calls in flight.
+pub const DEFAULT_MAX_PENDING_CALLS: usize = 100_000;
 
 impl Default for ActorOptions {
     fn default() -> Self {
@@ -83,6 +89,7 @@ impl Default for ActorOptions {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| std::env::temp_dir().join("fleet-checkpoints")),
             scheduling: Scheduling::Default,
+            max_pending_calls: DEFAULT_MAX_PENDING_CALLS,
         }
     }
 }
@@ -172,6 +179,13 @@ impl<A: ActorType> ActorBuilder<A> {
         self.options.checkpoint_dir = dir.into();
         self
     }
+    /// Calls the creator's handle may have in flight before more fail with
+    /// `PendingCallsExceeded` (default 100,000; handles found by name or received in an
+    /// argument use the default).
+    pub fn max_pending_calls(mut self, calls: usize) -> Self {
+        self.options.max_pending_calls = calls.max(1);
+        self
+    }
     /// Where it is placed (spread, or pinned to a node).
     pub fn scheduling(mut self, scheduling: Scheduling) -> Self {
         self.options.scheduling = scheduling;
@@ -196,6 +210,9 @@ struct OwnerPart {
 
 struct LinkState {
     address: Option<String>,
+    /// Numbers this link's calls apart from every other link of this process, past or
+    /// present (taken from the process-wide counter): the actor keeps one order per caller
+    /// process and drops an older incarnation's when a newer one speaks.
     incarnation: u64,
     next_seq: u64,
     lease: Option<Lease>,
@@ -206,6 +223,17 @@ struct Call {
     method: String,
     args: Vec<Arg>,
     result_id: String,
+    /// Counts the call against its handle's `max_pending_calls` until it is answered.
+    _slot: InFlight,
+}
+
+/// One call in flight on a link; dropping it frees the place.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 pub(crate) struct ActorLink {
@@ -214,8 +242,21 @@ pub(crate) struct ActorLink {
     label: String,
     owner: Option<OwnerPart>,
     max_task_retries: u32,
+    max_pending_calls: usize,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
     state: Mutex<LinkState>,
     queue: mpsc::UnboundedSender<Call>,
+}
+
+impl Drop for ActorLink {
+    fn drop(&mut self) {
+        // The last handle went away: forget the link (its dispatcher ends with the queue).
+        if let Some(runtime) = crate::context::try_current() {
+            runtime
+                .links
+                .remove_if(&self.actor_id, |_, link| link.strong_count() == 0);
+        }
+    }
 }
 
 /// An untyped actor handle; typed handles wrap it.
@@ -230,6 +271,13 @@ impl std::fmt::Debug for ActorHandle {
     }
 }
 
+/// The live link to `actor_id` this process already has, if any.
+fn existing_link(runtime: &CoreWorker, actor_id: &str) -> Option<Arc<ActorLink>> {
+    runtime.links.get(actor_id).and_then(|link| link.upgrade())
+}
+
+/// The link to `actor_id`: the live one this process has, or a new one. One live link per
+/// actor per process (decided under the map's entry lock), so its calls keep one order.
 fn new_link(
     runtime: &Arc<CoreWorker>,
     actor_id: String,
@@ -238,27 +286,57 @@ fn new_link(
     owner: Option<OwnerPart>,
     address: Option<String>,
 ) -> Arc<ActorLink> {
+    use dashmap::mapref::entry::Entry;
     let max_task_retries = owner.as_ref().map_or(0, |o| o.options.max_task_retries);
+    let max_pending_calls = owner
+        .as_ref()
+        .map_or(DEFAULT_MAX_PENDING_CALLS, |o| o.options.max_pending_calls);
+    let owned = owner.is_some();
+    // Unbounded by type, bounded in fact: a call takes an `InFlight` place first.
     let (tx, rx) = mpsc::unbounded_channel();
-    let link = Arc::new(ActorLink {
-        actor_id: actor_id.clone(),
-        class,
-        label,
-        owner,
-        max_task_retries,
-        state: Mutex::new(LinkState {
-            address,
-            incarnation: 0,
-            next_seq: 0,
-            lease: None,
-            dead: None,
-        }),
-        queue: tx,
-    });
-    runtime.links.insert(actor_id, link.clone());
-    runtime
-        .runtime
-        .spawn(dispatch(runtime.clone(), Arc::downgrade(&link), rx));
+    let make = || {
+        Arc::new(ActorLink {
+            actor_id: actor_id.clone(),
+            class,
+            label,
+            owner,
+            max_task_retries,
+            max_pending_calls,
+            in_flight: Arc::default(),
+            state: Mutex::new(LinkState {
+                address,
+                incarnation: runtime.next_incarnation(),
+                next_seq: 0,
+                lease: None,
+                dead: None,
+            }),
+            queue: tx,
+        })
+    };
+    let link = match runtime.links.entry(actor_id.clone()) {
+        Entry::Occupied(mut entry) => match entry.get().upgrade() {
+            Some(live) if !owned => return live,
+            _ => {
+                let link = make();
+                entry.insert(Arc::downgrade(&link));
+                link
+            }
+        },
+        Entry::Vacant(entry) => {
+            let link = make();
+            entry.insert(Arc::downgrade(&link));
+            link
+        }
+    };
+    if owned {
+        runtime.owned_links.insert(actor_id, link.clone());
+    }
+    runtime.tasks.spawn_watching(dispatch(
+        runtime.clone(),
+        Arc::downgrade(&link),
+        rx,
+        runtime.tasks.token(),
+    ));
     link
 }
 
@@ -345,7 +423,7 @@ async fn spawn_actor(
                     false,
                 ))
                 .await;
-            runtime.links.remove(&actor_id);
+            runtime.owned_links.remove(&actor_id);
             return Err(error);
         }
     }
@@ -479,38 +557,77 @@ async fn latest_checkpoint(
     Ok(Some((bytes, info.sequence)))
 }
 
+/// How long a handle waits for its actor to be alive again (restarted, or its connection
+/// back) before the call fails as unavailable; the handle stays usable after that.
+const WAIT_ALIVE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a handle that is not the owner keeps believing the control store's "alive at
+/// the same address" after a failed call before it tries that address again: the owner
+/// needs about this long to notice a dead worker and start the restart.
+const SAME_ADDRESS_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Times one call follows its actor to another worker when the one it reached no longer
+/// hosts it (such a call never ran, so following it is always safe).
+const MAX_NOT_HOSTED_BOUNCES: u32 = 16;
+
+/// What became of an actor after a call to it failed.
+#[derive(Debug)]
+enum Recovery {
+    /// Another call already handled this failure, or the actor is back (restarted or
+    /// reachable again) under a new incarnation.
+    Back,
+    /// Dead for good.
+    Dead(String),
+    /// Not known to be dead, not reachable either (the control store did not answer, or
+    /// the actor did not come back in time): the handle stays usable.
+    Unavailable(String),
+}
+
 impl ActorLink {
+    fn died(&self, cause: &str) -> Error {
+        Error::ActorDied {
+            actor: self.label.clone(),
+            cause: cause.to_string(),
+        }
+    }
+
+    fn unavailable(&self, cause: String) -> Error {
+        Error::ActorUnavailable {
+            actor: self.label.clone(),
+            cause,
+        }
+    }
+
+    /// Records that the actor is dead for good: later calls fail at once, and the owner no
+    /// longer keeps the link for restarts.
+    fn set_dead(&self, runtime: &CoreWorker, state: &mut LinkState, cause: String) {
+        state.dead = Some(cause);
+        state.address = None;
+        runtime.owned_links.remove_if(&self.actor_id, |_, link| {
+            std::ptr::eq(Arc::as_ptr(link), self)
+        });
+    }
+
     /// Where to send the next call, and its number.
     async fn target(&self, runtime: &CoreWorker) -> Result<(String, u64, u64)> {
         let mut state = self.state.lock().await;
         if let Some(cause) = &state.dead {
-            return Err(Error::ActorDied {
-                actor: self.label.clone(),
-                cause: cause.clone(),
-            });
+            return Err(self.died(cause));
         }
         if state.address.is_none() {
-            let info = runtime
-                .gcs
-                .get_actor(&self.actor_id)
-                .await?
-                .ok_or_else(|| Error::ActorDied {
-                    actor: self.label.clone(),
-                    cause: "the control store does not know it".into(),
-                })?;
-            if info.state == ActorState::ActorDead as i32 {
-                state.dead = Some(info.death_cause.clone());
-                return Err(Error::ActorDied {
-                    actor: self.label.clone(),
-                    cause: info.death_cause,
-                });
+            match self.wait_alive(runtime, None).await {
+                Ok(address) => {
+                    state.address = Some(address);
+                    state.incarnation = runtime.next_incarnation();
+                    state.next_seq = 0;
+                }
+                Err(Recovery::Dead(cause)) => {
+                    self.set_dead(runtime, &mut state, cause.clone());
+                    return Err(self.died(&cause));
+                }
+                Err(Recovery::Unavailable(cause)) => return Err(self.unavailable(cause)),
+                Err(Recovery::Back) => {
+                    return Err(self.unavailable("it is being recovered".into()));
+                }
             }
-            if info.address.is_empty() {
-                drop(state);
-                self.wait_alive(runtime, "").await?;
-                return Box::pin(self.target(runtime)).await;
-            }
-            state.address = Some(info.address);
         }
         let seq = state.next_seq;
         state.next_seq += 1;
@@ -518,27 +635,37 @@ impl ActorLink {
         Ok((address, state.incarnation, seq))
     }
 
-    /// The worker of incarnation `incarnation` failed: restart the actor (owner) or wait for
-    /// its owner to (others).
-    async fn on_failure(&self, runtime: &CoreWorker, incarnation: u64, cause: &str) {
+    /// The worker of incarnation `incarnation` failed (`cause`): restart the actor (owner)
+    /// or learn from the control store what became of it (others). Only the control store
+    /// saying so, or the owner's restarts running out, makes the actor dead for good; a
+    /// failure to reach the control store leaves the handle usable.
+    async fn on_failure(&self, runtime: &CoreWorker, incarnation: u64, cause: &str) -> Recovery {
+        // The state lock is held throughout: new calls wait for the outcome.
         let mut state = self.state.lock().await;
-        if state.incarnation != incarnation || state.dead.is_some() {
-            return;
+        if let Some(dead) = &state.dead {
+            return Recovery::Dead(dead.clone());
+        }
+        if state.incarnation != incarnation {
+            return Recovery::Back;
         }
         let Some(owner) = &self.owner else {
-            let old = state.address.take().unwrap_or_default();
-            drop(state);
-            let outcome = self.wait_alive(runtime, &old).await;
-            let mut state = self.state.lock().await;
-            match outcome {
+            let old = state.address.take();
+            let outcome = self.wait_alive(runtime, old.as_deref()).await;
+            return match outcome {
                 Ok(address) => {
+                    // A new instance, or the same one reachable again: either way the calls
+                    // from here on are numbered afresh (the old stream's order is gone).
                     state.address = Some(address);
-                    state.incarnation += 1;
+                    state.incarnation = runtime.next_incarnation();
                     state.next_seq = 0;
+                    Recovery::Back
                 }
-                Err(error) => state.dead = Some(error.to_string()),
-            }
-            return;
+                Err(Recovery::Dead(cause)) => {
+                    self.set_dead(runtime, &mut state, cause.clone());
+                    Recovery::Dead(cause)
+                }
+                Err(other) => other,
+            };
         };
         if let Some(lease) = state.lease.take() {
             retire_lease(runtime, lease).await;
@@ -579,28 +706,40 @@ impl ActorLink {
                         false,
                     ))
                     .await;
-                state.dead = Some(death);
-                return;
+                self.set_dead(runtime, &mut state, death.clone());
+                return Recovery::Dead(death);
             }
             Err(fleet_gcs::Error::Rejected { current, .. }) => {
-                // Killed meanwhile.
-                let reason = current
-                    .and_then(|r| <ActorInfo as prost::Message>::decode(r.value.as_slice()).ok())
-                    .map(|a| a.death_cause)
-                    .unwrap_or_else(|| cause.clone());
-                state.dead = Some(reason);
-                return;
+                let current = current
+                    .and_then(|r| <ActorInfo as prost::Message>::decode(r.value.as_slice()).ok());
+                match current {
+                    Some(info) if info.state == ActorState::ActorRestarting as i32 => {
+                        // An earlier attempt's transition went through before its answer
+                        // was lost: carry on with the restart.
+                    }
+                    other => {
+                        // Killed meanwhile.
+                        let reason = other
+                            .map(|a| a.death_cause)
+                            .filter(|c| !c.is_empty())
+                            .unwrap_or_else(|| cause.clone());
+                        self.set_dead(runtime, &mut state, reason.clone());
+                        return Recovery::Dead(reason);
+                    }
+                }
             }
             Err(error) => {
-                state.dead = Some(format!("{cause}; restarting it failed: {error}"));
-                return;
+                // The control store did not answer: the old worker is retired, so the next
+                // call fails fast and tries the restart again.
+                state.address = None;
+                state.incarnation = runtime.next_incarnation();
+                state.next_seq = 0;
+                return Recovery::Unavailable(format!(
+                    "{cause}; the control store did not take its restart yet ({error})"
+                ));
             }
         }
-        let checkpoint_dir = self
-            .owner
-            .as_ref()
-            .map(|o| o.options.checkpoint_dir.clone())
-            .unwrap_or_default();
+        let checkpoint_dir = owner.options.checkpoint_dir.clone();
         let checkpoint = match latest_checkpoint(runtime, &self.actor_id, &checkpoint_dir).await {
             Ok(checkpoint) => checkpoint,
             Err(error) => {
@@ -608,7 +747,6 @@ impl ActorLink {
                 None
             }
         };
-        // The state lock is held through the restart: new calls wait for the new address.
         match start_instance(runtime, self, checkpoint).await {
             Ok((lease, address, node_id)) => {
                 let _ = runtime
@@ -625,9 +763,10 @@ impl ActorLink {
                     .await;
                 state.address = Some(address);
                 state.lease = Some(lease);
-                state.incarnation += 1;
+                state.incarnation = runtime.next_incarnation();
                 state.next_seq = 0;
                 tracing::info!(actor = %self.label, incarnation = state.incarnation, "actor restarted");
+                Recovery::Back
             }
             Err(error) => {
                 let death = format!("{cause}; the restart failed: {error}");
@@ -643,34 +782,47 @@ impl ActorLink {
                         false,
                     ))
                     .await;
-                state.dead = Some(death);
+                self.set_dead(runtime, &mut state, death.clone());
+                Recovery::Dead(death)
             }
         }
     }
 
-    /// Polls the GCS until the actor is alive at an address other than `old` (or dead).
-    async fn wait_alive(&self, runtime: &CoreWorker, old: &str) -> Result<String> {
+    /// Asks the control store, until `WAIT_ALIVE_LIMIT`, where the actor lives: its address
+    /// once it is alive somewhere other than `failed` (or, after `SAME_ADDRESS_GRACE`, at
+    /// `failed` still: the failure was the connection's, not the worker's). `Dead` only when
+    /// the control store says so; `Unavailable` when it could not tell in time.
+    async fn wait_alive(
+        &self,
+        runtime: &CoreWorker,
+        failed: Option<&str>,
+    ) -> std::result::Result<String, Recovery> {
         let started = tokio::time::Instant::now();
+        let mut last_problem = String::from("it did not come back");
         loop {
-            if let Some(info) = runtime.gcs.get_actor(&self.actor_id).await? {
-                if info.state == ActorState::ActorDead as i32 {
-                    return Err(Error::ActorDied {
-                        actor: self.label.clone(),
-                        cause: info.death_cause,
-                    });
+            match runtime.gcs.get_actor(&self.actor_id).await {
+                Ok(None) => {
+                    return Err(Recovery::Dead("the control store does not know it".into()))
                 }
-                if info.state == ActorState::ActorAlive as i32
-                    && !info.address.is_empty()
-                    && info.address != old
+                Ok(Some(info)) if info.state == ActorState::ActorDead as i32 => {
+                    return Err(Recovery::Dead(info.death_cause));
+                }
+                Ok(Some(info))
+                    if info.state == ActorState::ActorAlive as i32 && !info.address.is_empty() =>
                 {
-                    return Ok(info.address);
+                    let same = failed == Some(info.address.as_str());
+                    if !same || started.elapsed() >= SAME_ADDRESS_GRACE {
+                        return Ok(info.address);
+                    }
                 }
+                Ok(Some(_)) => last_problem = "it is still being (re)started".into(),
+                Err(error) => last_problem = format!("the control store did not answer: {error}"),
             }
-            if started.elapsed() > std::time::Duration::from_secs(60) {
-                return Err(Error::ActorDied {
-                    actor: self.label.clone(),
-                    cause: "it did not come back within 60 s".into(),
-                });
+            if started.elapsed() > WAIT_ALIVE_LIMIT {
+                return Err(Recovery::Unavailable(format!(
+                    "{last_problem} within {} s",
+                    WAIT_ALIVE_LIMIT.as_secs()
+                )));
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
@@ -681,8 +833,21 @@ async fn dispatch(
     runtime: Arc<CoreWorker>,
     link: std::sync::Weak<ActorLink>,
     mut queue: mpsc::UnboundedReceiver<Call>,
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
-    while let Some(call) = queue.recv().await {
+    loop {
+        let call = tokio::select! {
+            call = queue.recv() => call,
+            _ = shutdown.cancelled() => {
+                // Every call still queued is answered, not left waiting.
+                queue.close();
+                while let Ok(call) = queue.try_recv() {
+                    runtime.store.set(&call.result_id, Err(Error::ShutDown));
+                }
+                return;
+            }
+        };
+        let Some(call) = call else { return };
         let Some(link) = link.upgrade() else { return };
         let args = match resolve_args(call.args).await {
             Ok(args) => args,
@@ -693,36 +858,56 @@ async fn dispatch(
         };
         match link.target(&runtime).await {
             Ok(target) => {
-                let runtime = runtime.clone();
-                runtime.runtime.clone().spawn(push_call(
-                    runtime,
-                    link,
-                    target,
-                    call.method,
-                    args,
-                    call.result_id,
-                ));
+                let stopped = runtime.clone();
+                let answer_id = call.result_id.clone();
+                runtime.tasks.spawn_answering(
+                    push_call(
+                        runtime.clone(),
+                        link,
+                        target,
+                        PushedCall {
+                            method: call.method,
+                            args,
+                            result_id: call.result_id,
+                            _slot: call._slot,
+                        },
+                    ),
+                    move || stopped.store.set(&answer_id, Err(Error::ShutDown)),
+                );
             }
             Err(error) => runtime.store.set(&call.result_id, Err(error)),
         }
     }
 }
 
+/// A call whose arguments are resolved, on its way to the actor.
+struct PushedCall {
+    method: String,
+    args: crate::object_ref::ResolvedArgs,
+    result_id: String,
+    _slot: InFlight,
+}
+
 async fn push_call(
     runtime: Arc<CoreWorker>,
     link: Arc<ActorLink>,
     target: (String, u64, u64),
-    method: String,
-    args: crate::object_ref::ResolvedArgs,
-    result_id: String,
+    call: PushedCall,
 ) {
     // The references inside the arguments live until the reply (and its retained list).
+    let PushedCall {
+        method,
+        args,
+        result_id,
+        _slot,
+    } = call;
     let crate::object_ref::ResolvedArgs {
         values: args,
         guards: _guards,
     } = args;
     let (mut address, mut incarnation, mut seq) = target;
     let mut retries = 0u32;
+    let mut bounces = 0u32;
     // One id for every attempt: a restored actor recognizes a retry it already applied.
     let task_id = crate::ids::new_id("task");
     loop {
@@ -745,7 +930,7 @@ async fn push_call(
             ..TaskSpec::default()
         };
         let outcome = runtime.push(&address, spec).await;
-        match outcome {
+        let failure = match outcome {
             Ok(reply) => {
                 runtime.pin_retained(&reply.retained).await;
                 let result = match reply.result {
@@ -753,50 +938,66 @@ async fn push_call(
                     Some(task_reply::Result::StoredId(id)) => {
                         crate::submitter::stored_id(&id, &reply.stored_at)
                     }
-                    Some(task_reply::Result::Error(error)) => {
-                        if error.kind == "SYSTEM" && error.message.contains("is not hosted") {
-                            // The call raced the actor's death.
-                            Err(Error::ActorDied {
-                                actor: link.label.clone(),
-                                cause: error.message.clone(),
-                            })
-                        } else {
-                            Err(crate::executor::error_from_wire(error))
+                    Some(task_reply::Result::Error(error))
+                        if crate::executor::failure_kind(&error) == TaskFailure::ActorNotHosted
+                            && bounces < MAX_NOT_HOSTED_BOUNCES =>
+                    {
+                        // The worker no longer hosts the actor (it died or moved): the call
+                        // did not run, so follow the actor without spending a retry.
+                        bounces += 1;
+                        match link.on_failure(&runtime, incarnation, &error.message).await {
+                            Recovery::Back => {}
+                            Recovery::Dead(cause) => {
+                                runtime.store.set(&result_id, Err(link.died(&cause)));
+                                return;
+                            }
+                            Recovery::Unavailable(cause) => {
+                                runtime.store.set(&result_id, Err(link.unavailable(cause)));
+                                return;
+                            }
                         }
+                        match link.target(&runtime).await {
+                            Ok((a, i, s)) => {
+                                (address, incarnation, seq) = (a, i, s);
+                                continue;
+                            }
+                            Err(error) => {
+                                runtime.store.set(&result_id, Err(error));
+                                return;
+                            }
+                        }
+                    }
+                    Some(task_reply::Result::Error(error)) => {
+                        Err(crate::executor::error_from_wire(error))
                     }
                     None => Err(Error::Internal("empty reply to an actor call".into())),
                 };
                 runtime.store.set_stored(&result_id, result);
                 return;
             }
-            Err(cause) => {
-                link.on_failure(&runtime, incarnation, &cause).await;
-                if retries >= link.max_task_retries {
-                    let state = link.state.lock().await;
-                    let cause = state.dead.clone().unwrap_or_else(|| {
-                        format!("the call was interrupted: its worker died ({cause})")
-                    });
-                    runtime.store.set(
-                        &result_id,
-                        Err(Error::ActorDied {
-                            actor: link.label.clone(),
-                            cause,
-                        }),
-                    );
-                    return;
-                }
-                retries += 1;
-                match link.target(&runtime).await {
-                    Ok((a, i, s)) => {
-                        address = a;
-                        incarnation = i;
-                        seq = s;
-                    }
-                    Err(error) => {
-                        runtime.store.set(&result_id, Err(error));
-                        return;
-                    }
-                }
+            Err(cause) => cause,
+        };
+        let recovery = link.on_failure(&runtime, incarnation, &failure).await;
+        if let Recovery::Dead(cause) = &recovery {
+            runtime.store.set(&result_id, Err(link.died(cause)));
+            return;
+        }
+        if retries >= link.max_task_retries {
+            let error = match recovery {
+                Recovery::Unavailable(cause) => link.unavailable(cause),
+                _ => link.died(&format!(
+                    "the call was interrupted: its worker died ({failure})"
+                )),
+            };
+            runtime.store.set(&result_id, Err(error));
+            return;
+        }
+        retries += 1;
+        match link.target(&runtime).await {
+            Ok((a, i, s)) => (address, incarnation, seq) = (a, i, s),
+            Err(error) => {
+                runtime.store.set(&result_id, Err(error));
+                return;
             }
         }
     }
@@ -811,20 +1012,33 @@ impl ActorHandle {
         let result_id = crate::ids::new_id("obj");
         let result = ObjectRef::new(result_id.clone(), runtime.address.clone());
         runtime.store.slot(&result_id);
-        if self
-            .link
-            .queue
-            .send(Call {
-                method: method.to_string(),
-                args,
-                result_id: result_id.clone(),
-            })
-            .is_err()
-        {
+        let link = &self.link;
+        let in_flight = link
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let slot = InFlight(link.in_flight.clone());
+        if in_flight >= link.max_pending_calls {
+            drop(slot);
+            runtime.store.set(
+                &result_id,
+                Err(Error::PendingCallsExceeded {
+                    actor: link.label.clone(),
+                    limit: link.max_pending_calls,
+                }),
+            );
+            return result;
+        }
+        let call = Call {
+            method: method.to_string(),
+            args,
+            result_id: result_id.clone(),
+            _slot: slot,
+        };
+        if link.queue.send(call).is_err() {
             runtime.store.set(
                 &result_id,
                 Err(Error::ActorDied {
-                    actor: self.link.label.clone(),
+                    actor: link.label.clone(),
                     cause: "its handle was closed".into(),
                 }),
             );
@@ -881,7 +1095,9 @@ impl ActorHandle {
             }
         }
         let mut state = self.link.state.lock().await;
-        state.dead = Some(cause);
+        let address = state.address.take();
+        self.link.set_dead(&runtime, &mut state, cause);
+        state.address = address;
         if let Some(address) = state.address.take() {
             if let Ok(mut client) = runtime.worker_client(&address) {
                 let _ = client.exit(fleet_proto::runtime::ExitRequest {}).await;
@@ -916,8 +1132,8 @@ impl<'de> Deserialize<'de> for ActorHandle {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         let wire = WireHandle::deserialize(deserializer)?;
         let runtime = current().map_err(serde::de::Error::custom)?;
-        if let Some(link) = runtime.links.get(&wire.actor_id) {
-            return Ok(ActorHandle { link: link.clone() });
+        if let Some(link) = existing_link(&runtime, &wire.actor_id) {
+            return Ok(ActorHandle { link });
         }
         Ok(ActorHandle {
             link: new_link(&runtime, wire.actor_id, wire.class, wire.label, None, None),
@@ -950,8 +1166,8 @@ pub async fn get_actor_in<A: ActorType>(namespace: &str, name: &str) -> Result<A
             found: info.class_name,
         });
     }
-    if let Some(link) = runtime.links.get(&info.actor_id) {
-        return Ok(A::Handle::from(ActorHandle { link: link.clone() }));
+    if let Some(link) = existing_link(&runtime, &info.actor_id) {
+        return Ok(A::Handle::from(ActorHandle { link }));
     }
     let address = (!info.address.is_empty()).then_some(info.address);
     let link = new_link(

@@ -73,14 +73,23 @@ fn spawn_store(runtime: &Arc<CoreWorker>, id: String, bytes: Vec<u8>) {
     runtime.store.slot(&id);
     let stored = ObjectId::random();
     let rt = runtime.clone();
-    runtime.runtime.spawn(async move {
-        let outcome = rt
-            .plasma
-            .put(stored, &bytes)
-            .await
-            .map(|()| Stored::Plasma(stored, rt.local_location()));
-        rt.store.set_stored(&id, outcome);
-    });
+    let stopped = runtime.clone();
+    let answer_id = id.clone();
+    runtime.tasks.spawn_answering(
+        async move {
+            let outcome = rt
+                .plasma
+                .put(stored, &bytes)
+                .await
+                .map(|()| Stored::Plasma(stored, rt.local_location()));
+            rt.store.set_stored(&id, outcome);
+        },
+        move || {
+            stopped
+                .store
+                .set(&answer_id, Err(crate::error::Error::ShutDown))
+        },
+    );
 }
 
 /// The value of a reference.

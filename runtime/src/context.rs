@@ -1,6 +1,7 @@
 //! The core worker of this process: its identity, its connections (GCS, raylet, other core
 //! workers), its memory store and lease pool. One per process, set by `fleet::init()`.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
@@ -39,10 +40,60 @@ pub(crate) fn install(worker: Arc<CoreWorker>) -> Result<()> {
         .map_err(|_| Error::Internal("fleet::init() was called twice in this process".into()))
 }
 
+/// Tasks sent on one worker stream at once before a sender waits (backpressure: the
+/// stream's HTTP/2 window and this bound keep a slow worker from growing the queue).
+const TASK_STREAM_CAPACITY: usize = 1024;
+
+type ReplyWaiter = oneshot::Sender<std::result::Result<TaskReply, String>>;
+
 /// A task stream to one worker.
 struct WorkerConnection {
-    sender: mpsc::UnboundedSender<TaskSpec>,
-    pending: DashMap<String, oneshot::Sender<std::result::Result<TaskReply, String>>>,
+    sender: mpsc::Sender<TaskSpec>,
+    /// Calls waiting for their reply; `None` once the stream ended and every waiter was
+    /// answered, so a call registered after that last drain is refused, never left waiting.
+    pending: std::sync::Mutex<Option<HashMap<String, ReplyWaiter>>>,
+}
+
+impl WorkerConnection {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<HashMap<String, ReplyWaiter>>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_open(&self) -> bool {
+        !self.sender.is_closed() && self.lock().is_some()
+    }
+
+    /// Registers a waiter; false when the stream has already ended.
+    fn register(&self, task_id: &str, waiter: ReplyWaiter) -> bool {
+        match self.lock().as_mut() {
+            Some(pending) => {
+                pending.insert(task_id.to_string(), waiter);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn answer(&self, reply: TaskReply) {
+        let waiter = self.lock().as_mut().and_then(|p| p.remove(&reply.task_id));
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(Ok(reply));
+        }
+    }
+
+    fn forget(&self, task_id: &str) {
+        if let Some(pending) = self.lock().as_mut() {
+            pending.remove(task_id);
+        }
+    }
+
+    /// Ends the stream for its callers: every waiter gets `cause`, later calls are refused.
+    fn fail_all(&self, cause: &str) {
+        let drained = self.lock().take().unwrap_or_default();
+        for (_, waiter) in drained {
+            let _ = waiter.send(Err(cause.to_string()));
+        }
+    }
 }
 
 /// The core worker.
@@ -71,19 +122,27 @@ pub struct CoreWorker {
     /// How to re-run the tasks whose results live in an object store (lineage), by object id.
     pub(crate) lineage: DashMap<String, Arc<Lineage>>,
     /// Finished task attempts, batched into the GCS task events table (`fleet list tasks`).
-    task_events: mpsc::UnboundedSender<fleet_proto::gcs::TaskEvent>,
+    task_events: mpsc::Sender<fleet_proto::gcs::TaskEvent>,
+    /// Task events dropped because the queue to the GCS was full (it was unreachable).
+    task_events_dropped: std::sync::atomic::AtomicU64,
     rebuilding: DashMap<String, Shared<BoxFuture<'static, Result<Stored>>>>,
     pub(crate) store: MemoryStore,
     pub(crate) plasma: Plasma,
     pub(crate) leases: Arc<LeasePool>,
     clients: DashMap<String, CoreWorkerClient<AuthChannel>>,
-    pub(crate) links: DashMap<String, Arc<crate::actor::ActorLink>>,
+    /// Every actor this process holds a handle to (a link ends with its last handle).
+    pub(crate) links: DashMap<String, std::sync::Weak<crate::actor::ActorLink>>,
+    /// The actors this process created and may have to restart, kept until they die.
+    pub(crate) owned_links: DashMap<String, Arc<crate::actor::ActorLink>>,
     /// Borrowed references alive in this process: id → (live handles, reported to owner).
     borrowed: DashMap<String, (usize, bool)>,
     connections: DashMap<String, Arc<WorkerConnection>>,
-    pub(crate) runtime: tokio::runtime::Handle,
     /// Whether this process is a driver (not a worker).
     pub is_driver: bool,
+    /// The last caller incarnation handed to an actor link.
+    incarnations: std::sync::atomic::AtomicU64,
+    /// Every background task of this core worker (ended by `fleet::shutdown()`).
+    pub(crate) tasks: crate::tasks::TaskOwner,
 }
 
 pub(crate) struct CoreWorkerParts {
@@ -104,6 +163,7 @@ pub(crate) struct CoreWorkerParts {
 
 impl CoreWorker {
     pub(crate) fn new(parts: CoreWorkerParts) -> Self {
+        let tasks = crate::tasks::TaskOwner::new();
         let leaser = Leaser::new(
             parts.raylet.clone(),
             parts.raylet_address.clone(),
@@ -123,18 +183,21 @@ impl CoreWorker {
             pid: std::process::id(),
             namespace: parts.namespace,
             gpu_ids: parts.gpu_ids,
-            task_events: spawn_task_event_reporter(parts.gcs.clone()),
+            task_events: spawn_task_event_reporter(parts.gcs.clone(), &tasks),
+            task_events_dropped: Default::default(),
             gcs: parts.gcs,
             raylet: parts.raylet.clone(),
             store: MemoryStore::default(),
             plasma: parts.plasma,
-            leases: Arc::new(LeasePool::new(leaser)),
+            leases: Arc::new(LeasePool::new(leaser, tasks.clone())),
             clients: DashMap::new(),
             links: DashMap::new(),
+            owned_links: DashMap::new(),
             borrowed: DashMap::new(),
             connections: DashMap::new(),
-            runtime: tokio::runtime::Handle::current(),
             is_driver: parts.is_driver,
+            incarnations: Default::default(),
+            tasks,
         }
     }
 
@@ -146,6 +209,30 @@ impl CoreWorker {
             Plasma::Remote { .. } => None,
         };
         (self.store.len(), stored)
+    }
+
+    /// Links to actors this process holds handles to, and how many of those actors it owns:
+    /// for tests and diagnostics (a link ends with its last handle).
+    pub fn actor_links(&self) -> (usize, usize) {
+        let live = self
+            .links
+            .iter()
+            .filter(|link| link.strong_count() > 0)
+            .count();
+        (live, self.owned_links.len())
+    }
+
+    /// Background tasks of this core worker running now (0 after `fleet::shutdown()`).
+    pub fn background_tasks(&self) -> usize {
+        self.tasks.running()
+    }
+
+    /// A caller incarnation no actor link of this process used before: increasing, so an
+    /// actor can tell this process's newer call order from an older one.
+    pub(crate) fn next_incarnation(&self) -> u64 {
+        self.incarnations
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1
     }
 
     /// The GCS client.
@@ -168,9 +255,21 @@ impl CoreWorker {
         Ok(client)
     }
 
-    /// Records a finished task attempt (sent to the GCS in batches, never waited for).
+    /// Records a finished task attempt (sent to the GCS in batches, never waited for). The
+    /// queue is bounded: while the GCS cannot take events, the newest are dropped (they are
+    /// for operators; no acknowledged work depends on them), and the drops are counted.
     pub(crate) fn task_event(&self, event: fleet_proto::gcs::TaskEvent) {
-        let _ = self.task_events.send(event);
+        if self.task_events.try_send(event).is_err() {
+            let dropped = self
+                .task_events_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if dropped.is_multiple_of(10_000) {
+                tracing::warn!(
+                    dropped = dropped + 1,
+                    "task events dropped: the queue to the control store is full"
+                );
+            }
+        }
     }
 
     /// Where values this process stores are (its node's raylet).
@@ -271,7 +370,9 @@ impl CoreWorker {
             return;
         };
         if at.is_empty() || *at == *self.raylet_address {
-            self.plasma.delete(id);
+            if let Some(request) = self.plasma.delete(id) {
+                self.tasks.spawn(request);
+            }
             return;
         }
         // Held by another node: free it there (that raylet frees the copies made from it,
@@ -279,7 +380,7 @@ impl CoreWorker {
         let Ok(mut raylet) = self.leaser.raylet_at(&at) else {
             return;
         };
-        self.runtime.spawn(async move {
+        self.tasks.spawn(async move {
             let _ = raylet
                 .store_delete(fleet_proto::runtime::StoreDeleteRequest {
                     object_id: id.to_string(),
@@ -353,7 +454,7 @@ impl CoreWorker {
             borrower: self.address.clone(),
         };
         let owner = owner.to_string();
-        self.runtime.spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(status) = client.release_borrow(request).await {
                 tracing::debug!(%owner, status = %status.message(), "could not release a borrowed object");
             }
@@ -368,26 +469,20 @@ impl CoreWorker {
             let Some((_, connection)) = self.connections.remove(&address) else {
                 continue;
             };
-            let ids: Vec<String> = connection.pending.iter().map(|e| e.key().clone()).collect();
-            for id in ids {
-                if let Some((_, waiter)) = connection.pending.remove(&id) {
-                    let _ = waiter.send(Err(format!(
-                        "its node {node_id} was declared dead ({cause})"
-                    )));
-                }
-            }
+            connection.fail_all(&format!("its node {node_id} was declared dead ({cause})"));
         }
     }
 
     /// Pushes a task to the worker at `address` over this process's stream to it (opened on
-    /// first use, reopened after a failure); the error is the transport's cause.
+    /// first use, reopened after a failure); the error is the transport's cause. Waits while
+    /// the stream holds `TASK_STREAM_CAPACITY` unsent tasks.
     pub(crate) async fn push(
         &self,
         address: &str,
         spec: TaskSpec,
     ) -> std::result::Result<TaskReply, String> {
         let connection = match self.connections.get(address).map(|c| c.clone()) {
-            Some(connection) if !connection.sender.is_closed() => connection,
+            Some(connection) if connection.is_open() => connection,
             _ => {
                 let connection = self.open_connection(address).await?;
                 self.connections
@@ -395,14 +490,21 @@ impl CoreWorker {
                 connection
             }
         };
+        let closed = || format!("the connection to worker {address} closed");
         let (tx, rx) = oneshot::channel();
-        connection.pending.insert(spec.task_id.clone(), tx);
-        if connection.sender.send(spec).is_err() {
-            self.connections.remove(address);
-            return Err(format!("the connection to worker {address} closed"));
+        let task_id = spec.task_id.clone();
+        if !connection.register(&task_id, tx) {
+            self.connections
+                .remove_if(address, |_, c| Arc::ptr_eq(c, &connection));
+            return Err(closed());
         }
-        rx.await
-            .unwrap_or_else(|_| Err(format!("the connection to worker {address} closed")))
+        if connection.sender.send(spec).await.is_err() {
+            connection.forget(&task_id);
+            self.connections
+                .remove_if(address, |_, c| Arc::ptr_eq(c, &connection));
+            return Err(closed());
+        }
+        rx.await.unwrap_or_else(|_| Err(closed()))
     }
 
     async fn open_connection(
@@ -410,41 +512,35 @@ impl CoreWorker {
         address: &str,
     ) -> std::result::Result<Arc<WorkerConnection>, String> {
         let mut client = self.worker_client(address).map_err(|e| e.to_string())?;
-        let (sender, receiver) = mpsc::unbounded_channel::<TaskSpec>();
+        let (sender, receiver) = mpsc::channel::<TaskSpec>(TASK_STREAM_CAPACITY);
         let replies = client
-            .push_tasks(tokio_stream::wrappers::UnboundedReceiverStream::new(
-                receiver,
-            ))
+            .push_tasks(tokio_stream::wrappers::ReceiverStream::new(receiver))
             .await
             .map_err(|s| fleet_gcs::error::describe_status(&s))?
             .into_inner();
         let connection = Arc::new(WorkerConnection {
             sender,
-            pending: DashMap::new(),
+            pending: std::sync::Mutex::new(Some(HashMap::new())),
         });
         let reader = connection.clone();
         let address = address.to_string();
-        tokio::spawn(async move {
-            let mut replies = replies;
-            let cause = loop {
-                match replies.message().await {
-                    Ok(Some(reply)) => {
-                        if let Some((_, waiter)) = reader.pending.remove(&reply.task_id) {
-                            let _ = waiter.send(Ok(reply));
-                        }
+        // The reader ends with the stream; at shutdown its waiters are told.
+        let closing = connection.clone();
+        self.tasks.spawn_answering(
+            async move {
+                let mut replies = replies;
+                let cause = loop {
+                    match replies.message().await {
+                        Ok(Some(reply)) => reader.answer(reply),
+                        Ok(None) => break format!("worker {address} closed the task stream"),
+                        Err(status) => break fleet_gcs::error::describe_status(&status),
                     }
-                    Ok(None) => break format!("worker {address} closed the task stream"),
-                    Err(status) => break fleet_gcs::error::describe_status(&status),
-                }
-            };
-            // Everything still in flight on this stream failed with the worker.
-            let ids: Vec<String> = reader.pending.iter().map(|e| e.key().clone()).collect();
-            for id in ids {
-                if let Some((_, waiter)) = reader.pending.remove(&id) {
-                    let _ = waiter.send(Err(cause.clone()));
-                }
-            }
-        });
+                };
+                // Everything still in flight on this stream failed with the worker.
+                reader.fail_all(&cause);
+            },
+            move || closing.fail_all("fleet::shutdown() closed this process's connections"),
+        );
         Ok(connection)
     }
 
@@ -555,9 +651,15 @@ impl CoreWorker {
 /// How often task events go to the GCS (one proposal per batch).
 const TASK_EVENT_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
 
-fn spawn_task_event_reporter(gcs: GcsClient) -> mpsc::UnboundedSender<fleet_proto::gcs::TaskEvent> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<fleet_proto::gcs::TaskEvent>();
-    tokio::spawn(async move {
+/// Task events queued for the GCS at most.
+const TASK_EVENT_QUEUE: usize = 16_384;
+
+fn spawn_task_event_reporter(
+    gcs: GcsClient,
+    tasks: &crate::tasks::TaskOwner,
+) -> mpsc::Sender<fleet_proto::gcs::TaskEvent> {
+    let (tx, mut rx) = mpsc::channel::<fleet_proto::gcs::TaskEvent>(TASK_EVENT_QUEUE);
+    tasks.spawn(async move {
         while let Some(first) = rx.recv().await {
             tokio::time::sleep(TASK_EVENT_FLUSH).await;
             let mut batch = vec![first];
@@ -574,4 +676,36 @@ fn spawn_task_event_reporter(gcs: GcsClient) -> mpsc::UnboundedSender<fleet_prot
         }
     });
     tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_call_registered_after_the_last_drain_is_refused_not_left_waiting() {
+        let (sender, _receiver) = mpsc::channel(1);
+        let connection = WorkerConnection {
+            sender,
+            pending: std::sync::Mutex::new(Some(HashMap::new())),
+        };
+        let (tx, rx) = oneshot::channel();
+        assert!(connection.register("a", tx));
+        connection.fail_all("the worker died");
+        assert_eq!(
+            rx.await.expect("answered"),
+            Err("the worker died".to_string())
+        );
+        // Before, a waiter added after the reader's last drain waited forever.
+        let (tx, rx) = oneshot::channel();
+        assert!(
+            !connection.register("b", tx),
+            "the ended stream took a call"
+        );
+        assert!(
+            rx.await.is_err(),
+            "its waiter is dropped, so the caller is told"
+        );
+        assert!(!connection.is_open());
+    }
 }

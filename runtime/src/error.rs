@@ -12,6 +12,17 @@ pub enum TaskFailure {
     Panic,
     /// Fleet could not run it (unknown function, undecodable arguments...).
     System,
+    /// The call reached a worker that no longer hosts its actor (it died or moved); the
+    /// caller treats the actor as failed over, never the call as the method's failure.
+    ActorNotHosted,
+}
+
+impl TaskFailure {
+    /// The user's code failed (returned `Err` or panicked), as opposed to Fleet: what
+    /// `retry_exceptions` retries.
+    pub fn is_user_failure(&self) -> bool {
+        matches!(self, TaskFailure::Application | TaskFailure::Panic)
+    }
 }
 
 /// Where a failed task ran.
@@ -157,23 +168,59 @@ pub enum Error {
     /// A wait ran out of time.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
-    /// The control store failed.
+    /// The control store failed. Shared, so that every waiter of one failed operation gets
+    /// the same error with its cause chain.
     #[error("control store: {0}")]
-    Gcs(#[from] fleet_gcs::Error),
+    Gcs(#[source] std::sync::Arc<fleet_gcs::Error>),
     /// The raylet failed.
     #[error("raylet: {0}")]
-    Raylet(#[from] fleet_raylet::Error),
+    Raylet(#[source] std::sync::Arc<fleet_raylet::Error>),
     /// An RPC failed.
     #[error("{what}: {message}")]
     Rpc {
         /// What was being done.
         what: String,
+        /// The gRPC code the peer (or the transport) answered.
+        code: tonic::Code,
         /// The status message.
         message: String,
     },
+    /// The actor cannot be reached right now (its connection broke, or the control store
+    /// did not answer), but it is not known to be dead: the call may or may not have run,
+    /// and the handle stays usable.
+    #[error("actor {actor} is unavailable: {cause}; the call may or may not have run (retry it, or set max_task_retries on the actor)")]
+    ActorUnavailable {
+        /// The actor (name or id).
+        actor: String,
+        /// Why.
+        cause: String,
+    },
+    /// A handle has as many calls in flight as it may hold; more would grow without bound.
+    #[error("actor {actor} has {limit} calls pending from this handle, its limit (max_pending_calls); wait for some of them before submitting more")]
+    PendingCallsExceeded {
+        /// The actor (name or id).
+        actor: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// `fleet::shutdown()` ran in this process before the operation finished.
+    #[error("Fleet was shut down in this process (fleet::shutdown()) before this finished")]
+    ShutDown,
     /// Something else went wrong inside Fleet.
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<fleet_gcs::Error> for Error {
+    fn from(error: fleet_gcs::Error) -> Self {
+        Error::Gcs(std::sync::Arc::new(error))
+    }
+}
+
+impl From<fleet_raylet::Error> for Error {
+    fn from(error: fleet_raylet::Error) -> Self {
+        Error::Raylet(std::sync::Arc::new(error))
+    }
 }
 
 /// Fleet's result type.
@@ -183,7 +230,20 @@ impl Error {
     pub(crate) fn rpc(what: impl Into<String>, status: &tonic::Status) -> Self {
         Error::Rpc {
             what: what.into(),
+            code: status.code(),
             message: fleet_gcs::error::describe_status(status),
+        }
+    }
+
+    /// The gRPC code of an RPC failure, when this is one.
+    pub fn rpc_code(&self) -> Option<tonic::Code> {
+        match self {
+            Error::Rpc { code, .. } => Some(*code),
+            Error::Gcs(error) => match error.as_ref() {
+                fleet_gcs::Error::Rpc { status, .. } => Some(status.code()),
+                _ => None,
+            },
+            _ => None,
         }
     }
 
@@ -259,9 +319,27 @@ impl Clone for Error {
             },
             Error::NotInitialized => Error::NotInitialized,
             Error::Timeout(d) => Error::Timeout(*d),
-            other @ (Error::Gcs(_) | Error::Raylet(_) | Error::Rpc { .. } | Error::Internal(_)) => {
-                Error::Internal(other.to_string())
-            }
+            Error::Gcs(error) => Error::Gcs(error.clone()),
+            Error::Raylet(error) => Error::Raylet(error.clone()),
+            Error::Rpc {
+                what,
+                code,
+                message,
+            } => Error::Rpc {
+                what: what.clone(),
+                code: *code,
+                message: message.clone(),
+            },
+            Error::ActorUnavailable { actor, cause } => Error::ActorUnavailable {
+                actor: actor.clone(),
+                cause: cause.clone(),
+            },
+            Error::PendingCallsExceeded { actor, limit } => Error::PendingCallsExceeded {
+                actor: actor.clone(),
+                limit: *limit,
+            },
+            Error::ShutDown => Error::ShutDown,
+            Error::Internal(message) => Error::Internal(message.clone()),
         }
     }
 }

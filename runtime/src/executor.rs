@@ -14,7 +14,7 @@ use fleet_proto::gcs::CheckpointInfo;
 use fleet_proto::runtime::core_worker_server::CoreWorker as CoreWorkerRpc;
 use fleet_proto::runtime::{
     get_object_reply, task_reply, ExitReply, ExitRequest, GetObjectReply, GetObjectRequest,
-    TaskKind, TaskReply, TaskSpec,
+    TaskFailureKind, TaskKind, TaskReply, TaskSpec,
 };
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +28,16 @@ use crate::object_ref::{Stored, Traced};
 use crate::plasma::INLINE_LIMIT;
 use crate::registry::{self, ActorObject, Args, TaskError};
 use fleet_raylet::object_store::ObjectId;
+
+/// Calls an actor's mailbox holds before the stream that brings them waits (and with it
+/// the caller: backpressure, never unbounded growth).
+const ACTOR_MAILBOX_CAPACITY: usize = 1024;
+/// Calls an actor takes out of its mailbox ahead of running them (beyond these, only to
+/// find the next call of a caller whose calls arrived out of order).
+const READY_LIMIT: usize = ACTOR_MAILBOX_CAPACITY;
+/// Replies queued on one task stream before the tasks producing them wait for the caller
+/// to read.
+const REPLY_STREAM_CAPACITY: usize = 1024;
 
 /// The method name of an on-demand checkpoint.
 pub const CHECKPOINT_METHOD: &str = "__fleet_checkpoint";
@@ -81,21 +91,29 @@ where
     }
 }
 
-fn kind_name(kind: &TaskFailure) -> &'static str {
+fn kind_to_wire(kind: &TaskFailure) -> TaskFailureKind {
     match kind {
-        TaskFailure::Application => "APPLICATION",
-        TaskFailure::Panic => "PANIC",
-        TaskFailure::System => "SYSTEM",
+        TaskFailure::Application => TaskFailureKind::TaskFailureApplication,
+        TaskFailure::Panic => TaskFailureKind::TaskFailurePanic,
+        TaskFailure::System => TaskFailureKind::TaskFailureSystem,
+        TaskFailure::ActorNotHosted => TaskFailureKind::TaskFailureActorNotHosted,
+    }
+}
+
+/// The failure kind of a task error from the wire (an unknown kind is Fleet's failure).
+pub(crate) fn failure_kind(error: &fleet_proto::runtime::TaskError) -> TaskFailure {
+    match TaskFailureKind::try_from(error.kind) {
+        Ok(TaskFailureKind::TaskFailureApplication) => TaskFailure::Application,
+        Ok(TaskFailureKind::TaskFailurePanic) => TaskFailure::Panic,
+        Ok(TaskFailureKind::TaskFailureActorNotHosted) => TaskFailure::ActorNotHosted,
+        Ok(TaskFailureKind::TaskFailureSystem | TaskFailureKind::TaskFailureUnspecified)
+        | Err(_) => TaskFailure::System,
     }
 }
 
 /// The caller-side error for a task error that came over the wire.
 pub fn error_from_wire(error: fleet_proto::runtime::TaskError) -> Error {
-    let kind = match error.kind.as_str() {
-        "APPLICATION" => TaskFailure::Application,
-        "PANIC" => TaskFailure::Panic,
-        _ => TaskFailure::System,
-    };
+    let kind = failure_kind(&error);
     Error::Task(Box::new(RemoteError {
         function: error.function,
         kind,
@@ -155,7 +173,7 @@ impl ActorThread {
 #[derive(Clone)]
 pub struct Executor {
     runtime: Arc<CoreWorker>,
-    actors: Arc<DashMap<String, mpsc::UnboundedSender<ActorCall>>>,
+    actors: Arc<DashMap<String, mpsc::Sender<ActorCall>>>,
     actor_thread: Arc<std::sync::OnceLock<ActorThread>>,
     exit: CancellationToken,
 }
@@ -173,7 +191,7 @@ impl Executor {
 
     fn locate(&self, function: &str, error: TaskError) -> fleet_proto::runtime::TaskError {
         fleet_proto::runtime::TaskError {
-            kind: kind_name(&error.kind).into(),
+            kind: kind_to_wire(&error.kind) as i32,
             message: error.message,
             backtrace: error.backtrace,
             node_id: self.runtime.node_id.clone(),
@@ -269,7 +287,7 @@ impl Executor {
     ) -> Result<Vec<u8>, TaskError> {
         // The id names the actor's directory in the checkpoint store.
         crate::checkpoint::validate_actor_id(&spec.actor_id).map_err(TaskError::system)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(ACTOR_MAILBOX_CAPACITY);
         let policy = CheckpointPolicy {
             answers: answers.into(),
             actor_id: spec.actor_id.clone(),
@@ -306,27 +324,64 @@ impl Executor {
     }
 }
 
-/// Per-caller ordering: calls are released in each caller's sequence order.
+/// One caller process's order: its newest incarnation (a link, or a link after a failure),
+/// the next call number due, and the calls that arrived ahead of their turn.
+#[derive(Default)]
+struct CallerOrder {
+    incarnation: u64,
+    expected: u64,
+    pending: BTreeMap<u64, ActorCall>,
+}
+
+/// Per-caller ordering: calls are released in each caller's sequence order. Kept per caller
+/// *process*: a caller id is `process#incarnation`, incarnations grow, and a newer one
+/// replaces the older order (whose calls all finished or failed on the caller's side), so
+/// the map holds one entry per process that ever called, not one per handle.
 #[derive(Default)]
 struct CallOrder {
-    expected: HashMap<String, u64>,
-    pending: HashMap<String, BTreeMap<u64, ActorCall>>,
+    callers: HashMap<String, CallerOrder>,
+}
+
+/// Splits `process#incarnation`; a caller id without one is incarnation 0.
+fn split_caller(caller: &str) -> (&str, u64) {
+    match caller.rsplit_once('#') {
+        Some((process, incarnation)) => match incarnation.parse() {
+            Ok(incarnation) => (process, incarnation),
+            Err(_) => (caller, 0),
+        },
+        None => (caller, 0),
+    }
 }
 
 impl CallOrder {
-    /// Takes a call in; returns the calls whose turn has come, in order.
+    /// Takes a call in; appends to `ready` the calls whose turn has come, in order. A call
+    /// from an older incarnation than its process's newest, or a number already run, is
+    /// answered with an error at once (it would otherwise wait forever for its turn).
     fn admit(&mut self, call: ActorCall, ready: &mut VecDeque<ActorCall>) {
-        let caller = call.caller.clone();
-        self.pending
-            .entry(caller.clone())
-            .or_default()
-            .insert(call.seq, call);
-        loop {
-            let next = self.expected.get(&caller).copied().unwrap_or(0);
-            let Some(call) = self.pending.get_mut(&caller).and_then(|q| q.remove(&next)) else {
-                break;
+        let (process, incarnation) = split_caller(&call.caller);
+        let order = self.callers.entry(process.to_string()).or_default();
+        if incarnation > order.incarnation {
+            // Dropping the older incarnation's waiting calls drops their reply senders.
+            *order = CallerOrder {
+                incarnation,
+                ..CallerOrder::default()
             };
-            self.expected.insert(caller.clone(), next + 1);
+        }
+        if incarnation < order.incarnation || call.seq < order.expected {
+            let why = if incarnation < order.incarnation {
+                format!(
+                    "call {} of {} came after its caller's newer incarnation {} (the caller gave up on it)",
+                    call.seq, call.caller, order.incarnation
+                )
+            } else {
+                format!("call {} of {} arrived twice", call.seq, call.caller)
+            };
+            let _ = call.reply.send((Err(TaskError::system(why)), Vec::new()));
+            return;
+        }
+        order.pending.insert(call.seq, call);
+        while let Some(call) = order.pending.remove(&order.expected) {
+            order.expected += 1;
             ready.push_back(call);
         }
     }
@@ -392,7 +447,7 @@ async fn commit_group(
 async fn actor_loop(
     runtime: Arc<CoreWorker>,
     mut instance: Box<dyn ActorObject>,
-    mut rx: mpsc::UnboundedReceiver<ActorCall>,
+    mut rx: mpsc::Receiver<ActorCall>,
     mut policy: CheckpointPolicy,
     concurrency: usize,
 ) {
@@ -424,9 +479,7 @@ async fn actor_loop(
             }
             continue;
         }
-        while let Ok(call) = rx.try_recv() {
-            order.admit(call, &mut ready);
-        }
+        take_available(&mut rx, &mut order, &mut ready);
         let Some(call) = ready.pop_front() else {
             continue;
         };
@@ -483,13 +536,24 @@ async fn actor_loop(
             }
         }
         // Commit the group when it is full or no further call is ready to join it.
-        while let Ok(call) = rx.try_recv() {
-            order.admit(call, &mut ready);
-        }
+        take_available(&mut rx, &mut order, &mut ready);
         if policy.due(calls_since_checkpoint, held.len(), ready.is_empty()) {
             calls_since_checkpoint = 0;
             let _ = commit_group(&runtime, instance.as_ref(), &mut policy, &mut held).await;
         }
+    }
+}
+
+/// Moves the calls waiting in the mailbox into the order, until `READY_LIMIT` calls are
+/// ready to run (the rest stay in the bounded mailbox, holding their senders back).
+fn take_available(
+    rx: &mut mpsc::Receiver<ActorCall>,
+    order: &mut CallOrder,
+    ready: &mut VecDeque<ActorCall>,
+) {
+    while ready.len() < READY_LIMIT {
+        let Ok(call) = rx.try_recv() else { break };
+        order.admit(call, ready);
     }
 }
 
@@ -502,7 +566,7 @@ enum SharedOutcome {
 
 /// The actor's mailbox and its ordering state, lent to [`run_shared`].
 struct SharedQueues<'a> {
-    rx: &'a mut mpsc::UnboundedReceiver<ActorCall>,
+    rx: &'a mut mpsc::Receiver<ActorCall>,
     order: &'a mut CallOrder,
     ready: &'a mut VecDeque<ActorCall>,
 }
@@ -594,7 +658,7 @@ async fn run_shared(
                 finish(policy, held, reply, result, retained);
                 done += 1;
             }
-            call = rx.recv(), if exclusive.is_none() => {
+            call = rx.recv(), if exclusive.is_none() && ready.len() < READY_LIMIT => {
                 if let Some(call) = call {
                     order.admit(call, ready);
                 }
@@ -691,30 +755,37 @@ impl CoreWorkerRpc for Executor {
         request: Request<tonic::Streaming<TaskSpec>>,
     ) -> Result<Response<ReplyStream>, Status> {
         let mut incoming = request.into_inner();
-        let (tx, rx) = mpsc::unbounded_channel::<Result<TaskReply, Status>>();
+        let (tx, rx) = mpsc::channel::<Result<TaskReply, Status>>(REPLY_STREAM_CAPACITY);
         let executor = self.clone();
-        tokio::spawn(async move {
+        let tasks = self.runtime.tasks.clone();
+        tasks.clone().spawn(async move {
             while let Ok(Some(spec)) = incoming.message().await {
-                // A lease runs one function at a time: run it right here (one task hand-off
-                // fewer per call). Actor calls are pipelined, so they get a task each.
-                let inline = spec.kind == TaskKind::Function as i32;
+                let kind = TaskKind::try_from(spec.kind).unwrap_or(TaskKind::Function);
+                // An actor call takes its place in the mailbox here, before the next task is
+                // read: a full mailbox stops this stream (and its caller) instead of growing.
+                let permit = match kind {
+                    TaskKind::ActorMethod => executor.reserve_mailbox(&spec.actor_id).await,
+                    _ => None,
+                };
                 let executor = executor.clone();
                 let tx = tx.clone();
                 let run = async move {
                     let task_id = spec.task_id.clone();
-                    let mut reply = executor.execute(spec).await;
+                    let mut reply = executor.execute_with(spec, permit).await;
                     reply.task_id = task_id;
-                    let _ = tx.send(Ok(reply));
+                    let _ = tx.send(Ok(reply)).await;
                 };
-                if inline {
+                // A lease runs one function at a time: run it right here (one task hand-off
+                // fewer per call). Actor calls are pipelined, so they get a task each.
+                if kind == TaskKind::Function {
                     run.await;
                 } else {
-                    tokio::spawn(run);
+                    tasks.spawn(run);
                 }
             }
         });
         Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+            tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
 
@@ -760,7 +831,29 @@ impl CoreWorkerRpc for Executor {
 }
 
 impl Executor {
+    /// A place in the mailbox of the actor `actor_id`, waiting while it is full; `None` when
+    /// this worker does not host it.
+    async fn reserve_mailbox(&self, actor_id: &str) -> Option<mpsc::OwnedPermit<ActorCall>> {
+        let mailbox = self.actors.get(actor_id).map(|m| m.clone())?;
+        mailbox.reserve_owned().await.ok()
+    }
+
     async fn execute(&self, spec: TaskSpec) -> TaskReply {
+        let permit = if spec.kind == TaskKind::ActorMethod as i32 {
+            self.reserve_mailbox(&spec.actor_id).await
+        } else {
+            None
+        };
+        self.execute_with(spec, permit).await
+    }
+
+    /// Runs a task; an actor call goes into the mailbox place `permit` holds (none: the
+    /// actor is not hosted here).
+    async fn execute_with(
+        &self,
+        spec: TaskSpec,
+        permit: Option<mpsc::OwnedPermit<ActorCall>>,
+    ) -> TaskReply {
         let mut args: Args = Vec::with_capacity(spec.args.len());
         for arg in &spec.args {
             match &arg.value {
@@ -809,35 +902,22 @@ impl Executor {
             }
             TaskKind::ActorMethod => {
                 let name = format!("{}::{}", spec.function, spec.method);
-                let Some(mailbox) = self.actors.get(&spec.actor_id).map(|m| m.clone()) else {
-                    let error = TaskError::system(format!(
-                        "actor {} is not hosted by this worker",
-                        spec.actor_id
-                    ));
+                let Some(permit) = permit else {
+                    let error = TaskError::actor_not_hosted(&spec.actor_id);
                     return self.reply(&name, Err(error), Vec::new()).await;
                 };
                 let (tx, rx) = oneshot::channel();
-                let call = ActorCall {
+                permit.send(ActorCall {
                     task_id: spec.task_id.clone(),
                     caller: spec.caller_id,
                     seq: spec.seq,
                     method: spec.method,
                     args,
                     reply: tx,
-                };
-                let (result, retained) = if mailbox.send(call).is_err() {
-                    (
-                        Err(TaskError::system(format!(
-                            "actor {} is not hosted by this worker",
-                            spec.actor_id
-                        ))),
-                        Vec::new(),
-                    )
-                } else {
-                    rx.await.unwrap_or_else(|_| {
-                        (Err(TaskError::system("the actor stopped")), Vec::new())
-                    })
-                };
+                });
+                let (result, retained) = rx
+                    .await
+                    .unwrap_or_else(|_| (Err(TaskError::system("the actor stopped")), Vec::new()));
                 self.reply(&name, result, retained).await
             }
         };
@@ -883,5 +963,111 @@ impl Executor {
             result: Some(result),
             stored_at,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type ReplyReceiver = oneshot::Receiver<(Result<Vec<u8>, TaskError>, Retained)>;
+
+    fn call(caller: &str, seq: u64) -> (ActorCall, ReplyReceiver) {
+        let (reply, rx) = oneshot::channel();
+        let call = ActorCall {
+            task_id: format!("{caller}/{seq}"),
+            caller: caller.into(),
+            seq,
+            method: "m".into(),
+            args: Vec::new(),
+            reply,
+        };
+        (call, rx)
+    }
+
+    fn seqs(ready: &VecDeque<ActorCall>) -> Vec<(String, u64)> {
+        ready.iter().map(|c| (c.caller.clone(), c.seq)).collect()
+    }
+
+    #[test]
+    fn calls_are_released_in_each_callers_order() {
+        let mut order = CallOrder::default();
+        let mut ready = VecDeque::new();
+        let (c2, _r2) = call("p#1", 2);
+        let (c0, _r0) = call("p#1", 0);
+        let (q0, _q0) = call("q#4", 0);
+        let (c1, _r1) = call("p#1", 1);
+        order.admit(c2, &mut ready);
+        assert!(ready.is_empty(), "2 waits for 0 and 1");
+        order.admit(c0, &mut ready);
+        order.admit(q0, &mut ready);
+        order.admit(c1, &mut ready);
+        assert_eq!(
+            seqs(&ready),
+            vec![
+                ("p#1".into(), 0),
+                ("q#4".into(), 0),
+                ("p#1".into(), 1),
+                ("p#1".into(), 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_newer_incarnation_replaces_the_older_order_and_stale_calls_are_answered() {
+        let mut order = CallOrder::default();
+        let mut ready = VecDeque::new();
+        let (a0, _ra0) = call("p#1", 0);
+        order.admit(a0, &mut ready);
+        // Call 2 of incarnation 1 waits for a call 1 that will never come (its stream broke).
+        let (a2, ra2) = call("p#1", 2);
+        order.admit(a2, &mut ready);
+        // A new handle in the same process starts again at 0, with a newer incarnation:
+        // before, a new handle reused the old caller id and its call 0 waited forever.
+        let (b0, _rb0) = call("p#7", 0);
+        order.admit(b0, &mut ready);
+        assert_eq!(seqs(&ready), vec![("p#1".into(), 0), ("p#7".into(), 0)]);
+        assert!(
+            ra2.blocking_recv().is_err(),
+            "the superseded waiter is dropped, not left"
+        );
+        // A late call of the older incarnation, and a repeated number, are refused at once.
+        let (late, rlate) = call("p#1", 1);
+        order.admit(late, &mut ready);
+        let (again, ragain) = call("p#7", 0);
+        order.admit(again, &mut ready);
+        for rx in [rlate, ragain] {
+            let (outcome, _) = rx.blocking_recv().expect("answered");
+            assert!(outcome.is_err());
+        }
+        assert_eq!(ready.len(), 2);
+        assert_eq!(order.callers.len(), 1, "one entry per caller process");
+    }
+
+    #[test]
+    fn failure_kinds_survive_the_wire_and_decide_without_the_message() {
+        for kind in [
+            TaskFailure::Application,
+            TaskFailure::Panic,
+            TaskFailure::System,
+            TaskFailure::ActorNotHosted,
+        ] {
+            let wire = fleet_proto::runtime::TaskError {
+                kind: kind_to_wire(&kind) as i32,
+                // A message that would have fooled the old string matching.
+                message: "actor x is not hosted by this worker SYSTEM".into(),
+                ..Default::default()
+            };
+            assert_eq!(failure_kind(&wire), kind);
+            let remote = error_from_wire(wire);
+            assert_eq!(remote.remote().map(|r| r.kind.clone()), Some(kind));
+        }
+        let unknown = fleet_proto::runtime::TaskError {
+            kind: 99,
+            ..Default::default()
+        };
+        assert_eq!(failure_kind(&unknown), TaskFailure::System);
+        assert!(TaskFailure::Application.is_user_failure());
+        assert!(!TaskFailure::ActorNotHosted.is_user_failure());
     }
 }

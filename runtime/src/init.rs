@@ -158,7 +158,7 @@ pub async fn init_with(options: InitOptions) -> Result<()> {
         is_driver: true,
     }));
     install(runtime.clone())?;
-    tokio::spawn(serve_core_worker(
+    runtime.tasks.spawn(serve_core_worker(
         listener,
         Executor::new(runtime.clone(), CancellationToken::new()),
     ));
@@ -171,8 +171,8 @@ pub async fn init_with(options: InitOptions) -> Result<()> {
         ..JobInfo::default()
     })
     .await?;
-    attach_driver(&raylet_address, job_id, address).await?;
-    tokio::spawn(watch_node_deaths(runtime));
+    attach_driver(&runtime, &raylet_address, job_id, address).await?;
+    runtime.tasks.spawn(watch_node_deaths(runtime.clone()));
     Ok(())
 }
 
@@ -281,7 +281,12 @@ async fn upload_binary(raylet_address: &str) -> Result<String> {
 
 /// Holds a stream open to the raylet for the driver's lifetime: when this process dies the
 /// raylet sees it close and fails the job, and every node stops its workers.
-async fn attach_driver(raylet_address: &str, job_id: String, driver_address: String) -> Result<()> {
+async fn attach_driver(
+    runtime: &CoreWorker,
+    raylet_address: &str,
+    job_id: String,
+    driver_address: String,
+) -> Result<()> {
     let mut raylet = raylet_client(raylet_address)?;
     let mut stream = raylet
         .attach_driver(fleet_proto::runtime::AttachDriverRequest {
@@ -291,7 +296,10 @@ async fn attach_driver(raylet_address: &str, job_id: String, driver_address: Str
         .await
         .map_err(|s| Error::rpc("attaching the driver to its raylet", &s))?
         .into_inner();
-    tokio::spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
+    // Held open for the driver's life: its end tells the raylet the driver is gone.
+    runtime
+        .tasks
+        .spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
     Ok(())
 }
 
@@ -422,8 +430,12 @@ pub fn sweep_stale_embedded() -> usize {
     removed
 }
 
-/// Marks this driver's job finished and stops the embedded cluster, if any (its workers
-/// exit). Called at the end of `#[fleet::main]`.
+/// How long `shutdown()` waits for the background tasks it cancelled.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Marks this driver's job finished, ends every background task of this process (calls
+/// still waiting fail with `Error::ShutDown`) and stops the embedded cluster, if any (its
+/// workers exit). Called at the end of `#[fleet::main]`.
 pub async fn shutdown() {
     if let Some(runtime) = crate::context::try_current() {
         if runtime.is_driver {
@@ -447,6 +459,16 @@ pub async fn shutdown() {
                     .mark_job_actors_dead(&runtime.job_id, "its driver finished"),
             )
             .await;
+        }
+    }
+    if let Some(runtime) = crate::context::try_current() {
+        // After the job's end is recorded: the driver's stream to its raylet closes here.
+        let left = runtime.tasks.shutdown(SHUTDOWN_GRACE).await;
+        if left > 0 {
+            tracing::warn!(
+                tasks = left,
+                "background tasks did not end within the shutdown grace"
+            );
         }
     }
     if let Some(cell) = EMBEDDED.get() {
@@ -503,9 +525,9 @@ async fn serve_worker(worker_id: String) -> Result<()> {
     }));
     install(runtime.clone())?;
     let exit = CancellationToken::new();
-    tokio::spawn(serve_core_worker(
+    runtime.tasks.spawn(serve_core_worker(
         listener,
-        Executor::new(runtime, exit.clone()),
+        Executor::new(runtime.clone(), exit.clone()),
     ));
     if let Err(status) = raylet
         .register_worker(RegisterWorkerRequest {

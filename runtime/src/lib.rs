@@ -12,6 +12,7 @@
 //! - [`plasma`]: large objects in the node's shared-memory object store.
 //! - [`registry`]: remote functions and actor classes registered at link time.
 //! - [`api`]: `put`, `get`, `get_all`, `wait`.
+//! - `tasks`: the owner of every background task (ended by `shutdown()`).
 //! - [`codec`], [`ids`], [`error`].
 
 pub mod actor;
@@ -28,6 +29,7 @@ pub mod placement;
 pub mod plasma;
 pub mod registry;
 pub mod submitter;
+mod tasks;
 
 pub use actor::{get_actor, get_actor_in, ActorBuilder, ActorHandle, ActorOptions, ActorType};
 pub use api::{get, get_all, kill, put, wait};

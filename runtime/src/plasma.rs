@@ -119,23 +119,23 @@ impl Plasma {
         }
     }
 
-    /// Frees the object.
-    pub fn delete(&self, id: ObjectId) {
+    /// Frees the object: at once in a local store, else the request to send to the raylet
+    /// (the caller spawns it on its task owner).
+    pub fn delete(&self, id: ObjectId) -> Option<futures::future::BoxFuture<'static, ()>> {
         match self {
             Plasma::Local(store) => {
                 let _ = store.delete(id);
+                None
             }
             Plasma::Remote { raylet, .. } => {
                 let mut raylet = raylet.clone();
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(async move {
-                        let _ = raylet
-                            .store_delete(StoreDeleteRequest {
-                                object_id: id.to_string(),
-                            })
-                            .await;
-                    });
-                }
+                Some(Box::pin(async move {
+                    let _ = raylet
+                        .store_delete(StoreDeleteRequest {
+                            object_id: id.to_string(),
+                        })
+                        .await;
+                }))
             }
         }
     }

@@ -38,6 +38,15 @@ impl TaskError {
         }
     }
 
+    /// The call's actor is not hosted by this worker.
+    pub fn actor_not_hosted(actor_id: &str) -> Self {
+        TaskError {
+            kind: TaskFailure::ActorNotHosted,
+            message: format!("actor {actor_id} is not hosted by this worker"),
+            backtrace: String::new(),
+        }
+    }
+
     /// A failure of Fleet itself.
     pub fn system(message: impl std::fmt::Display) -> Self {
         TaskError {

@@ -29,6 +29,9 @@ const LEASE_IDLE: Duration = Duration::from_millis(100);
 /// wait for a lease to be handed over; a thousand queued tasks must not become a thousand
 /// requests that keep granting (and starting workers) long after the work is done.
 const MAX_PENDING_LEASE_REQUESTS: usize = 4;
+/// Spillbacks one lease request follows before it fails (each to a node that turned out
+/// busy or gone).
+const MAX_SPILLBACKS: u64 = 50;
 
 /// Options of a remote function call.
 #[derive(Clone, Debug)]
@@ -148,7 +151,7 @@ pub(crate) struct LeaseAsk<'a> {
 }
 
 fn lease_error(description: &str, status: &tonic::Status) -> Error {
-    if status.code() == tonic::Code::FailedPrecondition {
+    if fleet_raylet::error::is_infeasible(status) {
         Error::Infeasible(status.message().to_string())
     } else {
         Error::rpc(format!("leasing a worker for {description}"), status)
@@ -209,19 +212,40 @@ impl Leaser {
             worker_args: self.inner.worker_args.clone(),
             detached: ask.detached,
         };
-        // A spillback target may die before it grants: ask the local raylet again (its view
-        // drops nodes that stop answering).
-        let mut attempts: u64 = 0;
+        // A spillback target may die before it grants, or turn out busy (the local view was
+        // stale): ask the local raylet again, a bounded number of times.
+        let mut spills: u64 = 0;
+        let mut busy_local: u64 = 0;
         loop {
-            attempts += 1;
             let mut local = self.inner.local.clone();
-            let reply = local
-                .request_worker_lease(request.clone())
-                .await
-                .map_err(|status| lease_error(ask.description, &status))?
-                .into_inner();
+            let reply = match local.request_worker_lease(request.clone()).await {
+                Ok(reply) => reply.into_inner(),
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    // The raylet's lease queue is full: back off (this slows the submitter
+                    // instead of growing the queue).
+                    busy_local += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * busy_local.min(25))).await;
+                    continue;
+                }
+                Err(status) => return Err(lease_error(ask.description, &status)),
+            };
+            if reply.rejected {
+                // Waited the raylet's lease_wait_limit: still wanted, so ask again.
+                continue;
+            }
             if reply.spillback_address.is_empty() {
                 return Ok(self.granted(reply, &self.inner.local_address));
+            }
+            spills += 1;
+            if spills > MAX_SPILLBACKS {
+                return Err(Error::Rpc {
+                    what: format!("leasing a worker for {}", ask.description),
+                    code: tonic::Code::Unavailable,
+                    message: format!(
+                        "{MAX_SPILLBACKS} nodes the local raylet sent it to refused or failed (the last was {}); the cluster's view of free resources keeps changing, try again",
+                        reply.spillback_address
+                    ),
+                });
             }
             let target = reply.spillback_address;
             let mut remote = self.raylet_at(&target)?;
@@ -234,18 +258,16 @@ impl Leaser {
                 Ok(_) => {
                     // Busy after all (the local raylet's view was stale): ask again once it
                     // has heard from that node.
-                    tokio::time::sleep(Duration::from_millis(50 * attempts.min(8))).await;
+                    tokio::time::sleep(Duration::from_millis(50 * spills.min(8))).await;
                 }
                 Err(status)
-                    if !matches!(
-                        status.code(),
-                        tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument
-                    ) && attempts < 50 =>
+                    if !fleet_raylet::error::is_infeasible(&status)
+                        && status.code() != tonic::Code::InvalidArgument =>
                 {
                     // The node died or went away before granting.
                     tracing::debug!(node = %target, status = %status.message(), "spillback target failed; asking again");
                     self.inner.clients.remove(&target);
-                    tokio::time::sleep(Duration::from_millis(100 * attempts.min(5))).await;
+                    tokio::time::sleep(Duration::from_millis(100 * spills.min(5))).await;
                 }
                 Err(status) => return Err(lease_error(ask.description, &status)),
             }
@@ -338,14 +360,16 @@ struct Shape {
 /// Leases held by this process, by shape.
 pub struct LeasePool {
     leaser: Leaser,
+    tasks: crate::tasks::TaskOwner,
     shapes: Arc<Mutex<HashMap<ShapeKey, Shape>>>,
     generation: std::sync::atomic::AtomicU64,
 }
 
 impl LeasePool {
-    pub(crate) fn new(leaser: Leaser) -> Self {
+    pub(crate) fn new(leaser: Leaser, tasks: crate::tasks::TaskOwner) -> Self {
         LeasePool {
             leaser,
+            tasks,
             shapes: Arc::default(),
             generation: Default::default(),
         }
@@ -379,7 +403,8 @@ impl LeasePool {
             let resources = resources.clone();
             let scheduling = scheduling.clone();
             let description = description.to_string();
-            tokio::spawn(async move {
+            let lessee = self.clone();
+            lessee.tasks.spawn(async move {
                 let reply = pool
                     .leaser
                     .lease(LeaseAsk {
@@ -437,7 +462,7 @@ impl LeasePool {
         shape.idle.push((lease, generation));
         drop(shapes);
         let pool = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             tokio::time::sleep(LEASE_IDLE).await;
             let expired = {
                 let mut shapes = pool.shapes.lock().unwrap_or_else(|e| e.into_inner());
@@ -464,7 +489,8 @@ impl LeasePool {
     ) {
         if worker_failed {
             let leaser = self.leaser.clone();
-            tokio::spawn(async move { leaser.return_lease(&lease, true).await });
+            self.tasks
+                .spawn(async move { leaser.return_lease(&lease, true).await });
             return;
         }
         self.hand_over(shape_key(resources, scheduling), lease);
@@ -486,10 +512,15 @@ pub fn submit_task<T>(
     let result = ObjectRef::new(object_id.clone(), runtime.address.clone());
     runtime.store.slot(&object_id);
     let rt = runtime.clone();
-    runtime.runtime.spawn(async move {
-        let outcome = run_task(&rt, &task_id, function, args, &options, &object_id).await;
-        rt.store.set_stored(&object_id, outcome);
-    });
+    let stopped = runtime.clone();
+    let answer_id = object_id.clone();
+    runtime.tasks.spawn_answering(
+        async move {
+            let outcome = run_task(&rt, &task_id, function, args, &options, &object_id).await;
+            rt.store.set_stored(&object_id, outcome);
+        },
+        move || stopped.store.set(&answer_id, Err(Error::ShutDown)),
+    );
     result
 }
 
@@ -594,18 +625,14 @@ pub(crate) async fn rebuild(
             "it was made by put() or an actor method (or freed), which cannot be re-run; keep such values in a checkpoint or return them from a task".into(),
         ));
     };
-    let left = lineage
-        .rebuilds_left
-        .load(std::sync::atomic::Ordering::Acquire);
-    if left == 0 {
+    // Atomic: two readers that find the copy lost at once take one re-run each, never the
+    // same one twice (the rebuild of one object is also shared; see `reconstruct`).
+    if !take_rebuild(&lineage.rebuilds_left) {
         return Err(lost(format!(
             "its task {} already used its {} re-run(s) (max_retries)",
             lineage.function, lineage.options.max_retries
         )));
     }
-    lineage
-        .rebuilds_left
-        .store(left - 1, std::sync::atomic::Ordering::Release);
     tracing::info!(object, function = %lineage.function, "rebuilding a lost object from its lineage");
     let task_id = crate::ids::new_id("task");
     match run_resolved(
@@ -626,6 +653,16 @@ pub(crate) async fn rebuild(
             lineage.function
         ))),
     }
+}
+
+/// Takes one re-run from a lineage's budget; false when none is left.
+fn take_rebuild(left: &std::sync::atomic::AtomicU32) -> bool {
+    left.fetch_update(
+        std::sync::atomic::Ordering::AcqRel,
+        std::sync::atomic::Ordering::Acquire,
+        |left| left.checked_sub(1),
+    )
+    .is_ok()
 }
 
 async fn run_resolved(
@@ -691,7 +728,8 @@ async fn run_resolved(
                         return stored_id(&id, &reply.stored_at)
                     }
                     Some(task_reply::Result::Error(error)) => {
-                        let retryable = options.retry_exceptions && error.kind != "SYSTEM";
+                        let retryable = options.retry_exceptions
+                            && crate::executor::failure_kind(&error).is_user_failure();
                         if retryable && attempts <= options.max_retries {
                             continue;
                         }
@@ -720,4 +758,59 @@ pub(crate) fn stored_id(id: &str, at: &str) -> Result<Stored> {
     id.parse()
         .map(|id| Stored::Plasma(id, Location::from(at)))
         .map_err(|e| Error::Internal(format!("a worker named an invalid stored id '{id}': {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_rebuilds_never_take_more_than_the_budget() {
+        // Before, the budget was read and written in two steps: readers racing on one lost
+        // object could each see the same count and re-run the task past max_retries.
+        let budget = Arc::new(std::sync::atomic::AtomicU32::new(50));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let budget = budget.clone();
+                std::thread::spawn(move || (0..100).filter(|_| take_rebuild(&budget)).count())
+            })
+            .collect();
+        let taken: usize = threads.into_iter().map(|t| t.join().expect("joined")).sum();
+        assert_eq!(taken, 50);
+        assert_eq!(budget.load(std::sync::atomic::Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn raylet_answers_are_classified_by_kind_not_by_code() {
+        let infeasible: tonic::Status = fleet_raylet::Error::Infeasible {
+            what: "a task".into(),
+            requested: "{GPU: 3}".into(),
+            total: "{GPU: 2}".into(),
+        }
+        .into();
+        assert!(matches!(
+            lease_error("a task", &infeasible),
+            Error::Infeasible(_)
+        ));
+        // Another failed precondition (a raylet refusing for any other reason) is not
+        // "infeasible"; before, every FailedPrecondition was.
+        let other = tonic::Status::failed_precondition("something else");
+        assert!(matches!(
+            lease_error("a task", &other),
+            Error::Rpc {
+                code: tonic::Code::FailedPrecondition,
+                ..
+            }
+        ));
+        let malformed: tonic::Status = fleet_raylet::Error::InvalidRequest {
+            what: "a task".into(),
+            reason: "1.5 GPUs".into(),
+        }
+        .into();
+        assert_eq!(malformed.code(), tonic::Code::InvalidArgument);
+        assert!(!matches!(
+            lease_error("a task", &malformed),
+            Error::Infeasible(_)
+        ));
+    }
 }

@@ -47,6 +47,16 @@ pub mod __private {
         Ok(fleet_runtime::context::current()?.held_objects())
     }
 
+    /// Links to actors this process holds handles to, and how many of them it owns.
+    pub fn actor_links() -> Result<(usize, usize), fleet_runtime::Error> {
+        Ok(fleet_runtime::context::current()?.actor_links())
+    }
+
+    /// Background tasks of this process's core worker running now.
+    pub fn background_tasks() -> Result<usize, fleet_runtime::Error> {
+        Ok(fleet_runtime::context::current()?.background_tasks())
+    }
+
     /// Decodes a checkpointed actor state.
     pub fn decode_state<T: serde::de::DeserializeOwned>(
         bytes: &[u8],

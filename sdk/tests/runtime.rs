@@ -147,6 +147,13 @@ async fn bump(counter: LogHandle, value: u64) -> Result<usize, String> {
     counter.push(value).await.map_err(|e| e.to_string())
 }
 
+/// Takes a handle, drops it, and says how many actor links this worker still has.
+#[fleet::remote]
+fn links_after_dropping(log: LogHandle) -> usize {
+    drop(log);
+    fleet::__private::actor_links().map_or(usize::MAX, |(live, _)| live)
+}
+
 #[fleet::actor]
 pub struct Log {
     values: Vec<u64>,
@@ -366,6 +373,44 @@ async fn actor_calls_run_in_submission_order() -> Result<()> {
     fleet::get_all(&lens).await?;
     ensure!(log.values().await?.len() == 305);
     log.raw().kill().await?;
+    Ok(())
+}
+
+async fn a_handle_bounds_its_calls_in_flight() -> Result<()> {
+    let log = Log::remote().max_pending_calls(3).spawn().await?;
+    let calls: Vec<_> = (0..5).map(|_| log.slow_len(300)).collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        match (i, call.await) {
+            (0..=2, Ok(0)) => {}
+            (3 | 4, Err(Error::PendingCallsExceeded { limit: 3, .. })) => {}
+            (i, other) => return Err(anyhow!("call {i}: {other:?}")),
+        }
+    }
+    // Answered calls give their places back.
+    let again: Vec<_> = (0..3).map(|_| log.slow_len(1)).collect();
+    ensure!(fleet::get_all(&again).await? == vec![0, 0, 0]);
+    log.raw().kill().await?;
+    Ok(())
+}
+
+async fn a_worker_forgets_actor_links_with_their_last_handle() -> Result<()> {
+    let (_, owned_before) = fleet::__private::actor_links()?;
+    for _ in 0..3 {
+        let log = Log::remote().spawn().await?;
+        // Each task gets a handle of its own to another actor: its worker makes a link for
+        // it, and must forget it again (before, one link and one task per actor ever seen).
+        let left = links_after_dropping::remote(log.clone()).await?;
+        ensure!(
+            left == 0,
+            "the worker kept {left} actor link(s) after the handle dropped"
+        );
+        log.raw().kill().await?;
+    }
+    let (_, owned_after) = fleet::__private::actor_links()?;
+    ensure!(
+        owned_after == owned_before,
+        "killed actors are no longer kept for restarts: {owned_before} -> {owned_after}"
+    );
     Ok(())
 }
 
@@ -731,6 +776,32 @@ async fn second_driver() -> Result<()> {
     Ok(())
 }
 
+async fn shutdown_driver() -> Result<()> {
+    let log = fleet::get_actor::<Log>("shared-log").await?;
+    let slow_task = sleep_ms::remote(30_000);
+    let slow_call = log.slow_len(30_000);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(fleet::__private::background_tasks()? > 0);
+    let started = Instant::now();
+    fleet::shutdown().await;
+    let left = fleet::__private::background_tasks()?;
+    ensure!(
+        left == 0,
+        "{left} background task(s) outlived fleet::shutdown()"
+    );
+    // What was still waiting is answered, not left hanging.
+    match tokio::time::timeout(Duration::from_secs(5), slow_task).await {
+        Ok(Err(Error::ShutDown)) => {}
+        other => return Err(anyhow!("the slow task: {other:?}")),
+    }
+    match tokio::time::timeout(Duration::from_secs(5), slow_call).await {
+        Ok(Err(Error::ShutDown)) => {}
+        other => return Err(anyhow!("the slow actor call: {other:?}")),
+    }
+    ensure!(started.elapsed() < Duration::from_secs(10));
+    Ok(())
+}
+
 async fn a_second_driver_joins_the_running_cluster() -> Result<()> {
     let log = Log::remote().name("shared-log").spawn().await?;
     let address = fleet::cluster_address()?;
@@ -749,6 +820,19 @@ async fn a_second_driver_joins_the_running_cluster() -> Result<()> {
     ensure!(
         log.values().await? == vec![42],
         "the second driver called the named actor"
+    );
+    // A driver that shuts down mid-work ends every task of its own, and answers its waiters.
+    let output = tokio::process::Command::new(std::env::current_exe()?)
+        .env("FLEET_ADDRESS", &address)
+        .env("FLEET_TOKEN", fleet::cluster_token()?)
+        .env("FLEET_TEST_SHUTDOWN_DRIVER", "1")
+        .output()
+        .await?;
+    ensure!(
+        output.status.success(),
+        "the shutdown driver failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
     log.raw().kill().await?;
     Ok(())
@@ -873,6 +957,15 @@ fn main() -> std::process::ExitCode {
                 }
             };
         }
+        if std::env::var_os("FLEET_TEST_SHUTDOWN_DRIVER").is_some() {
+            return match shutdown_driver().await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("shutdown driver: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
         if std::env::var_os("FLEET_TEST_SECOND_DRIVER").is_some() {
             return match second_driver().await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
@@ -897,6 +990,13 @@ fn main() -> std::process::ExitCode {
             ("a_crashed_worker_retries_the_task", || {
                 Box::pin(a_crashed_worker_retries_the_task())
             }),
+            ("a_handle_bounds_its_calls_in_flight", || {
+                Box::pin(a_handle_bounds_its_calls_in_flight())
+            }),
+            (
+                "a_worker_forgets_actor_links_with_their_last_handle",
+                || Box::pin(a_worker_forgets_actor_links_with_their_last_handle()),
+            ),
             ("actor_calls_run_in_submission_order", || {
                 Box::pin(actor_calls_run_in_submission_order())
             }),

@@ -107,6 +107,16 @@ struct ReplicaArgs {
     /// A raylet that has not answered health checks for this long is declared dead.
     #[arg(long, default_value_t = 3000)]
     node_timeout_ms: u64,
+    /// Dead actors kept in the actor table (older ones, and their checkpoint records, are
+    /// deleted). Give every replica the same value.
+    #[arg(long, default_value_t = 10_000)]
+    retain_dead_actors: usize,
+    /// Finished jobs kept in the job table. Give every replica the same value.
+    #[arg(long, default_value_t = 10_000)]
+    retain_finished_jobs: usize,
+    /// Removed placement groups kept. Give every replica the same value.
+    #[arg(long, default_value_t = 10_000)]
+    retain_removed_placement_groups: usize,
 }
 
 impl GcsCommand {
@@ -161,6 +171,11 @@ async fn run_replica(args: ReplicaArgs) -> anyhow::Result<()> {
         fsync: !args.no_fsync,
         health_check_period: Duration::from_millis(args.health_check_ms),
         node_timeout: Duration::from_millis(args.node_timeout_ms),
+        retention: fleet_gcs::state_machine::Retention {
+            dead_actors: args.retain_dead_actors,
+            finished_jobs: args.retain_finished_jobs,
+            removed_placement_groups: args.retain_removed_placement_groups,
+        },
         ..GcsConfig::default()
     };
     // After the flags are checked, so that a malformed flag is named first.

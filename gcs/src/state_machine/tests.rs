@@ -347,3 +347,157 @@ fn snapshot_round_trip() {
     assert!(restored.changes_since(3, &[]).is_none());
     assert!(restored.restore_bytes(b"\xff\xff garbage").is_err());
 }
+
+fn kill(id: &str, from: ActorState) -> Op {
+    Op::UpdateActor(UpdateActor {
+        actor_id: id.into(),
+        expected_state: from as i32,
+        new_state: ActorState::ActorDead as i32,
+        death_cause: "test".into(),
+        ..UpdateActor::default()
+    })
+}
+
+fn actor_ids(sm: &StateMachine) -> Vec<String> {
+    sm.read(&ReadRequest {
+        table: TableKind::Actors as i32,
+        prefix: true,
+        ..ReadRequest::default()
+    })
+    .into_iter()
+    .map(|r| String::from_utf8_lossy(&r.key).into_owned())
+    .collect()
+}
+
+#[test]
+fn ended_rows_are_kept_only_as_the_retention_policy_says() {
+    use fleet_proto::gcs::{
+        FinishJob, JobInfo, JobState, PlacementGroupInfo, RemovePlacementGroup,
+    };
+    let retention = super::Retention {
+        dead_actors: 2,
+        finished_jobs: 1,
+        removed_placement_groups: 1,
+    };
+    let mut sm = StateMachine::with_retention(100, retention.clone());
+    let mut index = 1;
+    let mut next = || {
+        index += 1;
+        index
+    };
+    // A live actor is never deleted, however many die after it.
+    write(&mut sm, next(), 0, 0, actor("live", "", 0));
+    for i in 0..5 {
+        let id = format!("dead{i}");
+        write(&mut sm, next(), 0, 0, actor(&id, "", 0));
+        let commit = Op::CommitCheckpoint(CommitCheckpoint {
+            checkpoint: Some(CheckpointInfo {
+                owner_id: id.clone(),
+                sequence: 1,
+                ..CheckpointInfo::default()
+            }),
+        });
+        write(&mut sm, next(), 0, 0, commit);
+        assert!(
+            write(&mut sm, next(), 0, 0, kill(&id, ActorState::ActorPending))
+                .rejection
+                .is_none()
+        );
+    }
+    assert_eq!(actor_ids(&sm), vec!["dead3", "dead4", "live"]);
+    let checkpoints = sm.read(&ReadRequest {
+        table: TableKind::Checkpoints as i32,
+        prefix: true,
+        ..ReadRequest::default()
+    });
+    assert_eq!(
+        checkpoints.len(),
+        2,
+        "a deleted dead actor's checkpoint record goes too"
+    );
+    for job in ["j1", "j2", "j3"] {
+        let add = Op::AddJob(JobInfo {
+            job_id: job.into(),
+            ..JobInfo::default()
+        });
+        write(&mut sm, next(), 0, 0, add);
+    }
+    for job in ["j1", "j2"] {
+        let finish = Op::FinishJob(FinishJob {
+            job_id: job.into(),
+            state: JobState::JobSucceeded as i32,
+            ..FinishJob::default()
+        });
+        assert!(write(&mut sm, next(), 0, 0, finish).rejection.is_none());
+    }
+    let jobs: Vec<_> = sm
+        .read(&ReadRequest {
+            table: TableKind::Jobs as i32,
+            prefix: true,
+            ..ReadRequest::default()
+        })
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(
+        jobs,
+        vec![b"j2".to_vec(), b"j3".to_vec()],
+        "the running job stays"
+    );
+    for pg in ["p1", "p2"] {
+        let create = Op::CreatePlacementGroup(PlacementGroupInfo {
+            placement_group_id: pg.into(),
+            bundles: vec![Default::default()],
+            ..PlacementGroupInfo::default()
+        });
+        write(&mut sm, next(), 0, 0, create);
+        let remove = Op::RemovePlacementGroup(RemovePlacementGroup {
+            placement_group_id: pg.into(),
+        });
+        write(&mut sm, next(), 0, 0, remove.clone());
+        // Removing again keeps its place.
+        write(&mut sm, next(), 0, 0, remove);
+    }
+    assert_eq!(sm.ended_rows(), (2, 1, 1));
+    // A restored replica keeps the same rows and deletes the same ones next.
+    let mut restored = StateMachine::with_retention(100, retention);
+    restored
+        .restore_bytes(&sm.snapshot_bytes())
+        .expect("restore");
+    assert_eq!(restored.ended_rows(), (2, 1, 1));
+    let at = next();
+    for machine in [&mut sm, &mut restored] {
+        write(machine, at, 0, 0, actor("dead5", "", 0));
+        write(
+            machine,
+            at + 1,
+            0,
+            0,
+            kill("dead5", ActorState::ActorPending),
+        );
+    }
+    assert_eq!(actor_ids(&sm), vec!["dead4", "dead5", "live"]);
+    assert_eq!(restored.snapshot(), sm.snapshot());
+}
+
+#[test]
+fn a_named_actor_is_found_through_the_name_index() {
+    let mut sm = StateMachine::new(100);
+    write(&mut sm, 2, 0, 0, actor("a1", "svc", 0));
+    let by_name = |sm: &StateMachine, name: &str| {
+        sm.read(&ReadRequest {
+            table: TableKind::Actors as i32,
+            namespace: "default".into(),
+            key: name.into(),
+            by_name: true,
+            ..ReadRequest::default()
+        })
+    };
+    assert_eq!(by_name(&sm, "svc").len(), 1);
+    assert!(by_name(&sm, "other").is_empty());
+    write(&mut sm, 3, 0, 0, kill("a1", ActorState::ActorPending));
+    assert!(
+        by_name(&sm, "svc").is_empty(),
+        "a dead actor's name is free"
+    );
+}
