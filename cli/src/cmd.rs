@@ -77,6 +77,15 @@ impl AddressArgs {
         let resolved = self.resolve_address()?;
         if let Some(state) = &resolved.state {
             adopt_cluster_token(&state.dir)?;
+            // The cluster's TLS files, unless this process was given its own.
+            if let Some(tls) = &state.config.tls {
+                if fleet_gcs::tls::TlsSettings::files_from_env()
+                    .map_err(anyhow::Error::msg)?
+                    .is_none()
+                {
+                    tls.adopt()?;
+                }
+            }
         }
         Ok(resolved)
     }

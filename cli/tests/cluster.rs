@@ -873,6 +873,105 @@ async fn fleet_job_submit_list_logs(address: &str) -> Result<()> {
     Ok(())
 }
 
+/// Test certificates: a cluster CA and one certificate (for 127.0.0.1 and localhost) that
+/// every process of the cluster presents, as servers and as clients. Returns the `[tls]`
+/// section naming them. A second CA and its certificate, foreign to the cluster, go to
+/// `foreign-*.pem`.
+fn write_test_certificates(dir: &std::path::Path) -> Result<String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    std::fs::create_dir_all(dir)?;
+    let make = |prefix: &str| -> Result<()> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &issuer)?;
+        std::fs::write(dir.join(format!("{prefix}ca.pem")), ca.pem())?;
+        std::fs::write(dir.join(format!("{prefix}cert.pem")), cert.pem())?;
+        std::fs::write(dir.join(format!("{prefix}key.pem")), key.serialize_pem())?;
+        Ok(())
+    };
+    make("")?;
+    make("foreign-")?;
+    let path = |name: &str| dir.join(name).display().to_string();
+    Ok(format!(
+        "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+        path("cert.pem"),
+        path("key.pem"),
+        path("ca.pem")
+    ))
+}
+
+/// Over TLS, a client without it, one without a client certificate and one with a
+/// certificate from another CA are all refused before any request is served.
+async fn strangers_without_the_clusters_certificate_are_refused(
+    address: &str,
+    tls_dir: &std::path::Path,
+) -> Result<()> {
+    use fleet_proto::gcs::gcs_client::GcsClient;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let replica = address.split(',').next().unwrap_or_default().to_string();
+    let pem = |name: &str| std::fs::read_to_string(tls_dir.join(name));
+    let ca = Certificate::from_pem(pem("ca.pem")?);
+    let foreign = Identity::from_pem(pem("foreign-cert.pem")?, pem("foreign-key.pem")?);
+    let attempts: Vec<(&str, Option<ClientTlsConfig>)> = vec![
+        ("plaintext", None),
+        (
+            "TLS without a client certificate",
+            Some(
+                ClientTlsConfig::new()
+                    .ca_certificate(ca.clone())
+                    .domain_name("127.0.0.1"),
+            ),
+        ),
+        (
+            "a certificate from another CA",
+            Some(
+                ClientTlsConfig::new()
+                    .ca_certificate(ca)
+                    .identity(foreign)
+                    .domain_name("127.0.0.1"),
+            ),
+        ),
+    ];
+    for (what, tls) in attempts {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{replica}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(3));
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let outcome = match endpoint.connect().await {
+            Err(error) => Err(error.to_string()),
+            Ok(channel) => GcsClient::new(channel)
+                .read(fleet_proto::gcs::ReadRequest {
+                    table: fleet_proto::gcs::Table::Nodes as i32,
+                    prefix: true,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+                .map_err(|status| status.to_string()),
+        };
+        ensure!(outcome.is_err(), "{what}: the GCS at {replica} served it");
+        println!("  {what}: refused ({})", outcome.err().unwrap_or_default());
+    }
+    Ok(())
+}
+
 fn fleet_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fleet"))
 }
@@ -889,7 +988,26 @@ async fn run() -> Result<()> {
     } else {
         home.path().to_path_buf()
     };
-    let config = ClusterConfig::from_toml_str(CONFIG, "the test config")?;
+    // The whole cluster runs over mutual TLS: GCS replicas, raylets, workers, drivers,
+    // object transfer and job binaries (the other tests cover plaintext).
+    // FLEET_TEST_PLAINTEXT=1 runs it without (to compare).
+    let tls_dir = home_path.join("tls");
+    let plaintext = std::env::var_os("FLEET_TEST_PLAINTEXT").is_some();
+    let tls_section = if plaintext {
+        String::new()
+    } else {
+        let section = write_test_certificates(&tls_dir)?;
+        for (key, value) in [
+            ("FLEET_TLS_CERT", "cert.pem"),
+            ("FLEET_TLS_KEY", "key.pem"),
+            ("FLEET_TLS_CA", "ca.pem"),
+        ] {
+            std::env::set_var(key, tls_dir.join(value));
+        }
+        section
+    };
+    let config =
+        ClusterConfig::from_toml_str(&format!("{CONFIG}{tls_section}"), "the test config")?;
     let mut cluster = LocalCluster::up(&config, &fleet_binary(), &home_path.join("cluster"))
         .await
         .context("starting the test cluster")?;
@@ -939,6 +1057,16 @@ async fn run() -> Result<()> {
         ),
         ("placement_groups", Box::pin(placement_groups(&gcs))),
     ];
+    let mut scenarios = scenarios;
+    if !plaintext {
+        scenarios.push((
+            "strangers_without_the_clusters_certificate_are_refused",
+            Box::pin(strangers_without_the_clusters_certificate_are_refused(
+                &driver_address,
+                &tls_dir,
+            )),
+        ));
+    }
     // FLEET_TEST_ONLY=name,name runs only those scenarios (the fault scenarios always run).
     let only = std::env::var("FLEET_TEST_ONLY").unwrap_or_default();
     for (name, scenario) in scenarios {

@@ -42,6 +42,50 @@ pub struct ClusterConfig {
     pub nodes: Vec<NodeSpec>,
     /// The hosts provider's SSH settings.
     pub ssh: SshSection,
+    /// TLS for every connection (required, or `insecure`, by the hosts provider).
+    pub tls: Option<TlsSection>,
+    /// The hosts provider: accept plaintext on the network (daemons listen on 0.0.0.0
+    /// without TLS; only the cluster token guards them).
+    pub insecure: bool,
+}
+
+/// `[tls]`: PEM files every daemon (and driver) uses; the paths must exist on every host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// This process's certificate chain (one certificate for the whole cluster is fine).
+    pub cert: String,
+    /// Its private key.
+    pub key: String,
+    /// The CA that signed every certificate of the cluster.
+    pub ca: String,
+    /// The name servers' certificates carry (default: the host each client dials).
+    pub server_name: Option<String>,
+}
+
+impl TlsSection {
+    /// Reads the files and uses them for this process's own connections (`fleet cluster
+    /// up` checking readiness, a CLI command talking to the cluster).
+    pub fn adopt(&self) -> Result<()> {
+        let settings =
+            fleet_gcs::tls::TlsSettings::load(&self.files()).map_err(|reason| Error::Config {
+                origin: "the cluster config".into(),
+                key: "tls".into(),
+                reason,
+            })?;
+        fleet_gcs::tls::set(Some(settings));
+        Ok(())
+    }
+
+    /// The files as the TLS layer takes them.
+    pub fn files(&self) -> fleet_gcs::tls::TlsFiles {
+        fleet_gcs::tls::TlsFiles {
+            cert: self.cert.clone().into(),
+            key: self.key.clone().into(),
+            ca: self.ca.clone().into(),
+            server_name: self.server_name.clone(),
+        }
+    }
 }
 
 /// `[gcs]`: the replicas of the control store.
@@ -115,6 +159,8 @@ impl Default for ClusterConfig {
             gcs: GcsSection::default(),
             nodes: Vec::new(),
             ssh: SshSection::default(),
+            tls: None,
+            insecure: false,
         }
     }
 }
@@ -168,7 +214,10 @@ const ROOT_KEYS: &[&str] = &[
     "gcs",
     "nodes",
     "ssh",
+    "tls",
+    "insecure",
 ];
+const TLS_KEYS: &[&str] = &["cert", "key", "ca", "server_name"];
 const GCS_KEYS: &[&str] = &[
     "replicas",
     "base_port",
@@ -376,6 +425,29 @@ impl ClusterConfig {
                 }
             }
         }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [
+                ("tls.cert", &tls.cert),
+                ("tls.key", &tls.key),
+                ("tls.ca", &tls.ca),
+            ] {
+                if path.is_empty() {
+                    return fail(key, "is required with [tls]: the path of a PEM file");
+                }
+                if !Path::new(path).is_absolute() {
+                    return fail(
+                        key,
+                        &format!("'{path}' is not an absolute path; daemons start in other directories, so give the full path"),
+                    );
+                }
+            }
+            if tls.server_name.as_deref() == Some("") {
+                return fail(
+                    "tls.server_name",
+                    "must not be empty (omit it to check each dialled host)",
+                );
+            }
+        }
         let mut total = 0u64;
         for (i, node) in self.nodes.iter().enumerate() {
             let key = |k: &str| format!("nodes[{i}].{k}");
@@ -457,6 +529,12 @@ impl ClusterConfig {
         if total > 1000 {
             return fail("nodes", &format!("{total} nodes is more than 1000"));
         }
+        if self.provider == Provider::Hosts && self.tls.is_none() && !self.insecure {
+            return fail(
+                "tls",
+                "the hosts provider's daemons listen on 0.0.0.0: add [tls] with cert, key and ca (PEM files on every host), or set insecure = true to accept plaintext on the network",
+            );
+        }
         Ok(())
     }
 }
@@ -470,7 +548,11 @@ fn is_host(host: &str) -> bool {
 
 /// Finds the first unknown key or ill-typed value, as (key path, reason).
 fn locate_error(root: &toml::Table) -> std::result::Result<(), (String, String)> {
-    check_table::<ClusterConfig>(root, "", ROOT_KEYS, &["gcs", "nodes", "ssh"])?;
+    check_table::<ClusterConfig>(root, "", ROOT_KEYS, &["gcs", "nodes", "ssh", "tls"])?;
+    if let Some(value) = root.get("tls") {
+        let table = section(value, "tls")?;
+        check_table::<TlsSection>(table, "tls.", TLS_KEYS, &[])?;
+    }
     if let Some(value) = root.get("gcs") {
         let table = section(value, "gcs")?;
         check_table::<GcsSection>(table, "gcs.", GCS_KEYS, &[])?;

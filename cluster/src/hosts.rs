@@ -260,6 +260,9 @@ pub async fn up(config: &ClusterConfig, cluster_dir: &Path) -> Result<ClusterSta
             reason: "is \"local\"; start it with the local provider".into(),
         });
     }
+    if let Some(tls) = &config.tls {
+        tls.adopt()?;
+    }
     if let Some(previous) = ClusterState::load(cluster_dir)? {
         return Err(Error::AlreadyRunning {
             name: previous.name,
@@ -426,6 +429,7 @@ mod tests {
         let text = r#"
             name = "prod"
             provider = "hosts"
+            insecure = true
             [gcs]
             replicas = 3
             base_port = 6380
@@ -474,6 +478,36 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn tls_files_reach_every_daemon() {
+        let mut config = config();
+        config.insecure = false;
+        config.tls = Some(crate::config::TlsSection {
+            cert: "/etc/fleet/tls/node.pem".into(),
+            key: "/etc/fleet/tls/node.key".into(),
+            ca: "/etc/fleet/tls/ca.pem".into(),
+            server_name: Some("fleet.internal".into()),
+        });
+        config.validate().expect("TLS stands in for insecure");
+        let plan = plan(&config, "t0k3n");
+        for command in start_commands(&plan) {
+            let line = &command.argv[7];
+            for expected in [
+                "FLEET_TLS_CERT=/etc/fleet/tls/node.pem",
+                "FLEET_TLS_KEY=/etc/fleet/tls/node.key",
+                "FLEET_TLS_CA=/etc/fleet/tls/ca.pem",
+                "FLEET_TLS_SERVER_NAME=fleet.internal",
+            ] {
+                assert!(line.contains(expected), "{}: {line}", command.daemon);
+            }
+        }
+        config.tls = None;
+        assert!(
+            config.validate().is_err(),
+            "plaintext on 0.0.0.0 needs insecure = true"
+        );
     }
 
     #[test]

@@ -73,6 +73,9 @@ impl LocalCluster {
                         .into(),
             });
         }
+        if let Some(tls) = &config.tls {
+            tls.adopt()?;
+        }
         if let Some(previous) = ClusterState::load(cluster_dir)? {
             if previous.is_running() {
                 return Err(Error::AlreadyRunning {

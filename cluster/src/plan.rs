@@ -76,6 +76,12 @@ impl ClusterPlan {
         token: &str,
         gcs_ports: &[u16],
     ) -> Self {
+        // Every daemon gets the TLS files (their paths; the files stay where they are).
+        let tls_env: Vec<(String, String)> = config
+            .tls
+            .as_ref()
+            .map(|tls| tls.files().env())
+            .unwrap_or_default();
         let gcs = (0..config.gcs.replicas as usize)
             .map(|i| {
                 let id = i as u64 + 1;
@@ -90,7 +96,7 @@ impl ClusterPlan {
                     host,
                     data_dir: dir.join(format!("gcs-{id}")),
                     log: dir.join("logs").join(format!("gcs-{id}.log")),
-                    env: Vec::new(),
+                    env: tls_env.clone(),
                 }
             })
             .collect();
@@ -112,7 +118,7 @@ impl ClusterPlan {
                     log: dir.join("logs").join(format!("node-{index}.log")),
                     node_dir,
                     spec,
-                    env: Vec::new(),
+                    env: tls_env.clone(),
                 }
             })
             .collect();

@@ -36,6 +36,7 @@ pub mod server;
 pub mod service;
 pub mod state_machine;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 
 pub use client::GcsClient;

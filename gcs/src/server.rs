@@ -159,6 +159,11 @@ where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     config.validate()?;
+    // Before anything starts: a TLS misconfiguration is named, not half served.
+    let builder = crate::tls::server_builder().map_err(|reason| Error::InvalidConfig {
+        field: "FLEET_TLS_CERT / FLEET_TLS_KEY / FLEET_TLS_CA",
+        reason,
+    })?;
     let config = Arc::new(config);
     let store = open_store(&config, disk, &connector).await?;
     let tasks = TaskTracker::new();
@@ -188,7 +193,7 @@ where
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tracing::info!(id = config.id, address = %config.advertise_address, "GCS replica serving");
     let serve_stop = stop.clone();
-    let served = tonic::transport::Server::builder()
+    let served = builder
         .tcp_nodelay(true)
         .layer(crate::auth::RequireToken::layer_for_process())
         .add_service(gcs)

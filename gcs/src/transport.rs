@@ -185,7 +185,9 @@ fn tcp_channel(
     keepalive_interval: Duration,
     keepalive_timeout: Duration,
 ) -> Result<AuthChannel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+    let tls = crate::tls::current()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
         .map_err(|e| format!("'{address}' is not a HOST:PORT address: {e}"))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
@@ -195,6 +197,13 @@ fn tcp_channel(
         // snapshots) on a window update every 64 KiB.
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
+    let endpoint = match &tls {
+        // End to end: through an egress proxy too, the TLS session is with the peer.
+        Some(tls) => endpoint
+            .tls_config(tls.client_config(address))
+            .map_err(|e| format!("TLS settings unusable for {address}: {e}"))?,
+        None => endpoint,
+    };
     let Some(proxy) = NetworkSettings::current().egress_proxy else {
         return Ok(authed(endpoint.connect_lazy()));
     };

@@ -1472,6 +1472,10 @@ impl RunningRaylet {
 /// Starts a raylet on `listener` and prestarts its workers in the background.
 pub async fn start(config: RayletConfig, listener: TcpListener) -> Result<RunningRaylet> {
     config.validate()?;
+    let tls_builder = fleet_gcs::tls::server_builder().map_err(|reason| Error::InvalidRequest {
+        what: "the raylet's TLS settings".into(),
+        reason,
+    })?;
     let address = listener
         .local_addr()
         .map_err(|source| Error::Listen {
@@ -1515,7 +1519,7 @@ pub async fn start(config: RayletConfig, listener: TcpListener) -> Result<Runnin
         });
         let prestarting = tokio::spawn(async move { prestarter.prestart(prestart).await });
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        if let Err(error) = tonic::transport::Server::builder()
+        if let Err(error) = tls_builder
             .initial_stream_window_size(Some(fleet_gcs::transport::STREAM_WINDOW_BYTES))
             .initial_connection_window_size(Some(fleet_gcs::transport::CONNECTION_WINDOW_BYTES))
             .max_frame_size(Some(1 << 20))

@@ -143,6 +143,9 @@ pub struct CoreWorker {
     incarnations: std::sync::atomic::AtomicU64,
     /// Every background task of this core worker (ended by `fleet::shutdown()`).
     pub(crate) tasks: crate::tasks::TaskOwner,
+    /// A driver's stream to its raylet, open for the driver's life (closed last by
+    /// `fleet::shutdown()`, after the job's end is recorded).
+    attachment: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 pub(crate) struct CoreWorkerParts {
@@ -198,6 +201,7 @@ impl CoreWorker {
             is_driver: parts.is_driver,
             incarnations: Default::default(),
             tasks,
+            attachment: std::sync::Mutex::new(None),
         }
     }
 
@@ -220,6 +224,30 @@ impl CoreWorker {
             .filter(|link| link.strong_count() > 0)
             .count();
         (live, self.owned_links.len())
+    }
+
+    /// Keeps a driver's stream to its raylet open until [`detach_driver`](Self::detach_driver).
+    pub(crate) fn attach(&self, stream: tokio::task::JoinHandle<()>) {
+        let old = self
+            .attachment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(stream);
+        if let Some(old) = old {
+            old.abort();
+        }
+    }
+
+    /// Closes the driver's stream to its raylet.
+    pub(crate) fn detach_driver(&self) {
+        let stream = self
+            .attachment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(stream) = stream {
+            stream.abort();
+        }
     }
 
     /// Background tasks of this core worker running now (0 after `fleet::shutdown()`).

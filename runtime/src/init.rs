@@ -67,7 +67,15 @@ async fn serve_core_worker(listener: TcpListener, executor: Executor) {
     let service = CoreWorkerServer::new(executor)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    if let Err(error) = tonic::transport::Server::builder()
+    // TLS was checked when the process started (`check_tls`).
+    let builder = match fleet_gcs::tls::server_builder() {
+        Ok(builder) => builder,
+        Err(error) => {
+            tracing::error!(%error, "core worker server cannot start");
+            return;
+        }
+    };
+    if let Err(error) = builder
         .layer(fleet_gcs::auth::RequireToken::layer_for_process())
         .add_service(service)
         .serve_with_incoming(incoming)
@@ -105,6 +113,8 @@ pub async fn init_with(options: InitOptions) -> Result<()> {
     if let Ok(worker_id) = std::env::var(env::WORKER_ID) {
         run_worker(worker_id).await;
     }
+    // A TLS misconfiguration is named here, before any connection fails because of it.
+    fleet_gcs::tls::current().map_err(Error::Internal)?;
     let namespace = options
         .namespace
         .clone()
@@ -297,9 +307,9 @@ async fn attach_driver(
         .map_err(|s| Error::rpc("attaching the driver to its raylet", &s))?
         .into_inner();
     // Held open for the driver's life: its end tells the raylet the driver is gone.
-    runtime
-        .tasks
-        .spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
+    runtime.attach(tokio::spawn(async move {
+        while let Ok(Some(_)) = stream.message().await {}
+    }));
     Ok(())
 }
 
@@ -438,6 +448,14 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// workers exit). Called at the end of `#[fleet::main]`.
 pub async fn shutdown() {
     if let Some(runtime) = crate::context::try_current() {
+        // First the work: every task ends and whoever waits on one is answered.
+        let left = runtime.tasks.shutdown(SHUTDOWN_GRACE).await;
+        if left > 0 {
+            tracing::warn!(
+                tasks = left,
+                "background tasks did not end within the shutdown grace"
+            );
+        }
         if runtime.is_driver {
             let finished = tokio::time::timeout(
                 std::time::Duration::from_secs(5),
@@ -460,16 +478,9 @@ pub async fn shutdown() {
             )
             .await;
         }
-    }
-    if let Some(runtime) = crate::context::try_current() {
-        // After the job's end is recorded: the driver's stream to its raylet closes here.
-        let left = runtime.tasks.shutdown(SHUTDOWN_GRACE).await;
-        if left > 0 {
-            tracing::warn!(
-                tasks = left,
-                "background tasks did not end within the shutdown grace"
-            );
-        }
+        // Last, once the job's end is recorded: the stream that tells the raylet this
+        // driver lives (closing it earlier would have the raylet fail the job).
+        runtime.detach_driver();
     }
     if let Some(cell) = EMBEDDED.get() {
         if let Some(embedded) = cell.lock().await.take() {

@@ -102,6 +102,18 @@ fn bad_values_name_the_key() {
             "[gcs]\nhealth_check_ms = 500\nnode_timeout_ms = 100\n",
             "gcs.node_timeout_ms",
         ),
+        (
+            "provider = \"hosts\"\n[gcs]\nreplicas = 1\nhosts = [\"a\"]\n[[nodes]]\nhost = \"b\"\n",
+            "tls: the hosts provider's daemons listen on 0.0.0.0",
+        ),
+        (
+            "[tls]\ncert = \"c.pem\"\nkey = \"/k.pem\"\nca = \"/ca.pem\"\n",
+            "tls.cert: 'c.pem' is not an absolute path",
+        ),
+        (
+            "[tls]\ncert = \"/c.pem\"\n",
+            "tls.key: is required with [tls]",
+        ),
     ];
     for (text, expected) in cases {
         let error = error_of(text);
