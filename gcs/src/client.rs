@@ -191,7 +191,7 @@ impl GcsClient {
                 })?;
         let client = GcsGrpc::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            .max_encoding_message_size(crate::transport::MAX_CLIENT_REQUEST_BYTES);
         channels.insert(endpoint.to_string(), client.clone());
         Ok(client)
     }

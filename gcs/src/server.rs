@@ -25,7 +25,9 @@ use crate::error::{Error, Result};
 use crate::node::Driver;
 use crate::service::{GcsService, RaftService};
 use crate::storage::{Identity, LogStore, RaftDisk, SledDisk};
-use crate::transport::{Connector, PeerTransport, TcpConnector, MAX_MESSAGE_BYTES};
+use crate::transport::{
+    Connector, PeerTransport, TcpConnector, MAX_CLIENT_REQUEST_BYTES, MAX_MESSAGE_BYTES,
+};
 
 /// How long an empty replica waits for each peer's status before deciding it starts a new
 /// cluster.
@@ -186,7 +188,7 @@ where
 
     tokio::spawn(crate::health::run(handle.clone(), stop.clone()));
     let gcs = GcsServer::new(GcsService::new(handle.clone(), stop.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_CLIENT_REQUEST_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let raft = RaftTransportServer::new(RaftService::new(handle))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -28,8 +28,12 @@ use tonic::transport::{Endpoint, Uri};
 use crate::auth::{authed, AuthChannel};
 use crate::storage::encode_pb;
 
-/// Largest gRPC message a replica accepts or sends (snapshots travel whole).
+/// Largest gRPC message between replicas, and of a read's answer (snapshots travel whole).
 pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
+/// Largest request of the client API a replica accepts: records are small (a KV value, a
+/// batch of 2,048 task events or 4,096 location changes), so a client cannot make a
+/// replica buffer more than this per request.
+pub const MAX_CLIENT_REQUEST_BYTES: usize = 64 << 20;
 
 /// Makes gRPC channels to addresses.
 pub trait Connector: Send + Sync + 'static {

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::context::{current, CoreWorker};
 use crate::error::{Error, Result, TaskFailure};
-use crate::object_ref::{resolve_args, Arg, ObjectRef, RefGuard, Stored};
+use crate::object_ref::{Arg, ObjectRef, RefGuard, Stored};
 use crate::submitter::{Lease, LeaseAsk, Scheduling};
 
 /// Implemented by `#[fleet::actor]` structs.
@@ -195,14 +195,15 @@ impl<A: ActorType> ActorBuilder<A> {
     /// Creates the actor and returns its handle once it is alive.
     pub async fn spawn(self) -> Result<A::Handle> {
         let runtime = current()?;
-        let args = resolve_args(self.args).await?;
-        let handle = spawn_actor(&runtime, A::NAME, args.values, args.guards, self.options).await?;
+        let (args, guards) = crate::submitter::resolve_task_args(&runtime, self.args).await?;
+        let handle = spawn_actor(&runtime, A::NAME, args, guards, self.options).await?;
         Ok(A::Handle::from(handle))
     }
 }
 
 struct OwnerPart {
-    args: Vec<Vec<u8>>,
+    /// The constructor's arguments as they travel (large ones by reference).
+    args: Vec<fleet_proto::runtime::Arg>,
     options: ActorOptions,
     /// References inside the constructor's arguments: a restart decodes them again.
     _guards: Vec<RefGuard>,
@@ -343,7 +344,7 @@ fn new_link(
 async fn spawn_actor(
     runtime: &Arc<CoreWorker>,
     class: &'static str,
-    args: Vec<Vec<u8>>,
+    args: Vec<fleet_proto::runtime::Arg>,
     guards: Vec<RefGuard>,
     options: ActorOptions,
 ) -> Result<ActorHandle> {
@@ -454,7 +455,7 @@ fn transition(
 async fn start_instance(
     runtime: &CoreWorker,
     link: &ActorLink,
-    checkpoint: Option<(Vec<u8>, u64)>,
+    checkpoint: Option<(String, u64)>,
 ) -> Result<(Lease, String, String)> {
     let owner = link
         .owner
@@ -472,21 +473,15 @@ async fn start_instance(
         })
         .await?;
     let reply = lease.clone();
-    let (restore_state, checkpoint_sequence) = checkpoint.unwrap_or_default();
+    let (restore_url, checkpoint_sequence) = checkpoint.unwrap_or_default();
     let spec = TaskSpec {
         task_id: crate::ids::new_id("task"),
         job_id: runtime.job_id.clone(),
         kind: TaskKind::ActorCreation as i32,
         function: link.class.clone(),
-        args: owner
-            .args
-            .iter()
-            .map(|a| fleet_proto::runtime::Arg {
-                value: Some(fleet_proto::runtime::arg::Value::Inline(a.clone())),
-            })
-            .collect(),
+        args: owner.args.clone(),
         actor_id: link.actor_id.clone(),
-        restore_state,
+        restore_url,
         checkpoint_sequence,
         checkpoint_every_calls: owner.options.checkpoint_every,
         max_concurrency: owner.options.max_concurrency,
@@ -523,13 +518,16 @@ async fn retire_lease(runtime: &CoreWorker, lease: Lease) {
     runtime.leaser.return_lease(&lease, true).await;
 }
 
-/// The latest committed checkpoint of `actor_id`, read only from its own directory of the
-/// checkpoint store (a record naming another path is refused).
+/// The latest committed checkpoint of `actor_id`: its location, checked to be a file of
+/// the actor's own directory of the checkpoint store (a record naming another path is
+/// refused) and no larger than a checkpoint may be, and its sequence. The restarted worker
+/// reads it from there (the store stands for shared storage), so it never travels in a
+/// message.
 async fn latest_checkpoint(
     runtime: &CoreWorker,
     actor_id: &str,
     checkpoint_dir: &std::path::Path,
-) -> Result<Option<(Vec<u8>, u64)>> {
+) -> Result<Option<(String, u64)>> {
     let Some(info) = runtime.gcs.latest_checkpoint(actor_id).await? else {
         return Ok(None);
     };
@@ -539,22 +537,10 @@ async fn latest_checkpoint(
     };
     let path = crate::checkpoint::checkpoint_file(&info.url, checkpoint_dir, actor_id)
         .map_err(unavailable)?;
-    // Bounded: a checkpoint travels whole in the actor's creation message.
-    let size = tokio::fs::metadata(&path)
+    crate::checkpoint::checked_size(&path)
         .await
-        .map_err(|e| unavailable(format!("cannot read {}: {e}", path.display())))?
-        .len();
-    if size > crate::checkpoint::MAX_CHECKPOINT_BYTES {
-        return Err(unavailable(format!(
-            "{} holds {size} bytes, more than a checkpoint may ({} bytes)",
-            path.display(),
-            crate::checkpoint::MAX_CHECKPOINT_BYTES
-        )));
-    }
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|e| unavailable(format!("cannot read {}: {e}", path.display())))?;
-    Ok(Some((bytes, info.sequence)))
+        .map_err(unavailable)?;
+    Ok(Some((info.url, info.sequence)))
 }
 
 /// How long a handle waits for its actor to be alive again (restarted, or its connection
@@ -567,6 +553,48 @@ const SAME_ADDRESS_GRACE: std::time::Duration = std::time::Duration::from_secs(2
 /// Times one call follows its actor to another worker when the one it reached no longer
 /// hosts it (such a call never ran, so following it is always safe).
 const MAX_NOT_HOSTED_BOUNCES: u32 = 16;
+
+/// What the owner does once it asked the GCS to move its actor ALIVE → RESTARTING.
+#[derive(Debug, PartialEq, Eq)]
+enum RestartStep {
+    /// The transition went through (now, or in an earlier attempt whose answer was lost).
+    Restart,
+    /// `max_restarts` is used up.
+    OutOfRestarts,
+    /// Killed (or otherwise ended) meanwhile, with this cause.
+    Killed(String),
+    /// The GCS did not answer; nothing is known.
+    Unavailable(String),
+}
+
+/// The owner's restart decision from the GCS's answer (pure; unit-tested). `cause` is the
+/// worker's failure, the death cause when the record names none.
+fn restart_step(answer: &fleet_gcs::Result<u64>, cause: &str) -> RestartStep {
+    match answer {
+        Ok(_) => RestartStep::Restart,
+        Err(fleet_gcs::Error::Rejected {
+            code: RejectCode::RestartsExhausted,
+            ..
+        }) => RestartStep::OutOfRestarts,
+        Err(fleet_gcs::Error::Rejected { current, .. }) => {
+            let current = current
+                .as_ref()
+                .and_then(|r| <ActorInfo as prost::Message>::decode(r.value.as_slice()).ok());
+            match current {
+                Some(info) if info.state == ActorState::ActorRestarting as i32 => {
+                    RestartStep::Restart
+                }
+                other => RestartStep::Killed(
+                    other
+                        .map(|a| a.death_cause)
+                        .filter(|c| !c.is_empty())
+                        .unwrap_or_else(|| cause.to_string()),
+                ),
+            }
+        }
+        Err(error) => RestartStep::Unavailable(error.to_string()),
+    }
+}
 
 /// What became of an actor after a call to it failed.
 #[derive(Debug)]
@@ -683,12 +711,9 @@ impl ActorLink {
                 true,
             ))
             .await;
-        match restarting {
-            Ok(_) => {}
-            Err(fleet_gcs::Error::Rejected {
-                code: RejectCode::RestartsExhausted,
-                ..
-            }) => {
+        match restart_step(&restarting, &cause) {
+            RestartStep::Restart => {}
+            RestartStep::OutOfRestarts => {
                 let death = format!(
                     "{cause} after {} restart(s) (max_restarts={})",
                     owner.options.max_restarts.max(0),
@@ -709,26 +734,11 @@ impl ActorLink {
                 self.set_dead(runtime, &mut state, death.clone());
                 return Recovery::Dead(death);
             }
-            Err(fleet_gcs::Error::Rejected { current, .. }) => {
-                let current = current
-                    .and_then(|r| <ActorInfo as prost::Message>::decode(r.value.as_slice()).ok());
-                match current {
-                    Some(info) if info.state == ActorState::ActorRestarting as i32 => {
-                        // An earlier attempt's transition went through before its answer
-                        // was lost: carry on with the restart.
-                    }
-                    other => {
-                        // Killed meanwhile.
-                        let reason = other
-                            .map(|a| a.death_cause)
-                            .filter(|c| !c.is_empty())
-                            .unwrap_or_else(|| cause.clone());
-                        self.set_dead(runtime, &mut state, reason.clone());
-                        return Recovery::Dead(reason);
-                    }
-                }
+            RestartStep::Killed(reason) => {
+                self.set_dead(runtime, &mut state, reason.clone());
+                return Recovery::Dead(reason);
             }
-            Err(error) => {
+            RestartStep::Unavailable(error) => {
                 // The control store did not answer: the old worker is retired, so the next
                 // call fails fast and tries the restart again.
                 state.address = None;
@@ -849,7 +859,8 @@ async fn dispatch(
         };
         let Some(call) = call else { return };
         let Some(link) = link.upgrade() else { return };
-        let args = match resolve_args(call.args).await {
+        // Resolved in submission order; large values go by reference (bounded messages).
+        let args = match crate::submitter::resolve_task_args(&runtime, call.args).await {
             Ok(args) => args,
             Err(error) => {
                 runtime.store.set(&call.result_id, Err(error));
@@ -883,7 +894,8 @@ async fn dispatch(
 /// A call whose arguments are resolved, on its way to the actor.
 struct PushedCall {
     method: String,
-    args: crate::object_ref::ResolvedArgs,
+    /// The arguments as they travel, and the references they hold until the reply.
+    args: (Vec<fleet_proto::runtime::Arg>, Vec<RefGuard>),
     result_id: String,
     _slot: InFlight,
 }
@@ -901,10 +913,7 @@ async fn push_call(
         result_id,
         _slot,
     } = call;
-    let crate::object_ref::ResolvedArgs {
-        values: args,
-        guards: _guards,
-    } = args;
+    let (args, _guards) = args;
     let (mut address, mut incarnation, mut seq) = target;
     let mut retries = 0u32;
     let mut bounces = 0u32;
@@ -917,12 +926,7 @@ async fn push_call(
             kind: TaskKind::ActorMethod as i32,
             function: link.class.clone(),
             method: method.clone(),
-            args: args
-                .iter()
-                .map(|a| fleet_proto::runtime::Arg {
-                    value: Some(fleet_proto::runtime::arg::Value::Inline(a.clone())),
-                })
-                .collect(),
+            args: args.clone(),
             actor_id: link.actor_id.clone(),
             caller_id: format!("{}#{incarnation}", runtime.worker_id),
             seq,
@@ -1179,4 +1183,69 @@ pub async fn get_actor_in<A: ActorType>(namespace: &str, name: &str) -> Result<A
         address,
     );
     Ok(A::Handle::from(ActorHandle { link }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(code: RejectCode, state: Option<(ActorState, &str)>) -> fleet_gcs::Result<u64> {
+        let current = state.map(|(state, cause)| {
+            Box::new(fleet_proto::gcs::Record {
+                value: prost::Message::encode_to_vec(&ActorInfo {
+                    state: state as i32,
+                    death_cause: cause.into(),
+                    ..ActorInfo::default()
+                }),
+                ..Default::default()
+            })
+        });
+        Err(fleet_gcs::Error::Rejected {
+            code,
+            message: String::new(),
+            current,
+        })
+    }
+
+    #[test]
+    fn the_owner_restarts_stops_or_waits_by_the_control_stores_answer() {
+        let cause = "its worker died (connection reset)";
+        assert_eq!(restart_step(&Ok(7), cause), RestartStep::Restart);
+        assert_eq!(
+            restart_step(&rejected(RejectCode::RestartsExhausted, None), cause),
+            RestartStep::OutOfRestarts
+        );
+        // Killed meanwhile: dead, with the kill's cause.
+        assert_eq!(
+            restart_step(
+                &rejected(
+                    RejectCode::CasFailed,
+                    Some((ActorState::ActorDead, "killed by fleet::kill"))
+                ),
+                cause
+            ),
+            RestartStep::Killed("killed by fleet::kill".into())
+        );
+        // An earlier attempt's transition went through but its answer was lost: restart.
+        assert_eq!(
+            restart_step(
+                &rejected(
+                    RejectCode::CasFailed,
+                    Some((ActorState::ActorRestarting, ""))
+                ),
+                cause
+            ),
+            RestartStep::Restart
+        );
+        // The control store did not answer: not dead (before, the handle died for good).
+        let silent: fleet_gcs::Result<u64> = Err(fleet_gcs::Error::Unavailable {
+            endpoints: "127.0.0.1:1".into(),
+            millis: 5000,
+            last_error: "connection refused".into(),
+        });
+        assert!(matches!(
+            restart_step(&silent, cause),
+            RestartStep::Unavailable(_)
+        ));
+    }
 }

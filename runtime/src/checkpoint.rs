@@ -26,9 +26,38 @@ pub const REMEMBERED_ANSWERS: usize = 1024;
 /// a restart is refused with an error instead of being applied twice.
 pub const REMEMBERED_ANSWER_BYTES: usize = 16 << 10;
 
-/// The largest checkpoint restored (it travels whole inside the actor's creation message,
-/// whose limit is the core worker's message size).
-pub const MAX_CHECKPOINT_BYTES: u64 = crate::context::MAX_MESSAGE_BYTES as u64 - (1 << 20);
+/// The largest checkpoint restored (the restoring worker reads it whole into memory).
+pub const MAX_CHECKPOINT_BYTES: u64 = 4 << 30;
+
+/// The size of the checkpoint file at `path`, refused when it is larger than a checkpoint
+/// may be.
+pub async fn checked_size(path: &Path) -> Result<u64, String> {
+    let size = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .len();
+    if size > MAX_CHECKPOINT_BYTES {
+        return Err(format!(
+            "{} holds {size} bytes, more than a checkpoint may ({MAX_CHECKPOINT_BYTES} bytes)",
+            path.display()
+        ));
+    }
+    Ok(size)
+}
+
+/// Reads the checkpoint a creation message names (`url`), only from `actor_id`'s own
+/// directory of `checkpoint_dir` and only up to `MAX_CHECKPOINT_BYTES`.
+pub async fn read_checkpoint(
+    url: &str,
+    checkpoint_dir: &Path,
+    actor_id: &str,
+) -> Result<Vec<u8>, String> {
+    let path = checkpoint_file(url, checkpoint_dir, actor_id)?;
+    checked_size(&path).await?;
+    tokio::fs::read(&path)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
 
 /// What a checkpoint file holds: the actor's state and the answers of its latest calls, so
 /// that a call retried after a restart (applied before the crash, its reply lost) is

@@ -20,8 +20,11 @@ use crate::submitter::{LeasePool, Leaser, Lineage};
 use fleet_raylet::object_store::ObjectId;
 use futures::future::{BoxFuture, FutureExt, Shared};
 
-/// Largest gRPC message (objects travel inline for now).
-pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+/// Largest message of the core-worker service. Values of `INLINE_LIMIT` and more travel by
+/// reference through the object store, a task's inline arguments are capped at
+/// `INLINE_ARGS_BUDGET`, and a restoring actor reads its checkpoint from the store: so no
+/// message of this service carries more than a few of those.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 static CURRENT: OnceLock<Arc<CoreWorker>> = OnceLock::new();
 

@@ -249,10 +249,28 @@ impl Executor {
                 return (Err(error), Vec::new());
             }
         };
-        let (restore_state, answers) = if spec.restore_state.is_empty() {
+        let (restore_state, answers) = if spec.restore_url.is_empty() {
             (Vec::new(), Vec::new())
         } else {
-            match crate::codec::decode::<CheckpointEnvelope>(&spec.restore_state, "a checkpoint") {
+            // From the checkpoint store, never from the message (bounded messages; the path
+            // from the wire is checked to be the actor's own).
+            let bytes = match crate::checkpoint::read_checkpoint(
+                &spec.restore_url,
+                std::path::Path::new(&spec.checkpoint_dir),
+                &spec.actor_id,
+            )
+            .await
+            {
+                Ok(bytes) => bytes,
+                Err(reason) => {
+                    let error = TaskError::system(format!(
+                        "cannot restore actor {}: {reason}",
+                        spec.actor_id
+                    ));
+                    return (Err(error), Vec::new());
+                }
+            };
+            match crate::codec::decode::<CheckpointEnvelope>(&bytes, "a checkpoint") {
                 Ok(envelope) => (envelope.state, envelope.answers),
                 Err(error) => return (Err(TaskError::system(error.to_string())), Vec::new()),
             }

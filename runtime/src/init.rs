@@ -103,9 +103,10 @@ fn raylet_client(address: &str) -> Result<RayletClient<fleet_gcs::auth::AuthChan
     let channel =
         fleet_gcs::transport::Connector::channel(&fleet_gcs::transport::TcpConnector, address)
             .map_err(Error::Internal)?;
+    // A worker's put reaches its raylet whole (for now), so raylet messages are larger.
     Ok(RayletClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .max_decoding_message_size(fleet_raylet::server::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(fleet_raylet::server::MAX_MESSAGE_BYTES))
 }
 
 /// Starts Fleet in this process.

@@ -501,33 +501,3 @@ impl<T> IntoArg<T> for &ObjectRef<T> {
         <ObjectRef<T> as IntoArg<T>>::into_arg(self.clone())
     }
 }
-
-/// Resolves arguments to their serialized values (waiting for referenced objects).
-pub(crate) async fn resolve_args(args: Vec<Arg>) -> Result<ResolvedArgs> {
-    let runtime = crate::context::current()?;
-    let mut resolved = ResolvedArgs {
-        values: Vec::with_capacity(args.len()),
-        guards: Vec::new(),
-    };
-    for arg in args {
-        match arg {
-            Arg::Value(value, contained) => {
-                resolved.values.push(value?);
-                resolved.guards.extend(contained);
-            }
-            Arg::Ref { id, owner, guard } => {
-                resolved
-                    .values
-                    .push(runtime.get_bytes(&id, &owner).await?.to_vec());
-                drop(guard);
-            }
-        }
-    }
-    Ok(resolved)
-}
-
-/// A call's arguments as values, and the references inside them (kept until the reply).
-pub(crate) struct ResolvedArgs {
-    pub(crate) values: Vec<Vec<u8>>,
-    pub(crate) guards: Vec<RefGuard>,
-}

@@ -29,6 +29,9 @@ const LEASE_IDLE: Duration = Duration::from_millis(100);
 /// wait for a lease to be handed over; a thousand queued tasks must not become a thousand
 /// requests that keep granting (and starting workers) long after the work is done.
 const MAX_PENDING_LEASE_REQUESTS: usize = 4;
+/// Inline argument bytes one task message carries at most; past it, values go by reference
+/// through the object store (as values of `INLINE_LIMIT` and more always do).
+pub(crate) const INLINE_ARGS_BUDGET: usize = 8 << 20;
 /// Spillbacks one lease request follows before it fails (each to a node that turned out
 /// busy or gone).
 const MAX_SPILLBACKS: u64 = 50;
@@ -191,8 +194,8 @@ impl Leaser {
             fleet_gcs::transport::Connector::channel(&fleet_gcs::transport::TcpConnector, address)
                 .map_err(Error::Internal)?;
         let client = RayletClient::new(channel)
-            .max_decoding_message_size(crate::context::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(crate::context::MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(fleet_raylet::server::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(fleet_raylet::server::MAX_MESSAGE_BYTES);
         self.inner
             .clients
             .insert(address.to_string(), client.clone());
@@ -350,11 +353,76 @@ fn shape_key(resources: &BTreeMap<String, f64>, scheduling: &Scheduling) -> Shap
     )
 }
 
+type LeaseWaiter = oneshot::Sender<Result<Lease>>;
+
+/// The lease pool's decisions for one shape, without I/O (unit-tested): an idle lease is
+/// reused first; a waiter beyond the requests in flight asks the raylet for one more, up to
+/// `MAX_PENDING_LEASE_REQUESTS`; a granted or released lease goes to the first waiter still
+/// waiting, else it is parked; an idle timer returns only the parking it was set for.
 #[derive(Default)]
 struct Shape {
     idle: Vec<(Lease, u64)>,
-    waiters: VecDeque<oneshot::Sender<Result<Lease>>>,
+    waiters: VecDeque<LeaseWaiter>,
     requesting: usize,
+}
+
+impl Shape {
+    /// An idle lease, if one is parked.
+    fn take_idle(&mut self) -> Option<Lease> {
+        self.idle.pop().map(|(lease, _)| lease)
+    }
+
+    /// Queues a waiter; true when a new request to the raylet should go out for it.
+    fn enqueue(&mut self, waiter: LeaseWaiter) -> bool {
+        self.waiters.push_back(waiter);
+        let more =
+            self.waiters.len() > self.requesting && self.requesting < MAX_PENDING_LEASE_REQUESTS;
+        if more {
+            self.requesting += 1;
+        }
+        more
+    }
+
+    /// A request to the raylet finished (granted or not).
+    fn request_done(&mut self) {
+        self.requesting = self.requesting.saturating_sub(1);
+    }
+
+    /// Gives `lease` to the first waiter still waiting; returns it when none is.
+    fn give(&mut self, lease: Lease) -> Option<Lease> {
+        let mut lease = lease;
+        while let Some(waiter) = self.waiters.pop_front() {
+            match waiter.send(Ok(lease)) {
+                Ok(()) => return None,
+                // That caller gave up: the next one gets it.
+                Err(Ok(back)) => lease = back,
+                Err(Err(_)) => return None,
+            }
+        }
+        Some(lease)
+    }
+
+    /// Parks an unused lease under `generation` (the parking an idle timer may end).
+    fn park(&mut self, lease: Lease, generation: u64) {
+        self.idle.push((lease, generation));
+    }
+
+    /// The idle timer of parking `generation` fired: true (and the lease is no longer
+    /// parked) when that parking still holds it; a lease reused and parked again since is
+    /// left alone.
+    fn expire(&mut self, lease_id: u64, generation: u64) -> bool {
+        let before = self.idle.len();
+        self.idle
+            .retain(|(l, g)| !(l.lease_id == lease_id && *g == generation));
+        self.idle.len() < before
+    }
+
+    /// A request failed in a way every waiter of this shape would see too.
+    fn fail_all(&mut self, error: &Error) {
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(Err(error.clone()));
+        }
+    }
 }
 
 /// Leases held by this process, by shape.
@@ -387,16 +455,10 @@ impl LeasePool {
         let request_more = {
             let mut shapes = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
             let shape = shapes.entry(key.clone()).or_default();
-            if let Some((lease, _)) = shape.idle.pop() {
+            if let Some(lease) = shape.take_idle() {
                 return Ok(lease);
             }
-            shape.waiters.push_back(tx);
-            let more = shape.waiters.len() > shape.requesting
-                && shape.requesting < MAX_PENDING_LEASE_REQUESTS;
-            if more {
-                shape.requesting += 1;
-            }
-            more
+            shape.enqueue(tx)
         };
         if request_more {
             let pool = self.clone();
@@ -417,19 +479,15 @@ impl LeasePool {
                     .await;
                 let mut shapes = pool.shapes.lock().unwrap_or_else(|e| e.into_inner());
                 let shape = shapes.entry(key.clone()).or_default();
-                shape.requesting = shape.requesting.saturating_sub(1);
+                shape.request_done();
                 match reply {
                     Ok(lease) => {
                         drop(shapes);
                         pool.hand_over(key, lease);
                     }
-                    Err(error) => {
-                        // Infeasible or failed to start a worker: every waiter of this shape
-                        // would get the same answer.
-                        for waiter in shape.waiters.drain(..) {
-                            let _ = waiter.send(Err(error.clone()));
-                        }
-                    }
+                    // Infeasible or failed to start a worker: every waiter of this shape
+                    // would get the same answer.
+                    Err(error) => shape.fail_all(&error),
                 }
             });
         }
@@ -440,38 +498,24 @@ impl LeasePool {
     /// Gives a lease to the next waiter of its shape, or parks it and returns it to the
     /// raylet if nobody wants it soon.
     fn hand_over(self: &Arc<Self>, key: ShapeKey, lease: Lease) {
-        let mut lease = Some(lease);
         let mut shapes = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
         let shape = shapes.entry(key.clone()).or_default();
-        while let Some(waiter) = shape.waiters.pop_front() {
-            match lease.take() {
-                Some(l) => match waiter.send(Ok(l)) {
-                    Ok(()) => return,
-                    Err(Ok(l)) => lease = Some(l),
-                    Err(Err(_)) => return,
-                },
-                None => return,
-            }
-        }
-        let Some(lease) = lease else { return };
+        let Some(lease) = shape.give(lease) else {
+            return;
+        };
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let lease_id = lease.lease_id;
         let granted_by = lease.clone();
-        shape.idle.push((lease, generation));
+        shape.park(lease, generation);
         drop(shapes);
         let pool = self.clone();
         self.tasks.spawn(async move {
             tokio::time::sleep(LEASE_IDLE).await;
             let expired = {
                 let mut shapes = pool.shapes.lock().unwrap_or_else(|e| e.into_inner());
-                let shape = shapes.entry(key).or_default();
-                let before = shape.idle.len();
-                shape
-                    .idle
-                    .retain(|(l, g)| !(l.lease_id == lease_id && *g == generation));
-                shape.idle.len() < before
+                shapes.entry(key).or_default().expire(lease_id, generation)
             };
             if expired {
                 pool.leaser.return_lease(&granted_by, false).await;
@@ -530,18 +574,34 @@ type WireArg = fleet_proto::runtime::Arg;
 /// process owns, which go by reference to their object store (the worker's raylet pulls
 /// them, once per node; they are never copied through this process). References stay held
 /// (the guards) until the task's result is no longer needed.
-async fn resolve_task_args(
+pub(crate) async fn resolve_task_args(
     runtime: &Arc<crate::context::CoreWorker>,
     args: Vec<Arg>,
 ) -> Result<(Vec<WireArg>, Vec<RefGuard>)> {
     use fleet_proto::runtime::arg::Value;
     let mut wire = Vec::with_capacity(args.len());
     let mut guards = Vec::new();
+    let mut inline_bytes = 0usize;
+    // A large value, or one past the message's inline budget, goes by reference: stored
+    // once in this node's object store, owned by this process for as long as the call (or
+    // its lineage) holds the guard.
+    let too_big = |len: usize, inline_bytes: usize| {
+        len >= crate::plasma::INLINE_LIMIT || inline_bytes + len > INLINE_ARGS_BUDGET
+    };
     for arg in args {
+        let arg = match arg {
+            Arg::Value(Ok(value), contained) if too_big(value.len(), inline_bytes) => {
+                guards.extend(contained);
+                crate::api::put_encoded(runtime, value)
+            }
+            other => other,
+        };
         match arg {
             Arg::Value(value, contained) => {
+                let value = value?;
+                inline_bytes += value.len();
                 wire.push(WireArg {
-                    value: Some(Value::Inline(value?)),
+                    value: Some(Value::Inline(value)),
                 });
                 guards.extend(contained);
             }
@@ -560,12 +620,31 @@ async fn resolve_task_args(
                         continue;
                     }
                 }
-                wire.push(WireArg {
-                    value: Some(Value::Inline(
-                        runtime.get_bytes(&id, &owner).await?.to_vec(),
-                    )),
-                });
+                let bytes = runtime.get_bytes(&id, &owner).await?.to_vec();
                 drop(guard);
+                if too_big(bytes.len(), inline_bytes) {
+                    // A borrowed value too large to travel inline: a copy of our own.
+                    let Arg::Ref { id, owner, guard } = crate::api::put_encoded(runtime, bytes)
+                    else {
+                        continue;
+                    };
+                    if let Stored::Plasma(stored, at) = runtime.store.slot(&id).wait().await? {
+                        wire.push(WireArg {
+                            value: Some(Value::Stored(fleet_proto::runtime::StoredArg {
+                                object_id: id,
+                                owner,
+                                stored_id: stored.to_string(),
+                                stored_at: at.to_string(),
+                            })),
+                        });
+                        guards.push(guard);
+                    }
+                    continue;
+                }
+                inline_bytes += bytes.len();
+                wire.push(WireArg {
+                    value: Some(Value::Inline(bytes)),
+                });
             }
         }
     }
@@ -763,6 +842,59 @@ pub(crate) fn stored_id(id: &str, at: &str) -> Result<Stored> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lease(id: u64) -> Lease {
+        Lease {
+            lease_id: id,
+            worker_address: format!("w{id}"),
+            gpu_ids: Vec::new(),
+            node_id: "n".into(),
+            raylet_address: "r".into(),
+        }
+    }
+
+    #[test]
+    fn the_lease_pool_reuses_asks_for_more_up_to_a_bound_and_skips_gone_waiters() {
+        let mut shape = Shape::default();
+        assert!(shape.take_idle().is_none());
+        // Each waiter beyond the requests in flight asks for one more, up to the bound.
+        let mut receivers = Vec::new();
+        let mut asked = 0;
+        for _ in 0..10 {
+            let (tx, rx) = oneshot::channel();
+            receivers.push(rx);
+            asked += usize::from(shape.enqueue(tx));
+        }
+        assert_eq!(asked, MAX_PENDING_LEASE_REQUESTS);
+        // The first waiter gave up: a granted lease goes to the next one.
+        drop(receivers.remove(0));
+        assert!(shape.give(lease(1)).is_none());
+        let got = receivers.remove(0).try_recv().expect("handed over");
+        assert_eq!(got.map(|l| l.lease_id).ok(), Some(1));
+        shape.request_done();
+        // A failure answers every waiter at once.
+        shape.fail_all(&Error::Infeasible("no".into()));
+        for mut rx in receivers {
+            assert!(matches!(rx.try_recv(), Ok(Err(Error::Infeasible(_)))));
+        }
+        // No waiter: the lease is parked and reused by the next acquirer.
+        let back = shape.give(lease(2)).expect("nobody waits");
+        shape.park(back, 7);
+        assert_eq!(shape.take_idle().map(|l| l.lease_id), Some(2));
+    }
+
+    #[test]
+    fn an_idle_timer_returns_only_the_parking_it_was_set_for() {
+        let mut shape = Shape::default();
+        shape.park(lease(5), 1);
+        // Reused, then parked again under a new generation: the first timer must not
+        // return it (its new user may be about to take it).
+        assert_eq!(shape.take_idle().map(|l| l.lease_id), Some(5));
+        shape.park(lease(5), 2);
+        assert!(!shape.expire(5, 1));
+        assert!(shape.expire(5, 2));
+        assert!(shape.take_idle().is_none());
+    }
 
     #[test]
     fn concurrent_rebuilds_never_take_more_than_the_budget() {

@@ -147,6 +147,11 @@ async fn bump(counter: LogHandle, value: u64) -> Result<usize, String> {
     counter.push(value).await.map_err(|e| e.to_string())
 }
 
+#[fleet::remote]
+fn byte_count(bytes: Vec<u8>) -> usize {
+    bytes.iter().filter(|b| **b == 7).count()
+}
+
 /// Takes a handle, drops it, and says how many actor links this worker still has.
 #[fleet::remote]
 fn links_after_dropping(log: LogHandle) -> usize {
@@ -200,6 +205,10 @@ impl Log {
         self.inside
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         self.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn count_sevens(&self, bytes: Vec<u8>) -> usize {
+        bytes.iter().filter(|b| **b == 7).count()
     }
 
     pub async fn slow_len(&self, ms: u64) -> usize {
@@ -389,6 +398,28 @@ async fn a_handle_bounds_its_calls_in_flight() -> Result<()> {
     // Answered calls give their places back.
     let again: Vec<_> = (0..3).map(|_| log.slow_len(1)).collect();
     ensure!(fleet::get_all(&again).await? == vec![0, 0, 0]);
+    log.raw().kill().await?;
+    Ok(())
+}
+
+async fn large_by_value_arguments_travel_by_reference() -> Result<()> {
+    // One byte more than a core-worker message may be (64 MiB): it must go through the
+    // object store (a task's arguments take the same path).
+    let len = (64 << 20) + 1;
+    let log = Log::remote().spawn().await?;
+    ensure!(log.count_sevens(vec![7u8; len]).await? == len);
+    // While a call holds a large argument it is in this node's store; then it is freed.
+    let (_, before) = fleet::__private::held_objects()?;
+    let pending = byte_count::remote(vec![7u8; 1 << 20]);
+    ensure!(pending.await? == 1 << 20);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fleet::__private::held_objects()?.1 > before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(
+        fleet::__private::held_objects()?.1 <= before,
+        "the argument's copy in the store is freed with its call"
+    );
     log.raw().kill().await?;
     Ok(())
 }
@@ -992,6 +1023,9 @@ fn main() -> std::process::ExitCode {
             }),
             ("a_handle_bounds_its_calls_in_flight", || {
                 Box::pin(a_handle_bounds_its_calls_in_flight())
+            }),
+            ("large_by_value_arguments_travel_by_reference", || {
+                Box::pin(large_by_value_arguments_travel_by_reference())
             }),
             (
                 "a_worker_forgets_actor_links_with_their_last_handle",
