@@ -852,41 +852,54 @@ async fn dispatch(
                 // Every call still queued is answered, not left waiting.
                 queue.close();
                 while let Ok(call) = queue.try_recv() {
-                    runtime.store.set(&call.result_id, Err(Error::ShutDown));
+                    let Call { result_id, _slot, .. } = call;
+                    drop(_slot);
+                    runtime.store.set(&result_id, Err(Error::ShutDown));
                 }
                 return;
             }
         };
         let Some(call) = call else { return };
         let Some(link) = link.upgrade() else { return };
+        let Call {
+            method,
+            args,
+            result_id,
+            _slot: slot,
+        } = call;
+        // A call that fails here gives its place back before its caller learns it.
+        let fail = |slot: InFlight, error: Error| {
+            drop(slot);
+            runtime.store.set(&result_id, Err(error));
+        };
         // Resolved in submission order; large values go by reference (bounded messages).
-        let args = match crate::submitter::resolve_task_args(&runtime, call.args).await {
+        let args = match crate::submitter::resolve_task_args(&runtime, args).await {
             Ok(args) => args,
             Err(error) => {
-                runtime.store.set(&call.result_id, Err(error));
+                fail(slot, error);
                 continue;
             }
         };
         match link.target(&runtime).await {
             Ok(target) => {
                 let stopped = runtime.clone();
-                let answer_id = call.result_id.clone();
+                let answer_id = result_id.clone();
                 runtime.tasks.spawn_answering(
                     push_call(
                         runtime.clone(),
                         link,
                         target,
                         PushedCall {
-                            method: call.method,
+                            method,
                             args,
-                            result_id: call.result_id,
-                            _slot: call._slot,
+                            result_id,
+                            _slot: slot,
                         },
                     ),
                     move || stopped.store.set(&answer_id, Err(Error::ShutDown)),
                 );
             }
-            Err(error) => runtime.store.set(&call.result_id, Err(error)),
+            Err(error) => fail(slot, error),
         }
     }
 }
@@ -906,14 +919,30 @@ async fn push_call(
     target: (String, u64, u64),
     call: PushedCall,
 ) {
-    // The references inside the arguments live until the reply (and its retained list).
     let PushedCall {
         method,
         args,
         result_id,
         _slot,
     } = call;
-    let (args, _guards) = args;
+    // The references inside the arguments live until the reply (and its retained list).
+    let (args, guards) = args;
+    let outcome = attempt_call(&runtime, &link, target, &method, &args).await;
+    drop(guards);
+    // The handle's place is free before the caller learns the result, so a caller that
+    // waits for its calls and submits more never finds them still counted.
+    drop(_slot);
+    runtime.store.set_stored(&result_id, outcome);
+}
+
+/// Pushes a call until it is answered, retrying as the handle's policy allows.
+async fn attempt_call(
+    runtime: &Arc<CoreWorker>,
+    link: &Arc<ActorLink>,
+    target: (String, u64, u64),
+    method: &str,
+    args: &[fleet_proto::runtime::Arg],
+) -> Result<Stored> {
     let (mut address, mut incarnation, mut seq) = target;
     let mut retries = 0u32;
     let mut bounces = 0u32;
@@ -925,8 +954,8 @@ async fn push_call(
             job_id: runtime.job_id.clone(),
             kind: TaskKind::ActorMethod as i32,
             function: link.class.clone(),
-            method: method.clone(),
-            args: args.clone(),
+            method: method.to_string(),
+            args: args.to_vec(),
             actor_id: link.actor_id.clone(),
             caller_id: format!("{}#{incarnation}", runtime.worker_id),
             seq,
@@ -949,25 +978,22 @@ async fn push_call(
                         // The worker no longer hosts the actor (it died or moved): the call
                         // did not run, so follow the actor without spending a retry.
                         bounces += 1;
-                        match link.on_failure(&runtime, incarnation, &error.message).await {
+                        match link.on_failure(runtime, incarnation, &error.message).await {
                             Recovery::Back => {}
                             Recovery::Dead(cause) => {
-                                runtime.store.set(&result_id, Err(link.died(&cause)));
-                                return;
+                                return Err(link.died(&cause));
                             }
                             Recovery::Unavailable(cause) => {
-                                runtime.store.set(&result_id, Err(link.unavailable(cause)));
-                                return;
+                                return Err(link.unavailable(cause));
                             }
                         }
-                        match link.target(&runtime).await {
+                        match link.target(runtime).await {
                             Ok((a, i, s)) => {
                                 (address, incarnation, seq) = (a, i, s);
                                 continue;
                             }
                             Err(error) => {
-                                runtime.store.set(&result_id, Err(error));
-                                return;
+                                return Err(error);
                             }
                         }
                     }
@@ -976,15 +1002,13 @@ async fn push_call(
                     }
                     None => Err(Error::Internal("empty reply to an actor call".into())),
                 };
-                runtime.store.set_stored(&result_id, result);
-                return;
+                return result;
             }
             Err(cause) => cause,
         };
-        let recovery = link.on_failure(&runtime, incarnation, &failure).await;
+        let recovery = link.on_failure(runtime, incarnation, &failure).await;
         if let Recovery::Dead(cause) = &recovery {
-            runtime.store.set(&result_id, Err(link.died(cause)));
-            return;
+            return Err(link.died(cause));
         }
         if retries >= link.max_task_retries {
             let error = match recovery {
@@ -993,15 +1017,13 @@ async fn push_call(
                     "the call was interrupted: its worker died ({failure})"
                 )),
             };
-            runtime.store.set(&result_id, Err(error));
-            return;
+            return Err(error);
         }
         retries += 1;
-        match link.target(&runtime).await {
+        match link.target(runtime).await {
             Ok((a, i, s)) => (address, incarnation, seq) = (a, i, s),
             Err(error) => {
-                runtime.store.set(&result_id, Err(error));
-                return;
+                return Err(error);
             }
         }
     }
