@@ -53,15 +53,14 @@ pub fn put<T: Serialize + 'static>(value: &T) -> Result<ObjectRef<T>> {
     Ok(reference)
 }
 
-/// An already encoded value of `INLINE_LIMIT` bytes or more, stored as an object owned by
-/// this process, as an argument by reference (a task's or call's large by-value argument).
+/// An already encoded value stored in the node's object store (whatever its size) as an
+/// object owned by this process, as an argument by reference: a task's or call's by-value
+/// argument too large to travel inline.
 pub(crate) fn put_encoded(runtime: &Arc<CoreWorker>, bytes: Vec<u8>) -> crate::object_ref::Arg {
     use crate::object_ref::IntoArg;
     let id = crate::ids::new_id("arg");
     let reference: ObjectRef<()> = ObjectRef::new(id.clone(), runtime.address.clone());
-    if bytes.len() < INLINE_LIMIT {
-        runtime.store.set(&id, Ok(bytes));
-    } else if store_large(runtime, &id, &[&bytes]).is_err() {
+    if store_large(runtime, &id, &[&bytes]).is_err() {
         spawn_store(runtime, id, bytes);
     }
     <ObjectRef<()> as IntoArg<()>>::into_arg(reference)

@@ -1,7 +1,6 @@
 //! The core worker of this process: its identity, its connections (GCS, raylet, other core
 //! workers), its memory store and lease pool. One per process, set by `fleet::init()`.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
@@ -52,49 +51,56 @@ type ReplyWaiter = oneshot::Sender<std::result::Result<TaskReply, String>>;
 /// A task stream to one worker.
 struct WorkerConnection {
     sender: mpsc::Sender<TaskSpec>,
-    /// Calls waiting for their reply; `None` once the stream ended and every waiter was
-    /// answered, so a call registered after that last drain is refused, never left waiting.
-    pending: std::sync::Mutex<Option<HashMap<String, ReplyWaiter>>>,
+    /// Calls waiting for their reply.
+    pending: DashMap<String, ReplyWaiter>,
+    /// Set (before the last drain) once the stream ended: a call that registers after that
+    /// sees it and is refused, so none is left waiting.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl WorkerConnection {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<HashMap<String, ReplyWaiter>>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    fn new(sender: mpsc::Sender<TaskSpec>) -> Self {
+        WorkerConnection {
+            sender,
+            pending: DashMap::new(),
+            closed: Default::default(),
+        }
     }
 
     fn is_open(&self) -> bool {
-        !self.sender.is_closed() && self.lock().is_some()
+        !self.sender.is_closed() && !self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Registers a waiter; false when the stream has already ended.
     fn register(&self, task_id: &str, waiter: ReplyWaiter) -> bool {
-        match self.lock().as_mut() {
-            Some(pending) => {
-                pending.insert(task_id.to_string(), waiter);
-                true
-            }
-            None => false,
+        self.pending.insert(task_id.to_string(), waiter);
+        // The drain comes after the flag: a waiter inserted before the flag is drained, one
+        // inserted after it sees the flag here.
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.pending.remove(task_id);
+            return false;
         }
+        true
     }
 
     fn answer(&self, reply: TaskReply) {
-        let waiter = self.lock().as_mut().and_then(|p| p.remove(&reply.task_id));
-        if let Some(waiter) = waiter {
+        if let Some((_, waiter)) = self.pending.remove(&reply.task_id) {
             let _ = waiter.send(Ok(reply));
         }
     }
 
     fn forget(&self, task_id: &str) {
-        if let Some(pending) = self.lock().as_mut() {
-            pending.remove(task_id);
-        }
+        self.pending.remove(task_id);
     }
 
     /// Ends the stream for its callers: every waiter gets `cause`, later calls are refused.
     fn fail_all(&self, cause: &str) {
-        let drained = self.lock().take().unwrap_or_default();
-        for (_, waiter) in drained {
-            let _ = waiter.send(Err(cause.to_string()));
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let ids: Vec<String> = self.pending.iter().map(|e| e.key().clone()).collect();
+        for id in ids {
+            if let Some((_, waiter)) = self.pending.remove(&id) {
+                let _ = waiter.send(Err(cause.to_string()));
+            }
         }
     }
 }
@@ -549,10 +555,7 @@ impl CoreWorker {
             .await
             .map_err(|s| fleet_gcs::error::describe_status(&s))?
             .into_inner();
-        let connection = Arc::new(WorkerConnection {
-            sender,
-            pending: std::sync::Mutex::new(Some(HashMap::new())),
-        });
+        let connection = Arc::new(WorkerConnection::new(sender));
         let reader = connection.clone();
         let address = address.to_string();
         // The reader ends with the stream; at shutdown its waiters are told.
@@ -682,6 +685,8 @@ impl CoreWorker {
 /// How often task events go to the GCS (one proposal per batch).
 const TASK_EVENT_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Task events in one proposal at most.
+const TASK_EVENT_BATCH: usize = 2048;
 /// Task events queued for the GCS at most.
 const TASK_EVENT_QUEUE: usize = 16_384;
 
@@ -691,15 +696,21 @@ fn spawn_task_event_reporter(
 ) -> mpsc::Sender<fleet_proto::gcs::TaskEvent> {
     let (tx, mut rx) = mpsc::channel::<fleet_proto::gcs::TaskEvent>(TASK_EVENT_QUEUE);
     tasks.spawn(async move {
+        // A full batch goes at once (the queue drains at the GCS's pace); otherwise events
+        // gather for TASK_EVENT_FLUSH first, one proposal for many.
+        let mut behind = false;
         while let Some(first) = rx.recv().await {
-            tokio::time::sleep(TASK_EVENT_FLUSH).await;
+            if !behind {
+                tokio::time::sleep(TASK_EVENT_FLUSH).await;
+            }
             let mut batch = vec![first];
             while let Ok(more) = rx.try_recv() {
                 batch.push(more);
-                if batch.len() >= 2048 {
+                if batch.len() >= TASK_EVENT_BATCH {
                     break;
                 }
             }
+            behind = batch.len() >= TASK_EVENT_BATCH;
             if let Err(error) = gcs.add_task_events(batch).await {
                 // Events are for operators; losing a batch must not stall work.
                 tracing::debug!(%error, "task events not recorded");
@@ -716,10 +727,7 @@ mod tests {
     #[tokio::test]
     async fn a_call_registered_after_the_last_drain_is_refused_not_left_waiting() {
         let (sender, _receiver) = mpsc::channel(1);
-        let connection = WorkerConnection {
-            sender,
-            pending: std::sync::Mutex::new(Some(HashMap::new())),
-        };
+        let connection = WorkerConnection::new(sender);
         let (tx, rx) = oneshot::channel();
         assert!(connection.register("a", tx));
         connection.fail_all("the worker died");

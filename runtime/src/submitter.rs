@@ -585,10 +585,9 @@ pub(crate) async fn resolve_task_args(
     // A large value, or one past the message's inline budget, goes by reference: stored
     // once in this node's object store, owned by this process for as long as the call (or
     // its lineage) holds the guard.
-    let too_big = |len: usize, inline_bytes: usize| {
-        len >= crate::plasma::INLINE_LIMIT || inline_bytes + len > INLINE_ARGS_BUDGET
-    };
-    for arg in args {
+    let too_big = travels_by_reference;
+    let mut args: VecDeque<Arg> = args.into();
+    while let Some(arg) = args.pop_front() {
         let arg = match arg {
             Arg::Value(Ok(value), contained) if too_big(value.len(), inline_bytes) => {
                 guards.extend(contained);
@@ -623,22 +622,9 @@ pub(crate) async fn resolve_task_args(
                 let bytes = runtime.get_bytes(&id, &owner).await?.to_vec();
                 drop(guard);
                 if too_big(bytes.len(), inline_bytes) {
-                    // A borrowed value too large to travel inline: a copy of our own.
-                    let Arg::Ref { id, owner, guard } = crate::api::put_encoded(runtime, bytes)
-                    else {
-                        continue;
-                    };
-                    if let Stored::Plasma(stored, at) = runtime.store.slot(&id).wait().await? {
-                        wire.push(WireArg {
-                            value: Some(Value::Stored(fleet_proto::runtime::StoredArg {
-                                object_id: id,
-                                owner,
-                                stored_id: stored.to_string(),
-                                stored_at: at.to_string(),
-                            })),
-                        });
-                        guards.push(guard);
-                    }
+                    // A borrowed value too large to travel inline: a stored copy of our own
+                    // (taken by the branch above next).
+                    args.push_front(crate::api::put_encoded(runtime, bytes));
                     continue;
                 }
                 inline_bytes += bytes.len();
@@ -732,6 +718,12 @@ pub(crate) async fn rebuild(
             lineage.function
         ))),
     }
+}
+
+/// Whether an argument of `len` bytes, after `inline_so_far` inline bytes of the same call,
+/// goes by reference: from `INLINE_LIMIT` up, or past the call's `INLINE_ARGS_BUDGET`.
+fn travels_by_reference(len: usize, inline_so_far: usize) -> bool {
+    len >= crate::plasma::INLINE_LIMIT || inline_so_far + len > INLINE_ARGS_BUDGET
 }
 
 /// Takes one re-run from a lineage's budget; false when none is left.
@@ -894,6 +886,25 @@ mod tests {
         assert!(!shape.expire(5, 1));
         assert!(shape.expire(5, 2));
         assert!(shape.take_idle().is_none());
+    }
+
+    #[test]
+    fn large_arguments_and_those_past_the_budget_go_by_reference() {
+        let limit = crate::plasma::INLINE_LIMIT;
+        assert!(!travels_by_reference(limit - 1, 0));
+        assert!(travels_by_reference(limit, 0));
+        // Many small arguments: inline until the call's budget, by reference after.
+        let mut inline = 0;
+        let mut by_reference = 0;
+        for _ in 0..200 {
+            if travels_by_reference(limit - 1, inline) {
+                by_reference += 1;
+            } else {
+                inline += limit - 1;
+            }
+        }
+        assert!(inline <= INLINE_ARGS_BUDGET, "{inline}");
+        assert_eq!(200 - by_reference, INLINE_ARGS_BUDGET / (limit - 1));
     }
 
     #[test]
