@@ -739,9 +739,11 @@ impl ActorLink {
                 return Recovery::Dead(reason);
             }
             RestartStep::Unavailable(error) => {
-                // The control store did not answer: the old worker is retired, so the next
-                // call fails fast and tries the restart again.
-                state.address = None;
+                // The control store did not answer. The old address stays: its worker is
+                // retired, so the next call fails fast there and tries the restart again
+                // (and if this transition did go through, the retry finds the actor
+                // RESTARTING and carries on; waiting for ALIVE instead would wait forever,
+                // since restarting it is this owner's job).
                 state.incarnation = runtime.next_incarnation();
                 state.next_seq = 0;
                 return Recovery::Unavailable(format!(
