@@ -67,6 +67,9 @@ pub struct ActorOptions {
     /// Calls a handle may have in flight (submitted, not yet answered) before further calls
     /// fail with `PendingCallsExceeded` instead of queueing without bound.
     pub max_pending_calls: usize,
+    /// With a name: return the live actor of that name (and type) instead of failing with
+    /// `ActorNameTaken` (Ray's `get_if_exists`).
+    pub get_if_exists: bool,
 }
 
 /// The default bound on a handle's calls in flight.
@@ -90,6 +93,7 @@ impl Default for ActorOptions {
                 .unwrap_or_else(|| std::env::temp_dir().join("fleet-checkpoints")),
             scheduling: Scheduling::Default,
             max_pending_calls: DEFAULT_MAX_PENDING_CALLS,
+            get_if_exists: false,
         }
     }
 }
@@ -186,6 +190,13 @@ impl<A: ActorType> ActorBuilder<A> {
         self.options.max_pending_calls = calls.max(1);
         self
     }
+    /// With [`name`](Self::name): `spawn` returns the live actor of that name when there is
+    /// one (it must be of this type) instead of failing with `ActorNameTaken`. Race-free:
+    /// of concurrent creators one wins in the GCS, and the others get its handle.
+    pub fn get_if_exists(mut self, get_if_exists: bool) -> Self {
+        self.options.get_if_exists = get_if_exists;
+        self
+    }
     /// Where it is placed (spread, or pinned to a node).
     pub fn scheduling(mut self, scheduling: Scheduling) -> Self {
         self.options.scheduling = scheduling;
@@ -195,9 +206,32 @@ impl<A: ActorType> ActorBuilder<A> {
     /// Creates the actor and returns its handle once it is alive.
     pub async fn spawn(self) -> Result<A::Handle> {
         let runtime = current()?;
+        let existing = match (&self.options.name, self.options.get_if_exists) {
+            (Some(name), true) => {
+                let namespace = self
+                    .options
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| runtime.namespace.clone());
+                Some((namespace, name.clone()))
+            }
+            _ => None,
+        };
+        if let Some((namespace, name)) = &existing {
+            match get_actor_in::<A>(namespace, name).await {
+                Err(Error::ActorNotFound { .. }) => {}
+                found => return found,
+            }
+        }
         let (args, guards) = crate::submitter::resolve_task_args(&runtime, self.args).await?;
-        let handle = spawn_actor(&runtime, A::NAME, args, guards, self.options).await?;
-        Ok(A::Handle::from(handle))
+        match spawn_actor(&runtime, A::NAME, args, guards, self.options).await {
+            Ok(handle) => Ok(A::Handle::from(handle)),
+            // Another creator won the name in the GCS meanwhile: its actor is the answer.
+            Err(Error::ActorNameTaken { name, namespace }) if existing.is_some() => {
+                get_actor_in::<A>(&namespace, &name).await
+            }
+            Err(error) => Err(error),
+        }
     }
 }
 

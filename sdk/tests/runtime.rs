@@ -481,6 +481,40 @@ async fn named_actors_are_found_by_name_and_type() -> Result<()> {
         Err(Error::ActorNameTaken { .. }) => {}
         other => return Err(anyhow!("a second 'the-log' must be refused, got {other:?}")),
     }
+    // get_if_exists: the live one, for concurrent creators too (one wins in the GCS).
+    let (a, b) = tokio::join!(
+        Log::remote().name("once").get_if_exists(true).spawn(),
+        Log::remote().name("once").get_if_exists(true).spawn()
+    );
+    let (a, b) = (a?, b?);
+    ensure!(
+        a.raw().actor_id() == b.raw().actor_id(),
+        "two creators, one actor"
+    );
+    let again = Log::remote()
+        .name("the-log")
+        .get_if_exists(true)
+        .spawn()
+        .await?;
+    ensure!(again.raw().actor_id() == log.raw().actor_id());
+    ensure!(
+        again.values().await? == vec![7],
+        "the existing actor, with its state"
+    );
+    match Tally::remote()
+        .name("the-log")
+        .get_if_exists(true)
+        .spawn()
+        .await
+    {
+        Err(Error::ActorTypeMismatch { .. }) => {}
+        other => {
+            return Err(anyhow!(
+                "a Tally named like a Log must be refused, got {other:?}"
+            ))
+        }
+    }
+    fleet::kill(a.raw()).await?;
     match fleet::get_actor::<Tally>("the-log").await {
         Err(Error::ActorTypeMismatch { found, .. }) => ensure!(found.ends_with("Log")),
         other => return Err(anyhow!("expected a type mismatch, got {other:?}")),
