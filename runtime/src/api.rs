@@ -110,6 +110,12 @@ pub async fn get<T: DeserializeOwned>(object: &ObjectRef<T>) -> Result<T> {
     object.get().await
 }
 
+/// The value of a reference, or `Error::GetTimeout` naming it (and its task) when it is not
+/// ready within `after` (Ray's `ray.get(ref, timeout=...)`).
+pub async fn get_timeout<T: DeserializeOwned>(object: &ObjectRef<T>, after: Duration) -> Result<T> {
+    object.timeout(after).await
+}
+
 /// The values of many references, in order.
 pub async fn get_all<T: DeserializeOwned>(objects: &[ObjectRef<T>]) -> Result<Vec<T>> {
     let values = futures::future::join_all(objects.iter().map(|o| o.get())).await;

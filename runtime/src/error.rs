@@ -168,6 +168,16 @@ pub enum Error {
     /// A wait ran out of time.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// A get with a timeout ran out of time before the object was ready (it may still be).
+    #[error("object {object_id}{} was not ready after {after:?}; it may still come: wait longer, or look at the task with `fleet list tasks`", task.as_ref().map(|t| format!(" (the result of task {t})")).unwrap_or_default())]
+    GetTimeout {
+        /// The object.
+        object_id: String,
+        /// The task whose result it is, when it is one.
+        task: Option<String>,
+        /// How long the get waited.
+        after: std::time::Duration,
+    },
     /// The control store failed. Shared, so that every waiter of one failed operation gets
     /// the same error with its cause chain.
     #[error("control store: {0}")]
@@ -319,6 +329,15 @@ impl Clone for Error {
             },
             Error::NotInitialized => Error::NotInitialized,
             Error::Timeout(d) => Error::Timeout(*d),
+            Error::GetTimeout {
+                object_id,
+                task,
+                after,
+            } => Error::GetTimeout {
+                object_id: object_id.clone(),
+                task: task.clone(),
+                after: *after,
+            },
             Error::Gcs(error) => Error::Gcs(error.clone()),
             Error::Raylet(error) => Error::Raylet(error.clone()),
             Error::Rpc {

@@ -32,7 +32,7 @@ pub mod submitter;
 mod tasks;
 
 pub use actor::{get_actor, get_actor_in, ActorBuilder, ActorHandle, ActorOptions, ActorType};
-pub use api::{get, get_all, kill, put, wait};
+pub use api::{get, get_all, get_timeout, kill, put, wait};
 pub use error::{Error, Location, RemoteError, Result, TaskFailure};
 pub use init::{
     cluster_address, cluster_token, gpu_ids, init, init_with, node_id, shutdown, InitOptions,

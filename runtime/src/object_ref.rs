@@ -377,6 +377,20 @@ impl<T: DeserializeOwned> ObjectRef<T> {
         let bytes = self.bytes().await?;
         codec::decode(&bytes, &format!("object {}", self.inner.id))
     }
+
+    /// The value, or `Error::GetTimeout` (naming the object and its task) when it is not
+    /// ready within `after`. The object is not affected: a later get can still have it.
+    pub async fn timeout(&self, after: std::time::Duration) -> Result<T> {
+        match tokio::time::timeout(after, self.get()).await {
+            Ok(result) => result,
+            Err(_) => Err(crate::error::Error::GetTimeout {
+                object_id: self.inner.id.clone(),
+                // A task's result is `TASK_ID.ret` (see `submit_task`).
+                task: self.inner.id.strip_suffix(".ret").map(str::to_string),
+                after,
+            }),
+        }
+    }
 }
 
 impl<T: DeserializeOwned + Send + 'static> IntoFuture for ObjectRef<T> {

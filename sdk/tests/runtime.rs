@@ -972,6 +972,24 @@ async fn references_kept_or_passed_on_by_borrowers_stay_valid() -> Result<()> {
     Ok(())
 }
 
+async fn gets_with_a_timeout_name_the_object_and_its_task() -> Result<()> {
+    let slow = sleep_ms::remote(600);
+    match fleet::get_timeout(&slow, Duration::from_millis(50)).await {
+        Err(Error::GetTimeout {
+            object_id,
+            task: Some(task),
+            after,
+        }) => {
+            ensure!(object_id == slow.id() && object_id.starts_with(&task));
+            ensure!(after == Duration::from_millis(50));
+        }
+        other => return Err(anyhow!("expected GetTimeout, got {other:?}")),
+    }
+    // The object is unaffected: a longer wait has it.
+    ensure!(slow.timeout(Duration::from_secs(30)).await? == 600);
+    Ok(())
+}
+
 async fn wait_returns_the_first_ready() -> Result<()> {
     let refs: Vec<_> = [2000u64, 10, 20, 3000]
         .into_iter()
@@ -1090,6 +1108,9 @@ fn main() -> std::process::ExitCode {
             }),
             ("requests_no_node_can_satisfy_fail_at_once", || {
                 Box::pin(requests_no_node_can_satisfy_fail_at_once())
+            }),
+            ("gets_with_a_timeout_name_the_object_and_its_task", || {
+                Box::pin(gets_with_a_timeout_name_the_object_and_its_task())
             }),
             ("wait_returns_the_first_ready", || {
                 Box::pin(wait_returns_the_first_ready())
