@@ -250,6 +250,8 @@ struct LinkState {
     /// process and drops an older incarnation's when a newer one speaks.
     incarnation: u64,
     next_seq: u64,
+    /// Restarts of the actor so far (the owner's count; what its instances are told).
+    restarts: u32,
     lease: Option<Lease>,
     dead: Option<String>,
 }
@@ -342,6 +344,7 @@ fn new_link(
                 address,
                 incarnation: runtime.next_incarnation(),
                 next_seq: 0,
+                restarts: 0,
                 lease: None,
                 dead: None,
             }),
@@ -426,7 +429,7 @@ async fn spawn_actor(
         }),
         None,
     );
-    let started = start_instance(runtime, &link, None).await;
+    let started = start_instance(runtime, &link, None, 0).await;
     match started {
         Ok((lease, address, node_id)) => {
             runtime
@@ -490,6 +493,7 @@ async fn start_instance(
     runtime: &CoreWorker,
     link: &ActorLink,
     checkpoint: Option<(String, u64)>,
+    restarts: u32,
 ) -> Result<(Lease, String, String)> {
     let owner = link
         .owner
@@ -516,6 +520,7 @@ async fn start_instance(
         args: owner.args.clone(),
         actor_id: link.actor_id.clone(),
         restore_url,
+        actor_restarts: restarts,
         checkpoint_sequence,
         checkpoint_every_calls: owner.options.checkpoint_every,
         max_concurrency: owner.options.max_concurrency,
@@ -793,7 +798,8 @@ impl ActorLink {
                 None
             }
         };
-        match start_instance(runtime, self, checkpoint).await {
+        state.restarts += 1;
+        match start_instance(runtime, self, checkpoint, state.restarts).await {
             Ok((lease, address, node_id)) => {
                 let _ = runtime
                     .gcs

@@ -275,9 +275,15 @@ impl Executor {
                 Err(error) => return (Err(TaskError::system(error.to_string())), Vec::new()),
             }
         };
+        let running = crate::runtime_context::Running {
+            task_id: spec.task_id.clone(),
+            actor: Some((spec.actor_id.clone(), spec.actor_restarts)),
+        };
         let (instance, trace) = Traced::new(async move {
             if restore_state.is_empty() {
-                catching((factory.create)(args)).await.map_err(|mut e| {
+                let create =
+                    crate::runtime_context::run_as(running, catching((factory.create)(args)));
+                create.await.map_err(|mut e| {
                     if e.kind == TaskFailure::Panic {
                         e.message = format!("the constructor panicked: {}", e.message);
                     }
@@ -331,8 +337,17 @@ impl Executor {
         };
         let runtime = self.runtime.clone();
         let concurrency = spec.max_concurrency.max(1) as usize;
-        let job: ActorJob =
-            Box::new(move || Box::pin(actor_loop(runtime, instance, rx, policy, concurrency)));
+        let restarts = spec.actor_restarts;
+        let job: ActorJob = Box::new(move || {
+            Box::pin(actor_loop(
+                runtime,
+                instance,
+                rx,
+                policy,
+                concurrency,
+                restarts,
+            ))
+        });
         thread
             .jobs
             .send(job)
@@ -468,6 +483,7 @@ async fn actor_loop(
     mut rx: mpsc::Receiver<ActorCall>,
     mut policy: CheckpointPolicy,
     concurrency: usize,
+    restarts: u32,
 ) {
     let mut order = CallOrder::default();
     let mut ready: VecDeque<ActorCall> = VecDeque::new();
@@ -519,6 +535,7 @@ async fn actor_loop(
                     ready: &mut ready,
                 },
                 concurrency,
+                restarts,
                 &mut policy,
                 &mut held,
             )
@@ -544,8 +561,13 @@ async fn actor_loop(
             if let Some(answer) = policy.answered(&call.task_id) {
                 finish(&policy, &mut held, call.reply, answer, Vec::new());
             } else {
+                let running = crate::runtime_context::Running {
+                    task_id: call.task_id.clone(),
+                    actor: Some((policy.actor_id.clone(), restarts)),
+                };
+                let dispatch = catching(instance.dispatch(&call.method, call.args));
                 let (outcome, trace) =
-                    Traced::new(catching(instance.dispatch(&call.method, call.args))).await;
+                    Traced::new(crate::runtime_context::run_as(running, dispatch)).await;
                 if let Ok(bytes) = &outcome {
                     policy.remember(&call.task_id, bytes);
                 }
@@ -599,6 +621,7 @@ async fn run_shared(
     first: ActorCall,
     queues: SharedQueues<'_>,
     concurrency: usize,
+    restarts: u32,
     policy: &mut CheckpointPolicy,
     held: &mut Vec<HeldReply>,
 ) -> SharedOutcome {
@@ -641,8 +664,13 @@ async fn run_shared(
             match instance.dispatch_shared(&method, args) {
                 Ok(future) => {
                     started += 1;
+                    let as_call = crate::runtime_context::Running {
+                        task_id: task_id.clone(),
+                        actor: Some((policy.actor_id.clone(), restarts)),
+                    };
                     running.push(Box::pin(async move {
-                        let (result, trace) = Traced::new(catching(future)).await;
+                        let call = crate::runtime_context::run_as(as_call, catching(future));
+                        let (result, trace) = Traced::new(call).await;
                         (task_id, reply, result, trace.retained())
                     }))
                 }
@@ -901,7 +929,12 @@ impl Executor {
                 let name = spec.function.clone();
                 let (result, retained) = match registry::function(&name) {
                     Some(function) => {
-                        let (result, trace) = Traced::new(catching((function.call)(args))).await;
+                        let running = crate::runtime_context::Running {
+                            task_id: spec.task_id.clone(),
+                            actor: None,
+                        };
+                        let call = crate::runtime_context::run_as(running, catching((function.call)(args)));
+                        let (result, trace) = Traced::new(call).await;
                         (result, trace.retained())
                     }
                     None => (

@@ -12,6 +12,7 @@
 //! - [`plasma`]: large objects in the node's shared-memory object store.
 //! - [`registry`]: remote functions and actor classes registered at link time.
 //! - [`api`]: `put`, `get`, `get_all`, `wait`.
+//! - [`runtime_context`]: `context()`, where and as what the calling code runs.
 //! - `tasks`: the owner of every background task (ended by `shutdown()`).
 //! - [`codec`], [`ids`], [`error`].
 
@@ -28,6 +29,7 @@ pub mod object_ref;
 pub mod placement;
 pub mod plasma;
 pub mod registry;
+pub mod runtime_context;
 pub mod submitter;
 mod tasks;
 
@@ -41,4 +43,5 @@ pub use object_ref::{Arg, IntoArg, ObjectRef};
 pub use placement::{
     remove_placement_group, Bundle, PlacementGroup, PlacementGroupHandle, PlacementStrategy,
 };
+pub use runtime_context::{context, RuntimeContext};
 pub use submitter::{submit_task, Scheduling, TaskOptions};

@@ -24,6 +24,7 @@ pub use fleet_runtime::{
     Location, ObjectRef, PlacementGroup, PlacementGroupHandle, PlacementStrategy, RemoteError,
     Result, Scheduling, TaskFailure, TaskOptions,
 };
+pub use fleet_runtime::{context, RuntimeContext};
 
 /// Used by the macros' generated code; not a stable API.
 #[doc(hidden)]

@@ -147,6 +147,15 @@ async fn bump(counter: LogHandle, value: u64) -> Result<usize, String> {
     counter.push(value).await.map_err(|e| e.to_string())
 }
 
+/// What `fleet::context()` says inside a task: (task id, actor id, job id).
+#[fleet::remote]
+fn context_in_task() -> (Option<String>, Option<String>, String) {
+    match fleet::context() {
+        Ok(c) => (c.task_id, c.actor_id, c.job_id),
+        Err(_) => (None, None, String::new()),
+    }
+}
+
 #[fleet::remote]
 fn byte_count(bytes: Vec<u8>) -> usize {
     bytes.iter().filter(|b| **b == 7).count()
@@ -205,6 +214,14 @@ impl Log {
         self.inside
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         self.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// What `fleet::context()` says inside a method: (actor id, restarts, task id).
+    pub fn context_now(&self) -> (Option<String>, u32, Option<String>) {
+        match fleet::context() {
+            Ok(c) => (c.actor_id, c.actor_restarts, c.task_id),
+            Err(_) => (None, u32::MAX, None),
+        }
     }
 
     pub fn count_sevens(&self, bytes: Vec<u8>) -> usize {
@@ -541,11 +558,18 @@ async fn an_actor_restarts_then_dies_when_out_of_restarts() -> Result<()> {
         .spawn()
         .await?;
     log.push(1).await?;
+    let (actor, restarts, task) = log.context_now().await?;
+    ensure!(actor.as_deref() == Some(log.raw().actor_id()) && restarts == 0 && task.is_some());
     let first = log.pid().await?;
     sigkill(first)?;
     // The interrupted call is retried on the restarted actor (fresh state: not checkpointed).
     let second = log.pid().await?;
     ensure!(second != first, "a new worker process");
+    let (_, restarts, _) = log.context_now().await?;
+    ensure!(
+        restarts == 1,
+        "the restarted instance knows it is one: {restarts}"
+    );
     ensure!(
         log.values().await?.is_empty(),
         "a restart without a checkpoint runs new() again"
@@ -972,6 +996,16 @@ async fn references_kept_or_passed_on_by_borrowers_stay_valid() -> Result<()> {
     Ok(())
 }
 
+async fn the_runtime_context_says_where_code_runs() -> Result<()> {
+    let driver = fleet::context()?;
+    ensure!(driver.task_id.is_none() && driver.actor_id.is_none());
+    ensure!(!driver.was_current_actor_reconstructed());
+    let (task, actor, job) = context_in_task::remote().await?;
+    ensure!(task.is_some() && actor.is_none(), "{task:?} {actor:?}");
+    ensure!(job == driver.job_id, "the task runs in the driver's job");
+    Ok(())
+}
+
 async fn gets_with_a_timeout_name_the_object_and_its_task() -> Result<()> {
     let slow = sleep_ms::remote(600);
     match fleet::get_timeout(&slow, Duration::from_millis(50)).await {
@@ -1108,6 +1142,9 @@ fn main() -> std::process::ExitCode {
             }),
             ("requests_no_node_can_satisfy_fail_at_once", || {
                 Box::pin(requests_no_node_can_satisfy_fail_at_once())
+            }),
+            ("the_runtime_context_says_where_code_runs", || {
+                Box::pin(the_runtime_context_says_where_code_runs())
             }),
             ("gets_with_a_timeout_name_the_object_and_its_task", || {
                 Box::pin(gets_with_a_timeout_name_the_object_and_its_task())

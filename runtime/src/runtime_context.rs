@@ -1,0 +1,67 @@
+//! `fleet::context()`: what code running in a task or an actor method can ask about where
+//! and as what it runs (Ray's `get_runtime_context()`).
+
+use crate::error::Result;
+
+/// Where and as what the calling code runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeContext {
+    /// The job.
+    pub job_id: String,
+    /// The node this process runs on.
+    pub node_id: String,
+    /// This process (`driver-…` or the worker id its raylet gave).
+    pub worker_id: String,
+    /// The task or actor call running now (none in a driver's own code).
+    pub task_id: Option<String>,
+    /// The actor whose constructor or method runs now.
+    pub actor_id: Option<String>,
+    /// The GPUs this process may use.
+    pub gpu_ids: Vec<u32>,
+    /// How many times the current actor was restarted (0: its first instance).
+    pub actor_restarts: u32,
+}
+
+impl RuntimeContext {
+    /// Whether the current actor is a restarted instance (Ray's
+    /// `was_current_actor_reconstructed`).
+    pub fn was_current_actor_reconstructed(&self) -> bool {
+        self.actor_restarts > 0
+    }
+}
+
+/// What the executor knows of the code it runs now.
+#[derive(Clone, Debug)]
+pub(crate) struct Running {
+    pub task_id: String,
+    pub actor: Option<(String, u32)>,
+}
+
+tokio::task_local! {
+    static RUNNING: Running;
+}
+
+/// Runs `future` as `running` (what `fleet::context()` reports inside it). Code that spawns
+/// tasks of its own from there does not carry it along.
+pub(crate) async fn run_as<F: std::future::Future>(running: Running, future: F) -> F::Output {
+    RUNNING.scope(running, future).await
+}
+
+/// Where and as what the calling code runs.
+pub fn context() -> Result<RuntimeContext> {
+    let runtime = crate::context::current()?;
+    let running = RUNNING.try_with(Running::clone).ok();
+    let (task_id, actor) = match running {
+        Some(running) => (Some(running.task_id), running.actor),
+        None => (None, None),
+    };
+    Ok(RuntimeContext {
+        job_id: runtime.job_id.clone(),
+        node_id: runtime.node_id.clone(),
+        worker_id: runtime.worker_id.clone(),
+        task_id,
+        actor_restarts: actor.as_ref().map_or(0, |(_, restarts)| *restarts),
+        actor_id: actor.map(|(id, _)| id),
+        gpu_ids: runtime.gpu_ids.clone(),
+    })
+}
