@@ -276,6 +276,7 @@ impl Executor {
             }
         };
         let running = crate::runtime_context::Running {
+            job_id: spec.job_id.clone(),
             task_id: spec.task_id.clone(),
             actor: Some((spec.actor_id.clone(), spec.actor_restarts)),
         };
@@ -337,7 +338,10 @@ impl Executor {
         };
         let runtime = self.runtime.clone();
         let concurrency = spec.max_concurrency.max(1) as usize;
-        let restarts = spec.actor_restarts;
+        let identity = ActorIdentity {
+            job_id: spec.job_id.clone(),
+            restarts: spec.actor_restarts,
+        };
         let job: ActorJob = Box::new(move || {
             Box::pin(actor_loop(
                 runtime,
@@ -345,7 +349,7 @@ impl Executor {
                 rx,
                 policy,
                 concurrency,
-                restarts,
+                identity,
             ))
         });
         thread
@@ -354,6 +358,22 @@ impl Executor {
             .map_err(|_| TaskError::system("the actor thread has stopped"))?;
         self.actors.insert(spec.actor_id.clone(), tx);
         Ok(Vec::new())
+    }
+}
+
+/// What an actor's calls report through `fleet::context()`: its job and restart count.
+struct ActorIdentity {
+    job_id: String,
+    restarts: u32,
+}
+
+impl ActorIdentity {
+    fn running(&self, task_id: &str, actor_id: &str) -> crate::runtime_context::Running {
+        crate::runtime_context::Running {
+            job_id: self.job_id.clone(),
+            task_id: task_id.to_string(),
+            actor: Some((actor_id.to_string(), self.restarts)),
+        }
     }
 }
 
@@ -483,7 +503,7 @@ async fn actor_loop(
     mut rx: mpsc::Receiver<ActorCall>,
     mut policy: CheckpointPolicy,
     concurrency: usize,
-    restarts: u32,
+    identity: ActorIdentity,
 ) {
     let mut order = CallOrder::default();
     let mut ready: VecDeque<ActorCall> = VecDeque::new();
@@ -535,7 +555,7 @@ async fn actor_loop(
                     ready: &mut ready,
                 },
                 concurrency,
-                restarts,
+                &identity,
                 &mut policy,
                 &mut held,
             )
@@ -561,10 +581,7 @@ async fn actor_loop(
             if let Some(answer) = policy.answered(&call.task_id) {
                 finish(&policy, &mut held, call.reply, answer, Vec::new());
             } else {
-                let running = crate::runtime_context::Running {
-                    task_id: call.task_id.clone(),
-                    actor: Some((policy.actor_id.clone(), restarts)),
-                };
+                let running = identity.running(&call.task_id, &policy.actor_id);
                 let dispatch = catching(instance.dispatch(&call.method, call.args));
                 let (outcome, trace) =
                     Traced::new(crate::runtime_context::run_as(running, dispatch)).await;
@@ -621,7 +638,7 @@ async fn run_shared(
     first: ActorCall,
     queues: SharedQueues<'_>,
     concurrency: usize,
-    restarts: u32,
+    identity: &ActorIdentity,
     policy: &mut CheckpointPolicy,
     held: &mut Vec<HeldReply>,
 ) -> SharedOutcome {
@@ -664,10 +681,7 @@ async fn run_shared(
             match instance.dispatch_shared(&method, args) {
                 Ok(future) => {
                     started += 1;
-                    let as_call = crate::runtime_context::Running {
-                        task_id: task_id.clone(),
-                        actor: Some((policy.actor_id.clone(), restarts)),
-                    };
+                    let as_call = identity.running(&task_id, &policy.actor_id);
                     running.push(Box::pin(async move {
                         let call = crate::runtime_context::run_as(as_call, catching(future));
                         let (result, trace) = Traced::new(call).await;
@@ -930,6 +944,7 @@ impl Executor {
                 let (result, retained) = match registry::function(&name) {
                     Some(function) => {
                         let running = crate::runtime_context::Running {
+                            job_id: spec.job_id.clone(),
                             task_id: spec.task_id.clone(),
                             actor: None,
                         };

@@ -33,6 +33,8 @@ impl RuntimeContext {
 /// What the executor knows of the code it runs now.
 #[derive(Clone, Debug)]
 pub(crate) struct Running {
+    /// The job of the task (a shared worker serves several jobs over its life).
+    pub job_id: String,
     pub task_id: String,
     pub actor: Option<(String, u32)>,
 }
@@ -51,12 +53,15 @@ pub(crate) async fn run_as<F: std::future::Future>(running: Running, future: F) 
 pub fn context() -> Result<RuntimeContext> {
     let runtime = crate::context::current()?;
     let running = RUNNING.try_with(Running::clone).ok();
-    let (task_id, actor) = match running {
-        Some(running) => (Some(running.task_id), running.actor),
-        None => (None, None),
+    let (job_id, task_id, actor) = match running {
+        Some(running) if !running.job_id.is_empty() => {
+            (running.job_id, Some(running.task_id), running.actor)
+        }
+        Some(running) => (runtime.job_id.clone(), Some(running.task_id), running.actor),
+        None => (runtime.job_id.clone(), None, None),
     };
     Ok(RuntimeContext {
-        job_id: runtime.job_id.clone(),
+        job_id,
         node_id: runtime.node_id.clone(),
         worker_id: runtime.worker_id.clone(),
         task_id,
