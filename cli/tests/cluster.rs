@@ -172,13 +172,13 @@ async fn spread_and_affinity() -> Result<()> {
     }
     // Each task long enough that node-0's own two CPUs cannot finish all twelve before the
     // workers spilled to the other nodes have started (a cold worker start there takes a
-    // few seconds on a loaded 2-core machine; leases are reused, so a slow spill target
-    // otherwise gets no task at all).
+    // few seconds on a loaded 2-core machine, more over TLS; leases are reused, so a slow
+    // spill target otherwise gets no task at all).
     let spread: Vec<ObjectRef<String>> = (0..12)
         .map(|_| {
             nap_where::options()
                 .scheduling(Scheduling::Spread)
-                .remote(1500u64)
+                .remote(3000u64)
         })
         .collect();
     let nodes: BTreeSet<String> = fleet::get_all(&spread).await?.into_iter().collect();
