@@ -216,6 +216,25 @@ pub enum Error {
     /// `fleet::shutdown()` ran in this process before the operation finished.
     #[error("Fleet was shut down in this process (fleet::shutdown()) before this finished")]
     ShutDown,
+    /// A channel's other end is gone: its process died, or it was dropped.
+    #[error("channel {channel}: its {peer} is gone ({cause}); a channel ends with either end's process: make a new one")]
+    ChannelPeerLost {
+        /// The channel id.
+        channel: String,
+        /// The other end: which end, which process, which node.
+        peer: String,
+        /// What was seen.
+        cause: String,
+    },
+    /// A channel was used in a way it cannot serve (a second sender, an end moved after
+    /// use, a receiver that never appeared, a message over the limit).
+    #[error("channel {channel}: {reason}")]
+    Channel {
+        /// The channel id.
+        channel: String,
+        /// What happened, and what to do.
+        reason: String,
+    },
     /// Something else went wrong inside Fleet.
     #[error("{0}")]
     Internal(String),
@@ -282,6 +301,19 @@ impl Clone for Error {
             Error::ActorDied { actor, cause } => Error::ActorDied {
                 actor: actor.clone(),
                 cause: cause.clone(),
+            },
+            Error::ChannelPeerLost {
+                channel,
+                peer,
+                cause,
+            } => Error::ChannelPeerLost {
+                channel: channel.clone(),
+                peer: peer.clone(),
+                cause: cause.clone(),
+            },
+            Error::Channel { channel, reason } => Error::Channel {
+                channel: channel.clone(),
+                reason: reason.clone(),
             },
             Error::ActorNotFound { name, namespace } => Error::ActorNotFound {
                 name: name.clone(),

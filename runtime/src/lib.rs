@@ -12,12 +12,14 @@
 //! - [`plasma`]: large objects in the node's shared-memory object store.
 //! - [`registry`]: remote functions and actor classes registered at link time.
 //! - [`api`]: `put`, `get`, `get_all`, `wait`.
+//! - [`channel`]: `fleet::channel`, a typed bounded stream between actors on any nodes.
 //! - [`runtime_context`]: `context()`, where and as what the calling code runs.
 //! - `tasks`: the owner of every background task (ended by `shutdown()`).
 //! - [`codec`], [`ids`], [`error`].
 
 pub mod actor;
 pub mod api;
+pub mod channel;
 pub mod checkpoint;
 pub mod codec;
 pub mod context;
@@ -35,6 +37,7 @@ mod tasks;
 
 pub use actor::{get_actor, get_actor_in, ActorBuilder, ActorHandle, ActorOptions, ActorType};
 pub use api::{get, get_all, get_timeout, kill, put, wait};
+pub use channel::{channel, Receiver, Sender};
 pub use error::{Error, Location, RemoteError, Result, TaskFailure};
 pub use init::{
     cluster_address, cluster_token, gpu_ids, init, init_with, node_id, shutdown, InitOptions,

@@ -17,6 +17,7 @@
 //! `init()` must run first in `main` (`#[fleet::main]` does it).
 
 pub use fleet_macros::{actor, main, remote};
+pub use fleet_runtime::{channel, context, Receiver, RuntimeContext, Sender};
 pub use fleet_runtime::{
     cluster_address, cluster_token, get, get_actor, get_actor_in, get_all, get_timeout, gpu_ids,
     init, init_with, kill, node_id, put, remove_placement_group, shutdown, submit_task, wait,
@@ -24,7 +25,6 @@ pub use fleet_runtime::{
     Location, ObjectRef, PlacementGroup, PlacementGroupHandle, PlacementStrategy, RemoteError,
     Result, Scheduling, TaskFailure, TaskOptions,
 };
-pub use fleet_runtime::{context, RuntimeContext};
 
 /// Used by the macros' generated code; not a stable API.
 #[doc(hidden)]

@@ -14,6 +14,8 @@ use anyhow::{anyhow, ensure, Context, Result};
 
 #[path = "runtime/auth.rs"]
 mod auth;
+#[path = "runtime/channels.rs"]
+mod channels;
 use fleet::{Error, ObjectRef, TaskFailure};
 use serde::{Deserialize, Serialize};
 
@@ -1148,6 +1150,18 @@ fn main() -> std::process::ExitCode {
             }),
             ("gets_with_a_timeout_name_the_object_and_its_task", || {
                 Box::pin(gets_with_a_timeout_name_the_object_and_its_task())
+            }),
+            ("channels_carry_ordered_messages_between_processes", || {
+                Box::pin(channels::channels_carry_ordered_messages_between_processes())
+            }),
+            ("a_full_channel_makes_the_sender_wait", || {
+                Box::pin(channels::a_full_channel_makes_the_sender_wait())
+            }),
+            ("a_channel_whose_peer_died_is_an_error_not_a_hang", || {
+                Box::pin(channels::a_channel_whose_peer_died_is_an_error_not_a_hang())
+            }),
+            ("channel_misuse_is_a_clear_error", || {
+                Box::pin(channels::channel_misuse_is_a_clear_error())
             }),
             ("wait_returns_the_first_ready", || {
                 Box::pin(wait_returns_the_first_ready())

@@ -1,6 +1,7 @@
 //! `fleet bench`: the runtime microbenchmark (Ray's metric names) and `fleet bench gcs`
 //! (control-store writes, side by side with etcd).
 
+pub mod channel;
 pub mod placement;
 pub mod runtime;
 pub mod transfer;
@@ -29,6 +30,25 @@ enum BenchTarget {
     Placement(placement::PlacementBenchArgs),
     /// Node-to-node object transfer (GB/s) vs a plain TCP socket on loopback.
     Transfer(TransferBenchArgs),
+    /// `fleet::channel` on a two-node loopback cluster: same node vs memcpy, across nodes
+    /// vs a TCP socket, small messages per second.
+    Channel(ChannelBenchArgs),
+}
+
+#[derive(Args)]
+struct ChannelBenchArgs {
+    /// Bytes per large message.
+    #[arg(long, default_value_t = 1 << 20)]
+    message_bytes: usize,
+    /// Large messages per round.
+    #[arg(long, default_value_t = 1024)]
+    messages: usize,
+    /// Small (u64) messages per round.
+    #[arg(long, default_value_t = 2_000_000)]
+    small_messages: usize,
+    /// Rounds; each metric is the median over them.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
 }
 
 #[derive(Args)]
@@ -125,6 +145,15 @@ impl BenchCommand {
             }
             BenchTarget::Transfer(args) => transfer::run(args.bytes, args.repeat).await?,
             BenchTarget::Placement(args) => placement::run(args).await?,
+            BenchTarget::Channel(args) => {
+                channel::run(channel::ChannelBench {
+                    message_bytes: args.message_bytes,
+                    messages: args.messages,
+                    small_messages: args.small_messages,
+                    repeat: args.repeat,
+                })
+                .await?
+            }
             BenchTarget::Gcs(args) => {
                 if args.clients == 0 || args.seconds == 0 {
                     anyhow::bail!("--clients and --seconds must be at least 1");

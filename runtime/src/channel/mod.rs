@@ -1,0 +1,852 @@
+//! `fleet::channel`: a typed, ordered, bounded stream from one actor or task to another,
+//! on any nodes, without an RPC per message and without the object store in between.
+//!
+//! ```ignore
+//! let (mut tx, rx) = fleet::channel::<Vec<f32>>(16);
+//! let consumer = Consumer::remote().spawn().await?;
+//! let total = consumer.drain(rx);          // the Receiver moves into the actor
+//! for step in 0..100 { tx.send(vec![step as f32; 1 << 18]).await?; }
+//! tx.close().await?;
+//! ```
+//!
+//! - Either end is serializable and moves to whichever actor or task it is passed to —
+//!   before its first use (an end in use stays where it is; moving it then is an error).
+//! - One [`Sender`], one [`Receiver`]; messages arrive in order. At most `capacity` sent
+//!   messages are unconsumed at a time: past that, `send` waits (backpressure).
+//! - The transport is chosen per pair: a Unix socket between processes of one node, TCP
+//!   across nodes. Both ends prove they hold the cluster token (an HMAC challenge: the token
+//!   never travels). Vectors of plain numbers (`Vec<f32>`, `Vec<u8>`, ...) are written and
+//!   read as their own memory, without a serialization pass.
+//! - The receiver registers where it lives in the GCS; the sender finds it there.
+//! - An end whose process died makes the other end fail with
+//!   [`Error::ChannelPeerLost`] naming the peer, not hang: at once on one node (the kernel
+//!   closes a dead process's sockets), within seconds across nodes (TCP keepalive and user
+//!   timeout). A dropped `Sender` closes the stream: `recv` then gives `Ok(None)`.
+//! - `send` and `recv` are not cancel-safe: a call cancelled mid-message (a `select!`, a
+//!   timeout) leaves the channel broken, and the next call says so.
+//!
+//! Modules: `wire` (handshake and frames, pure over any byte stream), `endpoint` (this
+//! process's listeners, its waiting receivers, their records in the GCS).
+
+mod endpoint;
+mod wire;
+
+use std::any::{Any, TypeId};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::oneshot;
+
+use crate::context::CoreWorker;
+use crate::error::{Error, Result};
+use endpoint::{Incoming, ReceiverRecord, Stream, RECORDS_NAMESPACE};
+pub use wire::MAX_MESSAGE_BYTES;
+
+/// How long a sender waits for its receiver to appear (to be deserialized in its process, or
+/// to call `recv` where it was made) before it gives up; `Sender::connect_timeout` changes it.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Messages at least this large are written from their own memory (no copy into the
+/// sender's batch buffer).
+const DIRECT_WRITE_BYTES: usize = 64 << 10;
+/// A sender's batch buffer is written out when it reaches this.
+const BATCH_BYTES: usize = 256 << 10;
+/// The receiver's read buffer (small messages come many per read).
+const READ_BUFFER_BYTES: usize = 256 << 10;
+
+/// Makes a channel whose sender may be `capacity` messages ahead of its receiver (0 is
+/// taken as 1).
+pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let id = format!("ch-{:032x}", rand::random::<u128>());
+    let capacity = capacity.clamp(1, u32::MAX as usize) as u32;
+    (
+        Sender {
+            id: id.clone(),
+            capacity,
+            state: SenderState::Fresh,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            _values: PhantomData,
+        },
+        {
+            let mut receiver = Receiver::unregistered(id, capacity, 0);
+            receiver.register_if_running();
+            receiver
+        },
+    )
+}
+
+/// How an end travels.
+#[derive(Serialize, Deserialize)]
+struct WireEnd {
+    id: String,
+    capacity: u32,
+    /// Receivers: how many times the end moved (see `ReceiverRecord::generation`).
+    generation: u64,
+}
+
+fn broken(channel: &str, reason: impl Into<String>) -> Error {
+    Error::Channel {
+        channel: channel.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn lost(channel: &str, peer: &str, cause: impl std::fmt::Display) -> Error {
+    Error::ChannelPeerLost {
+        channel: channel.to_string(),
+        peer: peer.to_string(),
+        cause: cause.to_string(),
+    }
+}
+
+// ----- sender -----
+
+/// The sending end of a [`channel`].
+pub struct Sender<T> {
+    id: String,
+    capacity: u32,
+    state: SenderState,
+    connect_timeout: Duration,
+    _values: PhantomData<fn(T)>,
+}
+
+enum SenderState {
+    Fresh,
+    Connected(Box<Outbound>),
+    /// A `send` was cancelled mid-message, or the peer was lost: the reason, said again.
+    Broken(Error),
+    Closed,
+}
+
+struct Outbound {
+    stream: Stream,
+    /// The receiving process, in words.
+    receiver: String,
+    credits: u32,
+    /// Small messages not yet written.
+    batch: Vec<u8>,
+    /// Set while a message is being written (a cancelled write leaves it set).
+    writing: bool,
+}
+
+impl<T> std::fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("channel", &self.id)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl<T: Serialize + 'static> Sender<T> {
+    /// The channel's id (what errors and the GCS record name).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// How long the first `send` waits for the receiver to appear.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sends one message; waits while the channel is full.
+    pub async fn send(&mut self, value: T) -> Result<()> {
+        self.send_batch(std::iter::once(value)).await.map(|_| ())
+    }
+
+    /// Sends messages in order, written together (many small messages per system call);
+    /// returns how many. Waits while the channel is full.
+    pub async fn send_batch<I: IntoIterator<Item = T>>(&mut self, values: I) -> Result<usize> {
+        let id = self.id.clone();
+        let link = self.link().await?;
+        let mut sent = 0;
+        let outcome: std::io::Result<()> = async {
+            link.writing = true;
+            for value in values {
+                while link.credits == 0 {
+                    link.flush_batch().await?;
+                    link.read_credit().await?;
+                }
+                link.credits -= 1;
+                if let Err(error) = link.encode(&id, &value).await {
+                    if error.kind() == std::io::ErrorKind::InvalidInput {
+                        // Refused before a byte of it was written: the stream is intact.
+                        link.credits += 1;
+                        link.flush_batch().await?;
+                        link.writing = false;
+                    }
+                    return Err(error);
+                }
+                sent += 1;
+            }
+            link.flush_batch().await?;
+            link.writing = false;
+            Ok(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => Ok(sent),
+            Err(error) if error.kind() == std::io::ErrorKind::InvalidInput => {
+                Err(broken(&self.id, format!("{error} ({sent} sent before it)")))
+            }
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    /// Ends the stream: the receiver gets every message sent, then `Ok(None)`.
+    pub async fn close(mut self) -> Result<()> {
+        match std::mem::replace(&mut self.state, SenderState::Closed) {
+            SenderState::Connected(mut link) => {
+                let outcome = async {
+                    link.flush_batch().await?;
+                    link.stream.write_all(&[wire::FRAME_CLOSE]).await?;
+                    link.stream.flush().await
+                }
+                .await;
+                outcome.map_err(|e| lost(&self.id, &link.receiver, e))
+            }
+            SenderState::Broken(error) => Err(error),
+            // Never connected: the receiver still waits; connect to tell it the stream is
+            // empty, unless nobody ever receives (then the connect times out, as a send would).
+            SenderState::Fresh => {
+                self.state = SenderState::Fresh;
+                let link = self.link().await?;
+                let outcome = async {
+                    link.stream.write_all(&[wire::FRAME_CLOSE]).await?;
+                    link.stream.flush().await
+                }
+                .await;
+                let receiver = link.receiver.clone();
+                self.state = SenderState::Closed;
+                outcome.map_err(|e| lost(&self.id, &receiver, e))
+            }
+            SenderState::Closed => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, error: std::io::Error) -> Error {
+        let receiver = match &self.state {
+            SenderState::Connected(link) => link.receiver.clone(),
+            _ => "receiver".into(),
+        };
+        let error = lost(&self.id, &format!("receiver, {receiver}"), error);
+        self.state = SenderState::Broken(error.clone());
+        error
+    }
+
+    async fn link(&mut self) -> Result<&mut Outbound> {
+        match &self.state {
+            SenderState::Fresh => {
+                let link = connect(&self.id, self.capacity, self.connect_timeout).await?;
+                self.state = SenderState::Connected(Box::new(link));
+            }
+            SenderState::Connected(link) if link.writing => {
+                let error = broken(
+                    &self.id,
+                    "a send was cancelled in the middle of a message; the stream cannot continue",
+                );
+                self.state = SenderState::Broken(error.clone());
+                return Err(error);
+            }
+            SenderState::Connected(_) => {}
+            SenderState::Broken(error) => return Err(error.clone()),
+            SenderState::Closed => return Err(broken(&self.id, "the sender was closed")),
+        }
+        match &mut self.state {
+            SenderState::Connected(link) => Ok(link),
+            _ => Err(Error::Internal("channel sender lost its connection".into())),
+        }
+    }
+}
+
+impl Outbound {
+    async fn flush_batch(&mut self) -> std::io::Result<()> {
+        if !self.batch.is_empty() {
+            self.stream.write_all(&self.batch).await?;
+            self.batch.clear();
+        }
+        Ok(())
+    }
+
+    async fn read_credit(&mut self) -> std::io::Result<()> {
+        let mut frame = [0u8; wire::CREDIT_BYTES];
+        self.stream.read_exact(&mut frame).await?;
+        if frame[0] != wire::FRAME_CREDIT {
+            return Err(std::io::Error::other(format!(
+                "a corrupt frame from the receiver (kind {})",
+                frame[0]
+            )));
+        }
+        let mut count = [0u8; 4];
+        count.copy_from_slice(&frame[1..]);
+        self.credits = self.credits.saturating_add(u32::from_le_bytes(count));
+        Ok(())
+    }
+
+    /// Appends (or, when large, writes) one message.
+    async fn encode<T: Serialize + 'static>(&mut self, id: &str, value: &T) -> std::io::Result<()> {
+        if let Some((count, memory)) = crate::codec::raw_parts(value) {
+            let len = (count.len() + memory.len()) as u64;
+            check_size(id, len)?;
+            self.batch.extend_from_slice(&wire::data_header(len));
+            self.batch.extend_from_slice(&count);
+            if memory.len() >= DIRECT_WRITE_BYTES {
+                self.flush_batch().await?;
+                self.stream.write_all(memory).await?;
+            } else {
+                self.batch.extend_from_slice(memory);
+            }
+        } else {
+            let start = self.batch.len();
+            self.batch.extend_from_slice(&wire::data_header(0));
+            if let Err(error) = bincode::serialize_into(&mut self.batch, value) {
+                self.batch.truncate(start);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("cannot encode a message: {error}"),
+                ));
+            }
+            let len = (self.batch.len() - start - wire::DATA_HEADER_BYTES) as u64;
+            if let Err(error) = check_size(id, len) {
+                self.batch.truncate(start);
+                return Err(error);
+            }
+            self.batch[start..start + wire::DATA_HEADER_BYTES]
+                .copy_from_slice(&wire::data_header(len));
+        }
+        if self.batch.len() >= BATCH_BYTES {
+            self.flush_batch().await?;
+        }
+        Ok(())
+    }
+}
+
+fn check_size(id: &str, len: u64) -> std::io::Result<()> {
+    if len > MAX_MESSAGE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "a message of {len} bytes on channel {id} is over the limit of {MAX_MESSAGE_BYTES}; split it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        if let SenderState::Connected(link) = &mut self.state {
+            if link.writing {
+                return;
+            }
+            // Say the stream ended cleanly (else the receiver takes it for a crash). The
+            // batch is empty between sends; the socket takes a byte unless it is full, and
+            // then a task finishes the job.
+            let mut tail = std::mem::take(&mut link.batch);
+            tail.push(wire::FRAME_CLOSE);
+            let written = link.stream.try_write(&tail).unwrap_or(0);
+            if written < tail.len() {
+                if let (Ok(handle), SenderState::Connected(link)) = (
+                    tokio::runtime::Handle::try_current(),
+                    std::mem::replace(&mut self.state, SenderState::Closed),
+                ) {
+                    let mut stream = link.stream;
+                    handle.spawn(async move {
+                        let _ = stream.write_all(&tail[written..]).await;
+                        let _ = stream.flush().await;
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl<T> Serialize for Sender<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        if !matches!(self.state, SenderState::Fresh) {
+            return Err(serde::ser::Error::custom(format!(
+                "channel {}'s Sender was already used here; an end moves to another process only before its first use",
+                self.id
+            )));
+        }
+        WireEnd {
+            id: self.id.clone(),
+            capacity: self.capacity,
+            generation: 0,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Sender<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let end = WireEnd::deserialize(deserializer)?;
+        Ok(Sender {
+            id: end.id,
+            capacity: end.capacity.max(1),
+            state: SenderState::Fresh,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            _values: PhantomData,
+        })
+    }
+}
+
+/// Finds the receiver in the GCS and connects to it.
+async fn connect(id: &str, capacity: u32, timeout: Duration) -> Result<Outbound> {
+    let worker = crate::context::current()?;
+    let token = endpoint::token()?;
+    let me = endpoint::describe(&worker);
+    let deadline = Instant::now() + timeout;
+    let mut nap = Duration::from_millis(1);
+    let mut last_reason = "its Receiver has not been used or moved into a process yet".to_string();
+    loop {
+        if let Some(record) = worker.gcs.kv_get(RECORDS_NAMESPACE, id.as_bytes()).await? {
+            let record: ReceiverRecord =
+                crate::codec::decode(&record.value, &format!("channel {id}'s receiver record"))?;
+            match dial(&worker, &record).await {
+                Ok(mut stream) => {
+                    let greeting =
+                        wire::greet_receiver(&mut stream, token.secret().as_bytes(), id, &me)
+                            .await
+                            .map_err(|e| lost(id, &format!("receiver, {}", record.holder), e))?;
+                    match greeting {
+                        wire::Greeting::Accepted { receiver } => {
+                            return Ok(Outbound {
+                                stream,
+                                receiver,
+                                credits: capacity,
+                                batch: Vec::with_capacity(BATCH_BYTES + DIRECT_WRITE_BYTES),
+                                writing: false,
+                            });
+                        }
+                        wire::Greeting::NotHere(reason) => last_reason = reason,
+                        wire::Greeting::Refused(reason) => return Err(broken(id, reason)),
+                    }
+                }
+                Err(error) => {
+                    // The process in the record is gone — or the end moved on and a newer
+                    // record is coming: look again until the deadline.
+                    last_reason = format!("{} does not answer ({error})", record.holder);
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(broken(
+                id,
+                format!("no receiver to connect to after {timeout:?}: {last_reason}"),
+            ));
+        }
+        tokio::time::sleep(nap).await;
+        nap = (nap * 2).min(Duration::from_millis(50));
+    }
+}
+
+async fn dial(worker: &CoreWorker, record: &ReceiverRecord) -> std::io::Result<Stream> {
+    if record.node_id == worker.node_id && !record.unix_name.is_empty() {
+        if let Ok(stream) = endpoint::connect_unix(&record.unix_name).await {
+            return Ok(stream);
+        }
+    }
+    let stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(&record.tcp_address),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    endpoint::tune_tcp(&stream);
+    Ok(Stream::Tcp(stream))
+}
+
+// ----- receiver -----
+
+/// The receiving end of a [`channel`].
+pub struct Receiver<T> {
+    id: String,
+    capacity: u32,
+    /// Which copy of the end this is (see `ReceiverRecord::instance`).
+    instance: u64,
+    /// How many times it moved (see `ReceiverRecord::generation`).
+    generation: u64,
+    /// Set when it was serialized to move on: the GCS record is then the new holder's.
+    moved: std::sync::atomic::AtomicBool,
+    state: ReceiverState,
+    _values: PhantomData<fn() -> T>,
+}
+
+enum ReceiverState {
+    /// Not registered anywhere yet.
+    Fresh,
+    /// Registered here; `published` ends when the GCS has the record.
+    Waiting {
+        incoming: oneshot::Receiver<Incoming>,
+        published: Option<tokio::task::JoinHandle<Result<()>>>,
+    },
+    Connected(Box<Inbound>),
+    Ended,
+    Broken(Error),
+}
+
+struct Inbound {
+    reader: BufReader<Stream>,
+    sender: String,
+    consumed: u32,
+    batch: u32,
+    scratch: Vec<u8>,
+    /// Set while a message is being read (a cancelled read leaves it set).
+    reading: bool,
+}
+
+impl<T> std::fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("channel", &self.id)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl<T> Receiver<T> {
+    fn unregistered(id: String, capacity: u32, generation: u64) -> Self {
+        Receiver {
+            id,
+            capacity,
+            instance: rand::random(),
+            generation,
+            moved: Default::default(),
+            state: ReceiverState::Fresh,
+            _values: PhantomData,
+        }
+    }
+
+    /// Registers where the end is (made, or landed), so that its sender can connect — and
+    /// be up to `capacity` messages ahead — before the first `recv`. Outside a running
+    /// Fleet process, the first `recv` does it.
+    fn register_if_running(&mut self) {
+        if let Some(worker) = crate::context::try_current().cloned() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.register(worker);
+            }
+        }
+    }
+
+    /// The channel's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Registers this end in this process and (in a task) in the GCS.
+    fn register(&mut self, worker: Arc<CoreWorker>) {
+        let incoming = endpoint::open_slot(&self.id, self.instance);
+        let (id, instance, generation) = (self.id.clone(), self.instance, self.generation);
+        let published = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|handle| handle.spawn(publish(worker, id, instance, generation)));
+        self.state = ReceiverState::Waiting {
+            incoming,
+            published,
+        };
+    }
+}
+
+/// Writes the receiver's record unless a later generation of the end has written one
+/// (compare-and-set on the record's version, so two writers cannot interleave).
+async fn publish(
+    worker: Arc<CoreWorker>,
+    id: String,
+    instance: u64,
+    generation: u64,
+) -> Result<()> {
+    let endpoint = endpoint::endpoint(&worker).await?;
+    let record = ReceiverRecord {
+        node_id: worker.node_id.clone(),
+        tcp_address: endpoint.tcp_address.clone(),
+        unix_name: endpoint.unix_name.clone(),
+        holder: endpoint::describe(&worker),
+        instance,
+        generation,
+    };
+    let value = crate::codec::encode(&record, "a channel receiver record")?;
+    let mut attempts = 0;
+    loop {
+        let existing = worker.gcs.kv_get(RECORDS_NAMESPACE, id.as_bytes()).await?;
+        let expected_version = match &existing {
+            Some(existing) => {
+                let newer = crate::codec::decode::<ReceiverRecord>(&existing.value, "a record")
+                    .is_ok_and(|r| r.generation > generation);
+                if newer {
+                    // The end has moved on from here: its new place is what senders read.
+                    return Ok(());
+                }
+                existing.mod_version
+            }
+            None => 0,
+        };
+        match worker
+            .gcs
+            .kv_compare_and_set(RECORDS_NAMESPACE, id.as_bytes(), &value, expected_version)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // Another copy wrote between the read and the write: read again.
+            Err(_) if attempts < 8 => attempts += 1,
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+impl<T: DeserializeOwned + 'static> Receiver<T> {
+    /// The next message; `Ok(None)` once the sender closed (or was dropped) and every
+    /// message was received. Waits for the sender to connect and for messages.
+    pub async fn recv(&mut self) -> Result<Option<T>> {
+        let id = self.id.clone();
+        let link = match self.link().await? {
+            Some(link) => link,
+            None => return Ok(None),
+        };
+        link.reading = true;
+        let outcome = link.read_message::<T>(&id).await;
+        let link_ok = match outcome {
+            Ok(Some(value)) => {
+                link.reading = false;
+                link.consumed += 1;
+                if link.consumed >= link.batch {
+                    let frame = wire::credit_frame(link.consumed);
+                    link.consumed = 0;
+                    // A sender that closed may be gone already; the next read tells.
+                    let _ = link.reader.get_mut().write_all(&frame).await;
+                }
+                return Ok(Some(value));
+            }
+            Ok(None) => Ok(()),
+            Err(error) => Err(error),
+        };
+        match link_ok {
+            Ok(()) => {
+                self.state = ReceiverState::Ended;
+                Ok(None)
+            }
+            Err(error) => {
+                self.state = ReceiverState::Broken(error.clone());
+                Err(error)
+            }
+        }
+    }
+
+    async fn link(&mut self) -> Result<Option<&mut Inbound>> {
+        if matches!(self.state, ReceiverState::Fresh) {
+            self.register(crate::context::current()?);
+        }
+        if let ReceiverState::Waiting {
+            incoming,
+            published,
+        } = &mut self.state
+        {
+            if let Some(task) = published.take() {
+                match task.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => return Err(error),
+                    Err(join) => {
+                        return Err(Error::Internal(format!(
+                            "channel {}: registering the receiver failed: {join}",
+                            self.id
+                        )))
+                    }
+                }
+            }
+            let arrived = incoming.await.map_err(|_| {
+                broken(
+                    &self.id,
+                    "the receiver's registration was replaced (another copy of this end registered in this process)",
+                )
+            })?;
+            self.state = ReceiverState::Connected(Box::new(Inbound {
+                reader: BufReader::with_capacity(READ_BUFFER_BYTES, arrived.stream),
+                sender: arrived.sender,
+                consumed: 0,
+                batch: wire::credit_batch(self.capacity),
+                scratch: Vec::new(),
+                reading: false,
+            }));
+        }
+        if matches!(&self.state, ReceiverState::Connected(link) if link.reading) {
+            let error = broken(
+                &self.id,
+                "a recv was cancelled in the middle of a message; the stream cannot continue",
+            );
+            self.state = ReceiverState::Broken(error.clone());
+            return Err(error);
+        }
+        match &mut self.state {
+            ReceiverState::Connected(link) => Ok(Some(link)),
+            ReceiverState::Ended => Ok(None),
+            ReceiverState::Broken(error) => Err(error.clone()),
+            ReceiverState::Fresh | ReceiverState::Waiting { .. } => {
+                Err(Error::Internal("channel receiver did not connect".into()))
+            }
+        }
+    }
+}
+
+impl Inbound {
+    /// One message, or `None` at a clean end.
+    async fn read_message<T: DeserializeOwned + 'static>(&mut self, id: &str) -> Result<Option<T>> {
+        let peer = format!("sender, {}", self.sender);
+        let kind = match self.reader.read_u8().await {
+            Ok(kind) => kind,
+            Err(error) if ended_abruptly(&error) => {
+                return Err(lost(
+                    id,
+                    &peer,
+                    format!(
+                        "the stream ended without a close: the sender's process died ({error})"
+                    ),
+                ))
+            }
+            Err(error) => return Err(lost(id, &peer, error)),
+        };
+        match kind {
+            wire::FRAME_CLOSE => return Ok(None),
+            wire::FRAME_DATA => {}
+            other => return Err(lost(id, &peer, format!("a corrupt frame (kind {other})"))),
+        }
+        let len = self
+            .reader
+            .read_u64_le()
+            .await
+            .map_err(|e| lost(id, &peer, e))?;
+        if len > MAX_MESSAGE_BYTES {
+            return Err(lost(
+                id,
+                &peer,
+                format!("a corrupt frame: {len} bytes is over the limit of {MAX_MESSAGE_BYTES}"),
+            ));
+        }
+        if let Some(value) = read_raw_vec::<T>(&mut self.reader, len)
+            .await
+            .map_err(|e| lost(id, &peer, e))?
+        {
+            return Ok(Some(value));
+        }
+        self.scratch.resize(len as usize, 0);
+        self.reader
+            .read_exact(&mut self.scratch)
+            .await
+            .map_err(|e| lost(id, &peer, e))?;
+        let value = crate::codec::decode(&self.scratch, &format!("a message on channel {id}"))?;
+        if self.scratch.capacity() > READ_BUFFER_BYTES {
+            self.scratch = Vec::new();
+        }
+        Ok(Some(value))
+    }
+}
+
+/// The connection went away under a reader (what a killed peer's kernel does to it).
+fn ended_abruptly(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+    )
+}
+
+/// For a vector of plain numbers, reads the message straight into the vector's memory
+/// (the layout `codec::raw_parts` writes: a u64 count, then the elements). `None` for other
+/// types.
+async fn read_raw_vec<T: 'static>(
+    reader: &mut BufReader<Stream>,
+    len: u64,
+) -> std::io::Result<Option<T>> {
+    if cfg!(target_endian = "big") {
+        return Ok(None);
+    }
+    macro_rules! numeric_vec {
+        ($($t:ty),*) => {$(
+            if TypeId::of::<T>() == TypeId::of::<Vec<$t>>() {
+                let count = reader.read_u64_le().await?;
+                let width = std::mem::size_of::<$t>() as u64;
+                if len < 8 || count.checked_mul(width) != Some(len - 8) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("a corrupt frame: {count} elements in {len} bytes"),
+                    ));
+                }
+                let mut values: Vec<$t> = vec![<$t>::default(); count as usize];
+                reader.read_exact(bytemuck::cast_slice_mut(&mut values)).await?;
+                let boxed: Box<dyn Any> = Box::new(values);
+                return Ok(boxed.downcast::<T>().ok().map(|v| *v));
+            }
+        )*};
+    }
+    numeric_vec!(u8, i8, u16, i16, u32, i32, u64, i64, f32, f64);
+    Ok(None)
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        if matches!(self.state, ReceiverState::Fresh) {
+            return;
+        }
+        endpoint::close_slot(&self.id, self.instance, false);
+        if self.moved.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        // Remove the GCS record if it is still this copy's.
+        let Some(worker) = crate::context::try_current().cloned() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (id, instance) = (self.id.clone(), self.instance);
+        handle.spawn(async move {
+            if let Ok(Some(record)) = worker.gcs.kv_get(RECORDS_NAMESPACE, id.as_bytes()).await {
+                let mine = crate::codec::decode::<ReceiverRecord>(&record.value, "a record")
+                    .is_ok_and(|r| r.instance == instance);
+                if mine {
+                    let _ = worker
+                        .gcs
+                        .kv_delete(RECORDS_NAMESPACE, id.as_bytes(), false)
+                        .await;
+                }
+            }
+        });
+    }
+}
+
+impl<T> Serialize for Receiver<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let movable = match &self.state {
+            ReceiverState::Fresh => true,
+            // Waiting, no sender yet: the end may still move on (its slot here closes, so a
+            // sender that reads the old record is told to look again).
+            ReceiverState::Waiting { .. } => endpoint::close_slot(&self.id, self.instance, true),
+            _ => false,
+        };
+        if !movable {
+            return Err(serde::ser::Error::custom(format!(
+                "channel {}'s Receiver was already used here; an end moves to another process only before its first use",
+                self.id
+            )));
+        }
+        self.moved.store(true, std::sync::atomic::Ordering::SeqCst);
+        WireEnd {
+            id: self.id.clone(),
+            capacity: self.capacity,
+            generation: self.generation + 1,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Receiver<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let end = WireEnd::deserialize(deserializer)?;
+        let mut receiver = Receiver::unregistered(end.id, end.capacity.max(1), end.generation);
+        receiver.register_if_running();
+        Ok(receiver)
+    }
+}
