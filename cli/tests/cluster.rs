@@ -107,6 +107,68 @@ impl GpuUser {
     }
 }
 
+/// One end of a `fleet::channel` on some node.
+#[fleet::actor]
+pub struct ChannelStage {
+    held: Option<fleet::Receiver<u64>>,
+}
+
+#[fleet::actor]
+impl ChannelStage {
+    pub fn new() -> Self {
+        ChannelStage { held: None }
+    }
+
+    pub fn node(&self) -> String {
+        fleet::node_id()
+    }
+
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    /// Sends 0..n in batches, then closes.
+    pub async fn produce(&mut self, mut tx: fleet::Sender<u64>, n: u64) -> Result<u64, String> {
+        let mut next = 0;
+        while next < n {
+            let end = (next + 256).min(n);
+            tx.send_batch(next..end).await.map_err(|e| e.to_string())?;
+            next = end;
+        }
+        tx.close().await.map_err(|e| e.to_string())?;
+        Ok(n)
+    }
+
+    /// Sends `n` vectors of `len` floats, vector i filled with i.
+    pub async fn produce_vectors(
+        &mut self,
+        mut tx: fleet::Sender<Vec<f32>>,
+        n: u32,
+        len: usize,
+    ) -> Result<(), String> {
+        for i in 0..n {
+            tx.send(vec![i as f32; len])
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        tx.close().await.map_err(|e| e.to_string())
+    }
+
+    /// Receives until the sender closes: (count, in order).
+    pub async fn drain(&mut self, mut rx: fleet::Receiver<u64>) -> Result<(u64, bool), String> {
+        let (mut count, mut in_order) = (0u64, true);
+        while let Some(n) = rx.recv().await.map_err(|e| e.to_string())? {
+            in_order &= n == count;
+            count += 1;
+        }
+        Ok((count, in_order))
+    }
+
+    pub fn hold(&mut self, rx: fleet::Receiver<u64>) {
+        self.held = Some(rx);
+    }
+}
+
 #[fleet::actor]
 pub struct Pid {
     pid: u32,
@@ -505,6 +567,69 @@ async fn placement_groups(gcs: &fleet_gcs::GcsClient) -> Result<()> {
         "the error names the group, the need and the nodes: {message}"
     );
     cluster_is_idle(gcs, "after the infeasible group").await?;
+    Ok(())
+}
+
+async fn channels_cross_nodes() -> Result<()> {
+    let stage = |node: &'static str| async move {
+        let stage = ChannelStage::remote().scheduling(on(node)).spawn().await?;
+        ensure!(stage.node().await? == node, "the stage is not on {node}");
+        Ok::<_, anyhow::Error>(stage)
+    };
+    let (one, two, three) = (
+        stage("node-1").await?,
+        stage("node-2").await?,
+        stage("node-3").await?,
+    );
+    // Actor to actor across nodes (TCP), neither end made where it is used.
+    let (tx, rx) = fleet::channel::<u64>(64);
+    let drained = two.drain(rx);
+    ensure!(one.produce(tx, 50_000).await? == 50_000);
+    let (count, in_order) = drained.await?;
+    ensure!(
+        count == 50_000 && in_order,
+        "node-1 to node-2: {count} messages, in order: {in_order}"
+    );
+    // Vectors from another node to the driver.
+    let (tx, mut rx) = fleet::channel::<Vec<f32>>(4);
+    let produced = one.produce_vectors(tx, 20, 1 << 18);
+    for i in 0..20 {
+        let v = rx.recv().await?.context("the stream ended early")?;
+        ensure!(
+            v.len() == 1 << 18 && v.iter().all(|x| *x == i as f32),
+            "vector {i} is wrong"
+        );
+    }
+    ensure!(
+        rx.recv().await?.is_none(),
+        "the stream must end after the last vector"
+    );
+    produced.await?;
+    // The receiver's process on another node is SIGKILLed: the driver's sends fail.
+    let (mut tx, rx) = fleet::channel::<u64>(4);
+    three.hold(rx).await?;
+    tx.send(1).await?;
+    let pid = three.pid().await?;
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()?;
+    let started = Instant::now();
+    let error = loop {
+        match tokio::time::timeout(Duration::from_secs(30), tx.send(2)).await {
+            Ok(Ok(())) if started.elapsed() < Duration::from_secs(30) => continue,
+            Ok(Ok(())) => return Err(anyhow!("sends to a killed receiver kept succeeding")),
+            Ok(Err(error)) => break error,
+            Err(_) => return Err(anyhow!("a send to a killed receiver on node-3 hung")),
+        }
+    };
+    ensure!(
+        matches!(&error, fleet::Error::ChannelPeerLost { peer, .. } if peer.contains("node-3")),
+        "expected the lost receiver on node-3, got {error}"
+    );
+    println!(
+        "  a killed receiver on another node was reported in {:?}",
+        started.elapsed()
+    );
     Ok(())
 }
 
@@ -1058,6 +1183,7 @@ async fn run() -> Result<()> {
             Box::pin(objects_move_once_per_node(&gcs)),
         ),
         ("placement_groups", Box::pin(placement_groups(&gcs))),
+        ("channels_cross_nodes", Box::pin(channels_cross_nodes())),
     ];
     let mut scenarios = scenarios;
     if !plaintext {

@@ -158,9 +158,19 @@ impl<T: Serialize + 'static> Sender<T> {
         self.send_batch(std::iter::once(value)).await.map(|_| ())
     }
 
+    /// Sends one message by reference (the caller keeps it: one value broadcast on many
+    /// channels is encoded from the same memory each time).
+    pub async fn send_ref(&mut self, value: &T) -> Result<()> {
+        self.send_batch(std::iter::once(value)).await.map(|_| ())
+    }
+
     /// Sends messages in order, written together (many small messages per system call);
     /// returns how many. Waits while the channel is full.
-    pub async fn send_batch<I: IntoIterator<Item = T>>(&mut self, values: I) -> Result<usize> {
+    pub async fn send_batch<I>(&mut self, values: I) -> Result<usize>
+    where
+        I: IntoIterator,
+        I::Item: std::borrow::Borrow<T>,
+    {
         let id = self.id.clone();
         let link = self.link().await?;
         let mut sent = 0;
@@ -172,7 +182,10 @@ impl<T: Serialize + 'static> Sender<T> {
                     link.read_credit().await?;
                 }
                 link.credits -= 1;
-                if let Err(error) = link.encode(&id, &value).await {
+                if let Err(error) = link
+                    .encode::<T>(&id, std::borrow::Borrow::borrow(&value))
+                    .await
+                {
                     if error.kind() == std::io::ErrorKind::InvalidInput {
                         // Refused before a byte of it was written: the stream is intact.
                         link.credits += 1;

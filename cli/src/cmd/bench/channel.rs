@@ -68,6 +68,21 @@ num_cpus = 2
 num_gpus = 0
 "#;
 
+/// The benchmark's cluster directory, removed at the end.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Options of `fleet bench channel`.
 pub struct ChannelBench {
     pub message_bytes: usize,
@@ -144,10 +159,10 @@ async fn channel_gbps(
     let drained = sink.drain_bytes(rx);
     let template = vec![3u8; size];
     // The first message connects (GCS lookup, handshake): not part of the rate.
-    tx.send(template.clone()).await?;
+    tx.send_ref(&template).await?;
     let started = Instant::now();
     for _ in 1..messages {
-        tx.send(template.clone()).await?;
+        tx.send_ref(&template).await?;
     }
     tx.close().await?;
     let bytes = drained.await?;
@@ -183,9 +198,9 @@ pub async fn run(options: ChannelBench) -> anyhow::Result<()> {
         options.message_bytes > 0 && options.messages > 1 && options.small_messages > 1,
         "--message-bytes must be positive, --messages and --small-messages at least 2"
     );
-    let home = tempfile::Builder::new()
-        .prefix("fleet-bench-channel-")
-        .tempdir()?;
+    let home =
+        Scratch(std::env::temp_dir().join(format!("fleet-bench-channel-{}", std::process::id())));
+    std::fs::create_dir_all(home.path())?;
     let config = ClusterConfig::from_toml_str(CONFIG, "the channel benchmark's cluster")?;
     let binary = std::env::current_exe()?;
     let mut cluster = LocalCluster::up(&config, &binary, &home.path().join("cluster"))
