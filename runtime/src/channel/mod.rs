@@ -25,10 +25,15 @@
 //! - `send` and `recv` are not cancel-safe: a call cancelled mid-message (a `select!`, a
 //!   timeout) leaves the channel broken, and the next call says so.
 //!
+//! - Between processes of one node, large messages (64 KiB and more) go through a
+//!   shared-memory ring both map; the socket carries only their frames (`ring`).
+//!
 //! Modules: `wire` (handshake and frames, pure over any byte stream), `endpoint` (this
-//! process's listeners, its waiting receivers, their records in the GCS).
+//! process's listeners, its waiting receivers, their records in the GCS), `ring` (the
+//! shared-memory ring of a same-node pair).
 
 mod endpoint;
+mod ring;
 mod wire;
 
 use std::any::{Any, TypeId};
@@ -130,6 +135,18 @@ struct Outbound {
     batch: Vec<u8>,
     /// Set while a message is being written (a cancelled write leaves it set).
     writing: bool,
+    /// The channel's capacity (sizes the ring).
+    capacity: u32,
+    /// Both ends on one node (a Unix socket): large payloads may go through a ring.
+    same_node: bool,
+    /// The ring, once the first large message made it.
+    ring: Option<SenderRing>,
+}
+
+struct SenderRing {
+    ring: ring::Ring,
+    /// Bytes written (absolute; the receiver's tail follows it).
+    head: u64,
 }
 
 impl<T> std::fmt::Debug for Sender<T> {
@@ -305,6 +322,9 @@ impl Outbound {
         if let Some((count, memory)) = crate::codec::raw_parts(value) {
             let len = (count.len() + memory.len()) as u64;
             check_size(id, len)?;
+            if memory.len() >= DIRECT_WRITE_BYTES && self.put_in_ring(&[&count, memory]).await? {
+                return self.flush_if_full().await;
+            }
             self.batch.extend_from_slice(&wire::data_header(len));
             self.batch.extend_from_slice(&count);
             if memory.len() >= DIRECT_WRITE_BYTES {
@@ -330,11 +350,83 @@ impl Outbound {
             }
             self.batch[start..start + wire::DATA_HEADER_BYTES]
                 .copy_from_slice(&wire::data_header(len));
+            if len as usize >= DIRECT_WRITE_BYTES && self.same_node {
+                let payload = self.batch.split_off(start + wire::DATA_HEADER_BYTES);
+                self.batch.truncate(start);
+                if !self.put_in_ring(&[&payload]).await? {
+                    self.batch.extend_from_slice(&wire::data_header(len));
+                    self.batch.extend_from_slice(&payload);
+                }
+            }
         }
+        self.flush_if_full().await
+    }
+
+    async fn flush_if_full(&mut self) -> std::io::Result<()> {
         if self.batch.len() >= BATCH_BYTES {
             self.flush_batch().await?;
         }
         Ok(())
+    }
+
+    /// Copies a payload (its parts in order) into the shared-memory ring and queues its
+    /// frame; false when it does not go that way (ends on different nodes, no ring could
+    /// be made, larger than the ring).
+    async fn put_in_ring(&mut self, parts: &[&[u8]]) -> std::io::Result<bool> {
+        if !self.same_node {
+            return Ok(false);
+        }
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if self.ring.is_none() {
+            match ring::Ring::create(ring::ring_bytes(len, self.capacity)) {
+                Ok((ring, name)) => {
+                    self.batch.extend_from_slice(&wire::ring_frame(&name));
+                    self.ring = Some(SenderRing { ring, head: 0 });
+                }
+                Err(error) => {
+                    // No shared memory here: the socket carries everything.
+                    tracing::debug!(%error, "channel ring not made");
+                    self.same_node = false;
+                    return Ok(false);
+                }
+            }
+        }
+        let (start, end) = loop {
+            let Some(sender) = self.ring.as_ref() else {
+                return Ok(false);
+            };
+            let size = sender.ring.size();
+            if len > size {
+                return Ok(false);
+            }
+            if let Some(spot) = ring::place(sender.head, sender.ring.tail(), size, len) {
+                break spot;
+            }
+            // Full: say so, look once more (the receiver may have just freed space without
+            // seeing the flag), else wait for the credit the receiver sends on freeing space.
+            sender.ring.set_waiting();
+            if let Some(spot) = ring::place(sender.head, sender.ring.tail(), size, len) {
+                break spot;
+            }
+            self.flush_batch().await?;
+            self.read_credit().await?;
+        };
+        let Some(sender) = self.ring.as_mut() else {
+            return Ok(false);
+        };
+        let mut at = start;
+        for part in parts {
+            if !sender.ring.write(at, part) {
+                return Ok(false);
+            }
+            at += part.len() as u64;
+        }
+        sender.head = end;
+        // The payload's bytes are visible before the frame that names them.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        self.batch
+            .extend_from_slice(&wire::data_shm_frame(len, start));
+        Ok(true)
     }
 }
 
@@ -428,12 +520,16 @@ async fn connect(id: &str, capacity: u32, timeout: Duration) -> Result<Outbound>
                             .map_err(|e| lost(id, &format!("receiver, {}", record.holder), e))?;
                     match greeting {
                         wire::Greeting::Accepted { receiver } => {
+                            let same_node = matches!(stream, Stream::Unix(_));
                             return Ok(Outbound {
                                 stream,
                                 receiver,
                                 credits: capacity,
                                 batch: Vec::with_capacity(BATCH_BYTES + DIRECT_WRITE_BYTES),
                                 writing: false,
+                                capacity,
+                                same_node,
+                                ring: None,
                             });
                         }
                         wire::Greeting::NotHere(reason) => last_reason = reason,
@@ -511,6 +607,10 @@ struct Inbound {
     scratch: Vec<u8>,
     /// Set while a message is being read (a cancelled read leaves it set).
     reading: bool,
+    /// The sender's shared-memory ring, once it offered one.
+    ring: Option<ring::Ring>,
+    /// The sender waits for ring space: grant credits now, not at the batch boundary.
+    sender_waits: bool,
 }
 
 impl<T> std::fmt::Debug for Receiver<T> {
@@ -626,7 +726,7 @@ impl<T: DeserializeOwned + 'static> Receiver<T> {
             Ok(Some(value)) => {
                 link.reading = false;
                 link.consumed += 1;
-                if link.consumed >= link.batch {
+                if link.consumed >= link.batch || std::mem::take(&mut link.sender_waits) {
                     let frame = wire::credit_frame(link.consumed);
                     link.consumed = 0;
                     // A sender that closed may be gone already; the next read tells.
@@ -683,6 +783,8 @@ impl<T: DeserializeOwned + 'static> Receiver<T> {
                 batch: wire::credit_batch(self.capacity),
                 scratch: Vec::new(),
                 reading: false,
+                ring: None,
+                sender_waits: false,
             }));
         }
         if matches!(&self.state, ReceiverState::Connected(link) if link.reading) {
@@ -708,23 +810,42 @@ impl Inbound {
     /// One message, or `None` at a clean end.
     async fn read_message<T: DeserializeOwned + 'static>(&mut self, id: &str) -> Result<Option<T>> {
         let peer = format!("sender, {}", self.sender);
-        let kind = match self.reader.read_u8().await {
-            Ok(kind) => kind,
-            Err(error) if ended_abruptly(&error) => {
-                return Err(lost(
-                    id,
-                    &peer,
-                    format!(
-                        "the stream ended without a close: the sender's process died ({error})"
-                    ),
-                ))
+        loop {
+            let kind = match self.reader.read_u8().await {
+                Ok(kind) => kind,
+                Err(error) if ended_abruptly(&error) => {
+                    return Err(lost(
+                        id,
+                        &peer,
+                        format!(
+                            "the stream ended without a close: the sender's process died ({error})"
+                        ),
+                    ))
+                }
+                Err(error) => return Err(lost(id, &peer, error)),
+            };
+            match kind {
+                wire::FRAME_CLOSE => return Ok(None),
+                wire::FRAME_DATA => break,
+                wire::FRAME_RING => {
+                    let len = self
+                        .reader
+                        .read_u16_le()
+                        .await
+                        .map_err(|e| lost(id, &peer, e))?;
+                    let mut name = vec![0u8; usize::from(len.min(255))];
+                    self.reader
+                        .read_exact(&mut name)
+                        .await
+                        .map_err(|e| lost(id, &peer, e))?;
+                    let name = String::from_utf8_lossy(&name).into_owned();
+                    let mapped = ring::Ring::open(&name)
+                        .map_err(|e| lost(id, &peer, format!("its ring {name}: {e}")))?;
+                    self.ring = Some(mapped);
+                }
+                wire::FRAME_DATA_SHM => return self.read_from_ring(id, &peer).await.map(Some),
+                other => return Err(lost(id, &peer, format!("a corrupt frame (kind {other})"))),
             }
-            Err(error) => return Err(lost(id, &peer, error)),
-        };
-        match kind {
-            wire::FRAME_CLOSE => return Ok(None),
-            wire::FRAME_DATA => {}
-            other => return Err(lost(id, &peer, format!("a corrupt frame (kind {other})"))),
         }
         let len = self
             .reader
@@ -755,6 +876,74 @@ impl Inbound {
         }
         Ok(Some(value))
     }
+}
+
+impl Inbound {
+    /// A message whose bytes are in the ring (its frame's kind was read).
+    async fn read_from_ring<T: DeserializeOwned + 'static>(
+        &mut self,
+        id: &str,
+        peer: &str,
+    ) -> Result<T> {
+        let len = self
+            .reader
+            .read_u64_le()
+            .await
+            .map_err(|e| lost(id, peer, e))?;
+        let start = self
+            .reader
+            .read_u64_le()
+            .await
+            .map_err(|e| lost(id, peer, e))?;
+        let ring = self
+            .ring
+            .as_ref()
+            .ok_or_else(|| lost(id, peer, "a corrupt frame: ring data before the ring"))?;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        let bytes = ring.read(start, len).ok_or_else(|| {
+            lost(
+                id,
+                peer,
+                format!("a corrupt frame: {len} bytes at {start} are not in the ring"),
+            )
+        })?;
+        let what = format!("a message on channel {id}");
+        let value = match raw_vec_from_slice::<T>(bytes) {
+            Some(Ok(value)) => value,
+            Some(Err(reason)) => return Err(lost(id, peer, reason)),
+            None => crate::codec::decode(bytes, &what)?,
+        };
+        ring.release_to(start + len);
+        self.sender_waits = ring.take_waiting();
+        Ok(value)
+    }
+}
+
+/// `read_raw_vec`'s twin for bytes already in memory (a ring).
+fn raw_vec_from_slice<T: 'static>(bytes: &[u8]) -> Option<std::result::Result<T, String>> {
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    macro_rules! numeric_vec {
+        ($($t:ty),*) => {$(
+            if TypeId::of::<T>() == TypeId::of::<Vec<$t>>() {
+                let width = std::mem::size_of::<$t>();
+                let Some((count, elements)) = bytes.split_first_chunk::<8>() else {
+                    return Some(Err("a corrupt frame: no element count".into()));
+                };
+                let count = u64::from_le_bytes(*count);
+                if count.checked_mul(width as u64) != Some(elements.len() as u64) {
+                    return Some(Err(format!("a corrupt frame: {count} elements in {} bytes", elements.len())));
+                }
+                let mut values: Vec<$t> = vec![<$t>::default(); count as usize];
+                bytemuck::cast_slice_mut::<$t, u8>(&mut values).copy_from_slice(elements);
+                let boxed: Box<dyn Any> = Box::new(values);
+                return boxed.downcast::<T>().ok().map(|v| Ok(*v));
+            }
+        )*};
+    }
+    numeric_vec!(u8, i8, u16, i16, u32, i32, u64, i64, f32, f64);
+    None
 }
 
 /// The connection went away under a reader (what a killed peer's kernel does to it).

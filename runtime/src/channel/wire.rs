@@ -24,6 +24,12 @@ pub(crate) const FRAME_DATA: u8 = 1;
 pub(crate) const FRAME_CLOSE: u8 = 2;
 /// A receiver's credit frame: a u32 count of messages consumed.
 pub(crate) const FRAME_CREDIT: u8 = 3;
+/// A sender's large message in the shared-memory ring: a u64 length, a u64 start.
+pub(crate) const FRAME_DATA_SHM: u8 = 4;
+/// A sender offers a shared-memory ring: a u16 length, then its file name.
+pub(crate) const FRAME_RING: u8 = 5;
+/// Bytes of a ring data frame.
+pub(crate) const DATA_SHM_BYTES: usize = 17;
 /// Bytes of a data frame's header.
 pub(crate) const DATA_HEADER_BYTES: usize = 9;
 /// Bytes of a credit frame.
@@ -248,6 +254,23 @@ pub(crate) fn data_header(len: u64) -> [u8; DATA_HEADER_BYTES] {
     header[0] = FRAME_DATA;
     header[1..].copy_from_slice(&len.to_le_bytes());
     header
+}
+
+/// A ring data frame.
+pub(crate) fn data_shm_frame(len: u64, start: u64) -> [u8; DATA_SHM_BYTES] {
+    let mut frame = [0u8; DATA_SHM_BYTES];
+    frame[0] = FRAME_DATA_SHM;
+    frame[1..9].copy_from_slice(&len.to_le_bytes());
+    frame[9..].copy_from_slice(&start.to_le_bytes());
+    frame
+}
+
+/// A ring offer frame.
+pub(crate) fn ring_frame(name: &str) -> Vec<u8> {
+    let mut frame = vec![FRAME_RING];
+    frame.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    frame.extend_from_slice(name.as_bytes());
+    frame
 }
 
 /// A credit frame.

@@ -39,6 +39,22 @@ impl Pipe {
         Ok((count, in_order, bytes))
     }
 
+    /// Receives strings until the sender closes: (count, whether string i is made of the
+    /// digit i % 10, total bytes).
+    pub async fn drain_strings(
+        &mut self,
+        mut rx: Receiver<String>,
+    ) -> Result<(u64, bool, u64), String> {
+        let (mut count, mut right, mut bytes) = (0u64, true, 0u64);
+        while let Some(text) = rx.recv().await.map_err(|e| e.to_string())? {
+            let digit = char::from(b'0' + (count % 10) as u8);
+            right &= text.chars().all(|c| c == digit);
+            bytes += text.len() as u64;
+            count += 1;
+        }
+        Ok((count, right, bytes))
+    }
+
     /// Receives numbers until the sender closes: (count, whether they came as 0, 1, 2, ...).
     pub async fn drain_numbers(&mut self, mut rx: Receiver<u64>) -> Result<(u64, bool), String> {
         let (mut count, mut in_order) = (0u64, true);
@@ -106,6 +122,32 @@ pub async fn channels_carry_ordered_messages_between_processes() -> Result<()> {
         "got {count} vectors ({bytes} bytes), in order: {in_order}"
     );
 
+    // Large serialized values through the shared-memory ring, past its end many times and
+    // with the sender waiting for space (a ring holds about 13 of them, the channel 64).
+    let (mut tx, rx) = fleet::channel::<String>(64);
+    let drained = consumer.drain_strings(rx);
+    for i in 0..120u64 {
+        let digit = char::from(b'0' + (i % 10) as u8);
+        tx.send(std::iter::repeat_n(digit, 300 << 10).collect())
+            .await?;
+    }
+    tx.close().await?;
+    let (count, right, bytes) = drained.await?;
+    ensure!(
+        count == 120 && right && bytes == 120 * (300 << 10),
+        "strings: {count}, right: {right}, {bytes} bytes"
+    );
+    let prefix = format!("fleet-ch-{}-", std::process::id());
+    let left: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    ensure!(left.is_empty(), "ring files left behind: {left:?}");
+
     // Actor → driver, many small messages in batches.
     let producer = Pipe::remote().spawn().await?;
     let (tx, mut rx) = fleet::channel::<u64>(64);
@@ -139,6 +181,16 @@ pub async fn channels_carry_ordered_messages_between_processes() -> Result<()> {
     drop(tx);
     let (count, _) = drained.await?;
     ensure!(count == 1, "a dropped sender's stream had {count} messages");
+    // ... also when its last message is still in the ring, unread: the ring outlives it.
+    let (mut tx, rx) = fleet::channel::<Vec<f32>>(4);
+    let drained = consumer.drain_vectors(rx);
+    tx.send(vec![0.0; 1 << 18]).await?;
+    drop(tx);
+    let (count, in_order, _) = drained.await?;
+    ensure!(
+        count == 1 && in_order,
+        "a dropped sender's ring had {count} messages"
+    );
     Ok(())
 }
 
