@@ -237,7 +237,9 @@ impl<T: Serialize + 'static> Sender<T> {
                     link.stream.flush().await
                 }
                 .await;
-                outcome.map_err(|e| lost(&self.id, &link.receiver, e))
+                let receiver = link.receiver.clone();
+                linger(link.stream);
+                outcome.map_err(|e| lost(&self.id, &receiver, e))
             }
             SenderState::Broken(error) => Err(error),
             // Never connected: the receiver still waits; connect to tell it the stream is
@@ -251,7 +253,11 @@ impl<T: Serialize + 'static> Sender<T> {
                 }
                 .await;
                 let receiver = link.receiver.clone();
-                self.state = SenderState::Closed;
+                if let SenderState::Connected(link) =
+                    std::mem::replace(&mut self.state, SenderState::Closed)
+                {
+                    linger(link.stream);
+                }
                 outcome.map_err(|e| lost(&self.id, &receiver, e))
             }
             SenderState::Closed => Ok(()),
@@ -454,20 +460,48 @@ impl<T> Drop for Sender<T> {
             let mut tail = std::mem::take(&mut link.batch);
             tail.push(wire::FRAME_CLOSE);
             let written = link.stream.try_write(&tail).unwrap_or(0);
-            if written < tail.len() {
-                if let (Ok(handle), SenderState::Connected(link)) = (
-                    tokio::runtime::Handle::try_current(),
-                    std::mem::replace(&mut self.state, SenderState::Closed),
-                ) {
-                    let mut stream = link.stream;
-                    handle.spawn(async move {
+            if let (Ok(handle), SenderState::Connected(link)) = (
+                tokio::runtime::Handle::try_current(),
+                std::mem::replace(&mut self.state, SenderState::Closed),
+            ) {
+                let mut stream = link.stream;
+                handle.spawn(async move {
+                    if written < tail.len() {
                         let _ = stream.write_all(&tail[written..]).await;
                         let _ = stream.flush().await;
-                    });
-                }
+                    }
+                    drain_until_closed(stream).await;
+                });
             }
         }
     }
+}
+
+/// How long a closed sender's socket waits for the receiver to finish reading.
+const LINGER: Duration = Duration::from_secs(60);
+
+/// Ends a sender's connection without losing its last bytes: closing a TCP socket that
+/// has unread input (credit frames the sender never needed) sends a reset, and a reset
+/// makes the receiver's kernel drop what it had not read yet. So: half-close (the
+/// receiver reads everything, then its end closes), read and discard until then, and only
+/// then close — in a task, bounded by `LINGER`.
+fn linger(stream: Stream) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(drain_until_closed(stream));
+    }
+}
+
+async fn drain_until_closed(mut stream: Stream) {
+    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 impl<T> Serialize for Sender<T> {
@@ -935,8 +969,21 @@ fn raw_vec_from_slice<T: 'static>(bytes: &[u8]) -> Option<std::result::Result<T,
                 if count.checked_mul(width as u64) != Some(elements.len() as u64) {
                     return Some(Err(format!("a corrupt frame: {count} elements in {} bytes", elements.len())));
                 }
-                let mut values: Vec<$t> = vec![<$t>::default(); count as usize];
-                bytemuck::cast_slice_mut::<$t, u8>(&mut values).copy_from_slice(elements);
+                // One copy into fresh memory, without zeroing it first (a memset would be
+                // a third pass over the bytes, after the sender's and before this one).
+                let mut values: Vec<$t> = Vec::with_capacity(count as usize);
+                // SAFETY: the vector has room for `count` elements, `elements` holds exactly
+                // `count * width` bytes (checked above) and does not overlap the new
+                // allocation, and every bit pattern is a valid plain number; the length is
+                // set only after the bytes are in place.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        elements.as_ptr(),
+                        values.as_mut_ptr().cast::<u8>(),
+                        elements.len(),
+                    );
+                    values.set_len(count as usize);
+                }
                 let boxed: Box<dyn Any> = Box::new(values);
                 return boxed.downcast::<T>().ok().map(|v| Ok(*v));
             }
