@@ -244,9 +244,13 @@ async fn spread_and_affinity() -> Result<()> {
         })
         .collect();
     let nodes: BTreeSet<String> = fleet::get_all(&spread).await?.into_iter().collect();
-    // At least 2: in 2 of 7 runs on 2 cores the 4 leases (MAX_PENDING_LEASE_REQUESTS) landed
-    // on 2 nodes, 2 each; the spread of concurrent lease requests is to be looked at.
-    if nodes.len() < 2 {
+    println!("  SPREAD tasks ran on {nodes:?}");
+    // Work spilled to a node counts against it until its own report shows it (before, a
+    // report polled before the spilled lease arrived freed it again, and the 4 concurrent
+    // leases could land on 2 nodes, 2 each: 2 of 7 runs). All 4 in 6 of 6 runs since; at
+    // least 3 asserted, because a lease node-0 keeps for itself counts only once granted
+    // (after the job binary is looked up), so a decision in between may pick node-0 twice.
+    if nodes.len() < 3 {
         let mut usage = Vec::new();
         for node in ["node-0", "node-1", "node-2", "node-3"] {
             let info = raylet_info(&gcs, node).await?;
@@ -256,7 +260,7 @@ async fn spread_and_affinity() -> Result<()> {
             ));
         }
         return Err(anyhow!(
-            "SPREAD tasks ran on {nodes:?}; expected at least 2 of the 4 nodes ({})",
+            "SPREAD tasks ran on {nodes:?}; expected at least 3 of the 4 nodes ({})",
             usage.join("; ")
         ));
     }

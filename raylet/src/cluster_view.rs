@@ -2,6 +2,11 @@
 //! GCS nodes table (re-read every [`MEMBERSHIP_REFRESH`]) and each one's free resources from
 //! its own `NodeInfo` (every [`LOAD_REFRESH`]). A node that does not answer is left out at
 //! once, before the GCS declares it dead: leases must not be sent where nothing answers.
+//!
+//! Work spilled to a node counts against it until that node's own report shows it: a
+//! report polled before the spilled lease reached the node (the requester still on its way,
+//! or the node still fetching the job's binary) would otherwise make it look free again, and
+//! the next SPREAD decisions would send it a second lease while other nodes stay idle.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -18,10 +23,56 @@ pub const MEMBERSHIP_REFRESH: Duration = Duration::from_millis(250);
 /// How often other nodes' free resources are polled.
 pub const LOAD_REFRESH: Duration = Duration::from_millis(200);
 
+/// How long spilled work counts against a node whose reports do not show it (the lease
+/// was rejected there, or its requester gave up).
+pub const RESERVATION_TTL: Duration = Duration::from_secs(5);
+const EPSILON: f64 = 1e-6;
+
+/// Work spilled to a node that its reports do not show yet.
+#[derive(Clone, Debug)]
+struct Reservation {
+    node_id: String,
+    wanted: BTreeMap<String, f64>,
+    /// The node's free resources once this (and every earlier reservation) is taken: a
+    /// report at or below them shows it.
+    floor: BTreeMap<String, f64>,
+    until: tokio::time::Instant,
+}
+
 /// The other live nodes, as last seen.
 #[derive(Clone, Default)]
 pub struct ClusterView {
     nodes: Arc<RwLock<Vec<NodeView>>>,
+    reservations: Arc<std::sync::Mutex<Vec<Reservation>>>,
+}
+
+/// Applies the reservations that `fresh` reports do not show yet (dropping those they show,
+/// and the expired ones).
+fn apply_reservations(
+    fresh: &mut [NodeView],
+    reservations: &mut Vec<Reservation>,
+    now: tokio::time::Instant,
+) {
+    reservations.retain(|reservation| {
+        if now >= reservation.until {
+            return false;
+        }
+        let Some(node) = fresh.iter_mut().find(|n| n.node_id == reservation.node_id) else {
+            return false;
+        };
+        let shown = reservation.floor.iter().all(|(name, floor)| {
+            node.available.get(name).copied().unwrap_or(0.0) <= floor + EPSILON
+        });
+        !shown
+    });
+    for reservation in reservations.iter() {
+        if let Some(node) = fresh.iter_mut().find(|n| n.node_id == reservation.node_id) {
+            for (name, amount) in &reservation.wanted {
+                let free = node.available.entry(name.clone()).or_insert(0.0);
+                *free = (*free - amount).max(0.0);
+            }
+        }
+    }
 }
 
 impl ClusterView {
@@ -34,10 +85,21 @@ impl ClusterView {
     pub fn reserve(&self, node_id: &str, wanted: &BTreeMap<String, f64>) {
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(node) = nodes.iter_mut().find(|n| n.node_id == node_id) {
+            let mut floor = BTreeMap::new();
             for (name, amount) in wanted {
                 let free = node.available.entry(name.clone()).or_insert(0.0);
                 *free = (*free - amount).max(0.0);
+                floor.insert(name.clone(), *free);
             }
+            self.reservations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Reservation {
+                    node_id: node_id.to_string(),
+                    wanted: wanted.clone(),
+                    floor,
+                    until: tokio::time::Instant::now() + RESERVATION_TTL,
+                });
         }
     }
 
@@ -132,7 +194,17 @@ impl ClusterView {
                 }
             }
             fresh.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-            *self.nodes.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+            {
+                // Under the nodes lock: a reservation made meanwhile is either applied to
+                // the old view (and kept in the list) or made on the new one.
+                let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+                apply_reservations(
+                    &mut fresh,
+                    &mut self.reservations.lock().unwrap_or_else(|e| e.into_inner()),
+                    tokio::time::Instant::now(),
+                );
+                *nodes = fresh;
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(LOAD_REFRESH) => {}
@@ -142,3 +214,82 @@ impl ClusterView {
 }
 
 type Client = fleet_proto::runtime::raylet_client::RayletClient<fleet_gcs::auth::AuthChannel>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, cpus_free: f64) -> NodeView {
+        NodeView {
+            node_id: id.into(),
+            address: format!("{id}:1"),
+            total: BTreeMap::from([("CPU".to_string(), 2.0)]),
+            available: BTreeMap::from([("CPU".to_string(), cpus_free)]),
+        }
+    }
+
+    fn cpus(view: &ClusterView, id: &str) -> f64 {
+        view.others()
+            .iter()
+            .find(|n| n.node_id == id)
+            .and_then(|n| n.available.get("CPU").copied())
+            .unwrap_or(f64::NAN)
+    }
+
+    fn refresh(view: &ClusterView, mut fresh: Vec<NodeView>, now: tokio::time::Instant) {
+        let mut nodes = view.nodes.write().unwrap_or_else(|e| e.into_inner());
+        apply_reservations(
+            &mut fresh,
+            &mut view.reservations.lock().unwrap_or_else(|e| e.into_inner()),
+            now,
+        );
+        *nodes = fresh;
+    }
+
+    #[tokio::test]
+    async fn spilled_work_counts_until_the_nodes_report_shows_it() {
+        let view = ClusterView::default();
+        *view.nodes.write().unwrap_or_else(|e| e.into_inner()) =
+            vec![node("a", 2.0), node("b", 2.0)];
+        let one_cpu = BTreeMap::from([("CPU".to_string(), 1.0)]);
+        view.reserve("a", &one_cpu);
+        view.reserve("a", &one_cpu);
+        assert_eq!(cpus(&view, "a"), 0.0);
+        let now = tokio::time::Instant::now();
+        // A report from before either lease arrived: both still count.
+        refresh(&view, vec![node("a", 2.0), node("b", 2.0)], now);
+        assert_eq!(
+            cpus(&view, "a"),
+            0.0,
+            "a stale report must not free reserved CPUs"
+        );
+        assert_eq!(cpus(&view, "b"), 2.0);
+        // The first lease shows: the second still counts.
+        refresh(&view, vec![node("a", 1.0), node("b", 2.0)], now);
+        assert_eq!(cpus(&view, "a"), 0.0);
+        // Both show: nothing is counted twice.
+        refresh(&view, vec![node("a", 0.0), node("b", 2.0)], now);
+        assert!(view
+            .reservations
+            .lock()
+            .map(|r| r.is_empty())
+            .unwrap_or(false));
+        // The node finished them: it is free again.
+        refresh(&view, vec![node("a", 2.0), node("b", 2.0)], now);
+        assert_eq!(cpus(&view, "a"), 2.0);
+    }
+
+    #[tokio::test]
+    async fn a_reservation_that_never_shows_expires() {
+        let view = ClusterView::default();
+        *view.nodes.write().unwrap_or_else(|e| e.into_inner()) = vec![node("a", 2.0)];
+        view.reserve("a", &BTreeMap::from([("CPU".to_string(), 1.0)]));
+        let later = tokio::time::Instant::now() + RESERVATION_TTL;
+        refresh(&view, vec![node("a", 2.0)], later);
+        assert_eq!(
+            cpus(&view, "a"),
+            2.0,
+            "a rejected spill stops counting after the TTL"
+        );
+    }
+}
