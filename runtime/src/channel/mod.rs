@@ -787,23 +787,27 @@ impl<T: DeserializeOwned + 'static> Receiver<T> {
         if matches!(self.state, ReceiverState::Fresh) {
             self.register(crate::context::current()?);
         }
-        if let ReceiverState::Waiting {
-            incoming,
-            published,
-        } = &mut self.state
-        {
-            if let Some(task) = published.take() {
-                match task.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => return Err(error),
-                    Err(join) => {
-                        return Err(Error::Internal(format!(
-                            "channel {}: registering the receiver failed: {join}",
-                            self.id
-                        )))
-                    }
-                }
+        let publishing = match &mut self.state {
+            ReceiverState::Waiting { published, .. } => published.take(),
+            _ => None,
+        };
+        if let Some(task) = publishing {
+            let failure = match task.await {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(error),
+                Err(join) => Some(Error::Internal(format!(
+                    "channel {}: registering the receiver failed: {join}",
+                    self.id
+                ))),
+            };
+            if let Some(error) = failure {
+                // Not registered (the GCS did not take the record): the next recv tries again.
+                endpoint::close_slot(&self.id, self.instance, true);
+                self.state = ReceiverState::Fresh;
+                return Err(error);
             }
+        }
+        if let ReceiverState::Waiting { incoming, .. } = &mut self.state {
             let arrived = incoming.await.map_err(|_| {
                 broken(
                     &self.id,
@@ -867,7 +871,14 @@ impl Inbound {
                         .read_u16_le()
                         .await
                         .map_err(|e| lost(id, &peer, e))?;
-                    let mut name = vec![0u8; usize::from(len.min(255))];
+                    if len > 255 {
+                        return Err(lost(
+                            id,
+                            &peer,
+                            format!("a corrupt frame: a ring name of {len} bytes"),
+                        ));
+                    }
+                    let mut name = vec![0u8; usize::from(len)];
                     self.reader
                         .read_exact(&mut name)
                         .await
