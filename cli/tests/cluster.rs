@@ -247,9 +247,10 @@ async fn spread_and_affinity() -> Result<()> {
     println!("  SPREAD tasks ran on {nodes:?}");
     // Work spilled to a node counts against it until its own report shows it (before, a
     // report polled before the spilled lease arrived freed it again, and the 4 concurrent
-    // leases could land on 2 nodes, 2 each: 2 of 7 runs). All 4 in 6 of 6 runs since; at
-    // least 3 asserted, because a lease node-0 keeps for itself counts only once granted
-    // (after the job binary is looked up), so a decision in between may pick node-0 twice.
+    // leases could land on 2 nodes, 2 each: 2 of 7 runs), and so does a lease node-0 keeps
+    // for itself until it is granted. All 4 nodes in every run since; at least 3 asserted,
+    // because a spill target whose worker starts late on a loaded machine may find the
+    // twelve tasks already taken by the leases that started first (leases are reused).
     if nodes.len() < 3 {
         let mut usage = Vec::new();
         for node in ["node-0", "node-1", "node-2", "node-3"] {

@@ -185,8 +185,30 @@ struct Inner {
     transfers: Transfers,
     binaries: Binaries,
     spread_counter: std::sync::atomic::AtomicUsize,
+    /// Leases decided here but not yet granted (the job binary is being looked up, or they
+    /// wait for resources), by hold id: the scheduler counts them as used, as it counts
+    /// work spilled elsewhere, so a burst of decisions does not all pick this node.
+    local_holds: Mutex<std::collections::HashMap<u64, BTreeMap<String, f64>>>,
+    next_hold: std::sync::atomic::AtomicU64,
     /// Jobs known to have ended: their workers are retired, new leases refused.
     finished_jobs: Mutex<std::collections::HashSet<String>>,
+}
+
+/// A lease decided for this node and not yet granted; released when dropped (granted,
+/// spilled on a later look, refused, or its request gone).
+struct LocalHold {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl Drop for LocalHold {
+    fn drop(&mut self) {
+        self.inner
+            .local_holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
 }
 
 fn to_resource_set(map: &BTreeMap<String, f64>, what: &str) -> Result<ResourceSet> {
@@ -264,6 +286,8 @@ impl RayletService {
                 transfers,
                 binaries,
                 spread_counter: std::sync::atomic::AtomicUsize::new(0),
+                local_holds: Mutex::new(std::collections::HashMap::new()),
+                next_hold: std::sync::atomic::AtomicU64::new(0),
                 finished_jobs: Mutex::new(std::collections::HashSet::new()),
                 config,
                 address,
@@ -400,21 +424,37 @@ impl RayletService {
         }
     }
 
-    /// This node as the scheduler sees it.
-    fn local_view(&self) -> NodeView {
+    /// This node as the scheduler sees it: what is free, less the leases decided here and
+    /// not yet granted.
+    fn local_view(
+        &self,
+        holds: &std::collections::HashMap<u64, BTreeMap<String, f64>>,
+    ) -> NodeView {
         let state = self.lock();
+        let mut available = state.resources.available().to_map();
+        for held in holds.values() {
+            for (name, amount) in held {
+                let free = available.entry(name.clone()).or_insert(0.0);
+                *free = (*free - amount).max(0.0);
+            }
+        }
         NodeView {
             node_id: self.inner.config.node_id.clone(),
             address: self.inner.address.clone(),
             total: state.resources.total().to_map(),
-            available: state.resources.available().to_map(),
+            available,
         }
     }
 
-    /// Where a lease request should be granted: here, or spilled back to another node.
-    fn place(&self, request: &LeaseRequest, wanted: &BTreeMap<String, f64>) -> Decision {
+    /// Where a lease request should be granted: here (with a hold that counts it as used
+    /// until it is granted or given up), or spilled back to another node.
+    fn place(
+        &self,
+        request: &LeaseRequest,
+        wanted: &BTreeMap<String, f64>,
+    ) -> (Decision, Option<LocalHold>) {
         if request.grant_or_reject {
-            return Decision::Local;
+            return (Decision::Local, None);
         }
         let strategy = match request.strategy.as_ref() {
             Some(s) if s.kind == StrategyKind::Spread as i32 => Strategy::Spread,
@@ -428,19 +468,41 @@ impl RayletService {
             .inner
             .spread_counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The holds stay locked from the decision to the new hold: concurrent decisions see
+        // each other's.
+        let mut holds = self
+            .inner
+            .local_holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let decision = crate::scheduling::decide(
             &strategy,
             wanted,
-            &self.local_view(),
+            &self.local_view(&holds),
             &self.inner.view.others(),
             counter,
         );
         tracing::debug!(?strategy, ?decision, "lease placement");
-        if let Decision::Spill { node_id, .. } = &decision {
-            // Count it against that node until its next report.
-            self.inner.view.reserve(node_id, wanted);
-        }
-        decision
+        let hold = match &decision {
+            Decision::Spill { node_id, .. } => {
+                // Count it against that node until its reports show it.
+                self.inner.view.reserve(node_id, wanted);
+                None
+            }
+            Decision::Local => {
+                let id = self
+                    .inner
+                    .next_hold
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                holds.insert(id, wanted.clone());
+                Some(LocalHold {
+                    inner: self.inner.clone(),
+                    id,
+                })
+            }
+            Decision::Infeasible(_) => None,
+        };
+        (decision, hold)
     }
 
     async fn lease(&self, request: LeaseRequest) -> Result<LeaseReply> {
@@ -470,7 +532,8 @@ impl RayletService {
                 .lease_in_bundle(&request, &strategy, what, wanted)
                 .await;
         }
-        match self.place(&request, &map) {
+        let (decision, hold) = self.place(&request, &map);
+        match decision {
             Decision::Local => {}
             Decision::Spill { node_id, address } => {
                 return Ok(LeaseReply {
@@ -548,7 +611,7 @@ impl RayletService {
                 return Ok(self.ask_again());
             }
             if requeue && !request.grant_or_reject {
-                if let Decision::Spill { node_id, address } = self.place(&request, &map) {
+                if let (Decision::Spill { node_id, address }, _) = self.place(&request, &map) {
                     return Ok(LeaseReply {
                         spillback_address: address,
                         spillback_node_id: node_id,
@@ -557,6 +620,8 @@ impl RayletService {
                 }
             }
         };
+        // Granted: the resources now count as allocated, not as held.
+        drop(hold);
         let gpu_ids = allocation.gpu_ids.clone();
         self.grant(&request, program, allocation, gpu_ids, None)
             .await
