@@ -235,6 +235,9 @@ pub enum Error {
         /// What happened, and what to do.
         reason: String,
     },
+    /// A call's argument cannot be used (it says which, and what is accepted).
+    #[error("{0}")]
+    InvalidArgument(String),
     /// Something else went wrong inside Fleet.
     #[error("{0}")]
     Internal(String),
@@ -390,6 +393,7 @@ impl Clone for Error {
                 limit: *limit,
             },
             Error::ShutDown => Error::ShutDown,
+            Error::InvalidArgument(message) => Error::InvalidArgument(message.clone()),
             Error::Internal(message) => Error::Internal(message.clone()),
         }
     }

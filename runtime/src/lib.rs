@@ -13,6 +13,7 @@
 //! - [`registry`]: remote functions and actor classes registered at link time.
 //! - [`api`]: `put`, `get`, `get_all`, `wait`.
 //! - [`channel`]: `fleet::channel`, a typed bounded stream between actors on any nodes.
+//! - [`kv`]: `fleet::kv`, the cluster's small replicated key-value store (coordination).
 //! - [`runtime_context`]: `context()`, where and as what the calling code runs.
 //! - `tasks`: the owner of every background task (ended by `shutdown()`).
 //! - [`codec`], [`ids`], [`error`].
@@ -27,6 +28,7 @@ pub mod error;
 pub mod executor;
 pub mod ids;
 pub mod init;
+pub mod kv;
 pub mod object_ref;
 pub mod placement;
 pub mod plasma;

@@ -17,7 +17,7 @@
 //! `init()` must run first in `main` (`#[fleet::main]` does it).
 
 pub use fleet_macros::{actor, main, remote};
-pub use fleet_runtime::{channel, context, Receiver, RuntimeContext, Sender};
+pub use fleet_runtime::{channel, context, kv, Receiver, RuntimeContext, Sender};
 pub use fleet_runtime::{
     cluster_address, cluster_token, get, get_actor, get_actor_in, get_all, get_timeout, gpu_ids,
     init, init_with, kill, node_id, put, remove_placement_group, shutdown, submit_task, wait,

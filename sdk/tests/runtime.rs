@@ -16,6 +16,8 @@ use anyhow::{anyhow, ensure, Context, Result};
 mod auth;
 #[path = "runtime/channels.rs"]
 mod channels;
+#[path = "runtime/kv.rs"]
+mod kv;
 use fleet::{Error, ObjectRef, TaskFailure};
 use serde::{Deserialize, Serialize};
 
@@ -1163,6 +1165,10 @@ fn main() -> std::process::ExitCode {
             ("channel_misuse_is_a_clear_error", || {
                 Box::pin(channels::channel_misuse_is_a_clear_error())
             }),
+            (
+                "the_kv_store_is_shared_and_compare_and_set_loses_no_update",
+                || Box::pin(kv::the_kv_store_is_shared_and_compare_and_set_loses_no_update()),
+            ),
             ("wait_returns_the_first_ready", || {
                 Box::pin(wait_returns_the_first_ready())
             }),
