@@ -2,6 +2,7 @@
 //! (control-store writes, side by side with etcd).
 
 pub mod channel;
+pub mod collective;
 pub mod placement;
 pub mod runtime;
 pub mod transfer;
@@ -33,6 +34,22 @@ enum BenchTarget {
     /// `fleet::channel` on a two-node loopback cluster: same node vs memcpy, across nodes
     /// vs a TCP socket, small messages per second.
     Channel(ChannelBenchArgs),
+    /// `fleet-collective` all-reduce bus bandwidth on a two-node loopback cluster (2 ranks
+    /// on one node, 2 across nodes, 4), against memcpy and TCP bounds; `--peer` adds gloo.
+    Collective(CollectiveBenchArgs),
+}
+
+#[derive(Args)]
+struct CollectiveBenchArgs {
+    /// Buffer sizes (f32), comma-separated.
+    #[arg(long, default_value = "1KiB,64KiB,1MiB,16MiB,256MiB")]
+    sizes: String,
+    /// Placements: 2r_same_node, 2r_cross_node, 4r_two_nodes, 4r_same_node (comma-separated).
+    #[arg(long, default_value = "2r_same_node,2r_cross_node,4r_two_nodes")]
+    placements: String,
+    /// Also run torch.distributed's gloo (bench/torch_allreduce.py) with this Python.
+    #[arg(long)]
+    peer: Option<String>,
 }
 
 #[derive(Args)]
@@ -145,6 +162,30 @@ impl BenchCommand {
             }
             BenchTarget::Transfer(args) => transfer::run(args.bytes, args.repeat).await?,
             BenchTarget::Placement(args) => placement::run(args).await?,
+            BenchTarget::Collective(args) => {
+                let placements = args
+                    .placements
+                    .split(',')
+                    .map(|p| {
+                        let nodes: Vec<&'static str> = match p.trim() {
+                            "2r_same_node" => vec!["node-0", "node-0"],
+                            "2r_cross_node" => vec!["node-0", "node-1"],
+                            "4r_two_nodes" => vec!["node-0", "node-0", "node-1", "node-1"],
+                            "4r_same_node" => vec!["node-0"; 4],
+                            other => anyhow::bail!(
+                                "unknown placement {other:?}: use 2r_same_node, 2r_cross_node, 4r_two_nodes or 4r_same_node"
+                            ),
+                        };
+                        Ok((p.trim().to_string(), nodes))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                collective::run(collective::CollectiveBench {
+                    sizes: collective::parse_sizes(&args.sizes)?,
+                    placements,
+                    peer_python: args.peer,
+                })
+                .await?
+            }
             BenchTarget::Channel(args) => {
                 channel::run(channel::ChannelBench {
                     message_bytes: args.message_bytes,

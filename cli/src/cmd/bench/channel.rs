@@ -50,7 +50,8 @@ impl ChannelSink {
     }
 }
 
-const CONFIG: &str = r#"
+/// Two nodes of 2 CPUs, one GCS replica (also the collective benchmark's cluster).
+pub(crate) const CONFIG: &str = r#"
 name = "bench-channel"
 ready_timeout_secs = 90
 
@@ -69,10 +70,10 @@ num_gpus = 0
 "#;
 
 /// The benchmark's cluster directory, removed at the end.
-struct Scratch(std::path::PathBuf);
+pub(crate) struct Scratch(pub(crate) std::path::PathBuf);
 
 impl Scratch {
-    fn path(&self) -> &std::path::Path {
+    pub(crate) fn path(&self) -> &std::path::Path {
         &self.0
     }
 }
@@ -91,7 +92,7 @@ pub struct ChannelBench {
     pub repeat: usize,
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
@@ -112,7 +113,7 @@ fn memcpy_gbps(size: usize, messages: usize) -> f64 {
 }
 
 /// One TCP socket on loopback carrying `messages` writes of `size` bytes, in GB/s.
-async fn tcp_gbps(size: usize, messages: usize) -> anyhow::Result<f64> {
+pub(crate) async fn tcp_gbps(size: usize, messages: usize) -> anyhow::Result<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
@@ -135,7 +136,7 @@ async fn tcp_gbps(size: usize, messages: usize) -> anyhow::Result<f64> {
     Ok((size * messages) as f64 / started.elapsed().as_secs_f64() / 1e9)
 }
 
-async fn sink_on(node: &str) -> anyhow::Result<ChannelSinkHandle> {
+pub(crate) async fn sink_on(node: &str) -> anyhow::Result<ChannelSinkHandle> {
     let sink = ChannelSink::remote()
         .scheduling(Scheduling::NodeAffinity {
             node_id: node.into(),
