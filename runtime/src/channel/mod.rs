@@ -61,6 +61,9 @@ const DIRECT_WRITE_BYTES: usize = 64 << 10;
 const BATCH_BYTES: usize = 256 << 10;
 /// The receiver's read buffer (small messages come many per read).
 const READ_BUFFER_BYTES: usize = 256 << 10;
+/// `recv_with` keeps its buffer between messages up to this size (a pipeline of large
+/// messages reuses it; one outsized message does not pin its memory).
+const MAX_KEPT_SCRATCH_BYTES: usize = 64 << 20;
 
 /// Makes a channel whose sender may be `capacity` messages ahead of its receiver (0 is
 /// taken as 1).
@@ -194,23 +197,8 @@ impl<T: Serialize + 'static> Sender<T> {
         let outcome: std::io::Result<()> = async {
             link.writing = true;
             for value in values {
-                while link.credits == 0 {
-                    link.flush_batch().await?;
-                    link.read_credit().await?;
-                }
-                link.credits -= 1;
-                if let Err(error) = link
-                    .encode::<T>(&id, std::borrow::Borrow::borrow(&value))
-                    .await
-                {
-                    if error.kind() == std::io::ErrorKind::InvalidInput {
-                        // Refused before a byte of it was written: the stream is intact.
-                        link.credits += 1;
-                        link.flush_batch().await?;
-                        link.writing = false;
-                    }
-                    return Err(error);
-                }
+                link.send_one(&id, Outgoing::Value(std::borrow::Borrow::borrow(&value)))
+                    .await?;
                 sent += 1;
             }
             link.flush_batch().await?;
@@ -218,6 +206,10 @@ impl<T: Serialize + 'static> Sender<T> {
             Ok(())
         }
         .await;
+        self.settle_send(outcome, sent)
+    }
+
+    fn settle_send(&mut self, outcome: std::io::Result<()>, sent: usize) -> Result<usize> {
         match outcome {
             Ok(()) => Ok(sent),
             Err(error) if error.kind() == std::io::ErrorKind::InvalidInput => {
@@ -323,46 +315,77 @@ impl Outbound {
         Ok(())
     }
 
+    /// Waits for a credit, then encodes one message (a message refused before a byte of it
+    /// was written gives its credit back: the stream is intact).
+    async fn send_one<T: Serialize + 'static>(
+        &mut self,
+        id: &str,
+        message: Outgoing<'_, T>,
+    ) -> std::io::Result<()> {
+        while self.credits == 0 {
+            self.flush_batch().await?;
+            self.read_credit().await?;
+        }
+        self.credits -= 1;
+        let encoded = match message {
+            Outgoing::Value(value) => self.encode(id, value).await,
+            Outgoing::Raw { count, memory } => self.encode_raw(id, count, memory).await,
+        };
+        if let Err(error) = encoded {
+            if error.kind() == std::io::ErrorKind::InvalidInput {
+                self.credits += 1;
+                self.flush_batch().await?;
+                self.writing = false;
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// A numeric vector's count and elements: straight from their memory.
+    async fn encode_raw(&mut self, id: &str, count: [u8; 8], memory: &[u8]) -> std::io::Result<()> {
+        let len = (count.len() + memory.len()) as u64;
+        check_size(id, len)?;
+        if memory.len() >= DIRECT_WRITE_BYTES && self.put_in_ring(&[&count, memory]).await? {
+            return self.flush_if_full().await;
+        }
+        self.batch.extend_from_slice(&wire::data_header(len));
+        self.batch.extend_from_slice(&count);
+        if memory.len() >= DIRECT_WRITE_BYTES {
+            self.flush_batch().await?;
+            self.stream.write_all(memory).await?;
+        } else {
+            self.batch.extend_from_slice(memory);
+        }
+        self.flush_if_full().await
+    }
+
     /// Appends (or, when large, writes) one message.
     async fn encode<T: Serialize + 'static>(&mut self, id: &str, value: &T) -> std::io::Result<()> {
         if let Some((count, memory)) = crate::codec::raw_parts(value) {
-            let len = (count.len() + memory.len()) as u64;
-            check_size(id, len)?;
-            if memory.len() >= DIRECT_WRITE_BYTES && self.put_in_ring(&[&count, memory]).await? {
-                return self.flush_if_full().await;
-            }
-            self.batch.extend_from_slice(&wire::data_header(len));
-            self.batch.extend_from_slice(&count);
-            if memory.len() >= DIRECT_WRITE_BYTES {
-                self.flush_batch().await?;
-                self.stream.write_all(memory).await?;
-            } else {
-                self.batch.extend_from_slice(memory);
-            }
-        } else {
-            let start = self.batch.len();
-            self.batch.extend_from_slice(&wire::data_header(0));
-            if let Err(error) = bincode::serialize_into(&mut self.batch, value) {
-                self.batch.truncate(start);
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("cannot encode a message: {error}"),
-                ));
-            }
-            let len = (self.batch.len() - start - wire::DATA_HEADER_BYTES) as u64;
-            if let Err(error) = check_size(id, len) {
-                self.batch.truncate(start);
-                return Err(error);
-            }
-            self.batch[start..start + wire::DATA_HEADER_BYTES]
-                .copy_from_slice(&wire::data_header(len));
-            if len as usize >= DIRECT_WRITE_BYTES && self.same_node {
-                let payload = self.batch.split_off(start + wire::DATA_HEADER_BYTES);
-                self.batch.truncate(start);
-                if !self.put_in_ring(&[&payload]).await? {
-                    self.batch.extend_from_slice(&wire::data_header(len));
-                    self.batch.extend_from_slice(&payload);
-                }
+            return self.encode_raw(id, count, memory).await;
+        }
+        let start = self.batch.len();
+        self.batch.extend_from_slice(&wire::data_header(0));
+        if let Err(error) = bincode::serialize_into(&mut self.batch, value) {
+            self.batch.truncate(start);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("cannot encode a message: {error}"),
+            ));
+        }
+        let len = (self.batch.len() - start - wire::DATA_HEADER_BYTES) as u64;
+        if let Err(error) = check_size(id, len) {
+            self.batch.truncate(start);
+            return Err(error);
+        }
+        self.batch[start..start + wire::DATA_HEADER_BYTES].copy_from_slice(&wire::data_header(len));
+        if len as usize >= DIRECT_WRITE_BYTES && self.same_node {
+            let payload = self.batch.split_off(start + wire::DATA_HEADER_BYTES);
+            self.batch.truncate(start);
+            if !self.put_in_ring(&[&payload]).await? {
+                self.batch.extend_from_slice(&wire::data_header(len));
+                self.batch.extend_from_slice(&payload);
             }
         }
         self.flush_if_full().await
@@ -534,6 +557,54 @@ impl<'de, T> Deserialize<'de> for Sender<T> {
     }
 }
 
+/// Plain numbers whose vectors a channel carries as their own memory (no serialization):
+/// what `Sender::send_slice` and `Receiver::recv_with` take.
+pub trait RawElement: bytemuck::Pod + Serialize + DeserializeOwned + sealed::Sealed {}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+macro_rules! raw_elements {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl RawElement for $t {}
+    )*};
+}
+raw_elements!(u8, i8, u16, i16, u32, i32, u64, i64, f32, f64);
+
+impl<E: RawElement> Sender<Vec<E>> {
+    /// Sends a slice as one `Vec<E>` message, written from the slice's own memory (no
+    /// vector is made; between processes of one node a large one is copied once, into the
+    /// shared ring).
+    pub async fn send_slice(&mut self, values: &[E]) -> Result<()> {
+        let id = self.id.clone();
+        let link = self.link().await?;
+        let outcome: std::io::Result<()> = async {
+            link.writing = true;
+            link.send_one::<Vec<E>>(
+                &id,
+                Outgoing::Raw {
+                    count: (values.len() as u64).to_le_bytes(),
+                    memory: bytemuck::cast_slice(values),
+                },
+            )
+            .await?;
+            link.flush_batch().await?;
+            link.writing = false;
+            Ok(())
+        }
+        .await;
+        self.settle_send(outcome, 0).map(|_| ())
+    }
+}
+
+/// One message to send: a value to encode, or a numeric vector's parts.
+enum Outgoing<'a, T> {
+    Value(&'a T),
+    Raw { count: [u8; 8], memory: &'a [u8] },
+}
+
 /// Finds the receiver in the GCS and connects to it.
 async fn connect(id: &str, capacity: u32, timeout: Duration) -> Result<Outbound> {
     let worker = crate::context::current()?;
@@ -639,6 +710,8 @@ struct Inbound {
     consumed: u32,
     batch: u32,
     scratch: Vec<u8>,
+    /// `recv_with`'s buffer for messages off the socket (aligned for every element type).
+    aligned_scratch: Vec<u64>,
     /// Set while a message is being read (a cancelled read leaves it set).
     reading: bool,
     /// The sender's shared-memory ring, once it offered one.
@@ -756,23 +829,27 @@ impl<T: DeserializeOwned + 'static> Receiver<T> {
         };
         link.reading = true;
         let outcome = link.read_message::<T>(&id).await;
-        let link_ok = match outcome {
+        self.settle_recv(outcome).await
+    }
+
+    /// After a read: a message is acknowledged (credits go back in batches, or at once to
+    /// a sender waiting for ring space); an end or an error stays with the receiver.
+    async fn settle_recv<R>(&mut self, outcome: Result<Option<R>>) -> Result<Option<R>> {
+        match outcome {
             Ok(Some(value)) => {
-                link.reading = false;
-                link.consumed += 1;
-                if link.consumed >= link.batch || std::mem::take(&mut link.sender_waits) {
-                    let frame = wire::credit_frame(link.consumed);
-                    link.consumed = 0;
-                    // A sender that closed may be gone already; the next read tells.
-                    let _ = link.reader.get_mut().write_all(&frame).await;
+                if let ReceiverState::Connected(link) = &mut self.state {
+                    link.reading = false;
+                    link.consumed += 1;
+                    if link.consumed >= link.batch || std::mem::take(&mut link.sender_waits) {
+                        let frame = wire::credit_frame(link.consumed);
+                        link.consumed = 0;
+                        // A sender that closed may be gone already; the next read tells.
+                        let _ = link.reader.get_mut().write_all(&frame).await;
+                    }
                 }
-                return Ok(Some(value));
+                Ok(Some(value))
             }
-            Ok(None) => Ok(()),
-            Err(error) => Err(error),
-        };
-        match link_ok {
-            Ok(()) => {
+            Ok(None) => {
                 self.state = ReceiverState::Ended;
                 Ok(None)
             }
@@ -820,6 +897,7 @@ impl<T: DeserializeOwned + 'static> Receiver<T> {
                 consumed: 0,
                 batch: wire::credit_batch(self.capacity),
                 scratch: Vec::new(),
+                aligned_scratch: Vec::new(),
                 reading: false,
                 ring: None,
                 sender_waits: false,
@@ -844,23 +922,48 @@ impl<T: DeserializeOwned + 'static> Receiver<T> {
     }
 }
 
+impl<E: RawElement> Receiver<Vec<E>> {
+    /// The next message, lent to `f` where it lies instead of being copied into a new
+    /// vector: between processes of one node a large message is read in the shared ring
+    /// itself, otherwise from a buffer the receiver reuses. `Ok(None)` at the end, as
+    /// `recv`.
+    pub async fn recv_with<R>(&mut self, f: impl FnOnce(&[E]) -> R) -> Result<Option<R>> {
+        let id = self.id.clone();
+        let link = match self.link().await? {
+            Some(link) => link,
+            None => return Ok(None),
+        };
+        link.reading = true;
+        let outcome = link.read_raw_with::<E, R>(&id, f).await;
+        self.settle_recv(outcome).await
+    }
+}
+
+/// Where the next message's bytes are.
+enum Payload {
+    /// Next on the stream, `len` bytes.
+    Socket { len: u64 },
+    /// In the shared ring at `start`.
+    Ring { len: u64, start: u64 },
+}
+
 impl Inbound {
     /// One message, or `None` at a clean end.
-    async fn read_message<T: DeserializeOwned + 'static>(&mut self, id: &str) -> Result<Option<T>> {
-        let peer = format!("sender, {}", self.sender);
+    /// Reads frames up to the next message: where its bytes are, or `None` at a clean end.
+    async fn next_payload(&mut self, id: &str, peer: &str) -> Result<Option<Payload>> {
         loop {
             let kind = match self.reader.read_u8().await {
                 Ok(kind) => kind,
                 Err(error) if ended_abruptly(&error) => {
                     return Err(lost(
                         id,
-                        &peer,
+                        peer,
                         format!(
                             "the stream ended without a close: the sender's process died ({error})"
                         ),
                     ))
                 }
-                Err(error) => return Err(lost(id, &peer, error)),
+                Err(error) => return Err(lost(id, peer, error)),
             };
             match kind {
                 wire::FRAME_CLOSE => return Ok(None),
@@ -870,11 +973,11 @@ impl Inbound {
                         .reader
                         .read_u16_le()
                         .await
-                        .map_err(|e| lost(id, &peer, e))?;
+                        .map_err(|e| lost(id, peer, e))?;
                     if len > 255 {
                         return Err(lost(
                             id,
-                            &peer,
+                            peer,
                             format!("a corrupt frame: a ring name of {len} bytes"),
                         ));
                     }
@@ -882,28 +985,52 @@ impl Inbound {
                     self.reader
                         .read_exact(&mut name)
                         .await
-                        .map_err(|e| lost(id, &peer, e))?;
+                        .map_err(|e| lost(id, peer, e))?;
                     let name = String::from_utf8_lossy(&name).into_owned();
                     let mapped = ring::Ring::open(&name)
-                        .map_err(|e| lost(id, &peer, format!("its ring {name}: {e}")))?;
+                        .map_err(|e| lost(id, peer, format!("its ring {name}: {e}")))?;
                     self.ring = Some(mapped);
                 }
-                wire::FRAME_DATA_SHM => return self.read_from_ring(id, &peer).await.map(Some),
-                other => return Err(lost(id, &peer, format!("a corrupt frame (kind {other})"))),
+                wire::FRAME_DATA_SHM => {
+                    let len = self
+                        .reader
+                        .read_u64_le()
+                        .await
+                        .map_err(|e| lost(id, peer, e))?;
+                    let start = self
+                        .reader
+                        .read_u64_le()
+                        .await
+                        .map_err(|e| lost(id, peer, e))?;
+                    return Ok(Some(Payload::Ring { len, start }));
+                }
+                other => return Err(lost(id, peer, format!("a corrupt frame (kind {other})"))),
             }
         }
         let len = self
             .reader
             .read_u64_le()
             .await
-            .map_err(|e| lost(id, &peer, e))?;
+            .map_err(|e| lost(id, peer, e))?;
         if len > MAX_MESSAGE_BYTES {
             return Err(lost(
                 id,
-                &peer,
+                peer,
                 format!("a corrupt frame: {len} bytes is over the limit of {MAX_MESSAGE_BYTES}"),
             ));
         }
+        Ok(Some(Payload::Socket { len }))
+    }
+
+    async fn read_message<T: DeserializeOwned + 'static>(&mut self, id: &str) -> Result<Option<T>> {
+        let peer = format!("sender, {}", self.sender);
+        let len = match self.next_payload(id, &peer).await? {
+            None => return Ok(None),
+            Some(Payload::Ring { len, start }) => {
+                return self.read_from_ring(id, &peer, len, start).map(Some)
+            }
+            Some(Payload::Socket { len }) => len,
+        };
         if let Some(value) = read_raw_vec::<T>(&mut self.reader, len)
             .await
             .map_err(|e| lost(id, &peer, e))?
@@ -925,21 +1052,13 @@ impl Inbound {
 
 impl Inbound {
     /// A message whose bytes are in the ring (its frame's kind was read).
-    async fn read_from_ring<T: DeserializeOwned + 'static>(
+    fn read_from_ring<T: DeserializeOwned + 'static>(
         &mut self,
         id: &str,
         peer: &str,
+        len: u64,
+        start: u64,
     ) -> Result<T> {
-        let len = self
-            .reader
-            .read_u64_le()
-            .await
-            .map_err(|e| lost(id, peer, e))?;
-        let start = self
-            .reader
-            .read_u64_le()
-            .await
-            .map_err(|e| lost(id, peer, e))?;
         let ring = self
             .ring
             .as_ref()
@@ -961,6 +1080,97 @@ impl Inbound {
         ring.release_to(start + len);
         self.sender_waits = ring.take_waiting();
         Ok(value)
+    }
+
+    /// The next message as a numeric vector lent to `f` (see `Receiver::recv_with`).
+    async fn read_raw_with<E: RawElement, R>(
+        &mut self,
+        id: &str,
+        f: impl FnOnce(&[E]) -> R,
+    ) -> Result<Option<R>> {
+        let peer = format!("sender, {}", self.sender);
+        let width = std::mem::size_of::<E>() as u64;
+        let counted = |bytes: &[u8]| -> std::result::Result<usize, String> {
+            let Some((count, elements)) = bytes.split_first_chunk::<8>() else {
+                return Err("a corrupt frame: no element count".into());
+            };
+            let count = u64::from_le_bytes(*count);
+            if count.checked_mul(width) != Some(elements.len() as u64) {
+                return Err(format!(
+                    "a corrupt frame (or a message that is not a vector of {}): {count} elements in {} bytes",
+                    std::any::type_name::<E>(),
+                    elements.len()
+                ));
+            }
+            Ok(count as usize)
+        };
+        match self.next_payload(id, &peer).await? {
+            None => Ok(None),
+            Some(Payload::Ring { len, start }) => {
+                let ring = self
+                    .ring
+                    .as_ref()
+                    .ok_or_else(|| lost(id, &peer, "a corrupt frame: ring data before the ring"))?;
+                std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+                let bytes = ring.read(start, len).ok_or_else(|| {
+                    lost(
+                        id,
+                        &peer,
+                        format!("a corrupt frame: {len} bytes at {start} are not in the ring"),
+                    )
+                })?;
+                counted(bytes).map_err(|reason| lost(id, &peer, reason))?;
+                let elements = &bytes[8..];
+                // Ring payloads start on 64-byte boundaries, so the elements (after the
+                // count) are aligned; a copy covers any that were not.
+                let value = match bytemuck::try_cast_slice::<u8, E>(elements) {
+                    Ok(values) => f(values),
+                    Err(_) => {
+                        let copied: Vec<E> = elements
+                            .chunks_exact(width as usize)
+                            .map(bytemuck::pod_read_unaligned)
+                            .collect();
+                        f(&copied)
+                    }
+                };
+                ring.release_to(start + len);
+                self.sender_waits = ring.take_waiting();
+                Ok(Some(value))
+            }
+            Some(Payload::Socket { len }) => {
+                if len < 8 {
+                    return Err(lost(id, &peer, "a corrupt frame: no element count"));
+                }
+                let count = self
+                    .reader
+                    .read_u64_le()
+                    .await
+                    .map_err(|e| lost(id, &peer, e))?;
+                if count.checked_mul(width) != Some(len - 8) {
+                    return Err(lost(
+                        id,
+                        &peer,
+                        format!("a corrupt frame (or a message that is not a vector of {}): {count} elements in {} bytes", std::any::type_name::<E>(), len - 8),
+                    ));
+                }
+                // Read into reused, 8-byte-aligned memory.
+                let words = ((len - 8) as usize).div_ceil(8);
+                if self.aligned_scratch.len() < words {
+                    self.aligned_scratch.resize(words, 0);
+                }
+                let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut self.aligned_scratch)
+                    [..(len - 8) as usize];
+                self.reader
+                    .read_exact(bytes)
+                    .await
+                    .map_err(|e| lost(id, &peer, e))?;
+                let value = f(bytemuck::cast_slice::<u8, E>(bytes));
+                if self.aligned_scratch.len() * 8 > MAX_KEPT_SCRATCH_BYTES {
+                    self.aligned_scratch = Vec::new();
+                }
+                Ok(Some(value))
+            }
+        }
     }
 }
 

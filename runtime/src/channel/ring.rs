@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// The header: the receiver's tail (bytes consumed, absolute) at 0, the sender's
 /// "waiting for space" flag at 64 (its own cache line), the receiver's "mapped" flag at 96.
 const HEADER_BYTES: usize = 128;
+/// Where payloads may start (`place`); ring sizes are powers of two above it.
+const PAYLOAD_ALIGN: u64 = 64;
 const WAITING_OFFSET: usize = 64;
 const OPENED_OFFSET: usize = 96;
 /// A ring file whose maker's process is gone and that is older than this is removed by
@@ -58,6 +60,9 @@ pub(crate) fn place(head: u64, tail: u64, size: u64, len: u64) -> Option<(u64, u
     if len > size {
         return None;
     }
+    // Payloads start on cache-line boundaries: the numbers after a vector's 8-byte count
+    // are then aligned for any element type, and can be read in place.
+    let head = head.next_multiple_of(PAYLOAD_ALIGN);
     let offset = head % size;
     let start = if offset + len > size {
         head + (size - offset)
@@ -257,17 +262,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payloads_are_placed_contiguously_and_never_over_unread_bytes() {
-        let size = 100;
-        assert_eq!(place(0, 0, size, 40), Some((0, 40)));
-        assert_eq!(place(40, 0, size, 40), Some((40, 80)));
-        // 40 more would cross the end: skip to the start, which is still unread.
-        assert_eq!(place(80, 0, size, 40), None);
-        // Once the first 40 are consumed, the payload goes at the start of the next lap.
-        assert_eq!(place(80, 40, size, 40), Some((100, 140)));
-        assert_eq!(place(140, 100, size, 60), Some((140, 200)));
-        assert_eq!(place(0, 0, size, 101), None, "larger than the ring");
-        assert_eq!(place(0, 0, size, 100), Some((0, 100)));
+    fn payloads_are_placed_aligned_and_never_over_unread_bytes() {
+        let size = 1024;
+        assert_eq!(place(0, 0, size, 400), Some((0, 400)));
+        // The next payload starts at the next 64-byte boundary.
+        assert_eq!(place(400, 0, size, 400), Some((448, 848)));
+        // 400 more would cross the end: skip to the start, which is still unread.
+        assert_eq!(place(848, 0, size, 400), None);
+        // Once the first 400 are consumed, the payload goes at the start of the next lap.
+        assert_eq!(place(848, 400, size, 400), Some((1024, 1424)));
+        assert_eq!(place(1424, 1024, size, 500), Some((1472, 1972)));
+        assert_eq!(place(0, 0, size, 1025), None, "larger than the ring");
+        assert_eq!(place(0, 0, size, 1024), Some((0, 1024)));
+        for head in [1, 63, 65, 700] {
+            let (start, _) = place(head, head, size, 10).expect("room");
+            assert_eq!(start % PAYLOAD_ALIGN, 0, "head {head}");
+        }
     }
 
     #[test]

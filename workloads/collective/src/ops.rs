@@ -16,7 +16,6 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use fleet::{Receiver, Sender};
@@ -70,10 +69,7 @@ async fn send_to(tx: &mut Sender<Vec<u8>>, peer: usize, bytes: Vec<u8>) -> Flow<
 async fn recv_exact(rx: &mut Receiver<Vec<u8>>, peer: usize, expected: usize) -> Flow<Vec<u8>> {
     match rx.recv().await {
         Ok(Some(bytes)) if bytes.len() == expected => Ok(bytes),
-        Ok(Some(bytes)) => Err(Failure::Mismatch(format!(
-            "rank {peer} sent {} bytes where {expected} were expected (the ranks passed buffers of different lengths or element types, or called different operations)",
-            bytes.len()
-        ))),
+        Ok(Some(bytes)) => Err(mismatch(peer, bytes.len(), expected)),
         Ok(None) => Err(Failure::Closed { peer }),
         Err(error) => Err(Failure::Peer {
             peer,
@@ -87,6 +83,11 @@ fn others(ctx: Ctx) -> impl Iterator<Item = usize> {
 }
 
 /// The ring over `buf`: the phases asked for, in pieces, sending and receiving at once.
+///
+/// A piece is sent from the buffer itself (`send_slice`: one copy, into the channel's
+/// shared ring or the socket) and combined from where the received message lies
+/// (`recv_with`: in the shared ring itself between processes of one node), so each byte
+/// is copied once per hop.
 async fn ring<T: Element>(
     links: &mut Links,
     ctx: Ctx,
@@ -108,14 +109,14 @@ async fn ring<T: Element>(
     let Links { to, from } = links;
     let tx = sender(to, right)?;
     let rx = receiver(from, left)?;
-    // Both halves run in this task (never at the same instant): the lock is never
-    // contended and never held across an await; it only lets the future be `Send`.
-    let buffer = Mutex::new(buf);
+    // The buffer cut into its (shard, piece) parts, each behind its own lock: the sending
+    // half holds a part across its send's awaits while the receiving half writes another,
+    // in one task.
+    let parts = split_into_parts(buf, n, pieces);
     let received = AtomicUsize::new(0);
     let progressed = Notify::new();
     let sending = async {
         for (s, step) in steps.iter().enumerate() {
-            let shard = shard_range(len, n, step.send);
             for p in 0..pieces {
                 if s > 0 {
                     // This piece is the one received at the step before.
@@ -124,32 +125,61 @@ async fn ring<T: Element>(
                         progressed.notified().await;
                     }
                 }
-                let range = piece_range(&shard, pieces, p);
-                let bytes = {
-                    let buf = buffer.lock().unwrap_or_else(|e| e.into_inner());
-                    bytemuck::cast_slice::<T, u8>(&buf[range]).to_vec()
-                };
-                send_to(tx, right, bytes).await?;
+                let part = parts[step.send * pieces + p].lock().await;
+                tx.send_slice(bytemuck::cast_slice::<T, u8>(&part))
+                    .await
+                    .map_err(|e| Failure::Peer {
+                        peer: right,
+                        cause: e.to_string(),
+                    })?;
             }
         }
         Ok(())
     };
     let receiving = async {
         for (s, step) in steps.iter().enumerate() {
-            let shard = shard_range(len, n, step.recv);
             for p in 0..pieces {
-                let range = piece_range(&shard, pieces, p);
-                let bytes = recv_exact(rx, left, range.len() * width).await?;
-                {
-                    let mut buf = buffer.lock().unwrap_or_else(|e| e.into_inner());
-                    let target = &mut buf[range];
+                let part = &parts[step.recv * pieces + p];
+                let apply = |target: &mut [T], incoming: &[u8]| {
                     if step.reduce {
-                        combine_bytes(op, target, &bytes);
+                        combine_bytes(op, target, incoming);
                         if op == ReduceOp::Mean && Some(s) == last_reduce {
                             T::divide(target, n);
                         }
                     } else {
-                        copy_bytes(target, &bytes);
+                        copy_bytes(target, incoming);
+                    }
+                };
+                let expected =
+                    piece_range(&shard_range(len, n, step.recv), pieces, p).len() * width;
+                // The part is locked only once the message is here: the all-gather
+                // overwrites the parts that the reduce-scatter sent, and the message for
+                // one depends on that send's bytes having left. When the send has not
+                // returned yet (it is flushing), the bytes wait in a copy.
+                let applied = rx
+                    .recv_with(|incoming: &[u8]| {
+                        if incoming.len() != expected {
+                            return Err(incoming.len());
+                        }
+                        Ok(match part.try_lock() {
+                            Ok(mut target) => {
+                                apply(&mut target, incoming);
+                                None
+                            }
+                            Err(_) => Some(incoming.to_vec()),
+                        })
+                    })
+                    .await;
+                match applied {
+                    Ok(Some(Ok(None))) => {}
+                    Ok(Some(Ok(Some(copy)))) => apply(*part.lock().await, &copy),
+                    Ok(Some(Err(got))) => return Err(mismatch(left, got, expected)),
+                    Ok(None) => return Err(Failure::Closed { peer: left }),
+                    Err(error) => {
+                        return Err(Failure::Peer {
+                            peer: left,
+                            cause: error.to_string(),
+                        })
                     }
                 }
                 received.fetch_add(1, Ordering::Release);
@@ -159,6 +189,33 @@ async fn ring<T: Element>(
         Ok(())
     };
     tokio::try_join!(sending, receiving).map(|_| ())
+}
+
+/// `buf` as its (shard, piece) parts in order: part `shard * pieces + piece`.
+fn split_into_parts<T>(
+    buf: &mut [T],
+    ranks: usize,
+    pieces: usize,
+) -> Vec<tokio::sync::Mutex<&mut [T]>> {
+    let len = buf.len();
+    let mut parts = Vec::with_capacity(ranks * pieces);
+    let mut rest = buf;
+    for shard in 0..ranks {
+        let range = shard_range(len, ranks, shard);
+        for p in 0..pieces {
+            let piece = piece_range(&range, pieces, p);
+            let (part, tail) = std::mem::take(&mut rest).split_at_mut(piece.len());
+            parts.push(tokio::sync::Mutex::new(part));
+            rest = tail;
+        }
+    }
+    parts
+}
+
+fn mismatch(peer: usize, got: usize, expected: usize) -> Failure {
+    Failure::Mismatch(format!(
+        "rank {peer} sent {got} bytes where {expected} were expected (the ranks passed buffers of different lengths or element types, or called different operations)"
+    ))
 }
 
 /// Every rank sends its buffer to every other; each combines all of them in rank order
