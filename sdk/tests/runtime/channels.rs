@@ -39,6 +39,30 @@ impl Pipe {
         Ok((count, in_order, bytes))
     }
 
+    /// Receives vectors in place (`recv_with`) until the sender closes: (count, whether
+    /// message i starts with i and ends with its length, the sum of every element).
+    pub async fn drain_in_place(
+        &mut self,
+        mut rx: Receiver<Vec<f32>>,
+    ) -> Result<(u64, bool, f64), String> {
+        let (mut count, mut right, mut sum) = (0u64, true, 0.0f64);
+        loop {
+            let seen = rx
+                .recv_with(|values: &[f32]| {
+                    let ends = values.first().copied() == Some(count as f32)
+                        && values.last().copied() == Some(values.len() as f32);
+                    (ends, values.iter().map(|v| f64::from(*v)).sum::<f64>())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some((ends, total)) = seen else { break };
+            right &= ends;
+            sum += total;
+            count += 1;
+        }
+        Ok((count, right, sum))
+    }
+
     /// Receives strings until the sender closes: (count, whether string i is made of the
     /// digit i % 10, total bytes).
     pub async fn drain_strings(
@@ -120,6 +144,30 @@ pub async fn channels_carry_ordered_messages_between_processes() -> Result<()> {
     ensure!(
         count == 40 && in_order && bytes == 40 << 20,
         "got {count} vectors ({bytes} bytes), in order: {in_order}"
+    );
+
+    // Slices sent from their own memory and read where they lie: small ones (the socket),
+    // large ones (the shared ring, past its end several times), mixed with whole vectors.
+    let (mut tx, rx) = fleet::channel::<Vec<f32>>(4);
+    let drained = consumer.drain_in_place(rx);
+    let mut expected_sum = 0.0f64;
+    for i in 0..30usize {
+        let len = if i % 3 == 0 { 1000 } else { (1 << 18) + i };
+        let mut v = vec![1.0f32; len];
+        v[0] = i as f32;
+        v[len - 1] = len as f32;
+        expected_sum += (len - 2) as f64 + i as f64 + len as f64;
+        if i % 5 == 4 {
+            tx.send(v).await?;
+        } else {
+            tx.send_slice(&v).await?;
+        }
+    }
+    tx.close().await?;
+    let (count, right, sum) = drained.await?;
+    ensure!(
+        count == 30 && right && sum == expected_sum,
+        "in place: {count} vectors, ends right: {right}, sum {sum} (expected {expected_sum})"
     );
 
     // Large serialized values through the shared-memory ring, past its end many times and
