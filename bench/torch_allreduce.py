@@ -82,7 +82,7 @@ def main():
     for label, size, seconds in results:
         busbw = size / seconds * 2 * (n - 1) / n / 1e9
         print(f"gloo_allreduce_us_{n}r_same_node_{label} {seconds * 1e6:.1f} us")
-        print(f"gloo_allreduce_busbw_{n}r_same_node_{label} {busbw:.3f} GB/s")
+        print(f"gloo_allreduce_busbw_{n}r_same_node_{label} {busbw:.4f} GB/s")
     return 0 if all(p.exitcode == 0 for p in procs) else 1
 
 

@@ -60,6 +60,61 @@ pub struct Counter {
     count: u64,
 }
 
+/// A rank of a collective group (`fleet-collective`) across nodes.
+#[fleet::actor]
+pub struct CollectiveRank {
+    group: Option<fleet_collective::Group>,
+}
+
+#[fleet::actor]
+impl CollectiveRank {
+    pub fn new() -> Self {
+        CollectiveRank { group: None }
+    }
+
+    pub fn node(&self) -> String {
+        fleet::node_id()
+    }
+
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    pub async fn form(&mut self, name: String, world: usize, rank: usize) -> Result<u64, String> {
+        self.group = None;
+        let group = fleet_collective::Group::init(&name, world, rank)
+            .await
+            .map_err(|e| e.to_string())?;
+        let round = group.round();
+        self.group = Some(group);
+        Ok(round)
+    }
+
+    pub async fn all_reduce(&mut self, mut data: Vec<f32>) -> Result<Vec<f32>, String> {
+        let group = self.group.as_mut().ok_or("no group formed")?;
+        group
+            .all_reduce(&mut data, fleet_collective::ReduceOp::Sum)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(data)
+    }
+
+    /// All-reduces 4 MiB over and over until one fails: (the failure, how many succeeded).
+    pub async fn all_reduce_until_failure(&mut self) -> Result<(String, u32), String> {
+        let group = self.group.as_mut().ok_or("no group formed")?;
+        let mut data = vec![1.0f32; 1 << 20];
+        for done in 0..100_000 {
+            if let Err(error) = group
+                .all_reduce(&mut data, fleet_collective::ReduceOp::Mean)
+                .await
+            {
+                return Ok((error.to_string(), done));
+            }
+        }
+        Err("100000 all-reduces and no failure".into())
+    }
+}
+
 #[fleet::actor]
 impl Counter {
     pub fn new() -> Self {
@@ -564,6 +619,81 @@ async fn placement_groups(gcs: &fleet_gcs::GcsClient) -> Result<()> {
         "the error names the group, the need and the nodes: {message}"
     );
     cluster_is_idle(gcs, "after the infeasible group").await?;
+    Ok(())
+}
+
+/// A collective group with one rank on each of three nodes (a STRICT_SPREAD gang): the
+/// ring over TCP gives the right sums, and a SIGKILLed rank on another node fails the
+/// others' all-reduces naming it.
+async fn collectives_across_nodes(gcs: &fleet_gcs::GcsClient) -> Result<()> {
+    cluster_is_idle(gcs, "before the collective group").await?;
+    let gang = PlacementGroup::new(bundles(3, "CPU", 1.0))
+        .strategy(PlacementStrategy::StrictSpread)
+        .create()
+        .await?;
+    let mut ranks = Vec::new();
+    for index in 0..3 {
+        ranks.push(
+            CollectiveRank::remote()
+                .num_cpus(1.0)
+                .scheduling(gang.scheduling(Some(index)))
+                .spawn()
+                .await?,
+        );
+    }
+    let mut nodes = BTreeSet::new();
+    for rank in &ranks {
+        nodes.insert(rank.node().await?);
+    }
+    ensure!(nodes.len() == 3, "the gang's ranks share nodes: {nodes:?}");
+    let forming: Vec<ObjectRef<u64>> = ranks
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.form("across".to_string(), 3, i))
+        .collect();
+    fleet::get_all(&forming).await?;
+    let len = 300_001;
+    let sums: Vec<ObjectRef<Vec<f32>>> = ranks
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.all_reduce(
+                (0..len)
+                    .map(|j| ((i + 1) * (j % 5)) as f32)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    for (i, got) in fleet::get_all(&sums).await?.into_iter().enumerate() {
+        ensure!(
+            got.iter()
+                .enumerate()
+                .all(|(j, v)| *v == (6 * (j % 5)) as f32),
+            "rank {i}'s all-reduce across nodes is wrong"
+        );
+    }
+    // The pid first: a call queues behind the loop the actor is in.
+    let victim = ranks[2].pid().await?;
+    let loops: Vec<ObjectRef<(String, u32)>> =
+        ranks.iter().map(|r| r.all_reduce_until_failure()).collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::process::Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()?;
+    let killed = Instant::now();
+    for i in [0usize, 1] {
+        let (message, done) = loops[i].get().await?;
+        ensure!(
+            done > 0 && message.contains("rank 2 was lost"),
+            "rank {i} after {done} all-reduces: {message}"
+        );
+    }
+    println!(
+        "  rank 2 (another node) SIGKILLed: ranks 0 and 1 failed naming it {:?} after the kill",
+        killed.elapsed()
+    );
+    fleet::remove_placement_group(&gang).await?;
+    fleet_collective::remove_group("across").await?;
     Ok(())
 }
 
@@ -1181,6 +1311,10 @@ async fn run() -> Result<()> {
         ),
         ("placement_groups", Box::pin(placement_groups(&gcs))),
         ("channels_cross_nodes", Box::pin(channels_cross_nodes())),
+        (
+            "collectives_across_nodes",
+            Box::pin(collectives_across_nodes(&gcs)),
+        ),
     ];
     let mut scenarios = scenarios;
     if !plaintext {

@@ -8,7 +8,8 @@
 //!   (every byte a rank sends must be copied across processes at least once, by one of the
 //!   two ends; the ranks copy in parallel, each its share: busbw cannot pass one core's
 //!   copy rate);
-//! - the bound across nodes: one plain TCP socket on loopback carrying the same bytes.
+//! - the bound across nodes: plain TCP sockets on loopback, two at once in opposite
+//!   directions (a ring rank sends and receives at the same time), each one's rate.
 
 use std::time::{Duration, Instant};
 
@@ -146,6 +147,11 @@ async fn rank_on(node: &str) -> anyhow::Result<CollectiveBenchRankHandle> {
 
 /// Runs the benchmark; prints `name value unit` lines.
 pub async fn run(options: CollectiveBench) -> anyhow::Result<()> {
+    // The peer first, on a quiet machine (no cluster processes yet, none winding down).
+    let peer_output = match &options.peer_python {
+        Some(python) => Some(peer(python, &options)?),
+        None => None,
+    };
     let home = Scratch(
         std::env::temp_dir().join(format!("fleet-bench-collective-{}", std::process::id())),
     );
@@ -166,8 +172,8 @@ pub async fn run(options: CollectiveBench) -> anyhow::Result<()> {
     fleet::shutdown().await;
     drop(cluster);
     let fleet_figures = outcome?;
-    if let Some(python) = &options.peer_python {
-        peer(python, &options, &fleet_figures)?;
+    if let Some(peer_output) = peer_output {
+        print_ratios(&peer_output, &fleet_figures);
     }
     Ok(())
 }
@@ -178,13 +184,19 @@ type Figures = Vec<(String, String, f64)>;
 async fn measure(options: &CollectiveBench) -> anyhow::Result<Figures> {
     let largest = options.sizes.iter().map(|s| s.1).max().unwrap_or(1 << 20);
     let memcpy = memcpy_gbps((64usize << 20).max(largest.min(256 << 20)));
-    let tcp = {
-        let mut rates = Vec::new();
-        for _ in 0..3 {
-            rates.push(tcp_gbps(1 << 20, 512).await?);
-        }
-        median(&mut rates)
-    };
+    // A ring rank sends and receives at once: the bound across nodes is two loopback
+    // sockets carrying bytes in opposite directions at the same time (each one's rate), on
+    // the same cores the ranks share. One socket alone is printed for reference.
+    let (mut single, mut pair) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        single.push(tcp_gbps(1 << 20, 512).await?);
+        let (a, b) = tokio::try_join!(tcp_gbps(1 << 20, 512), tcp_gbps(1 << 20, 512))?;
+        pair.push((a + b) / 2.0);
+    }
+    let tcp = median(&mut pair);
+    println!("tcp_loopback_one_socket {:.3} GB/s", median(&mut single));
+    println!("tcp_loopback_two_sockets_each {tcp:.3} GB/s");
+    println!("memcpy_one_core {memcpy:.3} GB/s");
     let mut figures = Vec::new();
     for (index, (placement, nodes)) in options.placements.iter().enumerate() {
         let world = nodes.len();
@@ -199,11 +211,9 @@ async fn measure(options: &CollectiveBench) -> anyhow::Result<Figures> {
             .map(|(rank, actor)| actor.form(name.clone(), world, rank))
             .collect();
         fleet::get_all(&forming).await?;
-        let bound = if placement.contains("cross") {
-            tcp
-        } else {
-            memcpy
-        };
+        // A ring with ranks on two nodes crosses TCP; on one node it is memory traffic.
+        let one_node = nodes.iter().all(|n| *n == nodes[0]);
+        let bound = if one_node { memcpy } else { tcp };
         println!("allreduce_bound_{placement} {bound:.3} GB/s");
         for (label, bytes) in &options.sizes {
             let iters = iterations(*bytes);
@@ -219,7 +229,7 @@ async fn measure(options: &CollectiveBench) -> anyhow::Result<Figures> {
             let seconds = median(&mut slowest);
             let busbw = *bytes as f64 / seconds * 2.0 * (world - 1) as f64 / world as f64 / 1e9;
             println!("allreduce_us_{placement}_{label} {:.1} us", seconds * 1e6);
-            println!("allreduce_busbw_{placement}_{label} {busbw:.3} GB/s");
+            println!("allreduce_busbw_{placement}_{label} {busbw:.4} GB/s");
             println!(
                 "allreduce_vs_bound_{placement}_{label} {:.3} ratio",
                 busbw / bound
@@ -238,14 +248,15 @@ async fn measure(options: &CollectiveBench) -> anyhow::Result<Figures> {
     Ok(figures)
 }
 
-/// Runs the gloo peer for each rank count benchmarked and prints the ratios.
-fn peer(python: &str, options: &CollectiveBench, figures: &Figures) -> anyhow::Result<()> {
+/// Runs the gloo peer for each rank count benchmarked; returns (ranks, its output).
+fn peer(python: &str, options: &CollectiveBench) -> anyhow::Result<Vec<(usize, String)>> {
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/torch_allreduce.py");
     let sizes: Vec<&str> = options.sizes.iter().map(|s| s.0.as_str()).collect();
     let mut worlds: Vec<usize> = options.placements.iter().map(|p| p.1.len()).collect();
     worlds.sort_unstable();
     worlds.dedup();
+    let mut outputs = Vec::new();
     for world in worlds {
         let output = std::process::Command::new(python)
             .arg(&script)
@@ -257,14 +268,23 @@ fn peer(python: &str, options: &CollectiveBench, figures: &Figures) -> anyhow::R
             "the gloo peer failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let text = String::from_utf8_lossy(&output.stdout);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
         print!("{text}");
+        outputs.push((world, text));
+    }
+    Ok(outputs)
+}
+
+/// Fleet over gloo for bandwidth, gloo over Fleet for latency (both: how many times
+/// better Fleet is), per placement and size.
+fn print_ratios(peer_output: &[(usize, String)], figures: &Figures) {
+    for (world, text) in peer_output {
         let ours = |placement: &str| placement.starts_with(&format!("{world}r_"));
         for (label, gloo) in
-            figures_with_prefix(&text, &format!("gloo_allreduce_busbw_{world}r_same_node_"))
+            figures_with_prefix(text, &format!("gloo_allreduce_busbw_{world}r_same_node_"))
         {
             for (placement, size, busbw) in figures {
-                if *size == label && ours(placement) {
+                if *size == label && ours(placement) && gloo > 0.0 {
                     println!(
                         "ratio_fleet_over_gloo_allreduce_{placement}_{label} {:.3} ratio",
                         busbw / gloo
@@ -273,7 +293,7 @@ fn peer(python: &str, options: &CollectiveBench, figures: &Figures) -> anyhow::R
             }
         }
         for (label, gloo_us) in
-            figures_with_prefix(&text, &format!("gloo_allreduce_us_{world}r_same_node_"))
+            figures_with_prefix(text, &format!("gloo_allreduce_us_{world}r_same_node_"))
         {
             for (placement, size, fleet_us) in figures {
                 if size.strip_prefix("us:") == Some(label.as_str()) && ours(placement) {
@@ -285,7 +305,6 @@ fn peer(python: &str, options: &CollectiveBench, figures: &Figures) -> anyhow::R
             }
         }
     }
-    Ok(())
 }
 
 /// The `name value unit` lines whose name starts with `prefix`: (rest of the name, value).
