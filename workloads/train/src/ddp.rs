@@ -1,0 +1,265 @@
+//! Distributed data parallel (DDP) over a `fleet_collective::Group`, for candle models.
+//!
+//! - **Identical start.** `Ddp::new` broadcasts rank 0's weights to every rank, parameter
+//!   by parameter in name order (the order every rank agrees on).
+//! - **Accumulation.** `backward` runs a micro-batch's backward pass and adds its gradients
+//!   to this rank's sums; `step` averages them over the micro-batches and the ranks.
+//! - **Buckets.** The averaged gradients travel in buckets (default 25 MiB, reverse
+//!   parameter order, as PyTorch DDP): a few large ring all-reduces instead of one per
+//!   parameter. A parameter without a gradient on this rank takes part with zeros, so every
+//!   rank's buckets have the same sizes.
+//! - **Clipping** to a global norm, computed from the averaged gradients (the same on every
+//!   rank, so every rank scales the same).
+//! - Then any `candle_nn::Optimizer` steps with the averaged gradients: every rank applies
+//!   the same update to the same weights, and the weights stay identical.
+//!
+//! With per-rank batches of `b` and `n` ranks, a step equals one on a single rank with the
+//! `n·b` examples (for a loss that is a mean over its batch), within float rounding.
+
+use std::time::{Duration, Instant};
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Optimizer, VarMap};
+use fleet_collective::{CollectiveError, Group, ReduceOp};
+
+/// What can fail in training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The collective group failed (a rank lost, a mismatch): re-form it and resume.
+    #[error(transparent)]
+    Collective(#[from] CollectiveError),
+    /// A tensor operation failed.
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// The model or a call cannot be used as it is.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// `Result` with [`TrainError`].
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+/// How [`Ddp`] averages gradients.
+#[derive(Clone, Debug)]
+pub struct DdpConfig {
+    /// Bytes of gradients per all-reduce.
+    pub bucket_bytes: usize,
+    /// Clip the averaged gradients to this global L2 norm.
+    pub max_grad_norm: Option<f64>,
+}
+
+impl Default for DdpConfig {
+    fn default() -> Self {
+        DdpConfig {
+            bucket_bytes: 25 << 20,
+            max_grad_norm: None,
+        }
+    }
+}
+
+/// Where one step's time went, and its gradient norm.
+#[derive(Clone, Debug, Default)]
+pub struct StepStats {
+    /// In all-reduces.
+    pub communication: Duration,
+    /// Packing and unpacking the buckets, clipping and the optimizer's update.
+    pub update: Duration,
+    /// The averaged gradients' global L2 norm, before clipping.
+    pub grad_norm: f64,
+    /// Micro-batches averaged.
+    pub micro_batches: usize,
+}
+
+struct Param {
+    name: String,
+    var: Var,
+    len: usize,
+}
+
+/// One rank's data-parallel training state (see the module docs).
+pub struct Ddp {
+    group: Group,
+    params: Vec<Param>,
+    buckets: Vec<Vec<usize>>,
+    /// Per parameter, the sum of this rank's micro-batch gradients since the last step.
+    sums: Vec<Option<Vec<f32>>>,
+    /// The last backward's store: what the optimizer is given, with averaged gradients.
+    store: Option<GradStore>,
+    micro_batches: usize,
+    config: DdpConfig,
+}
+
+fn flat(tensor: &Tensor) -> Result<Vec<f32>> {
+    Ok(tensor.flatten_all()?.to_vec1::<f32>()?)
+}
+
+impl Ddp {
+    /// Wraps a model's variables: every rank calls it with the same model (the same
+    /// parameter names and shapes) and gets rank 0's weights.
+    pub async fn new(mut group: Group, varmap: &VarMap, config: DdpConfig) -> Result<Ddp> {
+        let mut params: Vec<Param> = {
+            let data = varmap
+                .data()
+                .lock()
+                .map_err(|_| TrainError::Invalid("the model's VarMap lock is poisoned".into()))?;
+            data.iter()
+                .map(|(name, var)| Param {
+                    name: name.clone(),
+                    var: var.clone(),
+                    len: var.as_tensor().elem_count(),
+                })
+                .collect()
+        };
+        params.sort_by(|a, b| a.name.cmp(&b.name));
+        for param in &params {
+            let tensor = param.var.as_tensor();
+            if tensor.dtype() != DType::F32 || !matches!(tensor.device(), Device::Cpu) {
+                return Err(TrainError::Invalid(format!(
+                    "parameter {} is {:?} on {:?}; DDP here trains f32 parameters on the CPU",
+                    param.name,
+                    tensor.dtype(),
+                    tensor.device()
+                )));
+            }
+        }
+        // Every rank checks that it holds the same model. Each all-reduce (Max) carries
+        // the values and their negations, so every rank learns the maximum and the minimum
+        // and all of them fail together on a difference (none is left waiting).
+        let count = params.len() as i64;
+        let mut counts = vec![count, -count];
+        group.all_reduce(&mut counts, ReduceOp::Max).await?;
+        if counts[0] != -counts[1] {
+            return Err(TrainError::Invalid(format!(
+                "the ranks' models have between {} and {} parameters (rank {} has {count}): every rank must build the same model",
+                -counts[1],
+                counts[0],
+                group.rank()
+            )));
+        }
+        let mut sizes: Vec<i64> = params
+            .iter()
+            .map(|p| p.len as i64)
+            .chain(params.iter().map(|p| -(p.len as i64)))
+            .collect();
+        group.all_reduce(&mut sizes, ReduceOp::Max).await?;
+        if let Some(index) = (0..params.len()).find(|i| sizes[*i] != -sizes[params.len() + i]) {
+            return Err(TrainError::Invalid(format!(
+                "parameter {} differs in size between ranks ({} and {} elements): every rank must build the same model",
+                params[index].name,
+                -sizes[params.len() + index],
+                sizes[index]
+            )));
+        }
+        for param in &params {
+            let mut values = flat(param.var.as_tensor())?;
+            group.broadcast(&mut values, 0).await?;
+            let tensor = Tensor::from_vec(values, param.var.shape(), &Device::Cpu)?;
+            param.var.set(&tensor)?;
+        }
+        let lens: Vec<usize> = params.iter().map(|p| p.len).collect();
+        let buckets = crate::buckets::plan(&lens, 4, config.bucket_bytes.max(4));
+        Ok(Ddp {
+            sums: (0..params.len()).map(|_| None).collect(),
+            group,
+            params,
+            buckets,
+            store: None,
+            micro_batches: 0,
+            config,
+        })
+    }
+
+    /// The group (for the training loop's own collectives: a loss average, a barrier).
+    pub fn group(&mut self) -> &mut Group {
+        &mut self.group
+    }
+
+    /// Parameter names in the order every rank uses.
+    pub fn parameter_names(&self) -> Vec<&str> {
+        self.params.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    /// The number of all-reduces a step makes.
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Runs one micro-batch's backward pass; its gradients add to this rank's sums until
+    /// the next `step`.
+    pub fn backward(&mut self, loss: &Tensor) -> Result<()> {
+        let grads = loss.backward()?;
+        for (param, sum) in self.params.iter().zip(self.sums.iter_mut()) {
+            let Some(grad) = grads.get(param.var.as_tensor()) else {
+                continue;
+            };
+            let values = flat(grad)?;
+            match sum {
+                Some(total) => total.iter_mut().zip(&values).for_each(|(t, v)| *t += v),
+                None => *sum = Some(values),
+            }
+        }
+        self.store = Some(grads);
+        self.micro_batches += 1;
+        Ok(())
+    }
+
+    /// Averages the gradients over this rank's micro-batches and over the ranks, clips
+    /// them, and steps `optimizer` with them.
+    pub async fn step<O: Optimizer>(&mut self, optimizer: &mut O) -> Result<StepStats> {
+        let mut store = self.store.take().ok_or_else(|| {
+            TrainError::Invalid("step called before any backward since the last step".into())
+        })?;
+        let started = Instant::now();
+        let mut communication = Duration::ZERO;
+        let scale = 1.0 / self.micro_batches as f32;
+        let mut averaged: Vec<Option<Vec<f32>>> = (0..self.params.len()).map(|_| None).collect();
+        for bucket in &self.buckets {
+            let total: usize = bucket.iter().map(|i| self.params[*i].len).sum();
+            let mut packed = Vec::with_capacity(total);
+            for index in bucket {
+                match &self.sums[*index] {
+                    Some(sum) => packed.extend(sum.iter().map(|v| v * scale)),
+                    None => packed.resize(packed.len() + self.params[*index].len, 0.0),
+                }
+            }
+            let reducing = Instant::now();
+            self.group.all_reduce(&mut packed, ReduceOp::Mean).await?;
+            communication += reducing.elapsed();
+            let mut at = 0;
+            for index in bucket {
+                let len = self.params[*index].len;
+                averaged[*index] = Some(packed[at..at + len].to_vec());
+                at += len;
+            }
+        }
+        let grad_norm = averaged
+            .iter()
+            .flatten()
+            .flat_map(|g| g.iter())
+            .map(|v| f64::from(*v) * f64::from(*v))
+            .sum::<f64>()
+            .sqrt();
+        let clip = match self.config.max_grad_norm {
+            Some(max) if grad_norm > max => (max / (grad_norm + 1e-6)) as f32,
+            _ => 1.0,
+        };
+        for (param, grad) in self.params.iter().zip(averaged) {
+            let mut grad = grad.unwrap_or_else(|| vec![0.0; param.len]);
+            if clip != 1.0 {
+                grad.iter_mut().for_each(|v| *v *= clip);
+            }
+            let tensor = Tensor::from_vec(grad, param.var.shape(), &Device::Cpu)?;
+            store.insert(param.var.as_tensor(), tensor);
+        }
+        optimizer.step(&store)?;
+        self.sums.iter_mut().for_each(|s| *s = None);
+        let micro_batches = std::mem::take(&mut self.micro_batches);
+        Ok(StepStats {
+            communication,
+            update: started.elapsed().saturating_sub(communication),
+            grad_norm,
+            micro_batches,
+        })
+    }
+}
