@@ -23,6 +23,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, VarMap};
 use fleet_collective::{CollectiveError, Group, ReduceOp};
 
+use crate::sharded::{ShardedAdamW, ZeroStage};
+
 /// What can fail in training.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -261,5 +263,163 @@ impl Ddp {
             grad_norm,
             micro_batches,
         })
+    }
+}
+
+impl Ddp {
+    /// Parameters in all (the length of the flat parameter vector).
+    pub fn parameter_count(&self) -> usize {
+        self.params.iter().map(|p| p.len).sum()
+    }
+
+    /// The range of the flat parameter vector this rank updates at `stage` (everything
+    /// without ZeRO, its shard with it): what a [`ShardedAdamW`] is made for.
+    pub fn update_range(&self, stage: ZeroStage) -> std::ops::Range<usize> {
+        match stage {
+            ZeroStage::None => 0..self.parameter_count(),
+            ZeroStage::One | ZeroStage::Two => self.group.shard_range(self.parameter_count()),
+        }
+    }
+
+    /// The model's parameters as one vector, in name order.
+    pub fn flat_parameters(&self) -> Result<Vec<f32>> {
+        let mut all = Vec::with_capacity(self.parameter_count());
+        for param in &self.params {
+            all.extend(flat(param.var.as_tensor())?);
+        }
+        Ok(all)
+    }
+
+    /// Sets the model's parameters from one vector in name order.
+    pub fn set_flat_parameters(&self, values: &[f32]) -> Result<()> {
+        if values.len() != self.parameter_count() {
+            return Err(TrainError::Invalid(format!(
+                "{} values for a model of {} parameters",
+                values.len(),
+                self.parameter_count()
+            )));
+        }
+        let mut at = 0;
+        for param in &self.params {
+            let part = &values[at..at + param.len];
+            param
+                .var
+                .set(&Tensor::from_slice(part, param.var.shape(), &Device::Cpu)?)?;
+            at += param.len;
+        }
+        Ok(())
+    }
+
+    /// `step` with the built-in sharded AdamW (ZeRO stages, checkpointable state): the
+    /// gradients averaged over micro-batches and ranks (all-reduced, or reduce-scattered at
+    /// stage two), clipped by their global norm, this rank's range updated, and the updated
+    /// shards all-gathered (stages one and two).
+    pub async fn step_sharded(&mut self, optimizer: &mut ShardedAdamW) -> Result<StepStats> {
+        if self.micro_batches == 0 {
+            return Err(TrainError::Invalid(
+                "step_sharded called before any backward since the last step".into(),
+            ));
+        }
+        let stage = optimizer.stage();
+        let range = self.update_range(stage);
+        if optimizer.range() != range {
+            return Err(TrainError::Invalid(format!(
+                "the optimizer covers {:?} of the parameters but this rank updates {range:?} at {stage:?}; make it with update_range",
+                optimizer.range()
+            )));
+        }
+        let started = Instant::now();
+        let mut communication = Duration::ZERO;
+        let scale = 1.0 / self.micro_batches as f32;
+        let mut grads = Vec::with_capacity(self.parameter_count());
+        for (param, sum) in self.params.iter().zip(&self.sums) {
+            match sum {
+                Some(sum) => grads.extend(sum.iter().map(|v| v * scale)),
+                None => grads.resize(grads.len() + param.len, 0.0),
+            }
+        }
+        let reducing = Instant::now();
+        match stage {
+            ZeroStage::None | ZeroStage::One => {
+                self.group.all_reduce(&mut grads, ReduceOp::Mean).await?;
+            }
+            ZeroStage::Two => {
+                self.group
+                    .reduce_scatter(&mut grads, ReduceOp::Mean)
+                    .await?;
+            }
+        }
+        communication += reducing.elapsed();
+        let shard = &mut grads[range.clone()];
+        let mut squares = vec![shard
+            .iter()
+            .map(|v| f64::from(*v) * f64::from(*v))
+            .sum::<f64>()];
+        if stage != ZeroStage::None {
+            let reducing = Instant::now();
+            self.group.all_reduce(&mut squares, ReduceOp::Sum).await?;
+            communication += reducing.elapsed();
+        }
+        let grad_norm = squares[0].sqrt();
+        if let Some(max) = self.config.max_grad_norm {
+            if grad_norm > max {
+                let clip = (max / (grad_norm + 1e-6)) as f32;
+                shard.iter_mut().for_each(|v| *v *= clip);
+            }
+        }
+        let mut parameters = self.flat_parameters()?;
+        let updated = optimizer.update(&parameters[range.clone()], shard)?;
+        parameters[range].copy_from_slice(&updated);
+        if stage != ZeroStage::None {
+            let gathering = Instant::now();
+            self.group.all_gather(&mut parameters).await?;
+            communication += gathering.elapsed();
+        }
+        self.set_flat_parameters(&parameters)?;
+        self.sums.iter_mut().for_each(|s| *s = None);
+        self.store = None;
+        let micro_batches = std::mem::take(&mut self.micro_batches);
+        Ok(StepStats {
+            communication,
+            update: started.elapsed().saturating_sub(communication),
+            grad_norm,
+            micro_batches,
+        })
+    }
+}
+
+impl Ddp {
+    /// The parameters by name (what a checkpoint saves).
+    pub fn named_parameters(&self) -> std::collections::HashMap<String, Tensor> {
+        self.params
+            .iter()
+            .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Sets every parameter from `values` by name (a checkpoint's); each must be there with
+    /// its shape.
+    pub fn set_named_parameters(
+        &self,
+        values: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<()> {
+        for param in &self.params {
+            let value = values.get(&param.name).ok_or_else(|| {
+                TrainError::Invalid(format!(
+                    "the checkpoint has no parameter {}: it was saved from another model",
+                    param.name
+                ))
+            })?;
+            if value.dims() != param.var.dims() {
+                return Err(TrainError::Invalid(format!(
+                    "parameter {} is {:?} in the checkpoint and {:?} in the model",
+                    param.name,
+                    value.dims(),
+                    param.var.dims()
+                )));
+            }
+            param.var.set(value)?;
+        }
+        Ok(())
     }
 }

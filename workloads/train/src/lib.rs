@@ -16,9 +16,15 @@
 //! }
 //! ```
 //!
-//! Modules: [`ddp`] (the wrapper), [`buckets`] (which gradients go together; pure).
+//! Modules: [`ddp`] (the wrapper), [`sharded`] (AdamW with its state sharded: ZeRO stages
+//! one and two), [`checkpoint`] (model and optimizer shards on disk, committed in the
+//! GCS), [`buckets`] (which gradients go together; pure).
 
 pub mod buckets;
+pub mod checkpoint;
 pub mod ddp;
+pub mod sharded;
 
+pub use checkpoint::{Checkpoints, Committed};
 pub use ddp::{Ddp, DdpConfig, StepStats, TrainError};
+pub use sharded::{ShardState, ShardedAdamW, ZeroStage};

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use fleet::ObjectRef;
 use fleet_collective::Group;
-use fleet_train::{Ddp, DdpConfig};
+use fleet_train::{Checkpoints, Ddp, DdpConfig, ShardedAdamW, TrainError, ZeroStage};
 
 /// A small MLP: 4 → hidden → 1.
 struct Mlp {
@@ -103,6 +103,26 @@ pub struct Run {
     batch: usize,
     micro_batches: usize,
     max_grad_norm: Option<f64>,
+    /// `None`: candle's AdamW through `Ddp::step`; else the sharded AdamW at this stage.
+    zero: Option<ZeroStage>,
+    /// Checkpoint every this many steps (0: never).
+    checkpoint_every: usize,
+    /// The first instance of rank 1 SIGKILLs itself before this step.
+    die_at: Option<usize>,
+}
+
+impl Run {
+    fn plain(steps: usize, batch: usize) -> Run {
+        Run {
+            steps,
+            batch,
+            micro_batches: 1,
+            max_grad_norm: None,
+            zero: None,
+            checkpoint_every: 0,
+            die_at: None,
+        }
+    }
 }
 
 struct Trained {
@@ -110,34 +130,36 @@ struct Trained {
     norms: Vec<f64>,
     /// Loss on held-out examples before and after training.
     held_out: (f32, f32),
+    /// Optimizer state bytes this rank held (the sharded optimizer only).
+    optimizer_bytes: usize,
+    /// How many times the group was formed (more than once after a failure).
+    formed: usize,
 }
 
 const HELD_OUT: std::ops::Range<usize> = 100_000..100_256;
 
-/// Trains `run` as rank `rank` of `group`: this rank's examples of step `s` are its slice
-/// of the step's `world · batch` examples.
-async fn train(group: Group, hidden: usize, seed: u64, run: Run) -> Result<Trained, String> {
+fn adamw_params() -> ParamsAdamW {
+    ParamsAdamW {
+        lr: 0.01,
+        ..ParamsAdamW::default()
+    }
+}
+
+/// Trains `run` as rank `rank` of group `name`: this rank's examples of step `s` are its
+/// slice of the step's `world · batch` examples. When the group breaks (a rank lost), it
+/// forms the group again, takes up the last committed checkpoint and goes on.
+async fn train(
+    name: &str,
+    world: usize,
+    rank: usize,
+    hidden: usize,
+    seed: u64,
+    run: Run,
+    checkpoints: Option<Checkpoints>,
+) -> Result<Trained, String> {
     let text = |e: &dyn std::fmt::Display| e.to_string();
-    let (rank, world) = (group.rank(), group.world_size());
     let varmap = VarMap::new();
     let model = Mlp::new(&varmap, hidden, seed).map_err(|e| text(&e))?;
-    let config = DdpConfig {
-        max_grad_norm: run.max_grad_norm,
-        // Small buckets: this model's 4 parameters go in 3 all-reduces.
-        bucket_bytes: 64,
-    };
-    let mut ddp = Ddp::new(group, &varmap, config)
-        .await
-        .map_err(|e| text(&e))?;
-    let mut optimizer = AdamW::new(
-        varmap.all_vars(),
-        ParamsAdamW {
-            lr: 0.01,
-            ..ParamsAdamW::default()
-        },
-    )
-    .map_err(|e| text(&e))?;
-    let mut norms = Vec::new();
     let held_out = |model: &Mlp| -> Result<f32, String> {
         model
             .loss(HELD_OUT)
@@ -145,23 +167,83 @@ async fn train(group: Group, hidden: usize, seed: u64, run: Run) -> Result<Train
             .map_err(|e| e.to_string())
     };
     let before = held_out(&model)?;
+    let restarts = fleet::context().map(|c| c.actor_restarts).unwrap_or(0);
     let micro = run.batch / run.micro_batches;
-    for step in 0..run.steps {
-        let start = step * world * run.batch + rank * run.batch;
-        for m in 0..run.micro_batches {
-            let from = start + m * micro;
-            let loss = model.loss(from..from + micro).map_err(|e| text(&e))?;
-            ddp.backward(&loss).map_err(|e| text(&e))?;
+    let mut formed = 0;
+    loop {
+        formed += 1;
+        if formed > 4 {
+            return Err("the group broke 4 times".into());
         }
-        let stats = ddp.step(&mut optimizer).await.map_err(|e| text(&e))?;
-        norms.push(stats.grad_norm);
+        let group = Group::init(name, world, rank).await.map_err(|e| text(&e))?;
+        let config = DdpConfig {
+            max_grad_norm: run.max_grad_norm,
+            // Small buckets: this model's 4 parameters go in 3 all-reduces.
+            bucket_bytes: 64,
+        };
+        let mut ddp = Ddp::new(group, &varmap, config)
+            .await
+            .map_err(|e| text(&e))?;
+        let mut candle_adamw =
+            AdamW::new(varmap.all_vars(), adamw_params()).map_err(|e| text(&e))?;
+        let stage = run.zero.unwrap_or(ZeroStage::None);
+        let mut sharded = ShardedAdamW::new(adamw_params(), stage, ddp.update_range(stage))
+            .map_err(|e| text(&e))?;
+        let mut first = 0;
+        if let Some(checkpoints) = &checkpoints {
+            if let Some(step) = checkpoints
+                .restore(&ddp, &mut sharded)
+                .await
+                .map_err(|e| text(&e))?
+            {
+                first = step as usize;
+            }
+        }
+        let mut norms = Vec::new();
+        let outcome: Result<(), TrainError> = async {
+            for step in first..run.steps {
+                if run.die_at == Some(step) && rank == 1 && restarts == 0 {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", &std::process::id().to_string()])
+                        .status();
+                }
+                let start = step * world * run.batch + rank * run.batch;
+                for m in 0..run.micro_batches {
+                    let from = start + m * micro;
+                    ddp.backward(&model.loss(from..from + micro)?)?;
+                }
+                let stats = match run.zero {
+                    None => ddp.step(&mut candle_adamw).await?,
+                    Some(_) => ddp.step_sharded(&mut sharded).await?,
+                };
+                norms.push(stats.grad_norm);
+                if let Some(checkpoints) = &checkpoints {
+                    if run.checkpoint_every > 0 && (step + 1) % run.checkpoint_every == 0 {
+                        checkpoints
+                            .save(&mut ddp, &sharded, step as u64 + 1)
+                            .await?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                return Ok(Trained {
+                    varmap,
+                    norms,
+                    held_out: (before, held_out(&model)?),
+                    optimizer_bytes: sharded.state_bytes(),
+                    formed,
+                })
+            }
+            Err(TrainError::Collective(error)) if checkpoints.is_some() => {
+                println!("  rank {rank}: {error}; forming the group again");
+            }
+            Err(error) => return Err(error.to_string()),
+        }
     }
-    let after = held_out(&model)?;
-    Ok(Trained {
-        varmap,
-        norms,
-        held_out: (before, after),
-    })
 }
 
 /// One rank of a data-parallel run.
@@ -177,23 +259,67 @@ impl TrainRank {
         TrainRank { rank, world }
     }
 
-    /// Trains; returns (final weights, each step's gradient norm).
+    /// Trains; returns (final weights, each step's gradient norm, optimizer state bytes,
+    /// how many times the group was formed).
     pub async fn train(
         &mut self,
         name: String,
         hidden: usize,
         seed: u64,
         run: Run,
-    ) -> Result<(Vec<f32>, Vec<f64>), String> {
-        let group = Group::init(&name, self.world, self.rank)
-            .await
-            .map_err(|e| e.to_string())?;
-        let trained = train(group, hidden, seed, run).await?;
+        checkpoint_dir: Option<std::path::PathBuf>,
+    ) -> Result<(Vec<f32>, Vec<f64>, usize, usize), String> {
+        let checkpoints = checkpoint_dir.map(|dir| Checkpoints::new(&name, dir));
+        let trained = train(&name, self.world, self.rank, hidden, seed, run, checkpoints).await?;
         Ok((
             weights(&trained.varmap).map_err(|e| e.to_string())?,
             trained.norms,
+            trained.optimizer_bytes,
+            trained.formed,
         ))
     }
+}
+
+type RankResult = (Vec<f32>, Vec<f64>, usize, usize);
+
+/// Runs `run` on two rank actors (seeds 7 and 8: different starts, rank 0's wins).
+async fn two_ranks(
+    name: &str,
+    run: Run,
+    checkpoint_dir: Option<std::path::PathBuf>,
+) -> Result<Vec<RankResult>> {
+    let mut ranks = Vec::new();
+    for rank in 0..2usize {
+        ranks.push(
+            TrainRank::remote(2usize, rank)
+                .max_restarts(1)
+                .max_task_retries(1)
+                .spawn()
+                .await?,
+        );
+    }
+    let runs: Vec<ObjectRef<RankResult>> = ranks
+        .iter()
+        .enumerate()
+        .map(|(r, actor)| {
+            actor.train(
+                name.to_string(),
+                16,
+                7 + r as u64,
+                run,
+                checkpoint_dir.clone(),
+            )
+        })
+        .collect();
+    let results = fleet::get_all(&runs).await?;
+    for rank in &ranks {
+        fleet::kill(rank.raw()).await?;
+    }
+    ensure!(
+        results[0].0 == results[1].0,
+        "{name}: the two ranks' weights differ after training"
+    );
+    Ok(results)
 }
 
 fn max_difference(a: &[f32], b: &[f32]) -> f32 {
@@ -204,59 +330,62 @@ fn max_difference(a: &[f32], b: &[f32]) -> f32 {
 }
 
 async fn two_ranks_train_as_one_rank_with_twice_the_batch() -> Result<()> {
+    let accumulated = Run {
+        micro_batches: 2,
+        max_grad_norm: Some(0.05),
+        ..Run::plain(30, 8)
+    };
     let cases = [
+        ("plain", Run::plain(30, 8)),
+        ("accumulated and clipped", accumulated),
         (
-            "plain",
+            "ZeRO-1",
             Run {
-                steps: 6,
-                batch: 8,
-                micro_batches: 1,
-                max_grad_norm: None,
+                zero: Some(ZeroStage::One),
+                ..accumulated
             },
         ),
         (
-            "accumulated and clipped",
+            "ZeRO-2",
             Run {
-                steps: 6,
-                batch: 8,
-                micro_batches: 2,
-                max_grad_norm: Some(0.05),
+                zero: Some(ZeroStage::Two),
+                ..accumulated
+            },
+        ),
+        (
+            "sharded AdamW without ZeRO",
+            Run {
+                zero: Some(ZeroStage::None),
+                ..accumulated
             },
         ),
     ];
     for (index, (label, run)) in cases.into_iter().enumerate() {
-        // The reference: one rank (a group of one in this driver) with both ranks' examples.
-        let single = Group::init(&format!("reference-{index}"), 1, 0).await?;
+        // The reference: one rank (a group of one in this driver) with both ranks' examples,
+        // candle's own AdamW.
         let reference_run = Run {
             batch: run.batch * 2,
-            micro_batches: run.micro_batches,
+            zero: None,
             ..run
         };
-        let reference = train(single, 16, 7, reference_run)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let reference = train(
+            &format!("reference-{index}"),
+            1,
+            0,
+            16,
+            7,
+            reference_run,
+            None,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
         let expected = weights(&reference.varmap)?;
         let (before, after) = reference.held_out;
         ensure!(
             after < before * 0.7,
             "{label}: the reference does not learn: held-out loss {before} -> {after}"
         );
-        // Two ranks from different random starts (seeds 7 and 8): rank 0's wins.
-        let ranks = [
-            TrainRank::remote(2usize, 0usize).spawn().await?,
-            TrainRank::remote(2usize, 1usize).spawn().await?,
-        ];
-        let name = format!("ddp-{index}");
-        let runs: Vec<ObjectRef<(Vec<f32>, Vec<f64>)>> = ranks
-            .iter()
-            .enumerate()
-            .map(|(r, actor)| actor.train(name.clone(), 16, 7 + r as u64, run))
-            .collect();
-        let results = fleet::get_all(&runs).await?;
-        ensure!(
-            results[0].0 == results[1].0,
-            "{label}: the two ranks' weights differ after training"
-        );
+        let results = two_ranks(&format!("ddp-{index}"), run, None).await?;
         let difference = max_difference(&results[0].0, &expected);
         ensure!(
             difference < 1e-4,
@@ -271,13 +400,70 @@ async fn two_ranks_train_as_one_rank_with_twice_the_batch() -> Result<()> {
                 results[0].1
             );
         }
+        let state = results[0].2 + results[1].2;
+        if let Some(stage) = run.zero {
+            let whole = 2 * 4 * expected.len();
+            let per_rank = results[0].2;
+            match stage {
+                ZeroStage::None => ensure!(per_rank == whole, "{label}: {per_rank} bytes of state"),
+                _ => ensure!(
+                    per_rank * 2 <= whole + 8 && state == whole,
+                    "{label}: rank 0 holds {per_rank} of {whole} bytes of optimizer state"
+                ),
+            }
+            println!(
+                "  {label}: optimizer state per rank {per_rank} bytes of {whole} ({:.2})",
+                per_rank as f64 / whole as f64
+            );
+        }
         println!(
             "  {label}: 2 ranks match 1 rank within {difference:e}; held-out loss {before:.4} -> {after:.4}"
         );
-        for rank in &ranks {
-            fleet::kill(rank.raw()).await?;
-        }
     }
+    Ok(())
+}
+
+async fn a_rank_killed_mid_run_resumes_from_the_last_checkpoint_on_the_same_curve() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("fleet-train-test-{}", std::process::id()));
+    let run = Run {
+        zero: Some(ZeroStage::Two),
+        checkpoint_every: 5,
+        ..Run::plain(20, 8)
+    };
+    let clean = two_ranks("elastic-clean", run, Some(dir.join("clean"))).await?;
+    ensure!(
+        clean[0].3 == 1,
+        "the run without a fault formed its group {} times",
+        clean[0].3
+    );
+    let started = Instant::now();
+    let faulty = two_ranks(
+        "elastic-faulty",
+        Run {
+            die_at: Some(12),
+            ..run
+        },
+        Some(dir.join("faulty")),
+    )
+    .await?;
+    let difference = max_difference(&faulty[0].0, &clean[0].0);
+    ensure!(
+        difference == 0.0,
+        "after a rank's SIGKILL at step 12 and a resume from step 10, the weights differ from the run without a fault by {difference}"
+    );
+    ensure!(
+        faulty[0].3 == 2,
+        "the survivor formed its group {} times",
+        faulty[0].3
+    );
+    println!(
+        "  rank 1 SIGKILLed before step 12: resumed from step 10, the same weights bit for bit ({:?} for the faulty run)",
+        started.elapsed()
+    );
+    for name in ["elastic-clean", "elastic-faulty"] {
+        Checkpoints::new(name, &dir).forget().await?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -286,15 +472,10 @@ async fn ranks_with_different_models_fail_together() -> Result<()> {
         TrainRank::remote(2usize, 0usize).spawn().await?,
         TrainRank::remote(2usize, 1usize).spawn().await?,
     ];
-    let run = Run {
-        steps: 1,
-        batch: 4,
-        micro_batches: 1,
-        max_grad_norm: None,
-    };
+    let run = Run::plain(1, 4);
     let runs = [
-        ranks[0].train("mismatch".to_string(), 16, 1, run),
-        ranks[1].train("mismatch".to_string(), 12, 1, run),
+        ranks[0].train("mismatch".to_string(), 16, 1, run, None),
+        ranks[1].train("mismatch".to_string(), 12, 1, run, None),
     ];
     for (r, outcome) in runs.into_iter().enumerate() {
         let message = outcome
@@ -337,6 +518,14 @@ fn main() -> std::process::ExitCode {
             ("two_ranks_train_as_one_rank_with_twice_the_batch", || {
                 Box::pin(two_ranks_train_as_one_rank_with_twice_the_batch())
             }),
+            (
+                "a_rank_killed_mid_run_resumes_from_the_last_checkpoint_on_the_same_curve",
+                || {
+                    Box::pin(
+                        a_rank_killed_mid_run_resumes_from_the_last_checkpoint_on_the_same_curve(),
+                    )
+                },
+            ),
             ("ranks_with_different_models_fail_together", || {
                 Box::pin(ranks_with_different_models_fail_together())
             }),
