@@ -78,6 +78,24 @@ async fn recv_exact(rx: &mut Receiver<Vec<u8>>, peer: usize, expected: usize) ->
     }
 }
 
+/// The same bytes to every other rank, each written from `bytes` itself.
+async fn send_to_every_other(
+    to: &mut [Option<Sender<Vec<u8>>>],
+    ctx: Ctx,
+    bytes: &[u8],
+) -> Flow<()> {
+    for peer in others(ctx) {
+        sender(to, peer)?
+            .send_slice(bytes)
+            .await
+            .map_err(|e| Failure::Peer {
+                peer,
+                cause: e.to_string(),
+            })?;
+    }
+    Ok(())
+}
+
 fn others(ctx: Ctx) -> impl Iterator<Item = usize> {
     (0..ctx.world).filter(move |p| *p != ctx.rank)
 }
@@ -229,18 +247,7 @@ async fn direct_all_reduce<T: Element>(
     let mine: Vec<u8> = bytemuck::cast_slice::<T, u8>(buf).to_vec();
     let expected = mine.len();
     let Links { to, from } = links;
-    let sending = async {
-        for peer in others(ctx) {
-            sender(to, peer)?
-                .send_ref(&mine)
-                .await
-                .map_err(|e| Failure::Peer {
-                    peer,
-                    cause: e.to_string(),
-                })?;
-        }
-        Ok(())
-    };
+    let sending = async { send_to_every_other(to, ctx, &mine).await };
     let receiving = async {
         let mut got: Vec<Option<Vec<u8>>> = (0..ctx.world).map(|_| None).collect();
         for peer in others(ctx) {
@@ -278,16 +285,7 @@ async fn broadcast<T: Element>(
     let Links { to, from } = links;
     if total <= ctx.small_bytes || n == 2 {
         if ctx.rank == root {
-            let mine = bytemuck::cast_slice::<T, u8>(buf).to_vec();
-            for peer in others(ctx) {
-                sender(to, peer)?
-                    .send_ref(&mine)
-                    .await
-                    .map_err(|e| Failure::Peer {
-                        peer,
-                        cause: e.to_string(),
-                    })?;
-            }
+            send_to_every_other(to, ctx, bytemuck::cast_slice::<T, u8>(buf)).await?;
         } else {
             let bytes = recv_exact(receiver(from, root)?, root, total).await?;
             copy_bytes(buf, &bytes);

@@ -206,6 +206,19 @@ impl Ddp {
         Ok(())
     }
 
+    /// The gradient sums of `indices` (in that order) times `scale`, one vector; zeros for
+    /// a parameter without a gradient on this rank.
+    fn scaled_sums(&self, indices: impl Iterator<Item = usize>, scale: f32) -> Vec<f32> {
+        let mut packed = Vec::new();
+        for index in indices {
+            match &self.sums[index] {
+                Some(sum) => packed.extend(sum.iter().map(|v| v * scale)),
+                None => packed.resize(packed.len() + self.params[index].len, 0.0),
+            }
+        }
+        packed
+    }
+
     /// Averages the gradients over this rank's micro-batches and over the ranks, clips
     /// them, and steps `optimizer` with them.
     pub async fn step<O: Optimizer>(&mut self, optimizer: &mut O) -> Result<StepStats> {
@@ -217,14 +230,7 @@ impl Ddp {
         let scale = 1.0 / self.micro_batches as f32;
         let mut averaged: Vec<Option<Vec<f32>>> = (0..self.params.len()).map(|_| None).collect();
         for bucket in &self.buckets {
-            let total: usize = bucket.iter().map(|i| self.params[*i].len).sum();
-            let mut packed = Vec::with_capacity(total);
-            for index in bucket {
-                match &self.sums[*index] {
-                    Some(sum) => packed.extend(sum.iter().map(|v| v * scale)),
-                    None => packed.resize(packed.len() + self.params[*index].len, 0.0),
-                }
-            }
+            let mut packed = self.scaled_sums(bucket.iter().copied(), scale);
             let reducing = Instant::now();
             self.group.all_reduce(&mut packed, ReduceOp::Mean).await?;
             communication += reducing.elapsed();
@@ -331,13 +337,7 @@ impl Ddp {
         let started = Instant::now();
         let mut communication = Duration::ZERO;
         let scale = 1.0 / self.micro_batches as f32;
-        let mut grads = Vec::with_capacity(self.parameter_count());
-        for (param, sum) in self.params.iter().zip(&self.sums) {
-            match sum {
-                Some(sum) => grads.extend(sum.iter().map(|v| v * scale)),
-                None => grads.resize(grads.len() + param.len, 0.0),
-            }
-        }
+        let mut grads = self.scaled_sums(0..self.params.len(), scale);
         let reducing = Instant::now();
         match stage {
             ZeroStage::None | ZeroStage::One => {

@@ -231,10 +231,23 @@ pub async fn run(options: ChannelBench) -> anyhow::Result<()> {
         options.message_bytes > 0 && options.messages > 1 && options.small_messages > 1,
         "--message-bytes must be positive, --messages and --small-messages at least 2"
     );
+    let (home, cluster) = two_node_cluster("channel").await?;
+    let outcome = measure(&options).await;
+    fleet::shutdown().await;
+    drop(cluster);
+    drop(home);
+    outcome
+}
+
+/// Starts the two-node loopback cluster (in a scratch directory, removed when dropped,
+/// after the cluster) and attaches this process to it as a driver on node-0.
+pub(crate) async fn two_node_cluster(
+    bench: &str,
+) -> anyhow::Result<(Scratch, fleet_cluster::ClusterHandle)> {
     let home =
-        Scratch(std::env::temp_dir().join(format!("fleet-bench-channel-{}", std::process::id())));
+        Scratch(std::env::temp_dir().join(format!("fleet-bench-{bench}-{}", std::process::id())));
     std::fs::create_dir_all(home.path())?;
-    let config = ClusterConfig::from_toml_str(CONFIG, "the channel benchmark's cluster")?;
+    let config = ClusterConfig::from_toml_str(CONFIG, &format!("the {bench} benchmark's cluster"))?;
     let binary = std::env::current_exe()?;
     let mut cluster = LocalCluster::up(&config, &binary, &home.path().join("cluster"))
         .await
@@ -246,10 +259,7 @@ pub async fn run(options: ChannelBench) -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    let outcome = measure(&options).await;
-    fleet::shutdown().await;
-    drop(cluster);
-    outcome
+    Ok((home, cluster))
 }
 
 async fn measure(options: &ChannelBench) -> anyhow::Result<()> {

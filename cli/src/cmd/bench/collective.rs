@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use fleet::{ObjectRef, Scheduling};
-use fleet_cluster::{ClusterConfig, LocalCluster};
 use fleet_collective::{Group, GroupOptions, ReduceOp};
 
-use super::channel::{median, tcp_gbps, Scratch, CONFIG};
+use super::channel::{median, tcp_gbps, two_node_cluster};
 
 /// One rank of a benchmarked group.
 #[fleet::actor]
@@ -152,25 +151,11 @@ pub async fn run(options: CollectiveBench) -> anyhow::Result<()> {
         Some(python) => Some(peer(python, &options)?),
         None => None,
     };
-    let home = Scratch(
-        std::env::temp_dir().join(format!("fleet-bench-collective-{}", std::process::id())),
-    );
-    std::fs::create_dir_all(home.path())?;
-    let config = ClusterConfig::from_toml_str(CONFIG, "the collective benchmark's cluster")?;
-    let binary = std::env::current_exe()?;
-    let mut cluster = LocalCluster::up(&config, &binary, &home.path().join("cluster"))
-        .await
-        .context("starting a two-node cluster on loopback")?;
-    cluster.set_stop_on_drop(true);
-    std::env::set_var("FLEET_NODE_ID", "node-0");
-    fleet::init_with(fleet::InitOptions {
-        address: Some(cluster.address().to_string()),
-        ..Default::default()
-    })
-    .await?;
+    let (home, cluster) = two_node_cluster("collective").await?;
     let outcome = measure(&options).await;
     fleet::shutdown().await;
     drop(cluster);
+    drop(home);
     let fleet_figures = outcome?;
     if let Some(peer_output) = peer_output {
         print_ratios(&peer_output, &fleet_figures);
