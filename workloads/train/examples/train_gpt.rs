@@ -554,6 +554,15 @@ async fn run() -> anyhow::Result<()> {
         100.0 * first.communication
     );
     println!("--- sampled ---\n{}\n---", first.sample);
+    // Figures a script can read (`bench/torch_ddp_gpt.py` prints the peer's).
+    println!(
+        "train_tokens_per_s_{world}r {:.0} tokens/s",
+        first.tokens_per_s
+    );
+    println!(
+        "train_comm_fraction_{world}r {:.4} ratio",
+        first.communication
+    );
     println!("val_loss {:.4}", first.val_loss);
     Ok(())
 }
