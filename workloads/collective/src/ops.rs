@@ -280,6 +280,9 @@ async fn broadcast<T: Element>(
     root: usize,
 ) -> Flow<()> {
     let n = ctx.world;
+    if n < 2 {
+        return Ok(());
+    }
     let width = std::mem::size_of::<T>();
     let total = std::mem::size_of_val(buf);
     let Links { to, from } = links;

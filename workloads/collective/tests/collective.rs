@@ -410,6 +410,24 @@ async fn scatter_gather_broadcast_reduce_barrier_and_point_to_point() -> Result<
     Ok(())
 }
 
+/// A group of one (a run scaled down to a single rank): every operation is a no-op that
+/// leaves the buffer as it is (a large broadcast once tried to send to itself).
+async fn a_group_of_one_rank_works_alone() -> Result<()> {
+    let mut group = Group::init("solo", 1, 0).await?;
+    let original: Vec<f32> = (0..100_000).map(|i| i as f32).collect();
+    let mut data = original.clone();
+    group.broadcast(&mut data, 0).await?;
+    group.all_reduce(&mut data, ReduceOp::Mean).await?;
+    group.reduce(&mut data, ReduceOp::Sum, 0).await?;
+    let shard = group.reduce_scatter(&mut data, ReduceOp::Sum).await?;
+    ensure!(shard == (0..100_000), "a group of one's shard is {shard:?}");
+    group.all_gather(&mut data).await?;
+    group.barrier().await?;
+    ensure!(data == original, "a group of one changed its buffer");
+    fleet_collective::remove_group("solo").await?;
+    Ok(())
+}
+
 async fn a_driver_declares_the_group_and_each_actor_finds_its_rank() -> Result<()> {
     let mut ranks = Vec::new();
     for _ in 0..2 {
@@ -575,6 +593,9 @@ fn main() -> std::process::ExitCode {
                 "scatter_gather_broadcast_reduce_barrier_and_point_to_point",
                 || Box::pin(scatter_gather_broadcast_reduce_barrier_and_point_to_point()),
             ),
+            ("a_group_of_one_rank_works_alone", || {
+                Box::pin(a_group_of_one_rank_works_alone())
+            }),
             (
                 "a_driver_declares_the_group_and_each_actor_finds_its_rank",
                 || Box::pin(a_driver_declares_the_group_and_each_actor_finds_its_rank()),

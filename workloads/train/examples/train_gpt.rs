@@ -527,21 +527,38 @@ async fn run() -> anyhow::Result<()> {
     )?);
     let started = Instant::now();
     let mut last_val = None;
-    while let Some(p) = rx.recv().await? {
-        if p.val_loss.is_some() {
-            last_val = p.val_loss;
+    // Progress until the stream ends, or until the runs end first (a rank that failed
+    // before its first report never connected its sender: the stream would not end).
+    let finished = fleet::get_all(&runs);
+    tokio::pin!(finished);
+    let mut reports = None;
+    loop {
+        tokio::select! {
+            message = rx.recv() => {
+                let Some(p) = message? else { break };
+                if p.val_loss.is_some() {
+                    last_val = p.val_loss;
+                }
+                let tokens = (p.step * config.batch * config.context * world) as f64;
+                bar.set_position(p.step as u64);
+                bar.set_message(format!(
+                    "loss {:.3}  val {}  {:.0} tokens/s",
+                    p.loss,
+                    last_val.map_or("-".to_string(), |v| format!("{v:.3}")),
+                    tokens / started.elapsed().as_secs_f64()
+                ));
+            }
+            outcome = &mut finished => {
+                reports = Some(outcome?);
+                break;
+            }
         }
-        let tokens = (p.step * config.batch * config.context * world) as f64;
-        bar.set_position(p.step as u64);
-        bar.set_message(format!(
-            "loss {:.3}  val {}  {:.0} tokens/s",
-            p.loss,
-            last_val.map_or("-".to_string(), |v| format!("{v:.3}")),
-            tokens / started.elapsed().as_secs_f64()
-        ));
     }
     bar.finish();
-    let reports = fleet::get_all(&runs).await?;
+    let reports = match reports {
+        Some(reports) => reports,
+        None => finished.await?,
+    };
     let first = &reports[0];
     println!(
         "{} ranks, {} parameters, {} steps of {}x{} tokens per rank: {:.0} tokens/s, {:.1}% of step time in all-reduces",
