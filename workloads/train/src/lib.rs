@@ -16,15 +16,36 @@
 //! }
 //! ```
 //!
-//! Modules: [`ddp`] (the wrapper), [`sharded`] (AdamW with its state sharded: ZeRO stages
-//! one and two), [`checkpoint`] (model and optimizer shards on disk, committed in the
-//! GCS), [`buckets`] (which gradients go together; pure).
+//! Most runs need none of that by hand: a [`Trainer`] takes a [`TrainingJob`] (the model
+//! and the data, as the user defines them), spawns and places one rank actor per worker,
+//! keeps their membership, follows progress, and survives lost ranks (restarted, or the run
+//! going on with fewer) by resuming every rank from the last committed checkpoint.
+//!
+//! Modules: [`trainer`] (the driver's side of a run), [`rank`] (the rank actor and its
+//! loop), [`job`] (what a job is, and the registry that finds it in a worker), [`ddp`] (the
+//! wrapper), [`sharded`] (AdamW with its state sharded: ZeRO stages one and two),
+//! [`checkpoint`] (model and optimizer shards on disk, committed in the GCS), [`buckets`]
+//! (which gradients go together; pure).
 
 pub mod buckets;
 pub mod checkpoint;
 pub mod ddp;
+pub mod job;
+pub mod rank;
 pub mod sharded;
+pub mod trainer;
 
 pub use checkpoint::{Checkpoints, Committed};
 pub use ddp::{Ddp, DdpConfig, StepStats, TrainError};
+pub use job::TrainingJob;
+pub use rank::{Recovery, Replayed, StepRecord};
 pub use sharded::{ShardState, ShardedAdamW, ZeroStage};
+pub use trainer::{
+    CheckpointPolicy, Elastic, LearningRate, Placement, TrainConfig, TrainReport, Trainer,
+};
+
+/// Used by [`register_job!`]'s expansion; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+}

@@ -16,7 +16,7 @@ use fleet_collective::Group;
 use fleet_train::{Checkpoints, Ddp, DdpConfig, ShardedAdamW, TrainError, ZeroStage};
 
 /// A small MLP: 4 → hidden → 1.
-struct Mlp {
+pub struct Mlp {
     first: candle_nn::Linear,
     second: candle_nn::Linear,
 }
@@ -491,6 +491,265 @@ async fn ranks_with_different_models_fail_together() -> Result<()> {
     Ok(())
 }
 
+/// The regression task as a [`fleet_train::TrainingJob`] for the [`fleet_train::Trainer`]
+/// scenarios: example `k` is `examples(k..k+1)`; weights from the seed.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct RegressionJob {
+    hidden: usize,
+    seed: u64,
+    /// The first process to train global example `die_at_example` (as the start of a
+    /// micro-batch) SIGKILLs itself; the marker file makes it happen once per run.
+    die_at_example: Option<(u64, std::path::PathBuf)>,
+}
+
+impl fleet_train::TrainingJob for RegressionJob {
+    type Model = Mlp;
+
+    fn build(&self, varmap: &VarMap) -> candle_core::Result<Mlp> {
+        Mlp::new(varmap, self.hidden, self.seed)
+    }
+
+    fn loss(
+        &self,
+        model: &Mlp,
+        _step: u64,
+        examples: std::ops::Range<u64>,
+    ) -> candle_core::Result<Tensor> {
+        if let Some((at, marker)) = &self.die_at_example {
+            if examples.start == *at
+                && std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(marker)
+                    .is_ok()
+            {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &std::process::id().to_string()])
+                    .status();
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        }
+        model.loss(examples.start as usize..examples.end as usize)
+    }
+
+    fn evaluate(&self, model: &Mlp) -> candle_core::Result<Option<f32>> {
+        Ok(Some(model.loss(HELD_OUT)?.to_scalar::<f32>()?))
+    }
+}
+
+fleet_train::register_job!(RegressionJob);
+
+fn regression(die_at_example: Option<(u64, std::path::PathBuf)>) -> RegressionJob {
+    RegressionJob {
+        hidden: 16,
+        seed: 7,
+        die_at_example,
+    }
+}
+
+/// 20 steps of 16 examples in micro-batches of 4, AdamW at 0.01, clipped, ZeRO-1.
+fn trainer(run: &str, world: usize, job: RegressionJob) -> fleet_train::Trainer<RegressionJob> {
+    fleet_train::Trainer::new(run, job)
+        .world_size(world)
+        .steps(20)
+        .global_batch(16)
+        .micro_batch(4)
+        .learning_rate(fleet_train::LearningRate::Constant(0.01))
+        .weight_decay(0.0)
+        .max_grad_norm(0.5)
+        .zero(ZeroStage::One)
+        .bucket_bytes(64)
+        .eval_every(5)
+        .cpus_per_rank(0.5)
+}
+
+fn losses(report: &fleet_train::TrainReport) -> Vec<f32> {
+    report.history.iter().map(|r| r.loss).collect()
+}
+
+async fn the_trainer_with_two_ranks_follows_one_ranks_curve() -> Result<()> {
+    let mut steps_seen = 0;
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = counter.clone();
+    let two = trainer("trainer-two", 2, regression(None))
+        .on_progress(move |record| {
+            seen.store(record.step, std::sync::atomic::Ordering::Relaxed);
+        })
+        .run()
+        .await?;
+    let one = trainer("trainer-one", 1, regression(None)).run().await?;
+    steps_seen += counter.load(std::sync::atomic::Ordering::Relaxed);
+    ensure!(
+        two.history.len() == 20 && one.history.len() == 20,
+        "20 steps each"
+    );
+    let difference = max_difference(&losses(&two), &losses(&one));
+    ensure!(
+        difference < 1e-5,
+        "2 ranks x 8 examples and 1 rank x 16 differ in loss by {difference}"
+    );
+    let before = Mlp::new(&VarMap::new(), 16, 7)?
+        .loss(HELD_OUT)?
+        .to_scalar::<f32>()?;
+    let after = two.val_loss.unwrap_or(f32::NAN);
+    ensure!(
+        after < before * 0.5,
+        "the trainer does not learn: held-out loss {before} -> {after}"
+    );
+    ensure!(
+        steps_seen == 20,
+        "the progress callback saw up to step {steps_seen}"
+    );
+    let whole = 2 * 4 * two.parameters;
+    ensure!(
+        two.optimizer_state_bytes.iter().all(|b| b * 2 <= whole + 8),
+        "ZeRO-1 ranks hold {:?} bytes of {whole}",
+        two.optimizer_state_bytes
+    );
+    println!(
+        "  Trainer: 2 ranks match 1 rank within {difference:e} over 20 steps; held-out loss {before:.4} -> {after:.4}; optimizer state per rank {:?} of {whole} bytes",
+        two.optimizer_state_bytes
+    );
+    Ok(())
+}
+
+async fn the_trainer_restarts_a_sigkilled_rank_on_the_same_curve() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("fleet-trainer-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let elastic = fleet_train::Elastic {
+        restarts_per_rank: 2,
+        min_world: 2,
+    };
+    let clean = trainer("trainer-clean", 2, regression(None))
+        .checkpoints(dir.join("clean"), 5)
+        .elastic(elastic)
+        .run()
+        .await?;
+    // Slot 1 takes examples 8..16 of each step: step 12's first micro-batch starts at 200.
+    let faulty = trainer(
+        "trainer-faulty",
+        2,
+        regression(Some((12 * 16 + 8, dir.join("die-once")))),
+    )
+    .checkpoints(dir.join("faulty"), 5)
+    .elastic(elastic)
+    .run()
+    .await?;
+    ensure!(
+        faulty.restarts == 1 && faulty.recoveries.len() == 1,
+        "restarts {} recoveries {:?}",
+        faulty.restarts,
+        faulty.recoveries
+    );
+    let recovery = &faulty.recoveries[0];
+    ensure!(
+        recovery.failed_at_step == 12 && recovery.resumed_from == 10,
+        "{recovery:?}"
+    );
+    ensure!(
+        faulty.digest == clean.digest && losses(&faulty) == losses(&clean),
+        "after the restart the run differs from the one without a fault: final loss {} vs {}",
+        faulty.final_loss,
+        clean.final_loss
+    );
+    ensure!(
+        faulty.replays_match() && !faulty.replayed.is_empty(),
+        "{:?}",
+        faulty.replayed
+    );
+    println!(
+        "  Trainer: slot 1 SIGKILLed at step 12, restarted, resumed from step 10 in {:.2} s; final weights equal the clean run's bit for bit",
+        recovery.seconds
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn the_trainer_goes_on_with_fewer_ranks_when_one_is_lost_for_good() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("fleet-trainer-shrink-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let clean = trainer("trainer-shrink-clean", 2, regression(None))
+        .run()
+        .await?;
+    let shrunk = trainer(
+        "trainer-shrink",
+        2,
+        regression(Some((12 * 16 + 8, dir.join("die-once")))),
+    )
+    .checkpoints(dir.join("shrink"), 5)
+    .elastic(fleet_train::Elastic {
+        restarts_per_rank: 0,
+        min_world: 1,
+    })
+    .run()
+    .await?;
+    ensure!(
+        shrunk.world == 1 && shrunk.dropped.len() == 1 && shrunk.dropped[0].0 == 1,
+        "world {} dropped {:?}",
+        shrunk.world,
+        shrunk.dropped
+    );
+    ensure!(
+        shrunk.history.iter().skip(10).all(|r| r.world == 1),
+        "steps after the resume ran with {:?} ranks",
+        shrunk.history.iter().map(|r| r.world).collect::<Vec<_>>()
+    );
+    let difference = max_difference(&losses(&shrunk), &losses(&clean));
+    ensure!(
+        difference < 1e-5,
+        "1 survivor after step 10 differs from 2 ranks throughout by {difference} in loss"
+    );
+    println!(
+        "  Trainer: slot 1 lost for good at step 12; slot 0 alone resumed from step 10 ({:.2} s after the loss), loss curve within {difference:e} of the 2-rank run",
+        shrunk.recoveries.first().map_or(f64::NAN, |r| r.seconds)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn the_trainer_refuses_what_cannot_run() -> Result<()> {
+    let uneven = trainer("trainer-uneven", 3, regression(None)).run().await;
+    let message = uneven.err().map(|e| e.to_string()).unwrap_or_default();
+    ensure!(
+        message.contains("does not split evenly over 3 ranks"),
+        "{message:?}"
+    );
+    let no_checkpoints = trainer("trainer-elastic", 2, regression(None))
+        .elastic(fleet_train::Elastic {
+            restarts_per_rank: 1,
+            min_world: 1,
+        })
+        .run()
+        .await;
+    let message = no_checkpoints
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    ensure!(message.contains("Trainer::checkpoints"), "{message:?}");
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Unregistered;
+    impl fleet_train::TrainingJob for Unregistered {
+        type Model = ();
+        fn build(&self, _: &VarMap) -> candle_core::Result<()> {
+            Ok(())
+        }
+        fn loss(&self, _: &(), _: u64, _: std::ops::Range<u64>) -> candle_core::Result<Tensor> {
+            Tensor::new(0f32, &Device::Cpu)
+        }
+    }
+    let message = fleet_train::Trainer::new("trainer-unregistered", Unregistered)
+        .run()
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    ensure!(
+        message.contains("register_job!(Unregistered)"),
+        "{message:?}"
+    );
+    Ok(())
+}
+
 type Scenario = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>>>>;
 
 fn main() -> std::process::ExitCode {
@@ -528,6 +787,20 @@ fn main() -> std::process::ExitCode {
             ),
             ("ranks_with_different_models_fail_together", || {
                 Box::pin(ranks_with_different_models_fail_together())
+            }),
+            ("the_trainer_with_two_ranks_follows_one_ranks_curve", || {
+                Box::pin(the_trainer_with_two_ranks_follows_one_ranks_curve())
+            }),
+            (
+                "the_trainer_restarts_a_sigkilled_rank_on_the_same_curve",
+                || Box::pin(the_trainer_restarts_a_sigkilled_rank_on_the_same_curve()),
+            ),
+            (
+                "the_trainer_goes_on_with_fewer_ranks_when_one_is_lost_for_good",
+                || Box::pin(the_trainer_goes_on_with_fewer_ranks_when_one_is_lost_for_good()),
+            ),
+            ("the_trainer_refuses_what_cannot_run", || {
+                Box::pin(the_trainer_refuses_what_cannot_run())
             }),
         ];
         let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
