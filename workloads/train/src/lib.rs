@@ -23,13 +23,14 @@
 //!
 //! Modules: [`trainer`] (the driver's side of a run), [`rank`] (the rank actor and its
 //! loop), [`job`] (what a job is, and the registry that finds it in a worker), [`ddp`] (the
-//! wrapper), [`sharded`] (AdamW with its state sharded: ZeRO stages one and two),
+//! wrapper), [`gpt`] (a character-level GPT as a job: the template's model), [`sharded`] (AdamW with its state sharded: ZeRO stages one and two),
 //! [`checkpoint`] (model and optimizer shards on disk, committed in the GCS), [`buckets`]
 //! (which gradients go together; pure).
 
 pub mod buckets;
 pub mod checkpoint;
 pub mod ddp;
+pub mod gpt;
 pub mod job;
 pub mod rank;
 pub mod sharded;

@@ -309,6 +309,13 @@ impl<J: TrainingJob> Trainer<J> {
         self
     }
 
+    /// AdamW's moment decays (candle's defaults: 0.9, 0.999).
+    pub fn betas(mut self, beta1: f64, beta2: f64) -> Self {
+        self.config.beta1 = beta1;
+        self.config.beta2 = beta2;
+        self
+    }
+
     /// AdamW's decoupled weight decay.
     pub fn weight_decay(mut self, decay: f64) -> Self {
         self.config.weight_decay = decay;
