@@ -12,6 +12,8 @@
 //! - [`workloads`]: built-in workloads with checkable invariants (checkpointed counters with
 //!   exact final counts, a task fan-out/fan-in with exact sums) and the [`workloads::Workload`]
 //!   trait a user's own workload implements.
+//! - [`training`]: the `training` workload (a checkpointed, elastic data-parallel run of a
+//!   small GPT whose losses and weights must equal a run without faults).
 //! - [`report`]: the report, for people and (`--json`) machines.
 //! - [`runner`]: ties them together.
 
@@ -20,6 +22,7 @@ pub mod network;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod training;
 pub mod workloads;
 
 pub use report::Report;

@@ -137,6 +137,13 @@ async fn drive(
             cluster.client()?,
             scenario.workload.clients,
         )),
+        WorkloadKind::Training => Box::new(crate::training::Training::new(
+            scenario.workload.ranks,
+            scenario.workload.steps,
+            scenario.workload.checkpoint_every,
+            work_dir.join("training-checkpoints"),
+            cluster.node_ids(),
+        )),
     };
     let report = run_on(cluster, network, scenario, workload).await;
     fleet::shutdown().await;

@@ -110,6 +110,25 @@ pub struct WorkloadSpec {
     /// register: registers (keys).
     #[serde(default = "default_keys")]
     pub keys: usize,
+    /// training: data-parallel ranks.
+    #[serde(default = "default_ranks")]
+    pub ranks: usize,
+    /// training: steps to train.
+    #[serde(default = "default_steps")]
+    pub steps: u64,
+    /// training: commit a checkpoint every this many steps.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+}
+
+fn default_ranks() -> usize {
+    2
+}
+fn default_steps() -> u64 {
+    120
+}
+fn default_checkpoint_every() -> u64 {
+    10
 }
 
 fn default_clients() -> usize {
@@ -143,6 +162,9 @@ pub enum WorkloadKind {
     /// Clients creating, calling and killing actors; every acknowledged creation recorded
     /// once, none twice.
     ActorCreation,
+    /// A checkpointed, elastic data-parallel run of a small GPT; its losses and final
+    /// weights must equal a run without faults.
+    Training,
 }
 
 /// One fault.

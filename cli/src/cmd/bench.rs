@@ -5,6 +5,7 @@ pub mod channel;
 pub mod collective;
 pub mod placement;
 pub mod runtime;
+pub mod train;
 pub mod transfer;
 
 use std::path::PathBuf;
@@ -37,6 +38,25 @@ enum BenchTarget {
     /// `fleet-collective` all-reduce bus bandwidth on a two-node loopback cluster (2 ranks
     /// on one node, 2 across nodes, 4), against memcpy and TCP bounds; `--peer` adds gloo.
     Collective(CollectiveBenchArgs),
+    /// Data-parallel training of nanoGPT's CPU GPT (`fleet-train`): tokens/s for 1 and 2
+    /// ranks, step time split into computation and communication; `--peer` adds PyTorch DDP.
+    Train(TrainBenchArgs),
+}
+
+#[derive(Args)]
+struct TrainBenchArgs {
+    /// Rank counts, comma-separated.
+    #[arg(long, default_value = "1,2")]
+    ranks: String,
+    /// Steps per run.
+    #[arg(long, default_value_t = 100)]
+    steps: u64,
+    /// Sequences (of 64 characters) per rank per step.
+    #[arg(long, default_value_t = 12)]
+    batch: u64,
+    /// Also run PyTorch DDP (bench/torch_ddp_gpt.py) with this Python.
+    #[arg(long)]
+    peer: Option<String>,
 }
 
 #[derive(Args)]
@@ -182,6 +202,24 @@ impl BenchCommand {
                 collective::run(collective::CollectiveBench {
                     sizes: collective::parse_sizes(&args.sizes)?,
                     placements,
+                    peer_python: args.peer,
+                })
+                .await?
+            }
+            BenchTarget::Train(args) => {
+                let ranks = args
+                    .ranks
+                    .split(',')
+                    .map(|r| {
+                        r.trim()
+                            .parse::<usize>()
+                            .map_err(|_| anyhow::anyhow!("--ranks {r:?}: expected numbers like 1,2"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                train::run(train::TrainBench {
+                    ranks,
+                    steps: args.steps,
+                    batch: args.batch,
                     peer_python: args.peer,
                 })
                 .await?

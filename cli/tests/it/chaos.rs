@@ -1,4 +1,4 @@
-//! The chaos smoke subset CI runs: seven shipped scenarios through `fleet chaos run --json`
+//! The chaos smoke subset CI runs: eight shipped scenarios through `fleet chaos run --json`
 //! (real daemons; SIGKILLs, partitions, latency and loss through the fault proxies); each
 //! must pass with no acknowledged operation lost. The other
 //! scenarios and longer soaks are documented commands (docs/chaos.md).
@@ -47,6 +47,28 @@ fn node_loss_under_counters_loses_nothing() {
         "the workload recovers: {report:#}"
     );
     assert!(report["acknowledged"].as_u64().unwrap_or(0) > 0);
+}
+
+#[test]
+fn node_loss_under_training_resumes_on_the_same_curve() {
+    let report = run_scenario("node-loss-training.toml");
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["lost_acknowledged"], 0, "{report:#}");
+    let kill = &report["faults"][0];
+    assert!(
+        kill["detected_ms"].as_u64().is_some() && kill["recovered_ms"].as_u64().is_some(),
+        "the killed node is detected and training goes on: {report:#}"
+    );
+    let invariants = report["invariants"].as_array().cloned().unwrap_or_default();
+    assert_eq!(invariants.len(), 5, "{report:#}");
+    // The fault hit a rank mid-run (not before or after training): a recovery is reported.
+    assert!(
+        invariants[0]["evidence"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("failed at step"),
+        "{report:#}"
+    );
 }
 
 #[test]

@@ -346,10 +346,13 @@ impl<J: TrainingJob> Trainer<J> {
         self
     }
 
-    /// Commit a checkpoint under `dir` every `every` steps (and step 0's weights).
+    /// Commit a checkpoint under `dir` every `every` steps (and step 0's weights). A
+    /// relative `dir` is taken from the driver's working directory (the ranks run in
+    /// others).
     pub fn checkpoints(mut self, dir: impl Into<PathBuf>, every: u64) -> Self {
+        let dir = dir.into();
         self.config.checkpoint = Some(CheckpointPolicy {
-            dir: dir.into(),
+            dir: std::path::absolute(&dir).unwrap_or(dir),
             every,
         });
         self
