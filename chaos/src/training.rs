@@ -106,7 +106,11 @@ impl Workload for Training {
         })
     }
 
-    fn run(&self, _deadline: Instant, progress: Arc<Progress>) -> BoxFuture<'_, anyhow::Result<()>> {
+    fn run(
+        &self,
+        _deadline: Instant,
+        progress: Arc<Progress>,
+    ) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
             // A step "starts" when the one before it is acknowledged.
             let last = Arc::new(Mutex::new(Instant::now()));
@@ -147,7 +151,10 @@ impl Workload for Training {
                     Some(Err(error)) => error.clone(),
                     _ => "the run did not report".to_string(),
                 };
-                return (vec![verdict("training finishes", false, evidence)], self.steps);
+                return (
+                    vec![verdict("training finishes", false, evidence)],
+                    self.steps,
+                );
             };
             let mut verdicts = vec![verdict(
                 "training finishes",
@@ -189,17 +196,18 @@ impl Workload for Training {
                     "{lost} step(s) differ; largest difference {worst:e}; final loss {} vs {}{}",
                     report.final_loss,
                     reference.final_loss,
-                    if shrunk { " (fewer ranks: float rounding allowed)" } else { "" }
+                    if shrunk {
+                        " (fewer ranks: float rounding allowed)"
+                    } else {
+                        ""
+                    }
                 ),
             ));
             if !shrunk {
                 verdicts.push(verdict(
                     "the final weights equal the run without faults, bit for bit",
                     report.digest == reference.digest,
-                    format!(
-                        "digest {:016x} vs {:016x}",
-                        report.digest, reference.digest
-                    ),
+                    format!("digest {:016x} vs {:016x}", report.digest, reference.digest),
                 ));
             }
             verdicts.push(verdict(

@@ -211,9 +211,9 @@ impl BenchCommand {
                     .ranks
                     .split(',')
                     .map(|r| {
-                        r.trim()
-                            .parse::<usize>()
-                            .map_err(|_| anyhow::anyhow!("--ranks {r:?}: expected numbers like 1,2"))
+                        r.trim().parse::<usize>().map_err(|_| {
+                            anyhow::anyhow!("--ranks {r:?}: expected numbers like 1,2")
+                        })
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 train::run(train::TrainBench {

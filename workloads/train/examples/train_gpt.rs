@@ -142,7 +142,10 @@ async fn run() -> anyhow::Result<()> {
         println!("--- sampled ---\n{sample}\n---");
     }
     // Figures a script can read (`bench/torch_ddp_gpt.py` prints the peer's).
-    println!("train_tokens_per_s_{world}r {:.0} tokens/s", report.tokens_per_s);
+    println!(
+        "train_tokens_per_s_{world}r {:.0} tokens/s",
+        report.tokens_per_s
+    );
     println!(
         "train_comm_fraction_{world}r {:.4} ratio",
         report.communication_fraction

@@ -120,7 +120,7 @@ impl TrainingJob for CharGpt {
             })?,
         };
         let c = &self.model;
-        if c.heads == 0 || c.embedding % c.heads != 0 || c.layers == 0 || c.context == 0 {
+        if c.heads == 0 || !c.embedding.is_multiple_of(c.heads) || c.layers == 0 || c.context == 0 {
             return Err(candle_core::Error::Msg(format!(
                 "{c:?}: layers, heads and context must be positive and the embedding a multiple of the heads"
             )));
@@ -202,7 +202,11 @@ fn mix(mut x: u64) -> u64 {
 }
 
 /// Inputs and next-character targets, (batch, context) each, at `offsets` of `data`.
-fn windows(data: &[u32], offsets: &[usize], context: usize) -> candle_core::Result<(Tensor, Tensor)> {
+fn windows(
+    data: &[u32],
+    offsets: &[usize],
+    context: usize,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let mut inputs = Vec::with_capacity(offsets.len() * context);
     let mut targets = Vec::with_capacity(offsets.len() * context);
     for at in offsets {
@@ -505,7 +509,10 @@ mod tests {
             .expect("values");
         let std = (head.iter().map(|v| v * v).sum::<f32>() / head.len() as f32).sqrt();
         assert!((std - 0.02).abs() < 0.002, "head std {std}");
-        assert_eq!(vars["norm.weight"].as_tensor().to_vec1::<f32>().expect("v")[0], 1.0);
+        assert_eq!(
+            vars["norm.weight"].as_tensor().to_vec1::<f32>().expect("v")[0],
+            1.0
+        );
         drop(vars);
         // A fresh model predicts about uniformly: loss near ln(vocabulary).
         let loss = job
@@ -513,7 +520,10 @@ mod tests {
             .and_then(|l| l.to_scalar::<f32>())
             .expect("loss");
         let uniform = (model.vocabulary_size() as f32).ln();
-        assert!((loss - uniform).abs() < 0.3, "loss {loss}, ln(vocab) {uniform}");
+        assert!(
+            (loss - uniform).abs() < 0.3,
+            "loss {loss}, ln(vocab) {uniform}"
+        );
     }
 
     #[test]
