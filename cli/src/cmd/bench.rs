@@ -59,6 +59,28 @@ struct TrainBenchArgs {
     peer: Option<String>,
 }
 
+/// Runs a peer's script from `bench/` with `python` and `args`, echoes its `name value
+/// unit` lines and returns them; `what` names the peer in the error.
+pub fn run_peer(python: &str, script: &str, args: &[String], what: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../bench")
+        .join(script);
+    let output = std::process::Command::new(python)
+        .arg(&script)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {} with {python}", script.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the {what} peer failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    print!("{text}");
+    Ok(text)
+}
+
 #[derive(Args)]
 struct CollectiveBenchArgs {
     /// Buffer sizes (f32), comma-separated.

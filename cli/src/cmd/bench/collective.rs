@@ -235,26 +235,19 @@ async fn measure(options: &CollectiveBench) -> anyhow::Result<Figures> {
 
 /// Runs the gloo peer for each rank count benchmarked; returns (ranks, its output).
 fn peer(python: &str, options: &CollectiveBench) -> anyhow::Result<Vec<(usize, String)>> {
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/torch_allreduce.py");
     let sizes: Vec<&str> = options.sizes.iter().map(|s| s.0.as_str()).collect();
     let mut worlds: Vec<usize> = options.placements.iter().map(|p| p.1.len()).collect();
     worlds.sort_unstable();
     worlds.dedup();
     let mut outputs = Vec::new();
     for world in worlds {
-        let output = std::process::Command::new(python)
-            .arg(&script)
-            .args(["--ranks", &world.to_string(), "--sizes", &sizes.join(",")])
-            .output()
-            .with_context(|| format!("running {} with {python}", script.display()))?;
-        anyhow::ensure!(
-            output.status.success(),
-            "the gloo peer failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        print!("{text}");
+        let args = [
+            "--ranks".to_string(),
+            world.to_string(),
+            "--sizes".to_string(),
+            sizes.join(","),
+        ];
+        let text = super::run_peer(python, "torch_allreduce.py", &args, "gloo")?;
         outputs.push((world, text));
     }
     Ok(outputs)
@@ -293,7 +286,7 @@ fn print_ratios(peer_output: &[(usize, String)], figures: &Figures) {
 }
 
 /// The `name value unit` lines whose name starts with `prefix`: (rest of the name, value).
-fn figures_with_prefix(text: &str, prefix: &str) -> Vec<(String, f64)> {
+pub fn figures_with_prefix(text: &str, prefix: &str) -> Vec<(String, f64)> {
     text.lines()
         .filter_map(|line| {
             let mut parts = line.split_whitespace();

@@ -7,7 +7,6 @@
 
 use std::time::Instant;
 
-use anyhow::Context;
 use fleet_train::gpt::{CharGpt, GptConfig};
 use fleet_train::{LearningRate, Trainer};
 
@@ -37,27 +36,19 @@ pub async fn run(options: TrainBench) -> anyhow::Result<()> {
     // The peer first, on a quiet machine (no cluster processes yet).
     let mut peer = Vec::new();
     if let Some(python) = &options.peer_python {
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/torch_ddp_gpt.py");
         for world in &options.ranks {
-            let output = std::process::Command::new(python)
-                .arg(&script)
-                .args(["--ranks", &world.to_string()])
-                .args(["--steps", &options.steps.to_string()])
-                .output()
-                .with_context(|| format!("running {} with {python}", script.display()))?;
-            anyhow::ensure!(
-                output.status.success(),
-                "the PyTorch DDP peer failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            let text = String::from_utf8_lossy(&output.stdout).into_owned();
-            print!("{text}");
-            let tokens_per_s = text.lines().find_map(|line| {
-                let mut parts = line.split_whitespace();
-                (parts.next()? == format!("torch_ddp_tokens_per_s_{world}r"))
-                    .then(|| parts.next()?.parse::<f64>().ok())?
-            });
+            let args = [
+                "--ranks".to_string(),
+                world.to_string(),
+                "--steps".to_string(),
+                options.steps.to_string(),
+            ];
+            let text = super::run_peer(python, "torch_ddp_gpt.py", &args, "PyTorch DDP")?;
+            let tokens_per_s =
+                super::collective::figures_with_prefix(&text, "torch_ddp_tokens_per_s_")
+                    .into_iter()
+                    .find(|(label, _)| *label == format!("{world}r"))
+                    .map(|(_, value)| value);
             peer.push((*world, tokens_per_s));
         }
     }
