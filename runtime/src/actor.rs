@@ -322,9 +322,9 @@ fn new_link(
     label: String,
     owner: Option<OwnerPart>,
     address: Option<String>,
+    max_task_retries: u32,
 ) -> Arc<ActorLink> {
     use dashmap::mapref::entry::Entry;
-    let max_task_retries = owner.as_ref().map_or(0, |o| o.options.max_task_retries);
     let max_pending_calls = owner
         .as_ref()
         .map_or(DEFAULT_MAX_PENDING_CALLS, |o| o.options.max_pending_calls);
@@ -398,6 +398,7 @@ async fn spawn_actor(
         namespace: namespace.clone(),
         class_name: class.to_string(),
         max_restarts: options.max_restarts,
+        max_task_retries: options.max_task_retries,
         detached: options.detached,
         resources: options.resources.clone().into_iter().collect(),
         ..ActorInfo::default()
@@ -417,6 +418,7 @@ async fn spawn_actor(
     } else {
         format!("'{name}'")
     };
+    let options_retries = options.max_task_retries;
     let link = new_link(
         runtime,
         actor_id.clone(),
@@ -428,6 +430,7 @@ async fn spawn_actor(
             _guards: guards,
         }),
         None,
+        options_retries,
     );
     let started = start_instance(runtime, &link, None, 0).await;
     match started {
@@ -1183,6 +1186,9 @@ struct WireHandle {
     actor_id: String,
     class: String,
     label: String,
+    /// The actor's `max_task_retries`: a handle passed on retries calls as the owner's does.
+    #[serde(default)]
+    max_task_retries: u32,
 }
 
 impl Serialize for ActorHandle {
@@ -1191,6 +1197,7 @@ impl Serialize for ActorHandle {
             actor_id: self.link.actor_id.clone(),
             class: self.link.class.clone(),
             label: self.link.label.clone(),
+            max_task_retries: self.link.max_task_retries,
         }
         .serialize(serializer)
     }
@@ -1204,7 +1211,15 @@ impl<'de> Deserialize<'de> for ActorHandle {
             return Ok(ActorHandle { link });
         }
         Ok(ActorHandle {
-            link: new_link(&runtime, wire.actor_id, wire.class, wire.label, None, None),
+            link: new_link(
+                &runtime,
+                wire.actor_id,
+                wire.class,
+                wire.label,
+                None,
+                None,
+                wire.max_task_retries,
+            ),
         })
     }
 }
@@ -1245,6 +1260,7 @@ pub async fn get_actor_in<A: ActorType>(namespace: &str, name: &str) -> Result<A
         format!("'{name}'"),
         None,
         address,
+        info.max_task_retries,
     );
     Ok(A::Handle::from(ActorHandle { link }))
 }

@@ -3,6 +3,8 @@
 //! weights of the keys they need and push gradients back, vectorized (one message per
 //! shard per call); the shards apply an optimizer (SGD, Adagrad, FTRL-proximal); a
 //! consistency model (BSP, SSP with a staleness bound, ASP) decides when a pull may read.
+//! Each shard is a primary and a backup actor on different nodes; a push is acknowledged
+//! once both applied it, and either may be lost (SIGKILL, a node) without losing one.
 //!
 //! ```ignore
 //! let ps = ParameterServer::builder()
@@ -19,7 +21,8 @@
 //! ```
 //!
 //! Modules: [`config`] (key space, optimizers, consistency, the shard map; pure),
-//! [`shard`] (a shard's state and its actor), [`client`] (the driver's server handle and
+//! [`shard`] (a shard's state and its replica actor: chain replication, catch-up after a
+//! restart, exactly-once pushes), [`client`] (the driver's server handle and
 //! each worker's client), [`data`] (a generated sparse logistic-regression set with a
 //! planted model and a known optimum), [`logreg`] (sparse logistic regression on it: the
 //! worker task and the held-out loss).
@@ -30,7 +33,7 @@ pub mod data;
 pub mod logreg;
 pub mod shard;
 
-pub use client::{Builder, ParameterServer, PsWorker};
+pub use client::{Builder, ParameterServer, Placement, PsWorker, Recovery};
 pub use config::{Consistency, KeySpace, Optimizer, PsConfig};
 
 /// What a parameter-server call can fail with.

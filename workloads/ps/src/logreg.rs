@@ -15,8 +15,10 @@ use crate::Result;
 pub struct WorkerReport {
     /// The worker.
     pub worker: usize,
-    /// Pushes acknowledged by every shard.
+    /// Pushes acknowledged by every shard (by this attempt of the task).
     pub pushes: u64,
+    /// The clock this attempt started from (0, or where a lost attempt left off).
+    pub resumed_at: u64,
     /// Keys pulled plus keys pushed.
     pub keys: u64,
     /// Seconds in pulls and pushes.
@@ -29,6 +31,9 @@ pub struct WorkerReport {
 /// `examples` (wrapping), each a pull of its features' weights and a push of their
 /// log-loss gradients, summed over the batch (as per-example updates would add up: the
 /// per-coordinate optimizers, FTRL and Adagrad, scale each coordinate's steps themselves).
+///
+/// Mini-batch `t` is a function of the clock, so a retried task (its node lost) resumes at
+/// the clock the shards have and trains on the same examples the lost one would have.
 #[fleet::remote]
 pub async fn logreg_worker(
     mut ps: PsWorker,
@@ -49,8 +54,10 @@ pub async fn logreg_worker(
         worker: ps.id(),
         ..WorkerReport::default()
     };
-    let mut next = first;
-    for _ in 0..iterations {
+    let resumed = ps.resume().await.map_err(|e| e.to_string())?;
+    report.resumed_at = resumed;
+    let mut next = first + (resumed * batch) % (end - first);
+    for _ in resumed..iterations {
         let mut rows = Vec::with_capacity(batch as usize);
         let mut index: HashMap<u64, usize> = HashMap::new();
         let mut keys = Vec::new();

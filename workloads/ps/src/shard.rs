@@ -1,15 +1,45 @@
-//! One server shard: a contiguous range of slots with their values and optimizer state,
-//! the workers' clocks, and the actor that serves pulls and pushes.
+//! One server shard, replicated on two actors: a shard's slots with their values and
+//! optimizer state, the workers' clocks, and the replica actor that serves them.
 //!
-//! A shard's methods take `&self` and the actor runs many calls at once
+//! **Chain replication** (two links, as OSDI'14 replicates key ranges to a ring neighbour):
+//! the *primary* applies a push, numbers it (the shard's update sequence) and forwards it
+//! to the *backup*, which applies updates strictly in sequence order; the push is
+//! acknowledged only once the backup applied it. So every acknowledged push is on both
+//! replicas, and losing either one loses none of them.
+//!
+//! **Recovery.** Both replicas are checkpointed actors (`#[fleet::actor(checkpoint)]`,
+//! periodic checkpoints committed in the GCS) restarted without limit by their owner. A
+//! restarted replica comes back from its last checkpoint and, before it serves anything,
+//! catches up from the other one:
+//! - a restarted *primary* takes the backup's state (`handover`), which holds every
+//!   acknowledged push; pushes it had applied but not yet replicated were never
+//!   acknowledged, and their workers send them again;
+//! - a restarted *backup* takes the primary's state (`snapshot`);
+//! - only when both replicas are lost at once does a primary fall back to its own
+//!   checkpoint, losing the pushes since (documented in `docs/parameter-server.md`).
+//!
+//! **Epochs** keep a dead primary's updates out: every primary incarnation has an epoch
+//! (`2 · restarts`, or `2 · restarts + 1` when it fell back to its checkpoint); `handover`
+//! moves the backup to the new primary's epoch, updates of an older epoch are refused, and
+//! an update of a newer epoch the backup was not handed over to (the fallback) makes it
+//! take the primary's state first.
+//!
+//! **Exactly once.** A push is identified by its worker and clock: a replica applies each
+//! (worker, clock) once, so a push sent again after a failure (by the runtime's retries or
+//! a restarted worker) is answered without being applied twice, once it is replicated.
+//!
+//! A replica's methods take `&self` and the actor runs many calls at once
 //! (`max_concurrency`), so a pull that waits for slow workers (BSP, SSP) does not hold up
-//! the pushes it waits for. The state sits behind a mutex never held across an await; a
-//! push wakes the waiting pulls.
+//! the pushes it waits for. The state sits behind a mutex never held across an await; an
+//! update wakes the waiting pulls.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use fleet::ObjectRef;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{mix, PsConfig};
@@ -23,10 +53,17 @@ pub struct ShardState {
     values: Vec<f32>,
     /// Per value, the sum of squared gradients (Adagrad, FTRL).
     squares: Vec<f32>,
-    /// Per worker, how many clocks it has pushed (a push of clock `c` makes it `c + 1`).
+    /// Per worker, how many clocks it has pushed without a gap (clocks `0..pushed` are all
+    /// applied): what the consistency models wait on.
     pushed: Vec<u64>,
+    /// Per worker, the clocks applied past a gap (pushes that arrived out of order).
+    ahead: Vec<BTreeSet<u64>>,
     /// Per worker, pushes applied here.
     applied: Vec<u64>,
+    /// Updates applied: the replication sequence (update `seq` is the `seq`-th).
+    seq: u64,
+    /// The primary incarnation whose sequence this state follows.
+    epoch: u32,
 }
 
 impl ShardState {
@@ -50,7 +87,10 @@ impl ShardState {
             values,
             squares: vec![0.0; len],
             pushed: vec![0; config.workers],
+            ahead: vec![BTreeSet::new(); config.workers],
             applied: vec![0; config.workers],
+            seq: 0,
+            epoch: 0,
             config,
         }
     }
@@ -92,15 +132,21 @@ impl ShardState {
         Ok(out)
     }
 
-    /// Applies `worker`'s gradients of clock `clock` (`width` per slot) and advances its
-    /// clock. Nothing is applied when anything in the push is wrong.
+    /// Whether `worker`'s push of `clock` was applied here.
+    pub fn has_applied(&self, worker: usize, clock: u64) -> bool {
+        clock < self.pushed[worker] || self.ahead[worker].contains(&clock)
+    }
+
+    /// Applies `worker`'s gradients of clock `clock` (`width` per slot) as the next update
+    /// of the sequence; `Ok(false)` when that push was applied before (nothing changes).
+    /// Nothing is applied when anything in the push is wrong.
     pub fn apply(
         &mut self,
         worker: usize,
         clock: u64,
         slots: &[u64],
         grads: &[f32],
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         self.check_worker(worker)?;
         let width = self.config.width;
         if grads.len() != slots.len() * width {
@@ -118,6 +164,9 @@ impl ShardState {
             .iter()
             .map(|s| self.offset(*s))
             .collect::<Result<Vec<_>, _>>()?;
+        if self.has_applied(worker, clock) {
+            return Ok(false);
+        }
         let optimizer = self.config.optimizer;
         for (k, at) in offsets.into_iter().enumerate() {
             for j in 0..width {
@@ -129,9 +178,14 @@ impl ShardState {
                 );
             }
         }
-        self.pushed[worker] = self.pushed[worker].max(clock + 1);
+        let ahead = &mut self.ahead[worker];
+        ahead.insert(clock);
+        while ahead.remove(&self.pushed[worker]) {
+            self.pushed[worker] += 1;
+        }
         self.applied[worker] += 1;
-        Ok(())
+        self.seq += 1;
+        Ok(true)
     }
 
     /// Whether a pull of `clock` may read now.
@@ -150,7 +204,7 @@ impl ShardState {
             .collect()
     }
 
-    /// Clocks pushed, per worker.
+    /// Clocks pushed without a gap, per worker.
     pub fn pushed(&self) -> &[u64] {
         &self.pushed
     }
@@ -159,14 +213,115 @@ impl ShardState {
     pub fn applied(&self) -> &[u64] {
         &self.applied
     }
+
+    /// Updates applied (the replication sequence).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// A hash of the values and optimizer state (replicas that applied the same updates in
+    /// the same order have the same one).
+    pub fn digest(&self) -> u64 {
+        let mut hash = 0xCBF2_9CE4_8422_2325u64;
+        for v in self.values.iter().chain(&self.squares) {
+            hash = (hash ^ u64::from(v.to_bits())).wrapping_mul(0x0100_0000_01B3);
+        }
+        hash
+    }
 }
 
-/// One shard of a parameter server (see the module docs).
-#[fleet::actor]
+/// Which link of a shard's chain a replica is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Serves the workers; forwards every update to the backup.
+    Primary,
+    /// Applies the primary's updates in sequence; hands its state over when the primary
+    /// comes back.
+    Backup,
+}
+
+/// The actor name of shard `index`'s replica `role` in server `server`.
+pub fn replica_name(server: &str, index: usize, role: Role) -> String {
+    match role {
+        Role::Primary => format!("{server}/shard-{index}"),
+        Role::Backup => format!("{server}/shard-{index}/backup"),
+    }
+}
+
+/// What a replica reports of itself: for checks and the chaos workload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// Which link.
+    pub role: Role,
+    /// Updates applied.
+    pub seq: u64,
+    /// The primary incarnation followed.
+    pub epoch: u32,
+    /// Pushes applied per worker.
+    pub applied: Vec<u64>,
+    /// Clocks pushed without a gap, per worker.
+    pub pushed: Vec<u64>,
+    /// [`ShardState::digest`].
+    pub digest: u64,
+    /// How many times this replica's actor was restarted.
+    pub restarts: u32,
+    /// The process it runs in.
+    pub pid: u32,
+}
+
+/// How long a restarted primary waits for its backup's state before it falls back to its
+/// own checkpoint (the backup is then taken to be lost too).
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between attempts to replicate an update the backup did not take.
+const REPLICATE_RETRY: Duration = Duration::from_millis(100);
+
+/// Sequence numbers replicated so far (the primary's view): all of `1..=upto`, and the
+/// ones past a gap.
+#[derive(Debug, Default)]
+struct Replicated {
+    upto: u64,
+    past_gap: BTreeSet<u64>,
+}
+
+impl Replicated {
+    fn complete(&mut self, seq: u64) {
+        if seq <= self.upto {
+            return;
+        }
+        self.past_gap.insert(seq);
+        while self.past_gap.remove(&(self.upto + 1)) {
+            self.upto += 1;
+        }
+    }
+}
+
+/// What a replica keeps only while it runs.
+#[derive(Debug, Default)]
+struct Volatile {
+    /// An update was applied (pulls waiting on clocks, backups waiting on sequence).
+    changed: tokio::sync::Notify,
+    /// Whether this instance's state is current (a restored one catches up first).
+    synced: AtomicBool,
+    /// One catch-up at a time.
+    syncing: tokio::sync::Mutex<()>,
+    /// The other replica, once looked up.
+    peer: Mutex<Option<PsShardHandle>>,
+    /// The primary's replicated sequence numbers, and a wakeup when they move.
+    replicated: Mutex<Replicated>,
+    replicated_changed: tokio::sync::Notify,
+}
+
+/// One replica of one shard of a parameter server (see the module docs).
+#[fleet::actor(checkpoint)]
+#[derive(Serialize, Deserialize)]
 pub struct PsShard {
     index: usize,
+    role: Role,
+    /// The other replica's actor name (`None`: a shard without a backup).
+    peer: Option<String>,
     state: Mutex<ShardState>,
-    changed: tokio::sync::Notify,
+    #[serde(skip)]
+    volatile: Volatile,
 }
 
 impl PsShard {
@@ -174,16 +329,210 @@ impl PsShard {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut state)
     }
+
+    fn named(&self, error: impl std::fmt::Display) -> String {
+        format!("shard {} ({:?}): {error}", self.index, self.role)
+    }
+
+    fn restarts() -> u32 {
+        fleet::context().map_or(0, |c| c.actor_restarts)
+    }
+
+    /// The other replica's handle (`None` without a backup).
+    async fn peer_handle(&self) -> Result<Option<PsShardHandle>, String> {
+        let Some(name) = &self.peer else {
+            return Ok(None);
+        };
+        if let Some(handle) = self
+            .volatile
+            .peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Ok(Some(handle));
+        }
+        let handle = fleet::get_actor::<PsShard>(name)
+            .await
+            .map_err(|e| self.named(format!("its peer replica {name}: {e}")))?;
+        *self.volatile.peer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle.clone());
+        Ok(Some(handle))
+    }
+
+    /// Catches a restored replica up from the other one, once (see the module docs).
+    async fn ensure_synced(&self) -> Result<(), String> {
+        if self.volatile.synced.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one_at_a_time = self.volatile.syncing.lock().await;
+        if self.volatile.synced.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let peer = self.peer_handle().await?;
+        match (self.role, peer) {
+            (_, None) => {}
+            (Role::Primary, Some(backup)) => {
+                let epoch = 2 * Self::restarts();
+                let handed = fleet::get_timeout(&backup.handover(epoch), HANDOVER_TIMEOUT).await;
+                let seq = match handed {
+                    Ok(state) => {
+                        let seq = state.seq;
+                        self.with_state(|s| *s = state);
+                        seq
+                    }
+                    Err(error) => {
+                        // Both replicas were lost (or the backup cannot be reached): the
+                        // checkpoint is all there is, and the backup must follow it.
+                        tracing::warn!(shard = self.index, %error, "the backup did not hand its state over: going on from this replica's checkpoint");
+                        self.with_state(|s| {
+                            s.epoch = epoch + 1;
+                            s.seq
+                        })
+                    }
+                };
+                let mut replicated = self
+                    .volatile
+                    .replicated
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                *replicated = Replicated {
+                    upto: seq,
+                    past_gap: BTreeSet::new(),
+                };
+            }
+            (Role::Backup, Some(primary)) => {
+                let state = fleet::get_timeout(&primary.snapshot(), HANDOVER_TIMEOUT)
+                    .await
+                    .map_err(|e| {
+                        self.named(format!(
+                            "catching up from the primary after a restart: {e} (try again once it is back)"
+                        ))
+                    })?;
+                self.with_state(|s| *s = state);
+            }
+        }
+        self.volatile.synced.store(true, Ordering::Release);
+        self.volatile.changed.notify_waiters();
+        Ok(())
+    }
+
+    fn primary_only(&self, method: &str) -> Result<(), String> {
+        if self.role != Role::Primary {
+            return Err(self.named(format!("{method} goes to the primary, not the backup")));
+        }
+        Ok(())
+    }
+
+    /// Replicates update `seq` to the backup until it takes it (the runtime follows the
+    /// backup through its restarts; a refusal ends it).
+    async fn replicate_to(
+        &self,
+        backup: &PsShardHandle,
+        first: ObjectRef<()>,
+        update: Update<'_>,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + self.with_state(|s| s.config.wait_timeout);
+        let mut call = first;
+        loop {
+            let error = match call.await {
+                Ok(()) => break,
+                Err(error) => error,
+            };
+            let refused = error
+                .remote()
+                .is_some_and(|r| r.kind == fleet::TaskFailure::Application);
+            if refused || Instant::now() >= deadline {
+                return Err(self.named(format!(
+                    "update {} was not replicated to the backup: {error}",
+                    update.seq
+                )));
+            }
+            tokio::time::sleep(REPLICATE_RETRY).await;
+            call = update.send(backup);
+        }
+        let mut replicated = self
+            .volatile
+            .replicated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        replicated.complete(update.seq);
+        drop(replicated);
+        self.volatile.replicated_changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Waits until updates `1..=seq` are all on the backup.
+    async fn wait_replicated(&self, seq: u64) -> Result<(), String> {
+        let deadline = Instant::now() + self.with_state(|s| s.config.wait_timeout);
+        loop {
+            let notified = self.volatile.replicated_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let upto = self
+                .volatile
+                .replicated
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .upto;
+            if upto >= seq {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, notified).await.is_err() {
+                return Err(self.named(format!(
+                    "update {seq} is not on the backup yet (replicated up to {upto}): is the backup recovering?"
+                )));
+            }
+        }
+    }
+}
+
+/// One update as the primary forwards it.
+struct Update<'a> {
+    epoch: u32,
+    seq: u64,
+    worker: usize,
+    clock: u64,
+    slots: &'a [u64],
+    grads: &'a [f32],
+}
+
+impl Update<'_> {
+    fn send(&self, backup: &PsShardHandle) -> ObjectRef<()> {
+        backup.replicate(
+            self.epoch,
+            self.seq,
+            self.worker,
+            self.clock,
+            self.slots.to_vec(),
+            self.grads.to_vec(),
+        )
+    }
 }
 
 #[fleet::actor]
 impl PsShard {
-    pub fn new(config: PsConfig, index: usize, seed: u64) -> Self {
-        PsShard {
+    pub fn new(
+        config: PsConfig,
+        index: usize,
+        seed: u64,
+        role: Role,
+        peer: Option<String>,
+    ) -> Self {
+        let shard = PsShard {
             index,
+            role,
+            peer,
             state: Mutex::new(ShardState::new(config, index, seed)),
-            changed: tokio::sync::Notify::new(),
-        }
+            volatile: Volatile::default(),
+        };
+        // A first instance starts from the seeded state both replicas share; a restarted
+        // one without a checkpoint yet must catch up like a restored one.
+        shard
+            .volatile
+            .synced
+            .store(Self::restarts() == 0, Ordering::Release);
+        shard
     }
 
     /// The weights of `slots`, once the consistency model allows worker `worker` to read
@@ -194,10 +543,12 @@ impl PsShard {
         clock: u64,
         slots: Vec<u64>,
     ) -> Result<Vec<f32>, String> {
+        self.primary_only("a pull")?;
+        self.ensure_synced().await?;
         let timeout = self.with_state(|s| s.config.wait_timeout);
         let deadline = Instant::now() + timeout;
         loop {
-            let notified = self.changed.notified();
+            let notified = self.volatile.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let ready = self.with_state(|s| {
@@ -218,31 +569,200 @@ impl PsShard {
         }
     }
 
-    /// Applies worker `worker`'s gradients of clock `clock`; answers the pushes applied
-    /// from it so far. An empty push only advances its clock.
-    pub fn push(
+    /// Applies worker `worker`'s gradients of clock `clock` and answers (once the backup
+    /// applied them too) the pushes applied from that worker so far. A push applied before
+    /// is not applied again. An empty push only advances the worker's clock.
+    pub async fn push(
         &self,
         worker: usize,
         clock: u64,
         slots: Vec<u64>,
         grads: Vec<f32>,
     ) -> Result<u64, String> {
-        let applied = self.with_state(|s| {
-            s.apply(worker, clock, &slots, &grads)
-                .map(|()| s.applied()[worker])
+        self.primary_only("a push")?;
+        self.ensure_synced().await?;
+        let backup = self.peer_handle().await?;
+        // Applied, numbered and sent on under one lock: the backup receives the updates
+        // in sequence order.
+        let outcome = self.with_state(|s| {
+            let fresh = s.apply(worker, clock, &slots, &grads)?;
+            let update = Update {
+                epoch: s.epoch,
+                seq: s.seq,
+                worker,
+                clock,
+                slots: &slots,
+                grads: &grads,
+            };
+            let call = match (&backup, fresh) {
+                (Some(backup), true) => Some(update.send(backup)),
+                _ => None,
+            };
+            Ok::<_, String>((fresh, s.epoch, s.seq, s.applied[worker], call))
         });
-        self.changed.notify_waiters();
-        applied.map_err(|e| format!("shard {}: {e}", self.index))
+        let (fresh, epoch, seq, applied, call) = outcome.map_err(|e| self.named(e))?;
+        self.volatile.changed.notify_waiters();
+        if backup.is_none() {
+            return Ok(applied);
+        }
+        match (backup, call) {
+            (Some(backup), Some(call)) => {
+                let update = Update {
+                    epoch,
+                    seq,
+                    worker,
+                    clock,
+                    slots: &slots,
+                    grads: &grads,
+                };
+                self.replicate_to(&backup, call, update).await?;
+            }
+            // Applied before: answered once everything applied so far is replicated (the
+            // first attempt may still be on its way to the backup).
+            _ if !fresh => self.wait_replicated(seq).await?,
+            _ => {}
+        }
+        Ok(applied)
     }
 
-    /// Clocks pushed per worker, and pushes applied per worker.
-    pub fn clocks(&self) -> (Vec<u64>, Vec<u64>) {
-        self.with_state(|s| (s.pushed().to_vec(), s.applied().to_vec()))
+    /// The backup's side of a push: applies update `seq` of the primary incarnation
+    /// `epoch`, after every update before it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn replicate(
+        &self,
+        epoch: u32,
+        seq: u64,
+        worker: usize,
+        clock: u64,
+        slots: Vec<u64>,
+        grads: Vec<f32>,
+    ) -> Result<(), String> {
+        if self.role != Role::Backup {
+            return Err(self.named("only a backup takes replicated updates"));
+        }
+        self.ensure_synced().await?;
+        let deadline = Instant::now() + self.with_state(|s| s.config.wait_timeout);
+        enum Step {
+            Done,
+            Wait,
+            CatchUp,
+        }
+        loop {
+            let notified = self.volatile.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let step = self.with_state(|s| {
+                if epoch < s.epoch {
+                    return Err(format!(
+                        "update {seq} comes from primary epoch {epoch}, older than epoch {}: refused",
+                        s.epoch
+                    ));
+                }
+                if epoch > s.epoch {
+                    return Ok(Step::CatchUp);
+                }
+                if seq <= s.seq {
+                    return Ok(Step::Done);
+                }
+                if seq > s.seq + 1 {
+                    return Ok(Step::Wait);
+                }
+                match s.apply(worker, clock, &slots, &grads)? {
+                    true => Ok(Step::Done),
+                    false => Err(format!(
+                        "update {seq} (worker {worker}, clock {clock}) was applied before under another number: the replicas diverged"
+                    )),
+                }
+            });
+            match step.map_err(|e| self.named(e))? {
+                Step::Done => {
+                    self.volatile.changed.notify_waiters();
+                    return Ok(());
+                }
+                Step::CatchUp => {
+                    // A primary that came back from its own checkpoint: take its state.
+                    self.volatile.synced.store(false, Ordering::Release);
+                    self.ensure_synced().await?;
+                    if self.with_state(|s| s.epoch) < epoch {
+                        return Err(self.named(format!(
+                            "caught up, yet the primary's epoch is older than {epoch}"
+                        )));
+                    }
+                }
+                Step::Wait => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if tokio::time::timeout(left, notified).await.is_err() {
+                        let at = self.with_state(|s| s.seq);
+                        return Err(self.named(format!(
+                            "update {seq} waited for update {} that never came",
+                            at + 1
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The backup's state for a restarted primary of epoch `epoch`, which takes it over;
+    /// updates of older epochs are refused from here on.
+    pub fn handover(&self, epoch: u32) -> Result<ShardState, String> {
+        if self.role != Role::Backup || !self.volatile.synced.load(Ordering::Acquire) {
+            return Err(self.named("no current backup state to hand over"));
+        }
+        self.with_state(|s| {
+            if epoch < s.epoch {
+                return Err(format!(
+                    "a primary of epoch {epoch} asked for the state, but epoch {} took it",
+                    s.epoch
+                ));
+            }
+            s.epoch = epoch;
+            Ok(s.clone())
+        })
+        .map_err(|e| self.named(e))
+    }
+
+    /// The primary's state, for a restarted backup.
+    pub async fn snapshot(&self) -> Result<ShardState, String> {
+        self.primary_only("snapshot")?;
+        self.ensure_synced().await?;
+        Ok(self.with_state(|s| s.clone()))
+    }
+
+    /// Clocks pushed per worker (without a gap), and pushes applied per worker.
+    pub async fn clocks(&self) -> Result<(Vec<u64>, Vec<u64>), String> {
+        self.ensure_synced().await?;
+        Ok(self.with_state(|s| (s.pushed().to_vec(), s.applied().to_vec())))
     }
 
     /// The weights of `slots`, without waiting.
-    pub fn read(&self, slots: Vec<u64>) -> Result<Vec<f32>, String> {
+    pub async fn read(&self, slots: Vec<u64>) -> Result<Vec<f32>, String> {
+        self.ensure_synced().await?;
         self.with_state(|s| s.read(&slots))
+    }
+
+    /// Answers once this replica is current (caught up after a restart): its sequence and
+    /// how many times it was restarted.
+    /// The owner's watch calls it, so a lost replica is restarted without waiting for a
+    /// worker's call.
+    pub async fn ping(&self) -> Result<(u64, u32), String> {
+        self.ensure_synced().await?;
+        Ok((self.with_state(|s| s.seq), Self::restarts()))
+    }
+
+    /// This replica's sequence, clocks and digest (caught up first).
+    pub async fn status(&self) -> Result<ReplicaStatus, String> {
+        self.ensure_synced().await?;
+        Ok(self.with_state(|s| ReplicaStatus {
+            role: self.role,
+            seq: s.seq,
+            epoch: s.epoch,
+            applied: s.applied.clone(),
+            pushed: s.pushed.clone(),
+            digest: s.digest(),
+            restarts: Self::restarts(),
+            pid: std::process::id(),
+        }))
     }
 }
 
@@ -294,6 +814,46 @@ mod tests {
         // Worker 0 is 3 clocks ahead of worker 1, which has pushed nothing.
         assert!(s.readable(2) && !s.readable(3));
         assert!(state(Consistency::Asp).readable(1_000));
+    }
+
+    #[test]
+    fn each_push_is_applied_once_in_any_order_and_clocks_count_without_gaps() {
+        let mut s = state(Consistency::Asp);
+        assert!(s.apply(0, 1, &[5], &[1.0, 1.0]).expect("applies"));
+        // Clock 1 before clock 0: applied, but the worker's clock waits for 0.
+        assert_eq!(s.pushed(), &[0, 0]);
+        assert!(!s.apply(0, 1, &[5], &[1.0, 1.0]).expect("a repeat"));
+        assert!(s.apply(0, 0, &[5], &[1.0, 1.0]).expect("applies"));
+        assert_eq!(s.pushed(), &[2, 0]);
+        assert!(!s.apply(0, 0, &[5], &[1.0, 1.0]).expect("a repeat"));
+        assert_eq!(s.applied(), &[2, 0]);
+        assert_eq!(s.seq(), 2);
+        assert_eq!(s.read(&[5]).expect("reads"), vec![-1.0, -1.0]);
+    }
+
+    #[test]
+    fn replicated_sequence_numbers_count_up_to_the_first_gap() {
+        let mut r = Replicated::default();
+        r.complete(2);
+        assert_eq!(r.upto, 0);
+        r.complete(1);
+        r.complete(1);
+        assert_eq!(r.upto, 2);
+        r.complete(4);
+        r.complete(3);
+        assert_eq!((r.upto, r.past_gap.len()), (4, 0));
+    }
+
+    #[test]
+    fn replicas_applying_the_same_updates_in_order_have_the_same_digest() {
+        let (mut a, mut b) = (state(Consistency::Asp), state(Consistency::Asp));
+        for s in [&mut a, &mut b] {
+            s.apply(0, 0, &[5], &[1.0, 2.0]).expect("applies");
+            s.apply(1, 0, &[6], &[3.0, 4.0]).expect("applies");
+        }
+        assert_eq!(a.digest(), b.digest());
+        b.apply(0, 1, &[5], &[1.0, 1.0]).expect("applies");
+        assert_ne!(a.digest(), b.digest());
     }
 
     #[test]

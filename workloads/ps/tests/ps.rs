@@ -148,14 +148,7 @@ async fn bad_input_is_refused_by_name() -> Result<()> {
 }
 
 async fn workers_in_tasks_train_logistic_regression_near_its_optimum() -> Result<()> {
-    let data = SparseLogReg {
-        features: 20_000,
-        examples: 8_000,
-        active: 10,
-        scale: 1.0,
-        informative: 200,
-        seed: 11,
-    };
+    let data = small_data();
     let workers = 4u64;
     let ps = ParameterServer::builder()
         .key_space(KeySpace::Hashed { buckets: 1 << 16 })
@@ -210,6 +203,263 @@ async fn workers_in_tasks_train_logistic_regression_near_its_optimum() -> Result
     Ok(())
 }
 
+/// A checkpoint directory of this test run's own.
+fn checkpoint_dir(test: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("fleet-ps-{test}-{}", std::process::id()))
+}
+
+fn sigkill(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+}
+
+fn small_data() -> SparseLogReg {
+    SparseLogReg {
+        features: 20_000,
+        examples: 8_000,
+        active: 10,
+        scale: 1.0,
+        informative: 200,
+        seed: 11,
+    }
+}
+
+/// Every shard's primary and backup applied each worker's `iterations` pushes exactly
+/// once, in the same order (same sequence, same digest).
+async fn every_push_applied_once_on_both_replicas(
+    ps: &ParameterServer,
+    workers: usize,
+    iterations: u64,
+) -> Result<()> {
+    for (shard, (primary, backup)) in ps.replicas().await?.into_iter().enumerate() {
+        for replica in [&primary, &backup] {
+            ensure!(
+                replica.applied == vec![iterations; workers]
+                    && replica.pushed == vec![iterations; workers],
+                "shard {shard} {:?}: applied {:?}, clocks {:?}; every worker pushed {iterations} times",
+                replica.role,
+                replica.applied,
+                replica.pushed
+            );
+        }
+        ensure!(
+            primary.seq == backup.seq && primary.digest == backup.digest,
+            "shard {shard}: primary at update {} ({:016x}), backup at {} ({:016x})",
+            primary.seq,
+            primary.digest,
+            backup.seq,
+            backup.digest
+        );
+    }
+    Ok(())
+}
+
+async fn sigkilled_replicas_lose_no_acknowledged_push() -> Result<()> {
+    let data = small_data();
+    let (workers, iterations) = (2u64, 400u64);
+    let dir = checkpoint_dir("replicas");
+    let ps = ParameterServer::builder()
+        .key_space(KeySpace::Hashed { buckets: 1 << 16 })
+        .shards(2)
+        .workers(workers as usize)
+        .optimizer(Optimizer::Adagrad { lr: 0.1, eps: 1e-6 })
+        .consistency(Consistency::Ssp(2))
+        .checkpoints(&dir, Duration::from_millis(300))
+        .build()
+        .await?;
+    let optimum = data.optimal_log_loss();
+    let before = held_out_log_loss(&ps, &data).await?;
+    let per_worker = data.examples / workers;
+    let runs: Vec<ObjectRef<WorkerReport>> = (0..workers)
+        .map(|w| {
+            Ok(logreg_worker::remote(
+                ps.worker(w as usize)?,
+                data,
+                (w * per_worker, (w + 1) * per_worker),
+                iterations,
+                50u64,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    // Mid-run, with pushes in flight: SIGKILL shard 0's primary, then shard 1's backup.
+    let mut killed = Vec::new();
+    for (shard, primary) in [(0usize, true), (1, false)] {
+        let waiting = Instant::now();
+        loop {
+            let seq = ps.replicas().await?[shard].0.seq;
+            if seq >= 40 * (killed.len() as u64 + 1) {
+                break;
+            }
+            if waiting.elapsed() > Duration::from_secs(60) {
+                let outcome =
+                    tokio::time::timeout(Duration::from_secs(5), fleet::get_all(&runs)).await;
+                anyhow::bail!("the workers stopped pushing at update {seq} of shard {shard} after {killed:?}: {outcome:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (p, b) = ps.replicas().await?.swap_remove(shard);
+        let victim = if primary { p } else { b };
+        sigkill(victim.pid);
+        killed.push((shard, victim.role, victim.seq));
+    }
+    let reports = fleet::get_all(&runs).await?;
+    ensure!(
+        reports.iter().all(|r| r.pushes == iterations),
+        "pushes acknowledged: {:?}",
+        reports.iter().map(|r| r.pushes).collect::<Vec<_>>()
+    );
+    every_push_applied_once_on_both_replicas(&ps, workers as usize, iterations).await?;
+    let replicas = ps.replicas().await?;
+    ensure!(
+        replicas[0].0.restarts >= 1 && replicas[1].1.restarts >= 1,
+        "the killed replicas were not restarted: {replicas:?}"
+    );
+    let after = held_out_log_loss(&ps, &data).await?;
+    ensure!(
+        after < before - 0.5 * (before - optimum),
+        "held-out log-loss {before:.4} -> {after:.4} (optimum {optimum:.4})"
+    );
+    let recoveries = ps.recoveries();
+    ensure!(
+        recoveries.len() >= 2,
+        "the watch saw {} recoveries: {recoveries:?}",
+        recoveries.len()
+    );
+    println!(
+        "  killed {killed:?}; every push applied once on both replicas; recoveries: {}; log-loss {before:.4} -> {after:.4}",
+        recoveries
+            .iter()
+            .map(|r| format!("{} back in {:.2} s", r.replica, r.seconds))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    ps.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn a_shard_losing_both_replicas_comes_back_from_its_checkpoint() -> Result<()> {
+    let dir = checkpoint_dir("both-lost");
+    let ps = dense(4, 1, 1)
+        .consistency(Consistency::Asp)
+        .checkpoints(&dir, Duration::from_secs(600))
+        .build()
+        .await?;
+    let mut worker = ps.worker(0)?;
+    for _ in 0..5 {
+        worker.push(&[0], &[1.0]).await?;
+    }
+    ps.checkpoint().await?;
+    for _ in 0..3 {
+        worker.push(&[0], &[1.0]).await?;
+    }
+    ensure!(ps.read(&[0]).await? == [-8.0], "before the loss");
+    let (primary, backup) = ps.replicas().await?.swap_remove(0);
+    sigkill(primary.pid);
+    sigkill(backup.pid);
+    // The checkpoint is all there is: clocks 5..8 are gone, and resume says so.
+    let resumed = worker.resume().await?;
+    ensure!(
+        resumed == 5,
+        "resumed at clock {resumed}, the checkpoint has 5"
+    );
+    ensure!(
+        ps.read(&[0]).await? == [-5.0],
+        "not the checkpoint's weights"
+    );
+    worker.push(&[0], &[1.0]).await?;
+    let (primary, backup) = ps.replicas().await?.swap_remove(0);
+    ensure!(
+        primary.applied == [6]
+            && backup.applied == [6]
+            && primary.digest == backup.digest
+            && primary.epoch == backup.epoch
+            && primary.epoch % 2 == 1,
+        "after the loss: primary {primary:?}, backup {backup:?}"
+    );
+    println!(
+        "  both replicas SIGKILLed: back from the checkpoint at clock 5 (3 pushes lost, as documented), epoch {}, the backup following",
+        primary.epoch
+    );
+    ps.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// A logistic-regression worker that SIGKILLs its own process at clock `die_at` on its
+/// first attempt; the retried task resumes from the shards' clock.
+#[fleet::remote]
+async fn worker_dying_at(
+    mut ps: fleet_ps::PsWorker,
+    data: SparseLogReg,
+    examples: (u64, u64),
+    iterations: u64,
+    die_at: u64,
+) -> std::result::Result<WorkerReport, String> {
+    let clock = ps.resume().await.map_err(|e| e.to_string())?;
+    if clock == 0 {
+        logreg_worker(ps, data, examples, die_at, 50).await?;
+        sigkill(std::process::id());
+        return Err("still alive after SIGKILL".into());
+    }
+    logreg_worker(ps, data, examples, iterations, 50).await
+}
+
+async fn a_worker_lost_mid_run_is_replaced_and_resumes_where_the_shards_have_it() -> Result<()> {
+    let data = small_data();
+    let (workers, iterations, die_at) = (3u64, 60u64, 25u64);
+    let dir = checkpoint_dir("worker-loss");
+    // BSP: the others wait at the barrier for the replacement.
+    let ps = ParameterServer::builder()
+        .key_space(KeySpace::Hashed { buckets: 1 << 16 })
+        .shards(2)
+        .workers(workers as usize)
+        .optimizer(Optimizer::Adagrad { lr: 0.1, eps: 1e-6 })
+        .consistency(Consistency::Bsp)
+        .checkpoints(&dir, Duration::from_secs(2))
+        .build()
+        .await?;
+    let per_worker = data.examples / workers;
+    let range = |w: u64| (w * per_worker, (w + 1) * per_worker);
+    let mut runs: Vec<ObjectRef<WorkerReport>> = (0..workers - 1)
+        .map(|w| {
+            Ok(logreg_worker::options().num_cpus(1.0).remote(
+                ps.worker(w as usize)?,
+                data,
+                range(w),
+                iterations,
+                50u64,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let dying = workers - 1;
+    runs.push(worker_dying_at::options().num_cpus(1.0).remote(
+        ps.worker(dying as usize)?,
+        data,
+        range(dying),
+        iterations,
+        die_at,
+    ));
+    let reports = fleet::get_all(&runs).await?;
+    let replaced = &reports[dying as usize];
+    ensure!(
+        replaced.resumed_at == die_at && replaced.pushes == iterations - die_at,
+        "the replacement resumed at clock {} and pushed {} times (expected {die_at} and {})",
+        replaced.resumed_at,
+        replaced.pushes,
+        iterations - die_at
+    );
+    every_push_applied_once_on_both_replicas(&ps, workers as usize, iterations).await?;
+    println!(
+        "  worker {dying} SIGKILLed at clock {die_at}: its task was retried, resumed at clock {}, the others waited at the BSP barrier; every push applied once",
+        replaced.resumed_at
+    );
+    ps.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 type Scenario = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>>>>;
 
 fn main() -> std::process::ExitCode {
@@ -251,6 +501,21 @@ fn main() -> std::process::ExitCode {
             (
                 "workers_in_tasks_train_logistic_regression_near_its_optimum",
                 || Box::pin(workers_in_tasks_train_logistic_regression_near_its_optimum()),
+            ),
+            ("sigkilled_replicas_lose_no_acknowledged_push", || {
+                Box::pin(sigkilled_replicas_lose_no_acknowledged_push())
+            }),
+            (
+                "a_shard_losing_both_replicas_comes_back_from_its_checkpoint",
+                || Box::pin(a_shard_losing_both_replicas_comes_back_from_its_checkpoint()),
+            ),
+            (
+                "a_worker_lost_mid_run_is_replaced_and_resumes_where_the_shards_have_it",
+                || {
+                    Box::pin(
+                        a_worker_lost_mid_run_is_replaced_and_resumes_where_the_shards_have_it(),
+                    )
+                },
             ),
         ];
         let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
