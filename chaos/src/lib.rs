@@ -14,11 +14,15 @@
 //!   trait a user's own workload implements.
 //! - [`training`]: the `training` workload (a checkpointed, elastic data-parallel run of a
 //!   small GPT whose losses and weights must equal a run without faults).
+//! - [`parameter_server`]: the `parameter_server` workload (sparse logistic regression on a
+//!   replicated `fleet-ps` server; every acknowledged push applied exactly once on both
+//!   replicas of every shard).
 //! - [`report`]: the report, for people and (`--json`) machines.
 //! - [`runner`]: ties them together.
 
 pub mod faults;
 pub mod network;
+pub mod parameter_server;
 pub mod report;
 pub mod runner;
 pub mod scenario;

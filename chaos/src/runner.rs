@@ -144,6 +144,15 @@ async fn drive(
             work_dir.join("training-checkpoints"),
             cluster.node_ids(),
         )),
+        WorkloadKind::ParameterServer => {
+            Box::new(crate::parameter_server::ParameterServerWorkload::new(
+                scenario.workload.workers,
+                scenario.workload.shards,
+                scenario.workload.steps,
+                work_dir.join("ps-checkpoints"),
+                cluster.node_ids(),
+            ))
+        }
     };
     let report = run_on(cluster, network, scenario, workload).await;
     fleet::shutdown().await;

@@ -113,12 +113,25 @@ pub struct WorkloadSpec {
     /// training: data-parallel ranks.
     #[serde(default = "default_ranks")]
     pub ranks: usize,
-    /// training: steps to train.
+    /// training: steps to train; parameter_server: pushes per worker.
     #[serde(default = "default_steps")]
     pub steps: u64,
     /// training: commit a checkpoint every this many steps.
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
+    /// parameter_server: worker tasks (each pushes `steps` times).
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// parameter_server: server shards (two replica actors each).
+    #[serde(default = "default_shards")]
+    pub shards: usize,
+}
+
+fn default_workers() -> usize {
+    4
+}
+fn default_shards() -> usize {
+    2
 }
 
 fn default_ranks() -> usize {
@@ -165,6 +178,9 @@ pub enum WorkloadKind {
     /// A checkpointed, elastic data-parallel run of a small GPT; its losses and final
     /// weights must equal a run without faults.
     Training,
+    /// Sparse logistic regression on a replicated parameter server; every acknowledged
+    /// push applied exactly once on both replicas of every shard, the target loss reached.
+    ParameterServer,
 }
 
 /// One fault.

@@ -4,6 +4,7 @@
 pub mod channel;
 pub mod collective;
 pub mod placement;
+pub mod ps;
 pub mod runtime;
 pub mod train;
 pub mod transfer;
@@ -41,6 +42,48 @@ enum BenchTarget {
     /// Data-parallel training of nanoGPT's CPU GPT (`fleet-train`): tokens/s for 1 and 2
     /// ranks, step time split into computation and communication; `--peer` adds PyTorch DDP.
     Train(TrainBenchArgs),
+    /// The parameter server (`fleet-ps`): keys/s for 1/2/4 workers and 1/2 shards, time to
+    /// 1% of the optimal log-loss under BSP, SSP(2), ASP; `--peer` adds the Ray version.
+    Ps(PsBenchArgs),
+}
+
+#[derive(Args)]
+struct PsBenchArgs {
+    /// Worker counts for keys/s, comma-separated.
+    #[arg(long, default_value = "1,2,4")]
+    workers: String,
+    /// Shard counts for keys/s, comma-separated.
+    #[arg(long, default_value = "1,2")]
+    shards: String,
+    /// Timed pull+push rounds per worker.
+    #[arg(long, default_value_t = 200)]
+    calls: u64,
+    /// Keys per pull and per push.
+    #[arg(long, default_value_t = 1000)]
+    keys_per_call: usize,
+    /// Consistency models of the time-to-target runs (bsp, ssp<N>, asp), comma-separated.
+    #[arg(long, default_value = "bsp,ssp2,asp")]
+    consistency: String,
+    /// Epochs of each time-to-target run (it ends there, reached or not).
+    #[arg(long, default_value_t = 3)]
+    epochs: u64,
+    /// The relative gap to the optimal log-loss that counts as the target.
+    #[arg(long, default_value_t = 0.01)]
+    gap: f64,
+    /// Also run the Ray version (bench/ray_ps.py) with this Python (a virtualenv with
+    /// `ray[default]` and numpy).
+    #[arg(long)]
+    peer: Option<String>,
+}
+
+fn numbers(text: &str, flag: &str) -> anyhow::Result<Vec<usize>> {
+    text.split(',')
+        .map(|n| {
+            n.trim()
+                .parse::<usize>()
+                .map_err(|_| anyhow::anyhow!("{flag} {n:?}: expected numbers like 1,2,4"))
+        })
+        .collect()
 }
 
 #[derive(Args)]
@@ -242,6 +285,24 @@ impl BenchCommand {
                     ranks,
                     steps: args.steps,
                     batch: args.batch,
+                    peer_python: args.peer,
+                })
+                .await?
+            }
+            BenchTarget::Ps(args) => {
+                let consistency = args
+                    .consistency
+                    .split(',')
+                    .map(|c| c.parse().map_err(|e: String| anyhow::anyhow!("--{e}")))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                ps::run(ps::PsBench {
+                    workers: numbers(&args.workers, "--workers")?,
+                    shards: numbers(&args.shards, "--shards")?,
+                    calls: args.calls,
+                    keys_per_call: args.keys_per_call,
+                    consistency,
+                    epochs: args.epochs,
+                    gap: args.gap,
                     peer_python: args.peer,
                 })
                 .await?

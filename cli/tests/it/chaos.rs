@@ -72,6 +72,27 @@ fn node_loss_under_training_resumes_on_the_same_curve() {
 }
 
 #[test]
+fn node_loss_under_parameter_server_training_applies_every_push_once() {
+    let report = run_scenario("node-loss-parameter-server.toml");
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["lost_acknowledged"], 0, "{report:#}");
+    let invariants = report["invariants"].as_array().cloned().unwrap_or_default();
+    assert_eq!(invariants.len(), 3, "{report:#}");
+    // Both faults hit mid-run: a replica came back, and a worker task resumed mid-way.
+    let evidence = invariants[0]["evidence"].as_str().unwrap_or_default();
+    assert!(
+        evidence.contains("back after") && evidence.contains("resumed at clock"),
+        "{report:#}"
+    );
+    for fault in report["faults"].as_array().cloned().unwrap_or_default() {
+        assert!(
+            fault["detected_ms"].as_u64().is_some() && fault["recovered_ms"].as_u64().is_some(),
+            "every killed node is detected and every worker pushes again: {report:#}"
+        );
+    }
+}
+
+#[test]
 fn gcs_leader_loss_under_fanout_loses_nothing() {
     let report = run_scenario("gcs-leader-loss-fanout.toml");
     assert_eq!(report["passed"], true, "{report:#}");

@@ -45,14 +45,11 @@ async fn main() -> anyhow::Result<()> {
     let shards: usize = number("--shards", 2)?;
     let batch: u64 = number("--batch", 200)?;
     let epochs: u64 = number("--epochs", 2)?;
-    let consistency = match argument("--consistency").as_deref().unwrap_or("ssp2") {
-        "bsp" => Consistency::Bsp,
-        "asp" => Consistency::Asp,
-        other => match other.strip_prefix("ssp").map(str::parse::<u64>) {
-            Some(Ok(staleness)) => Consistency::Ssp(staleness),
-            _ => anyhow::bail!("--consistency {other:?}: bsp, ssp<N> (e.g. ssp2) or asp"),
-        },
-    };
+    let consistency: Consistency = argument("--consistency")
+        .as_deref()
+        .unwrap_or("ssp2")
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--{e}"))?;
     anyhow::ensure!(
         examples >= workers && workers > 0 && batch > 0 && features > 1,
         "--examples, --features, --workers and --batch must be positive (and examples >= workers)"

@@ -181,6 +181,34 @@ impl Consistency {
     }
 }
 
+impl std::str::FromStr for Consistency {
+    type Err = String;
+
+    /// `bsp`, `ssp<N>` (e.g. `ssp2`) or `asp`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "bsp" => Ok(Consistency::Bsp),
+            "asp" => Ok(Consistency::Asp),
+            other => match other.strip_prefix("ssp").map(str::parse::<u64>) {
+                Some(Ok(staleness)) => Ok(Consistency::Ssp(staleness)),
+                _ => Err(format!(
+                    "consistency {other:?}: bsp, ssp<N> (e.g. ssp2) or asp"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Consistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Consistency::Bsp => write!(f, "bsp"),
+            Consistency::Ssp(s) => write!(f, "ssp{s}"),
+            Consistency::Asp => write!(f, "asp"),
+        }
+    }
+}
+
 /// Everything a shard and a worker need to agree on.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PsConfig {
@@ -294,6 +322,11 @@ mod tests {
         assert_eq!(Consistency::Ssp(2).required(5), Some(3));
         assert_eq!(Consistency::Ssp(2).required(1), Some(0));
         assert_eq!(Consistency::Asp.required(5), None);
+        for text in ["bsp", "ssp2", "asp"] {
+            let parsed: Consistency = text.parse().expect("parses");
+            assert_eq!(parsed.to_string(), text);
+        }
+        assert!("ssp".parse::<Consistency>().is_err());
     }
 
     #[test]

@@ -25,8 +25,9 @@
 //! restart, exactly-once pushes), [`client`] (the driver's server handle and
 //! each worker's client), [`data`] (a generated sparse logistic-regression set with a
 //! planted model and a known optimum), [`logreg`] (sparse logistic regression on it: the
-//! worker task and the held-out loss).
+//! worker task and the held-out loss), [`bench`] (what `fleet bench ps` runs).
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod data;
