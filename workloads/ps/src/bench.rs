@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::client::{ParameterServer, PsWorker};
 use crate::config::mix;
 use crate::data::SparseLogReg;
-use crate::logreg::{held_out_log_loss, logreg_worker, WorkerReport};
+use crate::logreg::{logreg_worker, HeldOut, WorkerReport};
 use crate::{PsError, Result};
 
 /// One keys/s worker's figures.
@@ -27,10 +27,8 @@ pub struct KeysReport {
 
 /// `calls` rounds of a pull of `keys_per_call` random feature ids (uniform over 2²⁴, from
 /// `seed`) and a push of gradients for them: the parameter server's raw rate, without a
-/// model's computation in between. Each pull is waited for; each push is waited for before
-/// the next push (one in flight while the next keys are pulled, as ps-lite's Push/Wait and
-/// as Ray's parameter-server pattern sends gradients without waiting), and the last at the
-/// end.
+/// model's computation in between. Each round's push travels with the next round's pull
+/// ([`PsWorker::push_then_pull`]: one message per shard per round), the last push alone.
 #[fleet::remote]
 pub async fn keys_worker(
     mut ps: PsWorker,
@@ -40,23 +38,27 @@ pub async fn keys_worker(
 ) -> std::result::Result<KeysReport, String> {
     let mut report = KeysReport::default();
     let mut started = Instant::now();
+    let mut previous: Option<(Vec<u64>, Vec<f32>)> = None;
     for call in 0..=calls {
         let keys: Vec<u64> = (0..keys_per_call as u64)
             .map(|k| mix(seed ^ mix(call << 32 | k)) & ((1 << 24) - 1))
             .collect();
-        let weights = ps.pull(&keys).await.map_err(|e| e.to_string())?;
-        let grads: Vec<f32> = weights.iter().map(|w| 0.01 * (w + 1.0)).collect();
-        if ps.clock() > 0 {
-            ps.wait(ps.clock() - 1).await.map_err(|e| e.to_string())?;
+        let weights = match previous.take() {
+            None => ps.pull(&keys).await,
+            Some((keys_before, grads)) => ps.push_then_pull(&keys_before, &grads, &keys).await,
         }
-        ps.push_async(&keys, &grads).map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?;
+        let grads: Vec<f32> = weights.iter().map(|w| 0.01 * (w + 1.0)).collect();
         if call == 0 {
             started = Instant::now();
         } else {
             report.keys += 2 * keys.len() as u64;
         }
+        previous = Some((keys, grads));
     }
-    ps.wait(calls).await.map_err(|e| e.to_string())?;
+    if let Some((keys, grads)) = previous {
+        ps.push(&keys, &grads).await.map_err(|e| e.to_string())?;
+    }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -117,6 +119,7 @@ pub async fn time_to_target(
     cpus_per_worker: f64,
 ) -> Result<TargetRun> {
     let optimum = data.optimal_log_loss();
+    let held_out = HeldOut::new(data);
     let per_worker = data.examples / workers;
     let iterations = epochs * per_worker / batch;
     let started = Instant::now();
@@ -148,7 +151,7 @@ pub async fn time_to_target(
             }
             _ = tokio::time::sleep_until(next.into()) => {
                 let at = started.elapsed().as_secs_f64();
-                let loss = held_out_log_loss(ps, data).await?;
+                let loss = held_out.log_loss(ps).await?;
                 run.curve.push((at, loss));
                 if run.seconds.is_none() && (loss - optimum) / optimum <= gap {
                     run.seconds = Some(at);
@@ -157,7 +160,7 @@ pub async fn time_to_target(
             }
         }
     }
-    run.final_loss = held_out_log_loss(ps, data).await?;
+    run.final_loss = held_out.log_loss(ps).await?;
     if run.seconds.is_none() && (run.final_loss - optimum) / optimum <= gap {
         run.seconds = Some(started.elapsed().as_secs_f64());
     }

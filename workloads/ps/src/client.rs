@@ -477,6 +477,10 @@ async fn collect<T: serde::de::DeserializeOwned + Send + 'static>(
     Ok(shards.into_iter().zip(values).collect())
 }
 
+/// A shard's answer to a push-then-pull: the pushes applied from the worker, and the
+/// weights pulled.
+type Answered = (u64, Vec<f32>);
+
 /// One worker's client (see the module docs). Serializable: made by the driver with
 /// [`ParameterServer::worker`], used in the worker's task or actor.
 #[derive(Serialize, Deserialize)]
@@ -540,10 +544,9 @@ impl PsWorker {
         plan.gather(&self.config, collect(calls).await?)
     }
 
-    /// Sends the gradients of `keys` (`width` floats each; a key given twice has its
-    /// gradients summed) for this worker's clock and moves to the next; returns the clock
-    /// sent, for [`PsWorker::wait`]. The shards apply it as they receive it.
-    pub fn push_async(&mut self, keys: &[u64], grads: &[f32]) -> Result<u64> {
+    /// Per shard: the distinct slots of `keys` and their gradients (a key given twice has
+    /// its gradients summed); every shard is in the map, most with nothing.
+    fn push_parts(&self, keys: &[u64], grads: &[f32]) -> Result<Vec<(Vec<u64>, Vec<f32>)>> {
         let width = self.config.width;
         if grads.len() != keys.len() * width {
             return Err(PsError::Invalid(format!(
@@ -554,25 +557,32 @@ impl PsWorker {
             )));
         }
         let plan = Plan::of(&self.config, keys)?;
-        let mut sums: BTreeMap<usize, Vec<f32>> = plan
-            .per_shard
-            .iter()
-            .map(|(shard, slots)| (*shard, vec![0.0; slots.len() * width]))
-            .collect();
-        for (k, (shard, index)) in plan.places.iter().enumerate() {
-            if let Some(sum) = sums.get_mut(shard) {
-                for j in 0..width {
-                    sum[index * width + j] += grads[k * width + j];
-                }
-            }
-        }
-        let clock = self.clock;
-        let answers = (0..self.shards.len())
+        let mut parts: Vec<(Vec<u64>, Vec<f32>)> = (0..self.shards.len())
             .map(|shard| {
                 let slots = plan.per_shard.get(&shard).cloned().unwrap_or_default();
-                let grads = sums.remove(&shard).unwrap_or_default();
-                self.shards[shard].push(self.id, clock, slots, grads)
+                let sums = vec![0.0; slots.len() * width];
+                (slots, sums)
             })
+            .collect();
+        for (k, (shard, index)) in plan.places.iter().enumerate() {
+            let sums = &mut parts[*shard].1;
+            for j in 0..width {
+                sums[index * width + j] += grads[k * width + j];
+            }
+        }
+        Ok(parts)
+    }
+
+    /// Sends the gradients of `keys` (`width` floats each; a key given twice has its
+    /// gradients summed) for this worker's clock and moves to the next; returns the clock
+    /// sent, for [`PsWorker::wait`]. The shards apply it as they receive it.
+    pub fn push_async(&mut self, keys: &[u64], grads: &[f32]) -> Result<u64> {
+        let parts = self.push_parts(keys, grads)?;
+        let clock = self.clock;
+        let answers = parts
+            .into_iter()
+            .enumerate()
+            .map(|(shard, (slots, grads))| self.shards[shard].push(self.id, clock, slots, grads))
             .collect();
         self.pending.insert(clock, answers);
         self.clock += 1;
@@ -597,13 +607,42 @@ impl PsWorker {
         Ok(ts)
     }
 
+    /// Pushes the gradients of `keys` for this worker's clock and pulls the weights of
+    /// `next` at the next clock, in **one message per shard** (ps-lite's PushPull, with the
+    /// next mini-batch's keys: a worker's loop needs one round trip per batch). The push
+    /// is acknowledged (on both replicas) when this returns.
+    pub async fn push_then_pull(
+        &mut self,
+        keys: &[u64],
+        grads: &[f32],
+        next: &[u64],
+    ) -> Result<Vec<f32>> {
+        let parts = self.push_parts(keys, grads)?;
+        let plan = Plan::of(&self.config, next)?;
+        let clock = self.clock;
+        let calls: Vec<(usize, ObjectRef<Answered>)> = parts
+            .into_iter()
+            .enumerate()
+            .map(|(shard, (slots, grads))| {
+                let pull = plan.per_shard.get(&shard).cloned().unwrap_or_default();
+                (
+                    shard,
+                    self.shards[shard].push_then_pull(self.id, clock, slots, grads, pull),
+                )
+            })
+            .collect();
+        self.clock += 1;
+        let answers = collect(calls)
+            .await?
+            .into_iter()
+            .map(|(shard, (_, values))| (shard, values))
+            .collect();
+        plan.gather(&self.config, answers)
+    }
+
     /// Pushes the gradients of `keys` and pulls their weights at the next clock (ps-lite's
-    /// `PushPull`).
+    /// `PushPull`), in one message per shard.
     pub async fn push_pull(&mut self, keys: &[u64], grads: &[f32]) -> Result<Vec<f32>> {
-        self.push_async(keys, grads)?;
-        let values = self.pull(keys).await;
-        let ts = self.clock - 1;
-        self.wait(ts).await?;
-        values
+        self.push_then_pull(keys, grads, keys).await
     }
 }

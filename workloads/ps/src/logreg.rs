@@ -57,6 +57,7 @@ pub async fn logreg_worker(
     let resumed = ps.resume().await.map_err(|e| e.to_string())?;
     report.resumed_at = resumed;
     let mut next = first + (resumed * batch) % (end - first);
+    let mut previous: Option<(Vec<u64>, Vec<f32>)> = None;
     for _ in resumed..iterations {
         let mut rows = Vec::with_capacity(batch as usize);
         let mut index: HashMap<u64, usize> = HashMap::new();
@@ -72,8 +73,18 @@ pub async fn logreg_worker(
             }
             rows.push((ids, label));
         }
+        // The previous batch's push and this batch's pull travel together: one message
+        // per shard per batch.
         let talking = Instant::now();
-        let weights = ps.pull(&keys).await.map_err(|e| e.to_string())?;
+        let weights = match previous.take() {
+            None => ps.pull(&keys).await,
+            Some((keys_before, grads_before)) => {
+                let weights = ps.push_then_pull(&keys_before, &grads_before, &keys).await;
+                report.pushes += 1;
+                weights
+            }
+        }
+        .map_err(|e| e.to_string())?;
         report.communication += talking.elapsed().as_secs_f64();
         let mut grads = vec![0.0f32; keys.len()];
         for (ids, label) in &rows {
@@ -82,39 +93,50 @@ pub async fn logreg_worker(
                 grads[index[f]] += p - label;
             }
         }
-        // One push in flight while the next batch is read and pulled (ps-lite's Push, then
-        // Wait on the one before): the shards apply it meanwhile.
-        let talking = Instant::now();
-        if ps.clock() > resumed {
-            ps.wait(ps.clock() - 1).await.map_err(|e| e.to_string())?;
-            report.pushes += 1;
-        }
-        ps.push_async(&keys, &grads).map_err(|e| e.to_string())?;
-        report.communication += talking.elapsed().as_secs_f64();
         report.keys += 2 * keys.len() as u64;
+        previous = Some((keys, grads));
     }
-    if ps.clock() > resumed {
-        ps.wait(ps.clock() - 1).await.map_err(|e| e.to_string())?;
+    if let Some((keys, grads)) = previous {
+        ps.push(&keys, &grads).await.map_err(|e| e.to_string())?;
         report.pushes += 1;
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
+/// The held-out examples, generated once, and the distinct feature ids they use.
+pub struct HeldOut {
+    rows: Vec<(Vec<u64>, f32)>,
+    keys: Vec<u64>,
+}
+
+impl HeldOut {
+    /// `data`'s held-out examples.
+    pub fn new(data: &SparseLogReg) -> Self {
+        let rows: Vec<(Vec<u64>, f32)> = data.held_out().map(|i| data.example(i)).collect();
+        let mut keys: Vec<u64> = rows
+            .iter()
+            .flat_map(|(ids, _)| ids.iter().copied())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        HeldOut { rows, keys }
+    }
+
+    /// The model's mean log-loss on them (weights read without waiting).
+    pub async fn log_loss(&self, ps: &ParameterServer) -> Result<f64> {
+        let weights = ps.read(&self.keys).await?;
+        let weight = |f: &u64| self.keys.binary_search(f).map_or(0.0, |i| weights[i]);
+        Ok(self
+            .rows
+            .iter()
+            .map(|(ids, y)| log_loss(sigmoid(ids.iter().map(weight).sum()), *y))
+            .sum::<f64>()
+            / self.rows.len().max(1) as f64)
+    }
+}
+
 /// The model's mean log-loss on the held-out examples (weights read without waiting).
 pub async fn held_out_log_loss(ps: &ParameterServer, data: &SparseLogReg) -> Result<f64> {
-    let rows: Vec<(Vec<u64>, f32)> = data.held_out().map(|i| data.example(i)).collect();
-    let mut keys: Vec<u64> = rows
-        .iter()
-        .flat_map(|(ids, _)| ids.iter().copied())
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let weights = ps.read(&keys).await?;
-    let weight = |f: &u64| keys.binary_search(f).map_or(0.0, |i| weights[i]);
-    Ok(rows
-        .iter()
-        .map(|(ids, y)| log_loss(sigmoid(ids.iter().map(weight).sum()), *y))
-        .sum::<f64>()
-        / rows.len() as f64)
+    HeldOut::new(data).log_loss(ps).await
 }

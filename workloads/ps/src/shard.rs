@@ -39,7 +39,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fleet::ObjectRef;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{mix, PsConfig};
@@ -309,6 +308,26 @@ struct Volatile {
     /// The primary's replicated sequence numbers, and a wakeup when they move.
     replicated: Mutex<Replicated>,
     replicated_changed: tokio::sync::Notify,
+    /// The primary's updates not yet sent to the backup, in sequence order, and whether a
+    /// batch is on its way (one at a time, so the backup receives them in order).
+    outbox: Mutex<Outbox>,
+}
+
+/// Updates waiting to be replicated (see [`PsShard::replicate_through`]).
+#[derive(Debug, Default)]
+struct Outbox {
+    queue: Vec<Update>,
+    sending: bool,
+}
+
+/// One update as the primary forwards it: the `seq`-th of the sequence.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Update {
+    seq: u64,
+    worker: usize,
+    clock: u64,
+    slots: Vec<u64>,
+    grads: Vec<f32>,
 }
 
 /// One replica of one shard of a parameter server (see the module docs).
@@ -423,46 +442,12 @@ impl PsShard {
         Ok(())
     }
 
-    /// Replicates update `seq` to the backup until it takes it (the runtime follows the
-    /// backup through its restarts; a refusal ends it).
-    async fn replicate_to(
-        &self,
-        backup: &PsShardHandle,
-        first: ObjectRef<()>,
-        update: Update<'_>,
-    ) -> Result<(), String> {
-        let deadline = Instant::now() + self.with_state(|s| s.config.wait_timeout);
-        let mut call = first;
-        loop {
-            let error = match call.await {
-                Ok(()) => break,
-                Err(error) => error,
-            };
-            let refused = error
-                .remote()
-                .is_some_and(|r| r.kind == fleet::TaskFailure::Application);
-            if refused || Instant::now() >= deadline {
-                return Err(self.named(format!(
-                    "update {} was not replicated to the backup: {error}",
-                    update.seq
-                )));
-            }
-            tokio::time::sleep(REPLICATE_RETRY).await;
-            call = update.send(backup);
-        }
-        let mut replicated = self
-            .volatile
-            .replicated
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        replicated.complete(update.seq);
-        drop(replicated);
-        self.volatile.replicated_changed.notify_waiters();
-        Ok(())
-    }
-
-    /// Waits until updates `1..=seq` are all on the backup.
-    async fn wait_replicated(&self, seq: u64) -> Result<(), String> {
+    /// Returns once updates `1..=seq` are all on the backup. Updates go out in batches, one
+    /// batch at a time: a push that finds no batch on its way sends everything queued (its
+    /// own update and the ones that arrived meanwhile) and waits for the backup's answer;
+    /// the others wait for that answer, and the next one sends what queued up behind it. So
+    /// concurrent pushes share one replication call instead of one each.
+    async fn replicate_through(&self, backup: &PsShardHandle, seq: u64) -> Result<(), String> {
         let deadline = Instant::now() + self.with_state(|s| s.config.wait_timeout);
         loop {
             let notified = self.volatile.replicated_changed.notified();
@@ -477,36 +462,151 @@ impl PsShard {
             if upto >= seq {
                 return Ok(());
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(left, notified).await.is_err() {
-                return Err(self.named(format!(
-                    "update {seq} is not on the backup yet (replicated up to {upto}): is the backup recovering?"
-                )));
+            let batch = {
+                let mut outbox = self
+                    .volatile
+                    .outbox
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if outbox.sending || outbox.queue.is_empty() {
+                    None
+                } else {
+                    outbox.sending = true;
+                    Some(std::mem::take(&mut outbox.queue))
+                }
+            };
+            let Some(batch) = batch else {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if tokio::time::timeout(left, notified).await.is_err() {
+                    return Err(self.named(format!(
+                        "update {seq} is not on the backup yet (replicated up to {upto}): is the backup recovering?"
+                    )));
+                }
+                continue;
+            };
+            let sent = self.send_batch(backup, &batch, deadline).await;
+            {
+                let mut outbox = self
+                    .volatile
+                    .outbox
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                outbox.sending = false;
+                if sent.is_err() {
+                    // Back at the front, for the next push to try.
+                    let later = std::mem::replace(&mut outbox.queue, batch.clone());
+                    outbox.queue.extend(later);
+                }
             }
+            if sent.is_ok() {
+                let mut replicated = self
+                    .volatile
+                    .replicated
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                for update in &batch {
+                    replicated.complete(update.seq);
+                }
+            }
+            self.volatile.replicated_changed.notify_waiters();
+            sent?;
         }
     }
-}
 
-/// One update as the primary forwards it.
-struct Update<'a> {
-    epoch: u32,
-    seq: u64,
-    worker: usize,
-    clock: u64,
-    slots: &'a [u64],
-    grads: &'a [f32],
-}
+    /// Sends one batch until the backup takes it (the runtime follows the backup through
+    /// its restarts) or `deadline`; a refusal ends it.
+    async fn send_batch(
+        &self,
+        backup: &PsShardHandle,
+        batch: &[Update],
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let epoch = self.with_state(|s| s.epoch);
+        loop {
+            let error = match backup.replicate(epoch, batch.to_vec()).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            let refused = error
+                .remote()
+                .is_some_and(|r| r.kind == fleet::TaskFailure::Application);
+            if refused || Instant::now() >= deadline {
+                return Err(self.named(format!(
+                    "updates {}..={} were not replicated to the backup: {error}",
+                    batch.first().map_or(0, |u| u.seq),
+                    batch.last().map_or(0, |u| u.seq)
+                )));
+            }
+            tokio::time::sleep(REPLICATE_RETRY).await;
+        }
+    }
 
-impl Update<'_> {
-    fn send(&self, backup: &PsShardHandle) -> ObjectRef<()> {
-        backup.replicate(
-            self.epoch,
-            self.seq,
-            self.worker,
-            self.clock,
-            self.slots.to_vec(),
-            self.grads.to_vec(),
-        )
+    /// A push's work on the primary: applied (once), queued for the backup, and answered
+    /// once the backup has it: the pushes applied from `worker` so far.
+    async fn apply_push(
+        &self,
+        worker: usize,
+        clock: u64,
+        slots: Vec<u64>,
+        grads: Vec<f32>,
+    ) -> Result<u64, String> {
+        self.ensure_synced().await?;
+        let backup = self.peer_handle().await?;
+        // Applied, numbered and queued under one lock: the queue is in sequence order.
+        let outcome = self.with_state(|s| {
+            let fresh = s.apply(worker, clock, &slots, &grads)?;
+            if fresh && backup.is_some() {
+                self.volatile
+                    .outbox
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .queue
+                    .push(Update {
+                        seq: s.seq,
+                        worker,
+                        clock,
+                        slots,
+                        grads,
+                    });
+            }
+            Ok::<_, String>((s.seq, s.applied[worker]))
+        });
+        let (seq, applied) = outcome.map_err(|e| self.named(e))?;
+        self.volatile.changed.notify_waiters();
+        if let Some(backup) = backup {
+            // A push applied before is answered once everything applied so far is on the
+            // backup too (its first attempt may still be on its way there).
+            self.replicate_through(&backup, seq).await?;
+        }
+        Ok(applied)
+    }
+
+    /// A pull's work on the primary: the weights of `slots` once the consistency model lets
+    /// worker `worker` read at `clock`.
+    async fn read_at(&self, worker: usize, clock: u64, slots: &[u64]) -> Result<Vec<f32>, String> {
+        self.ensure_synced().await?;
+        let timeout = self.with_state(|s| s.config.wait_timeout);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.volatile.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let ready = self.with_state(|s| {
+                s.check_worker(worker)?;
+                Ok::<_, String>(s.readable(clock).then(|| s.read(slots)))
+            })?;
+            if let Some(values) = ready {
+                return values;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, notified).await.is_err() {
+                let lagging = self.with_state(|s| s.lagging(clock));
+                return Err(format!(
+                    "shard {}: worker {worker}'s pull at clock {clock} waited {timeout:?} for worker(s) {lagging:?} to push (are they alive? the consistency model waits for every worker)",
+                    self.index
+                ));
+            }
+        }
     }
 }
 
@@ -544,29 +644,7 @@ impl PsShard {
         slots: Vec<u64>,
     ) -> Result<Vec<f32>, String> {
         self.primary_only("a pull")?;
-        self.ensure_synced().await?;
-        let timeout = self.with_state(|s| s.config.wait_timeout);
-        let deadline = Instant::now() + timeout;
-        loop {
-            let notified = self.volatile.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let ready = self.with_state(|s| {
-                s.check_worker(worker)?;
-                Ok::<_, String>(s.readable(clock).then(|| s.read(&slots)))
-            })?;
-            if let Some(values) = ready {
-                return values;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(left, notified).await.is_err() {
-                let lagging = self.with_state(|s| s.lagging(clock));
-                return Err(format!(
-                    "shard {}: worker {worker}'s pull at clock {clock} waited {timeout:?} for worker(s) {lagging:?} to push (are they alive? the consistency model waits for every worker)",
-                    self.index
-                ));
-            }
-        }
+        self.read_at(worker, clock, &slots).await
     }
 
     /// Applies worker `worker`'s gradients of clock `clock` and answers (once the backup
@@ -580,63 +658,36 @@ impl PsShard {
         grads: Vec<f32>,
     ) -> Result<u64, String> {
         self.primary_only("a push")?;
-        self.ensure_synced().await?;
-        let backup = self.peer_handle().await?;
-        // Applied, numbered and sent on under one lock: the backup receives the updates
-        // in sequence order.
-        let outcome = self.with_state(|s| {
-            let fresh = s.apply(worker, clock, &slots, &grads)?;
-            let update = Update {
-                epoch: s.epoch,
-                seq: s.seq,
-                worker,
-                clock,
-                slots: &slots,
-                grads: &grads,
-            };
-            let call = match (&backup, fresh) {
-                (Some(backup), true) => Some(update.send(backup)),
-                _ => None,
-            };
-            Ok::<_, String>((fresh, s.epoch, s.seq, s.applied[worker], call))
-        });
-        let (fresh, epoch, seq, applied, call) = outcome.map_err(|e| self.named(e))?;
-        self.volatile.changed.notify_waiters();
-        if backup.is_none() {
-            return Ok(applied);
-        }
-        match (backup, call) {
-            (Some(backup), Some(call)) => {
-                let update = Update {
-                    epoch,
-                    seq,
-                    worker,
-                    clock,
-                    slots: &slots,
-                    grads: &grads,
-                };
-                self.replicate_to(&backup, call, update).await?;
-            }
-            // Applied before: answered once everything applied so far is replicated (the
-            // first attempt may still be on its way to the backup).
-            _ if !fresh => self.wait_replicated(seq).await?,
-            _ => {}
-        }
-        Ok(applied)
+        self.apply_push(worker, clock, slots, grads).await
     }
 
-    /// The backup's side of a push: applies update `seq` of the primary incarnation
-    /// `epoch`, after every update before it.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn replicate(
+    /// A push of clock `clock`, then a pull of `pull_slots` at clock `clock + 1`, in one
+    /// message (ps-lite's PushPull): the pushes applied from the worker, and the weights.
+    pub async fn push_then_pull(
         &self,
-        epoch: u32,
-        seq: u64,
         worker: usize,
         clock: u64,
         slots: Vec<u64>,
         grads: Vec<f32>,
-    ) -> Result<(), String> {
+        pull_slots: Vec<u64>,
+    ) -> Result<(u64, Vec<f32>), String> {
+        self.primary_only("a push")?;
+        // The read waits for the push to be applied here, not for the backup: it runs
+        // while the push is being replicated, and the answer waits for both. (Caught up
+        // and with the backup's handle first, the push is applied in its first poll, before
+        // the read starts.)
+        self.ensure_synced().await?;
+        self.peer_handle().await?;
+        let (applied, values) = tokio::join!(self.apply_push(worker, clock, slots, grads), async {
+            tokio::task::yield_now().await;
+            self.read_at(worker, clock + 1, &pull_slots).await
+        });
+        Ok((applied?, values?))
+    }
+
+    /// The backup's side of replication: applies the primary (incarnation `epoch`)'s
+    /// `updates`, consecutive in its sequence, each after every update before it.
+    pub async fn replicate(&self, epoch: u32, updates: Vec<Update>) -> Result<(), String> {
         if self.role != Role::Backup {
             return Err(self.named("only a backup takes replicated updates"));
         }
@@ -647,60 +698,65 @@ impl PsShard {
             Wait,
             CatchUp,
         }
-        loop {
-            let notified = self.volatile.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let step = self.with_state(|s| {
-                if epoch < s.epoch {
-                    return Err(format!(
-                        "update {seq} comes from primary epoch {epoch}, older than epoch {}: refused",
-                        s.epoch
-                    ));
-                }
-                if epoch > s.epoch {
-                    return Ok(Step::CatchUp);
-                }
-                if seq <= s.seq {
-                    return Ok(Step::Done);
-                }
-                if seq > s.seq + 1 {
-                    return Ok(Step::Wait);
-                }
-                match s.apply(worker, clock, &slots, &grads)? {
-                    true => Ok(Step::Done),
-                    false => Err(format!(
-                        "update {seq} (worker {worker}, clock {clock}) was applied before under another number: the replicas diverged"
-                    )),
-                }
-            });
-            match step.map_err(|e| self.named(e))? {
-                Step::Done => {
-                    self.volatile.changed.notify_waiters();
-                    return Ok(());
-                }
-                Step::CatchUp => {
-                    // A primary that came back from its own checkpoint: take its state.
-                    self.volatile.synced.store(false, Ordering::Release);
-                    self.ensure_synced().await?;
-                    if self.with_state(|s| s.epoch) < epoch {
-                        return Err(self.named(format!(
-                            "caught up, yet the primary's epoch is older than {epoch}"
-                        )));
+        for update in &updates {
+            let seq = update.seq;
+            loop {
+                let notified = self.volatile.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let step = self.with_state(|s| {
+                    if epoch < s.epoch {
+                        return Err(format!(
+                            "update {seq} comes from primary epoch {epoch}, older than epoch {}: refused",
+                            s.epoch
+                        ));
                     }
-                }
-                Step::Wait => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if tokio::time::timeout(left, notified).await.is_err() {
-                        let at = self.with_state(|s| s.seq);
-                        return Err(self.named(format!(
-                            "update {seq} waited for update {} that never came",
-                            at + 1
-                        )));
+                    if epoch > s.epoch {
+                        return Ok(Step::CatchUp);
+                    }
+                    if seq <= s.seq {
+                        return Ok(Step::Done);
+                    }
+                    if seq > s.seq + 1 {
+                        return Ok(Step::Wait);
+                    }
+                    match s.apply(update.worker, update.clock, &update.slots, &update.grads)? {
+                        true => Ok(Step::Done),
+                        false => Err(format!(
+                            "update {seq} (worker {}, clock {}) was applied before under another number: the replicas diverged",
+                            update.worker, update.clock
+                        )),
+                    }
+                });
+                match step.map_err(|e| self.named(e))? {
+                    Step::Done => {
+                        self.volatile.changed.notify_waiters();
+                        break;
+                    }
+                    Step::CatchUp => {
+                        // A primary that came back from its own checkpoint: take its state.
+                        self.volatile.synced.store(false, Ordering::Release);
+                        self.ensure_synced().await?;
+                        if self.with_state(|s| s.epoch) < epoch {
+                            return Err(self.named(format!(
+                                "caught up, yet the primary's epoch is older than {epoch}"
+                            )));
+                        }
+                    }
+                    Step::Wait => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if tokio::time::timeout(left, notified).await.is_err() {
+                            let at = self.with_state(|s| s.seq);
+                            return Err(self.named(format!(
+                                "update {seq} waited for update {} that never came",
+                                at + 1
+                            )));
+                        }
                     }
                 }
             }
         }
+        Ok(())
     }
 
     /// The backup's state for a restarted primary of epoch `epoch`, which takes it over;

@@ -53,6 +53,13 @@ async fn pulls_and_pushes_are_vectorized_across_shards() -> Result<()> {
     worker.wait(second).await?;
     ensure!(first + 1 == second, "clocks {first} {second}");
     ensure!(ps.read(&[1]).await? == [-2.0, -2.0], "two async pushes");
+    // A push and the next pull in one message per shard: the pull sees the push.
+    let fresh = worker.push_then_pull(&[2], &[1.0, 1.0], &[2, 5]).await?;
+    ensure!(
+        fresh == [-1.0, -1.0, -1.5, -2.25],
+        "push_then_pull read {fresh:?}"
+    );
+    ensure!(worker.clock() == 4, "clock {}", worker.clock());
     ps.shutdown().await?;
     Ok(())
 }
