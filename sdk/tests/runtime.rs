@@ -590,6 +590,43 @@ async fn an_actor_restarts_then_dies_when_out_of_restarts() -> Result<()> {
     Ok(())
 }
 
+/// SIGKILLs the tally's process, then calls it: the call finds the worker dead, waits for
+/// the owner to restart the actor and is retried there, because the handle it was passed
+/// carries the actor's `max_task_retries` (before, only the owner's own calls were retried).
+#[fleet::remote]
+async fn kill_then_count(tally: TallyHandle) -> std::result::Result<u64, String> {
+    let pid = tally.pid().await.map_err(|e| e.to_string())?;
+    sigkill(pid).map_err(|e| e.to_string())?;
+    tally.count().await.map_err(|e| e.to_string())
+}
+
+async fn a_handle_passed_on_retries_calls_across_restarts() -> Result<()> {
+    let tally = Tally::remote()
+        .max_restarts(3)
+        .max_task_retries(2)
+        .spawn()
+        .await?;
+    tally.incr().await?;
+    let pid = tally.pid().await?;
+    let counted = kill_then_count::remote(tally.clone());
+    // Restarts are the owner's: its next call finds the worker dead and restarts the actor.
+    let started = std::time::Instant::now();
+    while tally.pid().await? == pid {
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the actor was not killed and restarted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let count = counted.await?;
+    ensure!(
+        count == 0,
+        "the retried call reached the restarted instance (not checkpointed: 0), got {count}"
+    );
+    tally.raw().kill().await?;
+    Ok(())
+}
+
 async fn a_checkpointed_actor_comes_back_with_its_exact_state() -> Result<()> {
     let dir = scratch().join("checkpoints");
     let tally = Tally::remote()
@@ -1108,6 +1145,9 @@ fn main() -> std::process::ExitCode {
                 "errors_are_values_with_message_backtrace_and_location",
                 || Box::pin(errors_are_values_with_message_backtrace_and_location()),
             ),
+            ("a_handle_passed_on_retries_calls_across_restarts", || {
+                Box::pin(a_handle_passed_on_retries_calls_across_restarts())
+            }),
             ("a_crashed_worker_retries_the_task", || {
                 Box::pin(a_crashed_worker_retries_the_task())
             }),
