@@ -406,12 +406,14 @@ impl ParameterServer {
     /// Stops the watch and the replica actors.
     pub async fn shutdown(self) -> Result<()> {
         self.watch.abort();
+        // Every replica is asked to stop, even after one refused; the first refusal is told.
+        let mut first_error = None;
         for shard in self.primaries.iter().chain(&self.backups) {
-            fleet::kill(shard.raw())
-                .await
-                .map_err(|e| PsError::Fleet(e.to_string()))?;
+            if let Err(error) = fleet::kill(shard.raw()).await {
+                first_error.get_or_insert(PsError::Fleet(error.to_string()));
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 

@@ -394,6 +394,43 @@ async fn a_shard_losing_both_replicas_comes_back_from_its_checkpoint() -> Result
     Ok(())
 }
 
+async fn a_push_whose_backup_is_gone_for_good_fails_by_name_not_a_hang() -> Result<()> {
+    let ps = dense(4, 1, 1)
+        .consistency(Consistency::Asp)
+        .wait_timeout(Duration::from_millis(800))
+        .build()
+        .await?;
+    let mut worker = ps.worker(0)?;
+    worker.push(&[0], &[1.0]).await?;
+    // Killed (not crashed): the backup will not come back.
+    let backup = fleet::get_actor::<fleet_ps::shard::PsShard>(&fleet_ps::shard::replica_name(
+        ps.name(),
+        0,
+        fleet_ps::shard::Role::Backup,
+    ))
+    .await?;
+    fleet::kill(backup.raw()).await?;
+    let started = Instant::now();
+    let error = worker
+        .push(&[0], &[1.0])
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    let waited = started.elapsed();
+    ensure!(
+        error.contains("shard 0") && error.contains("not replicated to the backup"),
+        "{error:?}"
+    );
+    ensure!(
+        waited < Duration::from_secs(10),
+        "the push waited {waited:?}, past its 800 ms timeout"
+    );
+    println!("  the push failed after {waited:?}: {error}");
+    ps.shutdown().await?;
+    Ok(())
+}
+
 /// A logistic-regression worker that SIGKILLs its own process at clock `die_at` on its
 /// first attempt; the retried task resumes from the shards' clock.
 #[fleet::remote]
@@ -512,6 +549,10 @@ fn main() -> std::process::ExitCode {
             ("sigkilled_replicas_lose_no_acknowledged_push", || {
                 Box::pin(sigkilled_replicas_lose_no_acknowledged_push())
             }),
+            (
+                "a_push_whose_backup_is_gone_for_good_fails_by_name_not_a_hang",
+                || Box::pin(a_push_whose_backup_is_gone_for_good_fails_by_name_not_a_hang()),
+            ),
             (
                 "a_shard_losing_both_replicas_comes_back_from_its_checkpoint",
                 || Box::pin(a_shard_losing_both_replicas_comes_back_from_its_checkpoint()),
