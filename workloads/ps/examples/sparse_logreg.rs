@@ -13,12 +13,16 @@
 //! quarter of the examples) pull the weights of each mini-batch's features and push their
 //! gradients. This driver measures the held-out log-loss every 2 seconds while they train.
 //! The last line is `logloss_gap_to_optimum <relative gap>`.
+//!
+//! Every shard is a primary and a backup actor. `--kill-primary-at SECONDS` SIGKILLs shard
+//! 0's primary that far into training, to watch it come back: the run goes on, and at the
+//! end every replica has applied each worker's every push exactly once.
 
 use std::time::{Duration, Instant};
 
 use fleet::ObjectRef;
 use fleet_ps::data::SparseLogReg;
-use fleet_ps::logreg::{held_out_log_loss, logreg_worker, WorkerReport};
+use fleet_ps::logreg::{logreg_worker, HeldOut, WorkerReport};
 use fleet_ps::{Consistency, KeySpace, Optimizer, ParameterServer};
 
 fn argument(name: &str) -> Option<String> {
@@ -45,6 +49,12 @@ async fn main() -> anyhow::Result<()> {
     let shards: usize = number("--shards", 2)?;
     let batch: u64 = number("--batch", 200)?;
     let epochs: u64 = number("--epochs", 2)?;
+    let kill_at: Option<f64> = argument("--kill-primary-at")
+        .map(|text| {
+            text.parse()
+                .map_err(|_| anyhow::anyhow!("--kill-primary-at {text:?}: expected seconds"))
+        })
+        .transpose()?;
     let consistency: Consistency = argument("--consistency")
         .as_deref()
         .unwrap_or("ssp2")
@@ -76,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         .build()
         .await?;
     let optimum = data.optimal_log_loss();
+    let held_out = HeldOut::new(&data);
     let per_worker = examples / workers;
     let iterations = epochs * per_worker / batch;
     println!(
@@ -105,11 +116,30 @@ async fn main() -> anyhow::Result<()> {
     )?);
     let finished = fleet::get_all(&runs);
     tokio::pin!(finished);
+    let mut kill_at = kill_at;
     let reports = loop {
+        if kill_at.is_some_and(|at| started.elapsed().as_secs_f64() >= at) {
+            kill_at = None;
+            let (primary, _) = ps.replicas().await?.swap_remove(0);
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &primary.pid.to_string()])
+                .status();
+            bar.suspend(|| {
+                println!(
+                    "{:>6.1} s  SIGKILLed shard 0's primary (pid {}) at update {}",
+                    started.elapsed().as_secs_f64(),
+                    primary.pid,
+                    primary.seq
+                )
+            });
+        }
         tokio::select! {
             reports = &mut finished => break reports?,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                let loss = held_out_log_loss(&ps, &data).await?;
+            _ = tokio::time::sleep(Duration::from_millis(if kill_at.is_some() { 100 } else { 2000 })) => {
+                if kill_at.is_some() {
+                    continue;
+                }
+                let loss = held_out.log_loss(&ps).await?;
                 let pushed: u64 = ps.clocks().await?.first().map_or(0, |(clocks, _)| clocks.iter().sum());
                 bar.set_position(pushed);
                 bar.set_message(format!("log-loss {loss:.4} (optimum {optimum:.4})"));
@@ -119,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
     };
     bar.finish();
     let seconds = started.elapsed().as_secs_f64();
-    let loss = held_out_log_loss(&ps, &data).await?;
+    let loss = held_out.log_loss(&ps).await?;
     let keys: u64 = reports.iter().map(|r| r.keys).sum();
     let communication: f64 = reports
         .iter()
@@ -133,6 +163,28 @@ async fn main() -> anyhow::Result<()> {
         100.0 * communication
     );
     println!("held-out log-loss {loss:.4}, optimum {optimum:.4}");
+    for recovery in ps.recoveries() {
+        println!(
+            "{} was lost and answered again after {:.2} s",
+            recovery.replica, recovery.seconds
+        );
+    }
+    // Every replica applied each worker's every push once (the workers pushed
+    // `iterations` times each, all acknowledged).
+    for (shard, (primary, backup)) in ps.replicas().await?.iter().enumerate() {
+        anyhow::ensure!(
+            primary
+                .applied
+                .iter()
+                .chain(&backup.applied)
+                .all(|a| *a == iterations)
+                && primary.digest == backup.digest,
+            "shard {shard}: primary applied {:?}, backup {:?}",
+            primary.applied,
+            backup.applied
+        );
+    }
+    println!("every push applied exactly once on both replicas of every shard");
     ps.shutdown().await?;
     println!("logloss_gap_to_optimum {:.4}", (loss - optimum) / optimum);
     Ok(())
