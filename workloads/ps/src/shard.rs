@@ -320,6 +320,33 @@ struct Outbox {
     sending: bool,
 }
 
+/// A batch on its way to the backup. Dropped with its batch still in it (not replicated: an
+/// error, or the sending call's future dropped), it puts the batch back at the front of the
+/// outbox; either way it clears `sending` and wakes the waiting pushes, so one of them sends
+/// next.
+struct InFlightBatch<'a> {
+    volatile: &'a Volatile,
+    batch: Option<Vec<Update>>,
+}
+
+impl Drop for InFlightBatch<'_> {
+    fn drop(&mut self) {
+        {
+            let mut outbox = self
+                .volatile
+                .outbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            outbox.sending = false;
+            if let Some(batch) = self.batch.take() {
+                let later = std::mem::replace(&mut outbox.queue, batch);
+                outbox.queue.extend(later);
+            }
+        }
+        self.volatile.replicated_changed.notify_waiters();
+    }
+}
+
 /// One update as the primary forwards it: the `seq`-th of the sequence.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Update {
@@ -484,31 +511,29 @@ impl PsShard {
                 }
                 continue;
             };
-            let sent = self.send_batch(backup, &batch, deadline).await;
-            {
-                let mut outbox = self
-                    .volatile
-                    .outbox
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                outbox.sending = false;
-                if sent.is_err() {
-                    // Back at the front, for the next push to try.
-                    let later = std::mem::replace(&mut outbox.queue, batch.clone());
-                    outbox.queue.extend(later);
-                }
-            }
+            // Whatever happens to this call (an answer, an error, or the future dropped),
+            // the guard hands the outbox back: unsent updates at the front, not sending.
+            let mut in_flight = InFlightBatch {
+                volatile: &self.volatile,
+                batch: Some(batch),
+            };
+            let sent = match &in_flight.batch {
+                Some(batch) => self.send_batch(backup, batch, deadline).await,
+                None => Ok(()),
+            };
             if sent.is_ok() {
-                let mut replicated = self
-                    .volatile
-                    .replicated
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                for update in &batch {
-                    replicated.complete(update.seq);
+                if let Some(batch) = in_flight.batch.take() {
+                    let mut replicated = self
+                        .volatile
+                        .replicated
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    for update in &batch {
+                        replicated.complete(update.seq);
+                    }
                 }
             }
-            self.volatile.replicated_changed.notify_waiters();
+            drop(in_flight);
             sent?;
         }
     }
