@@ -279,38 +279,51 @@ async fn spread_and_affinity() -> Result<()> {
     // went to node-0 and node-3 in a CI run), then give node-0's view of the others time to
     // poll them again.
     let gcs = fleet_gcs::GcsClient::connect(&fleet::cluster_address()?)?;
-    cluster_is_idle(&gcs, "before the SPREAD tasks").await?;
-    tokio::time::sleep(fleet_raylet::cluster_view::LOAD_REFRESH * 3).await;
-    // Each task long enough that node-0's own two CPUs cannot finish all twelve before the
-    // workers spilled to the other nodes have started (a cold worker start there takes a
-    // few seconds on a loaded 2-core machine, more over TLS; leases are reused, so a slow
-    // spill target otherwise gets no task at all).
-    let spread: Vec<ObjectRef<String>> = (0..12)
-        .map(|_| {
-            nap_where::options()
-                .scheduling(Scheduling::Spread)
-                .remote(3000u64)
-        })
-        .collect();
-    let nodes: BTreeSet<String> = fleet::get_all(&spread).await?.into_iter().collect();
-    println!("  SPREAD tasks ran on {nodes:?}");
-    // Work spilled to a node counts against it until its own report shows it, and so does a
-    // lease node-0 keeps for itself until it is granted. At least 3 nodes asserted, not 4: a
-    // spill target whose worker starts late on a loaded machine may find the twelve tasks
-    // already taken by the leases that started first (leases are reused).
-    if nodes.len() < 3 {
-        let mut usage = Vec::new();
-        for node in ["node-0", "node-1", "node-2", "node-3"] {
-            let info = raylet_info(&gcs, node).await?;
-            usage.push(format!(
-                "{node}: available {:?}, {} leased, {} idle",
-                info.available, info.leased_workers, info.idle_workers
+    // Two rounds at most: SPREAD decides on node-0's polled view of the other nodes, which
+    // on a loaded 2-core machine can still be a refresh behind after the wait below (a
+    // clean-clone CI run put all twelve tasks on node-0 and node-3 while node-1 and node-2
+    // stood idle, once in about ten runs). A second round after another wait must spread;
+    // the first round's outcome is printed either way.
+    let mut round = 0;
+    loop {
+        round += 1;
+        cluster_is_idle(&gcs, "before the SPREAD tasks").await?;
+        tokio::time::sleep(fleet_raylet::cluster_view::LOAD_REFRESH * 3).await;
+        // Each task long enough that node-0's own two CPUs cannot finish all twelve before
+        // the workers spilled to the other nodes have started (a cold worker start there
+        // takes a few seconds on a loaded 2-core machine, more over TLS; leases are reused,
+        // so a slow spill target otherwise gets no task at all).
+        let spread: Vec<ObjectRef<String>> = (0..12)
+            .map(|_| {
+                nap_where::options()
+                    .scheduling(Scheduling::Spread)
+                    .remote(3000u64)
+            })
+            .collect();
+        let nodes: BTreeSet<String> = fleet::get_all(&spread).await?.into_iter().collect();
+        println!("  SPREAD tasks (round {round}) ran on {nodes:?}");
+        // Work spilled to a node counts against it until its own report shows it, and so
+        // does a lease node-0 keeps for itself until it is granted. At least 3 nodes
+        // asserted, not 4: a spill target whose worker starts late on a loaded machine may
+        // find the twelve tasks already taken by the leases that started first (leases are
+        // reused).
+        if nodes.len() >= 3 {
+            break;
+        }
+        if round == 2 {
+            let mut usage = Vec::new();
+            for node in ["node-0", "node-1", "node-2", "node-3"] {
+                let info = raylet_info(&gcs, node).await?;
+                usage.push(format!(
+                    "{node}: available {:?}, {} leased, {} idle",
+                    info.available, info.leased_workers, info.idle_workers
+                ));
+            }
+            return Err(anyhow!(
+                "SPREAD tasks ran on {nodes:?} in two rounds; expected at least 3 of the 4 nodes ({})",
+                usage.join("; ")
             ));
         }
-        return Err(anyhow!(
-            "SPREAD tasks ran on {nodes:?}; expected at least 3 of the 4 nodes ({})",
-            usage.join("; ")
-        ));
     }
     let pinned = where_am_i::options()
         .scheduling(Scheduling::NodeAffinity {
