@@ -23,6 +23,9 @@ pub struct RayletConfig {
     pub prestart_workers: usize,
     /// Idle shared workers kept; extra idle ones exit.
     pub max_idle_workers: usize,
+    /// Shared actor-host processes per job on this node (actors that need no process of
+    /// their own are spread over these; see `actor_hosts`).
+    pub actor_hosts_per_job: usize,
     /// How long a new worker has to register before its start counts as failed.
     pub worker_start_timeout: Duration,
     /// The GCS (comma-separated replicas).
@@ -112,6 +115,7 @@ impl RayletConfig {
             worker_env: BTreeMap::new(),
             prestart_workers: cpus.ceil() as usize,
             max_idle_workers: (cpus.ceil() as usize).max(2) * 2,
+            actor_hosts_per_job: (cpus.ceil() as usize).max(1),
             worker_start_timeout: Duration::from_secs(30),
             gcs_address: gcs_address.into(),
             object_store_dir: shm.join(format!("fleet-{node_id}")),

@@ -5,6 +5,7 @@
 //! - [`error`]: its errors.
 //! - [`resources`]: resource accounting with fractional amounts and GPU ids (pure).
 //! - [`gpu`]: GPU detection that never panics (no GPU is zero GPUs).
+//! - [`actor_hosts`]: shared processes hosting many actors of a job (which host is next; pure).
 //! - [`worker_pool`]: starting worker processes and watching them exit.
 //! - [`server`]: the gRPC service (worker registration, leases) and `start`.
 //! - [`object_store`]: the shared-memory object store with LRU spilling.
@@ -15,6 +16,7 @@
 //! - [`binaries`]: content-addressed job binaries, uploaded once and fetched once per node.
 //! - [`daemon`]: `fleet raylet`: a node of a cluster (registration, shutdown).
 
+pub mod actor_hosts;
 pub mod binaries;
 pub mod bundles;
 pub mod cluster_view;

@@ -26,12 +26,13 @@ use fleet_proto::runtime::{
 };
 use prost::Message;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use crate::actor_hosts::{choose_host, ActorHost, HostChoice, HostKey, HostLoad, HostStart};
 use crate::binaries::Binaries;
 use crate::bundles::{BundleError, BundleKey, BundleRequest, Bundles};
 use crate::cluster_view::ClusterView;
@@ -64,6 +65,8 @@ struct WorkerEntry {
     job_id: String,
     /// It hosts a detached actor: it outlives its job's driver.
     detached: bool,
+    /// The shared actor host it is (see `actor_hosts`): many leases, one per actor.
+    host: Option<u64>,
 }
 
 /// How long a lease request waits queued on this node before it is placed again.
@@ -85,6 +88,8 @@ struct Lease {
     allocation: Allocation,
     /// The placement-group bundle it was allocated from (else the node's free pool).
     bundle: Option<BundleKey>,
+    /// The shared actor host it places an actor in, and that actor.
+    hosted: Option<(u64, String)>,
 }
 
 struct State {
@@ -99,6 +104,9 @@ struct State {
     next_worker: u64,
     dead_workers: Vec<WorkerExit>,
     pending_leases: u32,
+    /// Shared actor hosts, by host id.
+    hosts: HashMap<u64, ActorHost>,
+    next_host: u64,
 }
 
 impl State {
@@ -128,7 +136,10 @@ impl State {
             .collect();
         for lease_id in &ended {
             if let Some(lease) = self.leases.remove(lease_id) {
-                if let Some(worker) = self.workers.get_mut(&lease.worker_id) {
+                if let Some((host, actor_id)) = &lease.hosted {
+                    // The host's other actors go on: stop only this one.
+                    self.leave_host(*host, &lease.worker_id, actor_id);
+                } else if let Some(worker) = self.workers.get_mut(&lease.worker_id) {
                     worker.leased = None;
                     worker.process.retire(true);
                 }
@@ -136,6 +147,57 @@ impl State {
         }
         ended.len()
     }
+
+    /// An actor's lease in host `host` ended: the host counts one actor fewer (a host of
+    /// detached actors that is left empty exits: nothing else would end it) and the actor
+    /// is stopped in it, should it still run there (its owner gave it up, or its bundle went).
+    fn leave_host(&mut self, host: u64, worker_id: &str, actor_id: &str) {
+        let mut retire = false;
+        if let Some(entry) = self.hosts.get_mut(&host) {
+            entry.actors = entry.actors.saturating_sub(1);
+            retire = entry.actors == 0 && entry.key.detached;
+            if retire {
+                self.hosts.remove(&host);
+            }
+        }
+        if let Some(worker) = self.workers.get_mut(worker_id) {
+            if retire {
+                worker.process.retire(false);
+            } else if let Some(address) = worker.address.clone() {
+                stop_hosted_actor(address, actor_id.to_string());
+            }
+        }
+    }
+}
+
+/// Asks a shared host to stop one actor (best effort, bounded: the host may be dying, and
+/// a host that is gone stopped the actor with itself).
+fn stop_hosted_actor(address: String, actor_id: String) {
+    tokio::spawn(async move {
+        let channel = match fleet_gcs::transport::Connector::channel(
+            &fleet_gcs::transport::TcpConnector,
+            &address,
+        ) {
+            Ok(channel) => channel,
+            Err(error) => {
+                tracing::debug!(%address, %error, "cannot reach a host to stop an actor");
+                return;
+            }
+        };
+        let mut client = fleet_proto::runtime::core_worker_client::CoreWorkerClient::new(channel);
+        let request = fleet_proto::runtime::ExitRequest {
+            actor_id: actor_id.clone(),
+        };
+        match tokio::time::timeout(Duration::from_secs(5), client.exit(request)).await {
+            Ok(Ok(_)) => {
+                tracing::debug!(actor = %actor_id, host = %address, "actor stopped in its host")
+            }
+            Ok(Err(status)) => {
+                tracing::debug!(actor = %actor_id, status = %status.message(), "stopping an actor in its host failed")
+            }
+            Err(_) => tracing::debug!(actor = %actor_id, "stopping an actor in its host timed out"),
+        }
+    });
 }
 
 /// The program a worker runs.
@@ -303,6 +365,8 @@ impl RayletService {
                     next_worker: 1,
                     dead_workers: Vec::new(),
                     pending_leases: 0,
+                    hosts: HashMap::new(),
+                    next_host: 1,
                 }),
                 freed: Notify::new(),
                 stopping: std::sync::atomic::AtomicBool::new(false),
@@ -320,6 +384,7 @@ impl RayletService {
         dedicated: bool,
         gpu_ids: &[u32],
         program: &Program,
+        host: Option<u64>,
     ) -> Result<(String, String)> {
         if self
             .inner
@@ -340,7 +405,11 @@ impl RayletService {
                 (env::JOB_ID, program.job_id.clone()),
                 (env::JOB_BINARY, program.digest.clone()),
             ];
-            if !gpu_ids.is_empty() || dedicated {
+            if host.is_some() {
+                extra.push((env::ACTOR_HOST, "1".to_string()));
+            }
+            // Workers that hold no GPU see none (a shared host's actors hold none).
+            if !gpu_ids.is_empty() || dedicated || host.is_some() {
                 let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
                 extra.push((
                     "CUDA_VISIBLE_DEVICES",
@@ -371,6 +440,7 @@ impl RayletService {
                     pool_key: program.pool_key.clone(),
                     job_id: program.job_id.clone(),
                     detached: program.detached,
+                    host,
                 },
             );
             (worker_id, rx)
@@ -411,7 +481,10 @@ impl RayletService {
         let mut started = tokio::task::JoinSet::new();
         for _ in 0..count {
             let this = self.clone();
-            started.spawn(async move { this.start_worker(false, &[], &Program::default()).await });
+            started.spawn(async move {
+                this.start_worker(false, &[], &Program::default(), None)
+                    .await
+            });
         }
         while let Some(result) = started.join_next().await {
             match result {
@@ -860,6 +933,11 @@ impl RayletService {
         bundle: Option<BundleKey>,
     ) -> Result<LeaseReply> {
         let dedicated = request.dedicated || !gpu_ids.is_empty();
+        if request.actor_host && !dedicated {
+            return self
+                .grant_in_host(request, program, allocation, bundle)
+                .await;
+        }
         let reused = if dedicated {
             None
         } else {
@@ -886,7 +964,7 @@ impl RayletService {
         };
         let (worker_id, address) = match reused {
             Some(found) => found,
-            None => match self.start_worker(dedicated, &gpu_ids, &program).await {
+            None => match self.start_worker(dedicated, &gpu_ids, &program, None).await {
                 Ok(found) => found,
                 Err(error) => {
                     self.lock().release(&allocation, bundle.as_ref());
@@ -924,6 +1002,7 @@ impl RayletService {
                 worker_id: worker_id.clone(),
                 allocation,
                 bundle,
+                hosted: None,
             },
         );
         Ok(LeaseReply {
@@ -932,6 +1011,143 @@ impl RayletService {
             worker_address: address,
             gpu_ids,
             node_id: self.inner.config.node_id.clone(),
+            ..LeaseReply::default()
+        })
+    }
+
+    /// Gives a granted allocation a place in one of its job's shared actor hosts (starting
+    /// one when `choose_host` says so; actors placed on a host that is still starting wait
+    /// for it).
+    async fn grant_in_host(
+        &self,
+        request: &LeaseRequest,
+        program: Program,
+        allocation: Allocation,
+        bundle: Option<BundleKey>,
+    ) -> Result<LeaseReply> {
+        let key = HostKey {
+            pool_key: program.pool_key.clone(),
+            job_id: program.job_id.clone(),
+            detached: program.detached,
+        };
+        let limit = self.inner.config.actor_hosts_per_job;
+        let (host_id, mut start, starter) = {
+            let mut state = self.lock();
+            let loads: Vec<HostLoad> = state
+                .hosts
+                .iter()
+                .filter(|(_, h)| h.key == key)
+                .map(|(&host, h)| HostLoad {
+                    host,
+                    actors: h.actors,
+                })
+                .collect();
+            let chosen = match choose_host(&loads, limit) {
+                HostChoice::Existing(host_id) => Some(host_id),
+                HostChoice::Start => None,
+            };
+            match chosen.and_then(|id| state.hosts.get_mut(&id).map(|host| (id, host))) {
+                Some((host_id, host)) => {
+                    host.actors += 1;
+                    (host_id, host.start.clone(), None)
+                }
+                None => {
+                    let host_id = state.next_host;
+                    state.next_host += 1;
+                    let (tx, rx) = watch::channel(HostStart::Starting);
+                    state.hosts.insert(
+                        host_id,
+                        ActorHost {
+                            key,
+                            worker_id: None,
+                            start: rx.clone(),
+                            actors: 1,
+                        },
+                    );
+                    (host_id, rx, Some(tx))
+                }
+            }
+        };
+        if let Some(tx) = starter {
+            let started = self.start_worker(false, &[], &program, Some(host_id)).await;
+            let mut state = self.lock();
+            let outcome = match started {
+                Ok((worker_id, address)) if state.workers.contains_key(&worker_id) => {
+                    if let Some(host) = state.hosts.get_mut(&host_id) {
+                        host.worker_id = Some(worker_id.clone());
+                    }
+                    HostStart::Ready { worker_id, address }
+                }
+                Ok(_) => HostStart::Failed("the worker exited right after starting".into()),
+                Err(error) => HostStart::Failed(error.to_string()),
+            };
+            if matches!(outcome, HostStart::Failed(_)) {
+                state.hosts.remove(&host_id);
+            }
+            tx.send_replace(outcome);
+        }
+        let waited = tokio::time::timeout(
+            self.inner.config.worker_start_timeout + Duration::from_secs(5),
+            start.wait_for(|s| !matches!(s, HostStart::Starting)),
+        )
+        .await;
+        let outcome = match waited {
+            Ok(Ok(outcome)) => outcome.clone(),
+            Ok(Err(_)) => HostStart::Failed("its start was abandoned".into()),
+            Err(_) => HostStart::Failed(format!(
+                "it did not register within {:?}",
+                self.inner.config.worker_start_timeout
+            )),
+        };
+        let mut state = self.lock();
+        let placed = match outcome {
+            HostStart::Ready { worker_id, address }
+                if state.hosts.contains_key(&host_id) && state.workers.contains_key(&worker_id) =>
+            {
+                Ok((worker_id, address))
+            }
+            HostStart::Ready { .. } => Err("it exited since".to_string()),
+            HostStart::Failed(reason) => Err(reason),
+            HostStart::Starting => Err("it is still starting".to_string()),
+        };
+        let (worker_id, address) = match placed {
+            Ok(found) => found,
+            Err(reason) => {
+                if let Some(host) = state.hosts.get_mut(&host_id) {
+                    host.actors = host.actors.saturating_sub(1);
+                }
+                state.release(&allocation, bundle.as_ref());
+                drop(state);
+                self.inner.freed.notify_waiters();
+                return Err(Error::WorkerStart {
+                    binary: program
+                        .binary
+                        .clone()
+                        .unwrap_or_else(|| self.inner.launcher.binary().clone()),
+                    reason: format!("the shared actor host could not start: {reason}"),
+                });
+            }
+        };
+        let lease_id = state.next_lease;
+        state.next_lease += 1;
+        if let Some(worker) = state.workers.get_mut(&worker_id) {
+            worker.job_id = program.job_id.clone();
+        }
+        state.leases.insert(
+            lease_id,
+            Lease {
+                worker_id: worker_id.clone(),
+                allocation,
+                bundle,
+                hosted: Some((host_id, request.actor_id.clone())),
+            },
+        );
+        Ok(LeaseReply {
+            lease_id,
+            worker_id,
+            worker_address: address,
+            node_id: self.inner.config.node_id.clone(),
+            shared: true,
             ..LeaseReply::default()
         })
     }
@@ -1099,6 +1315,12 @@ impl RayletService {
             return Ok(());
         };
         state.release(&lease.allocation, lease.bundle.as_ref());
+        if let Some((host, actor_id)) = &lease.hosted {
+            state.leave_host(*host, &lease.worker_id, actor_id);
+            drop(state);
+            self.inner.freed.notify_waiters();
+            return Ok(());
+        }
         let max_idle = self.inner.config.max_idle_workers;
         let idle_count = state.idle.len();
         if let Some(worker) = state.workers.get_mut(&lease.worker_id) {
@@ -1125,6 +1347,22 @@ impl RayletService {
             if let Some(lease_id) = worker.leased {
                 if let Some(lease) = state.leases.remove(&lease_id) {
                     state.release(&lease.allocation, lease.bundle.as_ref());
+                }
+            }
+            if let Some(host) = worker.host {
+                // Every actor it hosted is gone with it: their leases end (their owners
+                // restart them, each against its own max_restarts).
+                state.hosts.remove(&host);
+                let hosted: Vec<u64> = state
+                    .leases
+                    .iter()
+                    .filter(|(_, l)| l.hosted.as_ref().is_some_and(|(h, _)| *h == host))
+                    .map(|(&id, _)| id)
+                    .collect();
+                for lease_id in hosted {
+                    if let Some(lease) = state.leases.remove(&lease_id) {
+                        state.release(&lease.allocation, lease.bundle.as_ref());
+                    }
                 }
             }
         }

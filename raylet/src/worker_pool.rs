@@ -30,6 +30,9 @@ pub mod env {
     pub const JOB_ID: &str = "FLEET_JOB_ID";
     /// The SHA-256 of the job's uploaded binary (what nested tasks' workers run).
     pub const JOB_BINARY: &str = "FLEET_JOB_BINARY";
+    /// Set (to `1`) in a shared actor host: it runs many actors, so stopping one of them
+    /// never ends the process.
+    pub const ACTOR_HOST: &str = "FLEET_ACTOR_HOST";
 }
 
 /// How a worker ended.

@@ -70,6 +70,11 @@ pub struct ActorOptions {
     /// With a name: return the live actor of that name (and type) instead of failing with
     /// `ActorNameTaken` (Ray's `get_if_exists`).
     pub get_if_exists: bool,
+    /// A worker process of its own. Off by default: the actor lives in one of its job's
+    /// shared actor hosts on the node (a few processes for any number of actors), where a
+    /// process crash takes its neighbours along (each restarts on its own terms). GPU
+    /// actors always get a process of their own (`CUDA_VISIBLE_DEVICES` is per process).
+    pub isolate: bool,
 }
 
 /// The default bound on a handle's calls in flight.
@@ -94,6 +99,7 @@ impl Default for ActorOptions {
             scheduling: Scheduling::Default,
             max_pending_calls: DEFAULT_MAX_PENDING_CALLS,
             get_if_exists: false,
+            isolate: false,
         }
     }
 }
@@ -197,6 +203,15 @@ impl<A: ActorType> ActorBuilder<A> {
         self.options.get_if_exists = get_if_exists;
         self
     }
+    /// Gives the actor a worker process of its own instead of a place in a shared host:
+    /// for actors whose failure must not take others along (a rank that may crash, a
+    /// replica and its backup), that call `std::process::exit`, or that change
+    /// process-wide state (environment, current directory, signal handlers).
+    pub fn isolate(mut self) -> Self {
+        self.options.isolate = true;
+        self
+    }
+
     /// Where it is placed (spread, or pinned to a node).
     pub fn scheduling(mut self, scheduling: Scheduling) -> Self {
         self.options.scheduling = scheduling;
@@ -491,7 +506,8 @@ fn transition(
     }
 }
 
-/// Leases a worker of its own and runs the constructor (or restores `checkpoint`) there.
+/// Leases a place for the actor (a shared host, or a worker of its own when isolated) and
+/// runs the constructor (or restores `checkpoint`) there.
 async fn start_instance(
     runtime: &CoreWorker,
     link: &ActorLink,
@@ -508,9 +524,10 @@ async fn start_instance(
         .lease(LeaseAsk {
             resources: &owner.options.resources,
             description: &description,
-            dedicated: true,
+            dedicated: owner.options.isolate,
             detached: owner.options.detached,
             scheduling: &owner.options.scheduling,
+            actor_host: (!owner.options.isolate).then_some(link.actor_id.as_str()),
         })
         .await?;
     let reply = lease.clone();
@@ -535,6 +552,11 @@ async fn start_instance(
         checkpoint_dir: owner.options.checkpoint_dir.display().to_string(),
         gpu_ids: reply.gpu_ids.clone(),
         owner_address: runtime.address.clone(),
+        own_thread: owner
+            .options
+            .resources
+            .get("CPU")
+            .is_some_and(|cpus| *cpus > 0.0),
         ..TaskSpec::default()
     };
     let outcome = runtime.push(&reply.worker_address, spec).await;
@@ -595,6 +617,10 @@ const SAME_ADDRESS_GRACE: std::time::Duration = std::time::Duration::from_secs(2
 /// Times one call follows its actor to another worker when the one it reached no longer
 /// hosts it (such a call never ran, so following it is always safe).
 const MAX_NOT_HOSTED_BOUNCES: u32 = 16;
+
+/// How long `kill` waits for the actor's process to confirm the stop (it may be frozen;
+/// the lease's return retires or stops it anyway).
+const KILL_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the owner does once it asked the GCS to move its actor ALIVE → RESTARTING.
 #[derive(Debug, PartialEq, Eq)]
@@ -1171,7 +1197,12 @@ impl ActorHandle {
         state.address = address;
         if let Some(address) = state.address.take() {
             if let Ok(mut client) = runtime.worker_client(&address) {
-                let _ = client.exit(fleet_proto::runtime::ExitRequest {}).await;
+                // Only this actor: a shared host's other actors go on (an isolated actor's
+                // process is retired with its lease below).
+                let request = fleet_proto::runtime::ExitRequest {
+                    actor_id: self.link.actor_id.clone(),
+                };
+                let _ = tokio::time::timeout(KILL_STOP_TIMEOUT, client.exit(request)).await;
             }
         }
         if let Some(lease) = state.lease.take() {

@@ -1,6 +1,7 @@
 //! The worker side: the CoreWorker gRPC service that runs remote functions, hosts actors
-//! (one task per actor owning the instance, running each caller's calls in order), takes
-//! checkpoints, and serves owned objects to borrowers.
+//! (one task per actor owning the instance, running each caller's calls in order; a shared
+//! actor host runs many actors, each with its own mailbox, order, checkpoints and stop),
+//! takes checkpoints, and serves owned objects to borrowers.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -167,15 +168,38 @@ impl ActorThread {
             })?;
         Ok(ActorThread { jobs })
     }
+
+    /// Runs one actor on a thread of its own until its loop ends: an actor that holds CPUs
+    /// computes there without stalling the host's other actors.
+    fn run_alone(name: String, job: ActorJob) -> std::io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new().name(name).spawn(move || {
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, job());
+        })?;
+        Ok(())
+    }
+}
+
+/// An actor this process hosts: where its calls go, and how it is stopped alone (a shared
+/// host's other actors go on).
+struct HostedActor {
+    mailbox: mpsc::Sender<ActorCall>,
+    stop: CancellationToken,
 }
 
 /// The CoreWorker service of a worker (or a driver, which only serves objects).
 #[derive(Clone)]
 pub struct Executor {
     runtime: Arc<CoreWorker>,
-    actors: Arc<DashMap<String, mpsc::Sender<ActorCall>>>,
+    actors: Arc<DashMap<String, HostedActor>>,
     actor_thread: Arc<std::sync::OnceLock<ActorThread>>,
     exit: CancellationToken,
+    /// This process is a shared actor host (the raylet said so): stopping one of its
+    /// actors never ends it.
+    is_host: bool,
 }
 
 impl Executor {
@@ -186,6 +210,7 @@ impl Executor {
             actors: Arc::default(),
             actor_thread: Arc::default(),
             exit,
+            is_host: std::env::var_os(fleet_raylet::worker_pool::env::ACTOR_HOST).is_some(),
         }
     }
 
@@ -324,40 +349,67 @@ impl Executor {
             sequence: spec.checkpoint_sequence,
             written: VecDeque::new(),
         };
-        let thread = match self.actor_thread.get() {
-            Some(thread) => thread,
-            None => {
-                let started = ActorThread::start().map_err(|e| {
-                    TaskError::system(format!("cannot start the actor thread: {e}"))
-                })?;
-                let _ = self.actor_thread.set(started);
-                self.actor_thread
-                    .get()
-                    .ok_or_else(|| TaskError::system("the actor thread did not start"))?
-            }
-        };
         let runtime = self.runtime.clone();
         let concurrency = spec.max_concurrency.max(1) as usize;
         let identity = ActorIdentity {
             job_id: spec.job_id.clone(),
             restarts: spec.actor_restarts,
         };
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         let job: ActorJob = Box::new(move || {
-            Box::pin(actor_loop(
-                runtime,
-                instance,
-                rx,
-                policy,
-                concurrency,
-                identity,
-            ))
+            Box::pin(async move {
+                // Stopped alone (killed, or given up by its owner): the instance and its
+                // queued calls are dropped here (those calls answer "not hosted").
+                tokio::select! {
+                    _ = actor_loop(runtime, instance, rx, policy, concurrency, identity) => {}
+                    _ = stopped.cancelled() => {}
+                }
+            })
         });
-        thread
-            .jobs
-            .send(job)
-            .map_err(|_| TaskError::system("the actor thread has stopped"))?;
-        self.actors.insert(spec.actor_id.clone(), tx);
+        if spec.own_thread {
+            let name = format!(
+                "fleet-actor-{}",
+                spec.actor_id.get(..16).unwrap_or(&spec.actor_id)
+            );
+            ActorThread::run_alone(name, job)
+                .map_err(|e| TaskError::system(format!("cannot start the actor's thread: {e}")))?;
+        } else {
+            let thread = match self.actor_thread.get() {
+                Some(thread) => thread,
+                None => {
+                    let started = ActorThread::start().map_err(|e| {
+                        TaskError::system(format!("cannot start the actor thread: {e}"))
+                    })?;
+                    let _ = self.actor_thread.set(started);
+                    self.actor_thread
+                        .get()
+                        .ok_or_else(|| TaskError::system("the actor thread did not start"))?
+                }
+            };
+            thread
+                .jobs
+                .send(job)
+                .map_err(|_| TaskError::system("the actor thread has stopped"))?;
+        }
+        let hosted = HostedActor { mailbox: tx, stop };
+        // A new instance of an actor this process already hosts (its owner restarted it
+        // here) replaces the old one, which stops.
+        if let Some(old) = self.actors.insert(spec.actor_id.clone(), hosted) {
+            old.stop.cancel();
+        }
         Ok(Vec::new())
+    }
+
+    /// Stops one hosted actor; the process goes on.
+    fn stop_actor(&self, actor_id: &str) -> bool {
+        match self.actors.remove(actor_id) {
+            Some((_, actor)) => {
+                actor.stop.cancel();
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -884,8 +936,17 @@ impl CoreWorkerRpc for Executor {
         Ok(Response::new(fleet_proto::runtime::ReleaseBorrowReply {}))
     }
 
-    async fn exit(&self, _: Request<ExitRequest>) -> Result<Response<ExitReply>, Status> {
-        self.exit.cancel();
+    async fn exit(&self, request: Request<ExitRequest>) -> Result<Response<ExitReply>, Status> {
+        let actor_id = request.into_inner().actor_id;
+        if self.is_host && !actor_id.is_empty() {
+            // One actor of a shared host: the others go on.
+            if self.stop_actor(&actor_id) {
+                tracing::info!(actor = %actor_id, "actor stopped");
+            }
+        } else {
+            // A process of its own (or the whole process asked to go): it exits.
+            self.exit.cancel();
+        }
         Ok(Response::new(ExitReply {}))
     }
 }
@@ -894,7 +955,7 @@ impl Executor {
     /// A place in the mailbox of the actor `actor_id`, waiting while it is full; `None` when
     /// this worker does not host it.
     async fn reserve_mailbox(&self, actor_id: &str) -> Option<mpsc::OwnedPermit<ActorCall>> {
-        let mailbox = self.actors.get(actor_id).map(|m| m.clone())?;
+        let mailbox = self.actors.get(actor_id).map(|m| m.mailbox.clone())?;
         mailbox.reserve_owned().await.ok()
     }
 
@@ -981,9 +1042,11 @@ impl Executor {
                     args,
                     reply: tx,
                 });
-                let (result, retained) = rx
-                    .await
-                    .unwrap_or_else(|_| (Err(TaskError::system("the actor stopped")), Vec::new()));
+                // No answer: the actor was stopped before it answered (killed, or replaced by
+                // a restart): the caller follows it, as for a call that found it gone.
+                let (result, retained) = rx.await.unwrap_or_else(|_| {
+                    (Err(TaskError::actor_not_hosted(&spec.actor_id)), Vec::new())
+                });
                 self.reply(&name, result, retained).await
             }
         };

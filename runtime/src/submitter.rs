@@ -122,6 +122,8 @@ pub struct Lease {
     pub node_id: String,
     /// The raylet that granted it (where it goes back).
     pub raylet_address: String,
+    /// A place in a shared actor host (other actors live in the process).
+    pub shared: bool,
 }
 
 /// Leases workers: asks the local raylet, follows its spillback to another node (once, with
@@ -151,6 +153,8 @@ pub(crate) struct LeaseAsk<'a> {
     pub dedicated: bool,
     pub detached: bool,
     pub scheduling: &'a Scheduling,
+    /// An actor that may share a host process with others (its id, for the raylet).
+    pub actor_host: Option<&'a str>,
 }
 
 fn lease_error(description: &str, status: &tonic::Status) -> Error {
@@ -214,6 +218,8 @@ impl Leaser {
             job_binary: self.inner.job_binary.clone(),
             worker_args: self.inner.worker_args.clone(),
             detached: ask.detached,
+            actor_host: ask.actor_host.is_some(),
+            actor_id: ask.actor_host.unwrap_or_default().to_string(),
         };
         // A spillback target may die before it grants, or turn out busy (the local view was
         // stale): ask the local raylet again, a bounded number of times.
@@ -306,6 +312,7 @@ impl Leaser {
             gpu_ids: reply.gpu_ids,
             node_id: reply.node_id,
             raylet_address: raylet_address.to_string(),
+            shared: reply.shared,
         }
     }
 
@@ -475,6 +482,7 @@ impl LeasePool {
                         dedicated: false,
                         detached: false,
                         scheduling: &scheduling,
+                        actor_host: None,
                     })
                     .await;
                 let mut shapes = pool.shapes.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,6 +1,7 @@
 //! `fleet bench`: the runtime microbenchmark (Ray's metric names) and `fleet bench gcs`
 //! (control-store writes, side by side with etcd).
 
+pub mod actors;
 pub mod channel;
 pub mod collective;
 pub mod placement;
@@ -29,6 +30,9 @@ enum BenchTarget {
     Runtime(RuntimeBenchArgs),
     /// Control-store write throughput, p50/p99 latency and leader failover, vs etcd.
     Gcs(GcsBenchArgs),
+    /// Actor creation at scale (actors/s for N = 1,000 and 10,000 until each answered a
+    /// ping), idle memory per actor and worker processes; `--peer` adds Ray.
+    Actors(actors::ActorsBenchArgs),
     /// Placement group create/removal (ops/s) on an embedded cluster, as in Ray's benchmark.
     Placement(placement::PlacementBenchArgs),
     /// Node-to-node object transfer (GB/s) vs a plain TCP socket on loopback.
@@ -247,6 +251,7 @@ impl BenchCommand {
             }
             BenchTarget::Transfer(args) => transfer::run(args.bytes, args.repeat).await?,
             BenchTarget::Placement(args) => placement::run(args).await?,
+            BenchTarget::Actors(args) => actors::run(args).await?,
             BenchTarget::Collective(args) => {
                 let placements = args
                     .placements
