@@ -966,8 +966,13 @@ async fn actor_creations_survive_gcs_leader_loss(
         "{} actors recorded for {ACTORS} creations",
         table.len() - job_actors_before
     );
+    // The actors share their nodes' actor hosts: a few processes, never one per actor.
     let pids: BTreeSet<u32> = actors.iter().map(|(_, pid)| *pid).collect();
-    ensure!(pids.len() == ACTORS, "each actor has a worker of its own");
+    ensure!(
+        !pids.is_empty() && pids.len() < ACTORS,
+        "{ACTORS} actors in {} processes: expected a few shared hosts",
+        pids.len()
+    );
     let alive = table
         .iter()
         .filter(|a| a.class_name.ends_with("Pid") && a.state == ActorState::ActorAlive as i32)

@@ -4,6 +4,7 @@
 //! - [`config`]: what a raylet is given.
 //! - [`error`]: its errors.
 //! - [`resources`]: resource accounting with fractional amounts and GPU ids (pure).
+//! - [`limits`]: open-file and process limits, raised where allowed and named with the fix.
 //! - [`gpu`]: GPU detection that never panics (no GPU is zero GPUs).
 //! - [`actor_hosts`]: shared processes hosting many actors of a job (which host is next; pure).
 //! - [`worker_pool`]: starting worker processes and watching them exit.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod gpu;
+pub mod limits;
 pub mod object_store;
 pub mod resources;
 pub mod scheduling;

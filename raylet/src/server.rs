@@ -138,7 +138,11 @@ impl State {
             if let Some(lease) = self.leases.remove(lease_id) {
                 if let Some((host, actor_id)) = &lease.hosted {
                     // The host's other actors go on: stop only this one.
-                    self.leave_host(*host, &lease.worker_id, actor_id);
+                    if let Some((address, actor_id)) =
+                        self.leave_host(*host, &lease.worker_id, actor_id)
+                    {
+                        tokio::spawn(stop_hosted_actor(address, actor_id));
+                    }
                 } else if let Some(worker) = self.workers.get_mut(&lease.worker_id) {
                     worker.leased = None;
                     worker.process.retire(true);
@@ -150,8 +154,14 @@ impl State {
 
     /// An actor's lease in host `host` ended: the host counts one actor fewer (a host of
     /// detached actors that is left empty exits: nothing else would end it) and the actor
-    /// is stopped in it, should it still run there (its owner gave it up, or its bundle went).
-    fn leave_host(&mut self, host: u64, worker_id: &str, actor_id: &str) {
+    /// is to be stopped in it, should it still run there (its owner gave it up, or its bundle
+    /// went): returns the host's address and the actor to stop.
+    fn leave_host(
+        &mut self,
+        host: u64,
+        worker_id: &str,
+        actor_id: &str,
+    ) -> Option<(String, String)> {
         let mut retire = false;
         if let Some(entry) = self.hosts.get_mut(&host) {
             entry.actors = entry.actors.saturating_sub(1);
@@ -160,20 +170,22 @@ impl State {
                 self.hosts.remove(&host);
             }
         }
-        if let Some(worker) = self.workers.get_mut(worker_id) {
-            if retire {
-                worker.process.retire(false);
-            } else if let Some(address) = worker.address.clone() {
-                stop_hosted_actor(address, actor_id.to_string());
-            }
+        let worker = self.workers.get_mut(worker_id)?;
+        if retire {
+            worker.process.retire(false);
+            return None;
         }
+        worker
+            .address
+            .clone()
+            .map(|address| (address, actor_id.to_string()))
     }
 }
 
 /// Asks a shared host to stop one actor (best effort, bounded: the host may be dying, and
 /// a host that is gone stopped the actor with itself).
-fn stop_hosted_actor(address: String, actor_id: String) {
-    tokio::spawn(async move {
+async fn stop_hosted_actor(address: String, actor_id: String) {
+    {
         let channel = match fleet_gcs::transport::Connector::channel(
             &fleet_gcs::transport::TcpConnector,
             &address,
@@ -197,7 +209,7 @@ fn stop_hosted_actor(address: String, actor_id: String) {
             }
             Err(_) => tracing::debug!(actor = %actor_id, "stopping an actor in its host timed out"),
         }
-    });
+    }
 }
 
 /// The program a worker runs.
@@ -1308,18 +1320,26 @@ impl RayletService {
         }
     }
 
-    fn return_lease(&self, lease_id: u64, worker_failed: bool) -> Result<()> {
+    /// Ends a lease. An actor's place in a shared host is stopped before this returns, so an
+    /// owner that restarts the actor (possibly in the same host) never has its new instance
+    /// hit by the old one's stop.
+    async fn return_lease(&self, lease_id: u64, worker_failed: bool) -> Result<()> {
+        let stop = self.end_lease(lease_id, worker_failed);
+        self.inner.freed.notify_waiters();
+        if let Some((address, actor_id)) = stop {
+            stop_hosted_actor(address, actor_id).await;
+        }
+        Ok(())
+    }
+
+    /// Forgets a lease and frees what it held; returns the hosted actor to stop, if any.
+    fn end_lease(&self, lease_id: u64, worker_failed: bool) -> Option<(String, String)> {
         let mut state = self.lock();
-        let Some(lease) = state.leases.remove(&lease_id) else {
-            // Its worker died and the lease was already cleaned up.
-            return Ok(());
-        };
+        // None: its worker died and the lease was already cleaned up.
+        let lease = state.leases.remove(&lease_id)?;
         state.release(&lease.allocation, lease.bundle.as_ref());
         if let Some((host, actor_id)) = &lease.hosted {
-            state.leave_host(*host, &lease.worker_id, actor_id);
-            drop(state);
-            self.inner.freed.notify_waiters();
-            return Ok(());
+            return state.leave_host(*host, &lease.worker_id, actor_id);
         }
         let max_idle = self.inner.config.max_idle_workers;
         let idle_count = state.idle.len();
@@ -1331,9 +1351,7 @@ impl RayletService {
                 state.idle.push_back(lease.worker_id.clone());
             }
         }
-        drop(state);
-        self.inner.freed.notify_waiters();
-        Ok(())
+        None
     }
 
     fn on_worker_exit(&self, exit: WorkerExit) {
@@ -1465,7 +1483,7 @@ impl Raylet for RayletService {
             let result = this.lease(request.into_inner()).await;
             if let Err(Ok(reply)) = done.send(result) {
                 if reply.lease_id != 0 {
-                    let _ = this.return_lease(reply.lease_id, false);
+                    let _ = this.return_lease(reply.lease_id, false).await;
                 }
             }
         });
@@ -1480,7 +1498,8 @@ impl Raylet for RayletService {
         request: Request<ReturnLeaseRequest>,
     ) -> Result<Response<ReturnLeaseReply>, Status> {
         let request = request.into_inner();
-        self.return_lease(request.lease_id, request.worker_failed)?;
+        self.return_lease(request.lease_id, request.worker_failed)
+            .await?;
         Ok(Response::new(ReturnLeaseReply {}))
     }
 
@@ -1775,6 +1794,8 @@ impl RunningRaylet {
 /// Starts a raylet on `listener` and prestarts its workers in the background.
 pub async fn start(config: RayletConfig, listener: TcpListener) -> Result<RunningRaylet> {
     config.validate()?;
+    // Workers, their pipes and every connection count against it.
+    crate::limits::raise_open_files_limit();
     let tls_builder = fleet_gcs::tls::server_builder().map_err(|reason| Error::InvalidRequest {
         what: "the raylet's TLS settings".into(),
         reason,

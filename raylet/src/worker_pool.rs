@@ -120,7 +120,7 @@ impl WorkerLauncher {
         }
         let mut child = command.spawn().map_err(|e| Error::WorkerStart {
             binary: binary.to_path_buf(),
-            reason: e.to_string(),
+            reason: crate::limits::explain(&e),
         })?;
         let pid = child.id().unwrap_or_default();
         let stdin = child.stdin.take();

@@ -111,6 +111,8 @@ fn raylet_client(address: &str) -> Result<RayletClient<fleet_gcs::auth::AuthChan
 
 /// Starts Fleet in this process.
 pub async fn init_with(options: InitOptions) -> Result<()> {
+    // A driver or host talking to thousands of actors holds many connections.
+    fleet_raylet::limits::raise_open_files_limit();
     if let Ok(worker_id) = std::env::var(env::WORKER_ID) {
         run_worker(worker_id).await;
     }

@@ -16,6 +16,8 @@ use anyhow::{anyhow, ensure, Context, Result};
 mod auth;
 #[path = "runtime/channels.rs"]
 mod channels;
+#[path = "runtime/hosts.rs"]
+mod hosts;
 #[path = "runtime/kv.rs"]
 mod kv;
 use fleet::{Error, ObjectRef, TaskFailure};
@@ -1209,6 +1211,11 @@ fn main() -> std::process::ExitCode {
                 "the_kv_store_is_shared_and_compare_and_set_loses_no_update",
                 || Box::pin(kv::the_kv_store_is_shared_and_compare_and_set_loses_no_update()),
             ),
+            ("a_sigkilled_host_brings_back_each_of_its_actors", || {
+                Box::pin(async {
+                    hosts::a_sigkilled_host_brings_back_each_of_its_actors(&scratch()).await
+                })
+            }),
             ("wait_returns_the_first_ready", || {
                 Box::pin(wait_returns_the_first_ready())
             }),

@@ -248,8 +248,14 @@ pub async fn strangers_are_refused_by_every_rpc_of_every_service() -> Result<()>
     // ...and an Exit to a worker.
     let mut stranger_worker =
         CoreWorkerClient::new(channel_with(&actor_info.address, Some(&stranger))?);
-    let exit = stranger_worker.exit(ExitRequest {}).await;
+    let exit = stranger_worker.exit(ExitRequest::default()).await;
     ensure!(refused(&exit), "Exit: {exit:?}");
+    let stop = stranger_worker
+        .exit(ExitRequest {
+            actor_id: actor.raw().actor_id().to_string(),
+        })
+        .await;
+    ensure!(refused(&stop), "Exit of one actor: {stop:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     ensure!(actor.push(2).await? == 2, "the actor's worker still serves");
     let job_now = gcs

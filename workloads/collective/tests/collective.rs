@@ -227,6 +227,8 @@ async fn spawn_group(name: &str, world: usize, small_bytes: usize) -> Result<Vec
         ranks.push(
             Rank::remote(name.to_string(), world, rank)
                 .max_restarts(1)
+                // A process each: the chaos scenario SIGKILLs one rank, not its neighbours.
+                .isolate()
                 .spawn()
                 .await?,
         );

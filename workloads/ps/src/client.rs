@@ -213,6 +213,9 @@ impl Builder {
         // Pulls that wait for slow workers must not hold up the pushes they wait for, nor
         // the backup's catch-up calls: every worker's calls run at once.
         .max_concurrency(4 * self.config.workers as u32 + 64)
+        // A process per replica: a shard's primary and backup are separate failure domains
+        // even on one node (in a shared host one crash would take both).
+        .isolate()
         .max_restarts(-1)
         // A call cut off by a lost replica follows it to its restarted instance; pushes
         // are applied once per (worker, clock), so sending one again is safe.

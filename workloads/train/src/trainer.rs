@@ -489,7 +489,10 @@ impl<J: TrainingJob> Trainer<J> {
                 },
                 _ => Scheduling::Default,
             };
+            // A process per rank: a rank that crashes (or runs out of memory) takes no other
+            // rank along, and the group re-forms around its replacement.
             let rank = TrainRank::remote(slot)
+                .isolate()
                 .num_cpus(self.cpus_per_rank)
                 .max_restarts(restarts)
                 .max_task_retries(restarts.max(0) as u32)

@@ -294,6 +294,7 @@ async fn two_ranks(
             TrainRank::remote(2usize, rank)
                 .max_restarts(1)
                 .max_task_retries(1)
+                .isolate()
                 .spawn()
                 .await?,
         );
