@@ -23,15 +23,22 @@ pub fn raise_open_files_limit() -> Option<u64> {
             };
             // SAFETY: as above.
             if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-                return Some(raised.rlim_cur as u64);
+                return Some(to_u64(raised.rlim_cur));
             }
         }
-        Some(limit.rlim_cur as u64)
+        Some(to_u64(limit.rlim_cur))
     }
     #[cfg(not(unix))]
     {
         None
     }
+}
+
+/// `rlim_t` is u64 on Linux but not everywhere.
+#[cfg(unix)]
+#[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+fn to_u64(value: libc::rlim_t) -> u64 {
+    value as u64
 }
 
 /// This process's soft limit on open files, if it can be read.
@@ -46,7 +53,7 @@ pub fn open_files_limit() -> Option<u64> {
         if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
             return None;
         }
-        Some(limit.rlim_cur as u64)
+        Some(to_u64(limit.rlim_cur))
     }
     #[cfg(not(unix))]
     {

@@ -48,9 +48,17 @@ const TASK_STREAM_CAPACITY: usize = 1024;
 
 type ReplyWaiter = oneshot::Sender<std::result::Result<TaskReply, String>>;
 
+/// How tasks reach one worker.
+enum Outbound {
+    /// A gRPC stream (the fallback, and TCP under TLS).
+    Grpc(mpsc::Sender<TaskSpec>),
+    /// The direct path (`direct`): frames written by the calling task itself.
+    Direct(crate::direct::FrameWriter),
+}
+
 /// A task stream to one worker.
 struct WorkerConnection {
-    sender: mpsc::Sender<TaskSpec>,
+    outbound: Outbound,
     /// Calls waiting for their reply.
     pending: DashMap<String, ReplyWaiter>,
     /// Set (before the last drain) once the stream ended: a call that registers after that
@@ -59,16 +67,20 @@ struct WorkerConnection {
 }
 
 impl WorkerConnection {
-    fn new(sender: mpsc::Sender<TaskSpec>) -> Self {
+    fn new(outbound: Outbound) -> Self {
         WorkerConnection {
-            sender,
+            outbound,
             pending: DashMap::new(),
             closed: Default::default(),
         }
     }
 
     fn is_open(&self) -> bool {
-        !self.sender.is_closed() && !self.closed.load(std::sync::atomic::Ordering::SeqCst)
+        let open = match &self.outbound {
+            Outbound::Grpc(sender) => !sender.is_closed(),
+            Outbound::Direct(writer) => writer.broken().is_none(),
+        };
+        open && !self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Registers a waiter; false when the stream has already ended.
@@ -535,11 +547,18 @@ impl CoreWorker {
                 .remove_if(address, |_, c| Arc::ptr_eq(c, &connection));
             return Err(closed());
         }
-        if connection.sender.send(spec).await.is_err() {
+        let sent = match &connection.outbound {
+            Outbound::Grpc(sender) => sender.send(spec).await.map_err(|_| closed()),
+            Outbound::Direct(writer) => writer
+                .send(&spec)
+                .await
+                .map_err(|cause| format!("{} ({cause})", closed())),
+        };
+        if let Err(cause) = sent {
             connection.forget(&task_id);
             self.connections
                 .remove_if(address, |_, c| Arc::ptr_eq(c, &connection));
-            return Err(closed());
+            return Err(cause);
         }
         rx.await.unwrap_or_else(|_| Err(closed()))
     }
@@ -548,6 +567,15 @@ impl CoreWorker {
         &self,
         address: &str,
     ) -> std::result::Result<Arc<WorkerConnection>, String> {
+        if crate::direct::enabled() {
+            let me = format!("{} (pid {})", self.worker_id, self.pid);
+            match crate::direct::connect(address, &me).await {
+                Ok((writer, reader)) => return Ok(self.read_direct(address, writer, reader)),
+                Err(reason) => {
+                    tracing::debug!(worker = %address, %reason, "no direct call path; using gRPC")
+                }
+            }
+        }
         let mut client = self.worker_client(address).map_err(|e| e.to_string())?;
         let (sender, receiver) = mpsc::channel::<TaskSpec>(TASK_STREAM_CAPACITY);
         let replies = client
@@ -555,7 +583,7 @@ impl CoreWorker {
             .await
             .map_err(|s| fleet_gcs::error::describe_status(&s))?
             .into_inner();
-        let connection = Arc::new(WorkerConnection::new(sender));
+        let connection = Arc::new(WorkerConnection::new(Outbound::Grpc(sender)));
         let reader = connection.clone();
         let address = address.to_string();
         // The reader ends with the stream; at shutdown its waiters are told.
@@ -576,6 +604,43 @@ impl CoreWorker {
             move || closing.fail_all("fleet::shutdown() closed this process's connections"),
         );
         Ok(connection)
+    }
+
+    /// A direct connection's reader: replies answer their calls until the stream ends,
+    /// which fails every call still in flight on it.
+    fn read_direct(
+        &self,
+        address: &str,
+        writer: crate::direct::FrameWriter,
+        mut reader: tokio::io::BufReader<crate::direct::ReadHalf>,
+    ) -> Arc<WorkerConnection> {
+        let connection = Arc::new(WorkerConnection::new(Outbound::Direct(writer)));
+        let replies = connection.clone();
+        let closing = connection.clone();
+        let address = address.to_string();
+        self.tasks.spawn_answering(
+            async move {
+                let cause = loop {
+                    match crate::direct::read_frame(&mut reader, MAX_MESSAGE_BYTES).await {
+                        Ok(Some(frame)) => {
+                            match <TaskReply as prost::Message>::decode(frame.as_slice()) {
+                                Ok(reply) => replies.answer(reply),
+                                Err(error) => break format!(
+                                    "worker {address} sent a reply that does not decode ({error})"
+                                ),
+                            }
+                        }
+                        Ok(None) => break format!("worker {address} closed the connection"),
+                        Err(error) => {
+                            break format!("the connection to worker {address} failed: {error}")
+                        }
+                    }
+                };
+                replies.fail_all(&cause);
+            },
+            move || closing.fail_all("fleet::shutdown() closed this process's connections"),
+        );
+        connection
     }
 
     /// The serialized value of an object: from this process's store when it owns (or has
@@ -727,7 +792,7 @@ mod tests {
     #[tokio::test]
     async fn a_call_registered_after_the_last_drain_is_refused_not_left_waiting() {
         let (sender, _receiver) = mpsc::channel(1);
-        let connection = WorkerConnection::new(sender);
+        let connection = WorkerConnection::new(Outbound::Grpc(sender));
         let (tx, rx) = oneshot::channel();
         assert!(connection.register("a", tx));
         connection.fail_all("the worker died");

@@ -214,6 +214,11 @@ impl Executor {
         }
     }
 
+    /// The core worker it serves for.
+    pub(crate) fn runtime(&self) -> &Arc<CoreWorker> {
+        &self.runtime
+    }
+
     fn locate(&self, function: &str, error: TaskError) -> fleet_proto::runtime::TaskError {
         fleet_proto::runtime::TaskError {
             kind: kind_to_wire(&error.kind) as i32,
@@ -869,31 +874,14 @@ impl CoreWorkerRpc for Executor {
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<TaskReply, Status>>(REPLY_STREAM_CAPACITY);
         let executor = self.clone();
-        let tasks = self.runtime.tasks.clone();
-        tasks.clone().spawn(async move {
+        self.runtime.tasks.spawn(async move {
             while let Ok(Some(spec)) = incoming.message().await {
-                let kind = TaskKind::try_from(spec.kind).unwrap_or(TaskKind::Function);
-                // An actor call takes its place in the mailbox here, before the next task is
-                // read: a full mailbox stops this stream (and its caller) instead of growing.
-                let permit = match kind {
-                    TaskKind::ActorMethod => executor.reserve_mailbox(&spec.actor_id).await,
-                    _ => None,
-                };
-                let executor = executor.clone();
                 let tx = tx.clone();
-                let run = async move {
-                    let task_id = spec.task_id.clone();
-                    let mut reply = executor.execute_with(spec, permit).await;
-                    reply.task_id = task_id;
-                    let _ = tx.send(Ok(reply)).await;
-                };
-                // A lease runs one function at a time: run it right here (one task hand-off
-                // fewer per call). Actor calls are pipelined, so they get a task each.
-                if kind == TaskKind::Function {
-                    run.await;
-                } else {
-                    tasks.spawn(run);
-                }
+                executor
+                    .take_task(spec, move |reply| async move {
+                        let _ = tx.send(Ok(reply)).await;
+                    })
+                    .await;
             }
         });
         Ok(Response::new(Box::pin(
@@ -952,6 +940,35 @@ impl CoreWorkerRpc for Executor {
 }
 
 impl Executor {
+    /// Takes the next task of a stream (gRPC or direct): an actor call takes its place in
+    /// the mailbox here, before the next task is read (a full mailbox stops the stream, and
+    /// its caller, instead of growing), then runs on a task of its own (calls are
+    /// pipelined); a function runs right here (a lease runs one at a time: one hand-off
+    /// fewer per call). `answer` sends the reply.
+    pub(crate) async fn take_task<F, Fut>(&self, spec: TaskSpec, answer: F)
+    where
+        F: FnOnce(TaskReply) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let kind = TaskKind::try_from(spec.kind).unwrap_or(TaskKind::Function);
+        let permit = match kind {
+            TaskKind::ActorMethod => self.reserve_mailbox(&spec.actor_id).await,
+            _ => None,
+        };
+        let executor = self.clone();
+        let run = async move {
+            let task_id = spec.task_id.clone();
+            let mut reply = executor.execute_with(spec, permit).await;
+            reply.task_id = task_id;
+            answer(reply).await;
+        };
+        if kind == TaskKind::Function {
+            run.await;
+        } else {
+            self.runtime.tasks.spawn(run);
+        }
+    }
+
     /// A place in the mailbox of the actor `actor_id`, waiting while it is full; `None` when
     /// this worker does not host it.
     async fn reserve_mailbox(&self, actor_id: &str) -> Option<mpsc::OwnedPermit<ActorCall>> {

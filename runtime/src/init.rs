@@ -21,7 +21,6 @@ use fleet_raylet::worker_pool::env;
 use fleet_raylet::RayletConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::context::{install, CoreWorker, CoreWorkerParts, MAX_MESSAGE_BYTES};
 use crate::error::{Error, Result};
@@ -63,7 +62,7 @@ pub async fn init() -> Result<()> {
 }
 
 async fn serve_core_worker(listener: TcpListener, executor: Executor) {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = direct_calls_and_grpc(listener, executor.clone());
     let service = CoreWorkerServer::new(executor)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -83,6 +82,73 @@ async fn serve_core_worker(listener: TcpListener, executor: Executor) {
     {
         tracing::error!(%error, "core worker server failed");
     }
+}
+
+/// Serves the direct call path (`direct`) next to gRPC: on an abstract Unix socket named
+/// after the address, and on the TCP port itself, where a connection's first bytes say
+/// which it is; returns the gRPC connections.
+fn direct_calls_and_grpc(
+    listener: TcpListener,
+    executor: Executor,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio::net::TcpStream>> {
+    let (grpc, incoming) = tokio::sync::mpsc::channel(64);
+    let address = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let tasks = executor.runtime().tasks.clone();
+    let direct = crate::direct::enabled();
+    if direct {
+        match crate::direct::listen_unix(&address) {
+            Ok(unix) => {
+                let executor = executor.clone();
+                let owner = tasks.clone();
+                tasks.spawn(async move {
+                    loop {
+                        match unix.accept().await {
+                            Ok((stream, _)) => owner.spawn(crate::direct::serve(
+                                crate::direct::Conn::Unix(stream),
+                                executor.clone(),
+                            )),
+                            Err(error) => {
+                                // Out of descriptors, most likely: wait instead of spinning.
+                                tracing::warn!(%error, "direct call socket: accept failed");
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                });
+            }
+            Err(error) => tracing::warn!(%error, "no local socket for direct calls; gRPC only"),
+        }
+    }
+    let owner = tasks.clone();
+    tasks.spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let grpc = grpc.clone();
+                    let executor = executor.clone();
+                    owner.spawn(async move {
+                        if direct
+                            && crate::direct::tcp_allowed()
+                            && crate::direct::is_direct(&stream).await
+                        {
+                            crate::direct::serve(crate::direct::Conn::Tcp(stream), executor).await;
+                        } else {
+                            let _ = grpc.send(Ok(stream)).await;
+                        }
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "core worker listener: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(incoming)
 }
 
 /// Binds this process's server on its node's IP (`FLEET_NODE_IP`, which the raylet hands its

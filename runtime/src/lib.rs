@@ -3,6 +3,7 @@
 //! - [`init`]: `init()` — worker mode, cluster mode or an embedded single-node cluster.
 //! - [`context`]: this process's core worker (identity, connections, memory store).
 //! - [`object_ref`]: `ObjectRef<T>`, arguments, the memory store of owned values.
+//! - `direct`: the direct call path: task frames on a Unix socket or TCP, not through HTTP/2.
 //! - [`submitter`]: remote function calls over reused worker leases, with retries.
 //! - [`actor`]: spawning actors, typed handles, ordered calls, restarts, named lookup, kill.
 //! - [`executor`]: the worker side: runs functions, hosts actors, checkpoints, serves objects.
@@ -24,6 +25,7 @@ pub mod channel;
 pub mod checkpoint;
 pub mod codec;
 pub mod context;
+mod direct;
 pub mod error;
 pub mod executor;
 pub mod ids;

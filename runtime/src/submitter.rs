@@ -850,6 +850,7 @@ mod tests {
             gpu_ids: Vec::new(),
             node_id: "n".into(),
             raylet_address: "r".into(),
+            shared: false,
         }
     }
 

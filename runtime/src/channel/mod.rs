@@ -32,9 +32,9 @@
 //! process's listeners, its waiting receivers, their records in the GCS), `ring` (the
 //! shared-memory ring of a same-node pair).
 
-mod endpoint;
+pub(crate) mod endpoint;
 mod ring;
-mod wire;
+pub(crate) mod wire;
 
 use std::any::{Any, TypeId};
 use std::marker::PhantomData;
