@@ -625,9 +625,11 @@ impl CoreWorker {
                         Ok(Some(frame)) => {
                             match <TaskReply as prost::Message>::decode(frame.as_slice()) {
                                 Ok(reply) => replies.answer(reply),
-                                Err(error) => break format!(
+                                Err(error) => {
+                                    break format!(
                                     "worker {address} sent a reply that does not decode ({error})"
-                                ),
+                                )
+                                }
                             }
                         }
                         Ok(None) => break format!("worker {address} closed the connection"),

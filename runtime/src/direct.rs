@@ -172,6 +172,9 @@ struct WriterInner {
     broken: std::sync::OnceLock<String>,
     /// Signalled when the pending bytes went out.
     drained: tokio::sync::Notify,
+    /// The runtime whose reactor the socket belongs to: a write that must wait runs there,
+    /// never on an actor's thread (which a busy method may hold).
+    runtime: tokio::runtime::Handle,
 }
 
 impl FrameWriter {
@@ -182,6 +185,7 @@ impl FrameWriter {
                 socket: Arc::new(tokio::sync::Mutex::new(socket)),
                 broken: std::sync::OnceLock::new(),
                 drained: tokio::sync::Notify::new(),
+                runtime: tokio::runtime::Handle::current(),
             }),
         }
     }
@@ -207,6 +211,15 @@ impl FrameWriter {
                 break;
             }
             drained.await;
+        }
+        self.send_now(message)
+    }
+
+    /// Sends one message as a frame without waiting (replies: their number is bounded by
+    /// the calls admitted).
+    pub(crate) fn send_now<M: Message>(&self, message: &M) -> Result<(), String> {
+        if let Some(cause) = self.broken() {
+            return Err(cause.to_string());
         }
         {
             let mut pending = self.pending();
@@ -256,7 +269,7 @@ impl FrameWriter {
                 // caller's cancellation can cut a frame in half.
                 batch.drain(..written);
                 let this = self.clone();
-                tokio::spawn(async move {
+                self.inner.runtime.spawn(async move {
                     if let Err(e) = socket.write_all(&batch).await {
                         this.fail(e.to_string());
                         return;
@@ -537,14 +550,7 @@ pub(crate) async fn serve(mut conn: Conn, executor: crate::executor::Executor) {
                 return;
             }
         };
-        let writer = writer.clone();
-        executor
-            .take_task(spec, move |reply| async move {
-                if let Err(cause) = writer.send(&reply).await {
-                    tracing::debug!(%cause, "a reply could not be sent (the caller is gone)");
-                }
-            })
-            .await;
+        executor.take_direct_task(spec, writer.clone()).await;
     }
 }
 

@@ -135,7 +135,7 @@ struct ActorCall {
     seq: u64,
     method: String,
     args: Args,
-    reply: oneshot::Sender<(Result<Vec<u8>, TaskError>, Retained)>,
+    reply: ReplySender,
 }
 
 /// References a finished call still holds or passed on.
@@ -239,20 +239,41 @@ impl Executor {
         result: Result<Vec<u8>, TaskError>,
         retained: Retained,
     ) -> TaskReply {
-        let mut stored_at = String::new();
-        let result = match result {
+        match result {
             Ok(bytes) if bytes.len() >= INLINE_LIMIT => {
                 let id = ObjectId::random();
-                match self.runtime.plasma.put(id, &bytes).await {
-                    Ok(()) => {
-                        stored_at = self.runtime.raylet_address.clone();
-                        task_reply::Result::StoredId(id.to_string())
-                    }
+                let result = match self.runtime.plasma.put(id, &bytes).await {
+                    Ok(()) => task_reply::Result::StoredId(id.to_string()),
                     Err(error) => {
                         task_reply::Result::Error(self.locate(function, TaskError::system(error)))
                     }
+                };
+                let stored = matches!(result, task_reply::Result::StoredId(_));
+                TaskReply {
+                    result: Some(result),
+                    task_id: String::new(),
+                    retained,
+                    stored_at: if stored {
+                        self.runtime.raylet_address.clone()
+                    } else {
+                        String::new()
+                    },
                 }
             }
+            small => self.reply_inline(function, small, retained),
+        }
+    }
+
+    /// The reply for a finished task whose value travels inline (below `INLINE_LIMIT`) or
+    /// that failed: no waiting, so it can be written from the actor's thread.
+    fn reply_inline(
+        &self,
+        function: &str,
+        result: Result<Vec<u8>, TaskError>,
+        retained: Retained,
+    ) -> TaskReply {
+        let stored_at = String::new();
+        let result = match result {
             Ok(bytes) => task_reply::Result::Value(bytes),
             Err(error) => task_reply::Result::Error(self.locate(function, error)),
         };
@@ -497,8 +518,51 @@ impl CallOrder {
     }
 }
 
+/// A finished call's outcome and the references it retained.
+type Outcome = (Result<Vec<u8>, TaskError>, Retained);
+
+/// Writes a finished call's reply where its caller waits (see [`ReplySender::Direct`]).
+type DirectReply = Box<dyn FnOnce(Outcome) + Send>;
+
 /// Where an actor call's reply goes.
-type ReplySender = oneshot::Sender<(Result<Vec<u8>, TaskError>, Retained)>;
+enum ReplySender {
+    /// To a task awaiting it (the gRPC path, calls with arguments to fetch).
+    Waiting(Option<oneshot::Sender<Outcome>>),
+    /// Straight onto the caller's connection, from wherever the call finished (the actor's
+    /// thread): no task is woken to carry it. A call dropped unanswered (its actor was
+    /// stopped) is answered "not hosted", as a closed `Waiting` one is.
+    Direct {
+        write: Option<DirectReply>,
+        actor_id: String,
+    },
+}
+
+impl ReplySender {
+    fn send(mut self, outcome: Outcome) {
+        match &mut self {
+            ReplySender::Waiting(tx) => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(outcome);
+                }
+            }
+            ReplySender::Direct { write, .. } => {
+                if let Some(write) = write.take() {
+                    write(outcome);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ReplySender {
+    fn drop(&mut self) {
+        if let ReplySender::Direct { write, actor_id } = self {
+            if let Some(write) = write.take() {
+                write((Err(TaskError::actor_not_hosted(actor_id)), Vec::new()));
+            }
+        }
+    }
+}
 
 /// A reply waiting for the checkpoint that covers its call (group commit).
 struct HeldReply {
@@ -969,6 +1033,72 @@ impl Executor {
         }
     }
 
+    /// Takes the next task of a direct connection (`direct`). An actor call whose
+    /// arguments are all inline goes into the actor's mailbox from here, with a reply that
+    /// the actor's thread writes straight onto the connection (no task per call, no
+    /// hand-off back); anything else takes the general path.
+    pub(crate) async fn take_direct_task(
+        &self,
+        spec: TaskSpec,
+        writer: crate::direct::FrameWriter,
+    ) {
+        use fleet_proto::runtime::arg::Value;
+        let is_call = spec.kind == TaskKind::ActorMethod as i32;
+        let inline = spec
+            .args
+            .iter()
+            .all(|a| !matches!(a.value, Some(Value::Stored(_))));
+        if is_call && inline {
+            if let Some(permit) = self.reserve_mailbox(&spec.actor_id).await {
+                let executor = self.clone();
+                let handle = tokio::runtime::Handle::current();
+                let function = format!("{}::{}", spec.function, spec.method);
+                let task_id = spec.task_id.clone();
+                let write: DirectReply = Box::new(move |(result, retained): Outcome| {
+                    let large = matches!(&result, Ok(bytes) if bytes.len() >= INLINE_LIMIT);
+                    if large {
+                        // To the object store first: that waits, so on a task.
+                        handle.spawn(async move {
+                            let mut reply = executor.reply(&function, result, retained).await;
+                            reply.task_id = task_id;
+                            let _ = writer.send_now(&reply);
+                        });
+                    } else {
+                        let mut reply = executor.reply_inline(&function, result, retained);
+                        reply.task_id = task_id;
+                        let _ = writer.send_now(&reply);
+                    }
+                });
+                let args = spec
+                    .args
+                    .into_iter()
+                    .map(|a| match a.value {
+                        Some(Value::Inline(bytes)) => bytes,
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                permit.send(ActorCall {
+                    task_id: spec.task_id,
+                    caller: spec.caller_id,
+                    seq: spec.seq,
+                    method: spec.method,
+                    args,
+                    reply: ReplySender::Direct {
+                        write: Some(write),
+                        actor_id: spec.actor_id,
+                    },
+                });
+                return;
+            }
+        }
+        self.take_task(spec, move |reply| async move {
+            if let Err(cause) = writer.send(&reply).await {
+                tracing::debug!(%cause, "a reply could not be sent (the caller is gone)");
+            }
+        })
+        .await;
+    }
+
     /// A place in the mailbox of the actor `actor_id`, waiting while it is full; `None` when
     /// this worker does not host it.
     async fn reserve_mailbox(&self, actor_id: &str) -> Option<mpsc::OwnedPermit<ActorCall>> {
@@ -1051,6 +1181,7 @@ impl Executor {
                     return self.reply(&name, Err(error), Vec::new()).await;
                 };
                 let (tx, rx) = oneshot::channel();
+                let tx = ReplySender::Waiting(Some(tx));
                 permit.send(ActorCall {
                     task_id: spec.task_id.clone(),
                     caller: spec.caller_id,
@@ -1120,6 +1251,7 @@ mod tests {
 
     fn call(caller: &str, seq: u64) -> (ActorCall, ReplyReceiver) {
         let (reply, rx) = oneshot::channel();
+        let reply = ReplySender::Waiting(Some(reply));
         let call = ActorCall {
             task_id: format!("{caller}/{seq}"),
             caller: caller.into(),

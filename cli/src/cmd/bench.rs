@@ -33,6 +33,12 @@ enum BenchTarget {
     /// Actor creation at scale (actors/s for N = 1,000 and 10,000 until each answered a
     /// ping), idle memory per actor and worker processes; `--peer` adds Ray.
     Actors(actors::ActorsBenchArgs),
+    /// The child of the Unix-socket round-trip floor (started by `fleet bench runtime`).
+    #[command(hide = true)]
+    UnixEcho {
+        /// The abstract socket to echo on.
+        name: String,
+    },
     /// Placement group create/removal (ops/s) on an embedded cluster, as in Ray's benchmark.
     Placement(placement::PlacementBenchArgs),
     /// Node-to-node object transfer (GB/s) vs a plain TCP socket on loopback.
@@ -231,6 +237,7 @@ impl BenchCommand {
                 for _ in 0..args.repeat.max(1) {
                     runs.push(runtime::run_all(duration, args.only.as_deref()).await?);
                 }
+                let mut medians = std::collections::BTreeMap::new();
                 for (i, first) in runs[0].iter().enumerate() {
                     let mut values: Vec<f64> = runs
                         .iter()
@@ -246,12 +253,23 @@ impl BenchCommand {
                         first.unit,
                         listed.join(" ")
                     );
+                    medians.insert(first.name, median);
+                }
+                // The synchronous metrics against the floor measured in the same run
+                // (target: at least 0.5, i.e. within 2x of a raw round trip).
+                if let Some(floor) = medians.get("raw_unix_socket_round_trip") {
+                    for name in ["1_1_actor_calls_sync", "single_client_tasks_sync"] {
+                        if let Some(rate) = medians.get(name) {
+                            println!("ratio_{name}_vs_unix_round_trip {:.3} x", rate / floor);
+                        }
+                    }
                 }
                 fleet::shutdown().await;
             }
             BenchTarget::Transfer(args) => transfer::run(args.bytes, args.repeat).await?,
             BenchTarget::Placement(args) => placement::run(args).await?,
             BenchTarget::Actors(args) => actors::run(args).await?,
+            BenchTarget::UnixEcho { name } => runtime::unix_echo(&name)?,
             BenchTarget::Collective(args) => {
                 let placements = args
                     .placements

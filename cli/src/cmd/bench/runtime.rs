@@ -60,6 +60,53 @@ where
     Ok(done as f64 / started.elapsed().as_secs_f64())
 }
 
+/// The floor of a synchronous call, measured in the same run: round trips of 8 bytes over
+/// a Unix socket between this process and a child process (`fleet bench unix-echo`), both
+/// with plain blocking I/O and no runtime. Returns round trips per second.
+pub fn unix_round_trips(duration: Duration) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("fleet-bench-echo-{}", std::process::id());
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let listener = std::os::unix::net::UnixListener::bind_addr(&address)?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["bench", "unix-echo", &name])
+        .spawn()?;
+    let (mut stream, _) = listener.accept()?;
+    let mut message = [0u8; 8];
+    let mut round_trip = |message: &mut [u8; 8]| -> std::io::Result<()> {
+        stream.write_all(message)?;
+        stream.read_exact(message)
+    };
+    let warmup = Instant::now();
+    while warmup.elapsed() < duration / 5 {
+        round_trip(&mut message)?;
+    }
+    let started = Instant::now();
+    let mut done = 0u64;
+    while started.elapsed() < duration {
+        round_trip(&mut message)?;
+        done += 1;
+    }
+    let rate = done as f64 / started.elapsed().as_secs_f64();
+    drop(stream);
+    let _ = child.wait();
+    Ok(rate)
+}
+
+/// The child of [`unix_round_trips`]: echoes 8-byte messages until the parent hangs up.
+pub fn unix_echo(name: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::linux::net::SocketAddrExt;
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let mut stream = std::os::unix::net::UnixStream::connect_addr(&address)?;
+    let mut message = [0u8; 8];
+    while stream.read_exact(&mut message).is_ok() {
+        stream.write_all(&message)?;
+    }
+    Ok(())
+}
+
 /// One metric's name, unit and measurement.
 pub struct Measured {
     /// Ray's metric name.
@@ -89,6 +136,18 @@ pub async fn run_all(duration: Duration, only: Option<&str>) -> fleet::Result<Ve
                 });
             }
         };
+    }
+    if wanted("raw_unix_socket_round_trip") {
+        let value = tokio::task::spawn_blocking(move || unix_round_trips(duration))
+            .await
+            .map_err(|e| fleet::Error::Internal(e.to_string()))?
+            .map_err(|e| fleet::Error::Internal(format!("the Unix-socket floor: {e:#}")))?;
+        eprintln!("raw_unix_socket_round_trip {value:.1} ops/s");
+        out.push(Measured {
+            name: "raw_unix_socket_round_trip",
+            unit: "ops/s",
+            value,
+        });
     }
     metric!(
         "single_client_tasks_sync",
