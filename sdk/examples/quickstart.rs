@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-/// A counter actor: state lives in its own worker process.
+/// A counter actor: its state lives in the actor, in one of the job's shared actor hosts
+/// (worker processes that run many actors each; `.isolate()` gives one a process of its own).
 #[fleet::actor]
 pub struct Counter {
     n: i64,
@@ -130,7 +131,8 @@ async fn main() -> fleet::Result<()> {
     let big = fleet::put(&vec![1.5f32; 1 << 24])?; // 64 MiB
     println!("mean of 16M floats = {}", mean::remote(&big).await?);
 
-    // A checkpointed actor survives SIGKILL of its worker.
+    // A checkpointed actor survives SIGKILL of its worker process (its host: any actor
+    // sharing it restarts too, each on its own terms).
     let ledger = Ledger::remote()
         .max_restarts(2)
         .max_task_retries(1)
