@@ -8,20 +8,13 @@
 pub fn raise_open_files_limit() -> Option<u64> {
     #[cfg(unix)]
     {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-            return None;
-        }
+        let limit = read_open_files()?;
         if limit.rlim_cur < limit.rlim_max {
             let raised = libc::rlimit {
                 rlim_cur: limit.rlim_max,
                 rlim_max: limit.rlim_max,
             };
-            // SAFETY: as above.
+            // SAFETY: setrlimit only reads the struct passed to it.
             if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
                 return Some(to_u64(raised.rlim_cur));
             }
@@ -32,6 +25,17 @@ pub fn raise_open_files_limit() -> Option<u64> {
     {
         None
     }
+}
+
+/// The open-files limits (soft and hard), if they can be read.
+#[cfg(unix)]
+fn read_open_files() -> Option<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed to it.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
 }
 
 /// `rlim_t` is u64 on Linux but not everywhere.
@@ -45,15 +49,7 @@ fn to_u64(value: libc::rlim_t) -> u64 {
 pub fn open_files_limit() -> Option<u64> {
     #[cfg(unix)]
     {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit only writes the struct passed to it.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-            return None;
-        }
-        Some(to_u64(limit.rlim_cur))
+        read_open_files().map(|l| to_u64(l.rlim_cur))
     }
     #[cfg(not(unix))]
     {

@@ -24,7 +24,7 @@ use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::channel::wire::hmac_sha256;
+use crate::channel::wire::{hmac_sha256, read_name, write_name};
 
 /// The first bytes a caller sends.
 pub(crate) const MAGIC: &[u8; 8] = b"FLDCALL1";
@@ -35,8 +35,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PENDING_BYTES: usize = 64 << 20;
 /// Read buffer: many small frames per read.
 const READ_BUFFER_BYTES: usize = 64 << 10;
-/// The longest process description accepted in a handshake.
-const MAX_NAME_BYTES: usize = 1024;
 /// The worker's answer to a handshake.
 const ACCEPTED: u8 = 0;
 const REFUSED: u8 = 1;
@@ -315,27 +313,6 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
 
 fn proof(token: &[u8], role: &[u8], client: &[u8; 32], server: &[u8; 32]) -> [u8; 32] {
     hmac_sha256(token, &[b"fleet-calls/", role, client, server])
-}
-
-async fn write_name<W: AsyncWrite + Unpin>(stream: &mut W, name: &str) -> std::io::Result<()> {
-    let bytes = &name.as_bytes()[..name.len().min(MAX_NAME_BYTES)];
-    stream
-        .write_all(&(bytes.len() as u16).to_le_bytes())
-        .await?;
-    stream.write_all(bytes).await
-}
-
-async fn read_name<R: AsyncRead + Unpin>(stream: &mut R) -> Result<String, String> {
-    let len = stream.read_u16_le().await.map_err(|e| e.to_string())? as usize;
-    if len > MAX_NAME_BYTES {
-        return Err(format!("a name of {len} bytes (at most {MAX_NAME_BYTES})"));
-    }
-    let mut bytes = vec![0u8; len];
-    stream
-        .read_exact(&mut bytes)
-        .await
-        .map_err(|e| e.to_string())?;
-    String::from_utf8(bytes).map_err(|_| "a name that is not UTF-8".to_string())
 }
 
 /// The caller's half of the handshake; `Err` is why the worker cannot be called this way.

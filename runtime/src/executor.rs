@@ -507,7 +507,7 @@ impl CallOrder {
             } else {
                 format!("call {} of {} arrived twice", call.seq, call.caller)
             };
-            let _ = call.reply.send((Err(TaskError::system(why)), Vec::new()));
+            call.reply.send((Err(TaskError::system(why)), Vec::new()));
             return;
         }
         order.pending.insert(call.seq, call);
@@ -586,7 +586,7 @@ fn finish(
             retained,
         });
     } else {
-        let _ = reply.send((outcome, retained));
+        reply.send((outcome, retained));
     }
 }
 
@@ -613,7 +613,7 @@ async fn commit_group(
             Ok(_) => held.outcome,
             Err(error) => Err(uncovered_call_error(error)),
         };
-        let _ = held.reply.send((outcome, held.retained));
+        held.reply.send((outcome, held.retained));
     }
     result
 }
@@ -663,7 +663,7 @@ async fn actor_loop(
             let result = commit_group(&runtime, instance.as_ref(), &mut policy, &mut held)
                 .await
                 .and_then(|seq| registry::encode_return(&seq, "checkpoint"));
-            let _ = call.reply.send((result, Vec::new()));
+            call.reply.send((result, Vec::new()));
             continue;
         }
         let call = if concurrency > 1 {

@@ -76,7 +76,10 @@ fn proof(token: &[u8], role: &[u8], ours: &[u8; 32], theirs: &[u8; 32], id: &str
     hmac_sha256(token, &[role, ours, theirs, id.as_bytes()])
 }
 
-async fn write_name<W: AsyncWrite + Unpin>(stream: &mut W, name: &str) -> std::io::Result<()> {
+pub(crate) async fn write_name<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    name: &str,
+) -> std::io::Result<()> {
     let bytes = &name.as_bytes()[..name.len().min(MAX_NAME_BYTES)];
     stream
         .write_all(&(bytes.len() as u16).to_le_bytes())
@@ -84,7 +87,7 @@ async fn write_name<W: AsyncWrite + Unpin>(stream: &mut W, name: &str) -> std::i
     stream.write_all(bytes).await
 }
 
-async fn read_name<R: AsyncRead + Unpin>(stream: &mut R) -> Result<String, String> {
+pub(crate) async fn read_name<R: AsyncRead + Unpin>(stream: &mut R) -> Result<String, String> {
     let len = stream.read_u16_le().await.map_err(|e| e.to_string())? as usize;
     if len > MAX_NAME_BYTES {
         return Err(format!("a name of {len} bytes (at most {MAX_NAME_BYTES})"));
