@@ -82,6 +82,11 @@ impl RayletConfig {
                 "max_queued_leases is 0: no lease could ever wait; use at least 1".into(),
             );
         }
+        if self.actor_hosts_per_job == 0 {
+            return invalid(
+                "actor_hosts_per_job is 0: actors need at least one host process per job; use 1 or more (default: the node's CPUs)".into(),
+            );
+        }
         if self.lease_wait_limit.is_zero() {
             return invalid("lease_wait_limit is 0: give waiting leases time (e.g. 30 s)".into());
         }

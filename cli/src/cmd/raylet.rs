@@ -48,6 +48,10 @@ pub struct RayletCommand {
     /// The node's directory: job binaries and worker logs (default: TMP/fleet-NODE).
     #[arg(long)]
     node_dir: Option<PathBuf>,
+    /// Shared actor-host processes per job on this node (default: the CPUs offered); actors
+    /// without `isolate()` are spread over them.
+    #[arg(long)]
+    actor_hosts_per_job: Option<usize>,
 }
 
 fn split_pair<'a>(flag: &str, text: &'a str) -> anyhow::Result<(&'a str, &'a str)> {
@@ -77,6 +81,9 @@ impl RayletCommand {
         let binary = std::env::current_exe().context("cannot find the fleet binary")?;
         let mut config = RayletConfig::local(node_id.clone(), cpus, num_gpus, binary, self.gcs);
         config.prestart_workers = 0;
+        if let Some(hosts) = self.actor_hosts_per_job {
+            config.actor_hosts_per_job = hosts;
+        }
         for resource in &self.resources {
             let (name, amount) = split_pair("--resource", resource)?;
             let amount: f64 = amount
