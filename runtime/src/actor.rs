@@ -275,6 +275,8 @@ struct Call {
     method: String,
     args: Vec<Arg>,
     result_id: String,
+    /// Registered with `fleet::cancel` until the result is set.
+    cancel: crate::cancel::Registration,
     /// Counts the call against its handle's `max_pending_calls` until it is answered.
     _slot: InFlight,
 }
@@ -936,22 +938,37 @@ async fn dispatch(
             method,
             args,
             result_id,
+            cancel,
             _slot: slot,
         } = call;
         // A call that fails here gives its place back before its caller learns it.
-        let fail = |slot: InFlight, error: Error| {
+        let fail = |slot: InFlight, cancel: crate::cancel::Registration, error: Error| {
             drop(slot);
+            drop(cancel);
             runtime.store.set(&result_id, Err(error));
         };
         // Resolved in submission order; large values go by reference (bounded messages).
-        let args = match crate::submitter::resolve_task_args(&runtime, args).await {
-            Ok(args) => args,
-            Err(error) => {
-                fail(slot, error);
+        let resolve = crate::submitter::resolve_task_args(&runtime, args);
+        let args = match cancel.cancellable().unless_cancelled(resolve).await {
+            Ok(Ok(args)) => args,
+            Ok(Err(error)) | Err(error) => {
+                fail(slot, cancel, error);
                 continue;
             }
         };
-        match link.target(&runtime).await {
+        // Not yet numbered in the caller's order: a cancelled call is dropped here.
+        let target = match cancel
+            .cancellable()
+            .unless_cancelled(link.target(&runtime))
+            .await
+        {
+            Ok(target) => target,
+            Err(error) => {
+                fail(slot, cancel, error);
+                continue;
+            }
+        };
+        match target {
             Ok(target) => {
                 let stopped = runtime.clone();
                 let answer_id = result_id.clone();
@@ -964,13 +981,14 @@ async fn dispatch(
                             method,
                             args,
                             result_id,
+                            cancel,
                             _slot: slot,
                         },
                     ),
                     move || stopped.store.set(&answer_id, Err(Error::ShutDown)),
                 );
             }
-            Err(error) => fail(slot, error),
+            Err(error) => fail(slot, cancel, error),
         }
     }
 }
@@ -981,6 +999,7 @@ struct PushedCall {
     /// The arguments as they travel, and the references they hold until the reply.
     args: (Vec<fleet_proto::runtime::Arg>, Vec<RefGuard>),
     result_id: String,
+    cancel: crate::cancel::Registration,
     _slot: InFlight,
 }
 
@@ -994,12 +1013,22 @@ async fn push_call(
         method,
         args,
         result_id,
+        cancel,
         _slot,
     } = call;
     // The references inside the arguments live until the reply (and its retained list).
     let (args, guards) = args;
-    let outcome = attempt_call(&runtime, &link, target, &method, &args).await;
+    let outcome = attempt_call(
+        &runtime,
+        &link,
+        target,
+        &method,
+        &args,
+        cancel.cancellable(),
+    )
+    .await;
     drop(guards);
+    drop(cancel);
     // The handle's place is free before the caller learns the result, so a caller that
     // waits for its calls and submits more never finds them still counted.
     drop(_slot);
@@ -1013,6 +1042,7 @@ async fn attempt_call(
     target: (String, u64, u64),
     method: &str,
     args: &[fleet_proto::runtime::Arg],
+    cancel: &Arc<crate::cancel::Cancellable>,
 ) -> Result<Stored> {
     let (mut address, mut incarnation, mut seq) = target;
     let mut retries = 0u32;
@@ -1020,20 +1050,48 @@ async fn attempt_call(
     // One id for every attempt: a restored actor recognizes a retry it already applied.
     let task_id = crate::ids::new_id("task");
     loop {
+        // Numbered already: a call cancelled before it is sent still goes, empty, to keep
+        // the caller's order whole; the actor answers it "cancelled" in its turn.
+        let running_at = crate::cancel::RunningAt {
+            worker: address.clone(),
+            task_id: task_id.clone(),
+            lease: None,
+        };
+        let cancelled = !cancel.start(running_at);
         let spec = TaskSpec {
             task_id: task_id.clone(),
             job_id: runtime.job_id.clone(),
             kind: TaskKind::ActorMethod as i32,
             function: link.class.clone(),
             method: method.to_string(),
-            args: args.to_vec(),
+            args: if cancelled { Vec::new() } else { args.to_vec() },
             actor_id: link.actor_id.clone(),
             caller_id: format!("{}#{incarnation}", runtime.worker_id),
             seq,
             owner_address: runtime.address.clone(),
+            cancelled,
             ..TaskSpec::default()
         };
         let outcome = runtime.push(&address, spec).await;
+        if cancel.stop() {
+            // Whatever happened to it, its caller asked for it to stop: no retry, no
+            // following the actor. A call that finished first keeps its result.
+            return match outcome {
+                Ok(reply) => {
+                    runtime.pin_retained(&reply.retained).await;
+                    match reply.result {
+                        Some(task_reply::Result::Value(bytes)) => {
+                            Ok(Stored::Inline(Arc::new(bytes)))
+                        }
+                        Some(task_reply::Result::StoredId(id)) => {
+                            crate::submitter::stored_id(&id, &reply.stored_at)
+                        }
+                        _ => Err(cancel.error()),
+                    }
+                }
+                Err(_) => Err(cancel.error()),
+            };
+        }
         let failure = match outcome {
             Ok(reply) => {
                 runtime.pin_retained(&reply.retained).await;
@@ -1125,10 +1183,17 @@ impl ActorHandle {
             );
             return result;
         }
+        let cancel = crate::cancel::Registration::new(
+            &runtime,
+            &result_id,
+            format!("{}::{method}", link.class),
+            true,
+        );
         let call = Call {
             method: method.to_string(),
             args,
             result_id: result_id.clone(),
+            cancel,
             _slot: slot,
         };
         if link.queue.send(call).is_err() {

@@ -164,6 +164,8 @@ pub struct CoreWorker {
     incarnations: std::sync::atomic::AtomicU64,
     /// Every background task of this core worker (ended by `fleet::shutdown()`).
     pub(crate) tasks: crate::tasks::TaskOwner,
+    /// What `fleet::cancel` can stop: results this process waits for, tasks it runs.
+    pub(crate) cancels: crate::cancel::Cancels,
     /// A driver's stream to its raylet, open for the driver's life (closed last by
     /// `fleet::shutdown()`, after the job's end is recorded).
     attachment: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -222,6 +224,7 @@ impl CoreWorker {
             is_driver: parts.is_driver,
             incarnations: Default::default(),
             tasks,
+            cancels: Default::default(),
             attachment: std::sync::Mutex::new(None),
         }
     }

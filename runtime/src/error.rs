@@ -15,6 +15,8 @@ pub enum TaskFailure {
     /// The call reached a worker that no longer hosts its actor (it died or moved); the
     /// caller treats the actor as failed over, never the call as the method's failure.
     ActorNotHosted,
+    /// It was cancelled (`fleet::cancel`) before it finished.
+    Cancelled,
 }
 
 impl TaskFailure {
@@ -235,6 +237,15 @@ pub enum Error {
         /// What happened, and what to do.
         reason: String,
     },
+    /// The task or actor call was cancelled (`fleet::cancel`) before it finished; its
+    /// result will never come.
+    #[error("{task} was cancelled (fleet::cancel of object {object_id}) before it finished; its result will never come: submit it again to run it")]
+    Cancelled {
+        /// The function or `Actor::method`.
+        task: String,
+        /// The result that was cancelled.
+        object_id: String,
+    },
     /// A call's argument cannot be used (it says which, and what is accepted).
     #[error("{0}")]
     InvalidArgument(String),
@@ -393,6 +404,10 @@ impl Clone for Error {
                 limit: *limit,
             },
             Error::ShutDown => Error::ShutDown,
+            Error::Cancelled { task, object_id } => Error::Cancelled {
+                task: task.clone(),
+                object_id: object_id.clone(),
+            },
             Error::InvalidArgument(message) => Error::InvalidArgument(message.clone()),
             Error::Internal(message) => Error::Internal(message.clone()),
         }

@@ -98,6 +98,7 @@ fn kind_to_wire(kind: &TaskFailure) -> TaskFailureKind {
         TaskFailure::Panic => TaskFailureKind::TaskFailurePanic,
         TaskFailure::System => TaskFailureKind::TaskFailureSystem,
         TaskFailure::ActorNotHosted => TaskFailureKind::TaskFailureActorNotHosted,
+        TaskFailure::Cancelled => TaskFailureKind::TaskFailureCancelled,
     }
 }
 
@@ -107,6 +108,7 @@ pub(crate) fn failure_kind(error: &fleet_proto::runtime::TaskError) -> TaskFailu
         Ok(TaskFailureKind::TaskFailureApplication) => TaskFailure::Application,
         Ok(TaskFailureKind::TaskFailurePanic) => TaskFailure::Panic,
         Ok(TaskFailureKind::TaskFailureActorNotHosted) => TaskFailure::ActorNotHosted,
+        Ok(TaskFailureKind::TaskFailureCancelled) => TaskFailure::Cancelled,
         Ok(TaskFailureKind::TaskFailureSystem | TaskFailureKind::TaskFailureUnspecified)
         | Err(_) => TaskFailure::System,
     }
@@ -136,6 +138,9 @@ struct ActorCall {
     method: String,
     args: Args,
     reply: ReplySender,
+    /// Cancelled by its caller after it took its place in the order: answered
+    /// "cancelled" in its turn, never run.
+    cancelled: bool,
 }
 
 /// References a finished call still holds or passed on.
@@ -658,6 +663,9 @@ async fn actor_loop(
         let Some(call) = ready.pop_front() else {
             continue;
         };
+        let Some(call) = unless_cancelled(&runtime, call) else {
+            continue;
+        };
         if call.method == CHECKPOINT_METHOD {
             calls_since_checkpoint = 0;
             let result = commit_group(&runtime, instance.as_ref(), &mut policy, &mut held)
@@ -674,6 +682,7 @@ async fn actor_loop(
                     rx: &mut rx,
                     order: &mut order,
                     ready: &mut ready,
+                    runtime: &runtime,
                 },
                 concurrency,
                 &identity,
@@ -722,6 +731,16 @@ async fn actor_loop(
     }
 }
 
+/// The call, unless its caller cancelled it before it started: then it is answered
+/// "cancelled" (at once: it changed nothing a checkpoint must cover) and never runs.
+fn unless_cancelled(runtime: &CoreWorker, call: ActorCall) -> Option<ActorCall> {
+    if call.cancelled || runtime.cancels.take_early(&call.task_id) {
+        call.reply.send((Err(TaskError::cancelled()), Vec::new()));
+        return None;
+    }
+    Some(call)
+}
+
 /// Moves the calls waiting in the mailbox into the order, until `READY_LIMIT` calls are
 /// ready to run (the rest stay in the bounded mailbox, holding their senders back).
 fn take_available(
@@ -747,6 +766,8 @@ struct SharedQueues<'a> {
     rx: &'a mut mpsc::Receiver<ActorCall>,
     order: &'a mut CallOrder,
     ready: &'a mut VecDeque<ActorCall>,
+    /// Whose cancels skip calls not yet started.
+    runtime: &'a CoreWorker,
 }
 
 /// Runs `first` and the shared calls after it, up to `concurrency` at once, until none is in
@@ -766,7 +787,12 @@ async fn run_shared(
     use futures::stream::{FuturesUnordered, StreamExt};
     type Running<'a> =
         registry::LocalBoxFuture<'a, (String, ReplySender, Result<Vec<u8>, TaskError>, Retained)>;
-    let SharedQueues { rx, order, ready } = queues;
+    let SharedQueues {
+        rx,
+        order,
+        ready,
+        runtime,
+    } = queues;
     let limit = if policy.holds_replies() {
         policy.group_limit()
     } else {
@@ -783,6 +809,9 @@ async fn run_shared(
             let Some(call) = next.take().or_else(|| ready.pop_front()) else {
                 break;
             };
+            let Some(call) = unless_cancelled(runtime, call) else {
+                continue;
+            };
             if call.method == CHECKPOINT_METHOD {
                 exclusive = Some(call);
                 break;
@@ -798,6 +827,7 @@ async fn run_shared(
                 method,
                 args,
                 reply,
+                cancelled,
             } = call;
             match instance.dispatch_shared(&method, args) {
                 Ok(future) => {
@@ -817,6 +847,7 @@ async fn run_shared(
                         method,
                         args,
                         reply,
+                        cancelled,
                     })
                 }
             }
@@ -1001,6 +1032,19 @@ impl CoreWorkerRpc for Executor {
         }
         Ok(Response::new(ExitReply {}))
     }
+
+    async fn cancel_task(
+        &self,
+        request: Request<fleet_proto::runtime::CancelTaskRequest>,
+    ) -> Result<Response<fleet_proto::runtime::CancelTaskReply>, Status> {
+        crate::cancel::on_request(&self.runtime, request.into_inner())
+            .await
+            .map_err(|error| match error {
+                Error::InvalidArgument(message) => Status::invalid_argument(message),
+                other => Status::unavailable(other.to_string()),
+            })?;
+        Ok(Response::new(fleet_proto::runtime::CancelTaskReply {}))
+    }
 }
 
 impl Executor {
@@ -1087,6 +1131,7 @@ impl Executor {
                         write: Some(write),
                         actor_id: spec.actor_id,
                     },
+                    cancelled: spec.cancelled,
                 });
                 return;
             }
@@ -1150,13 +1195,19 @@ impl Executor {
             TaskKind::Function => {
                 let name = spec.function.clone();
                 let (result, retained) = match registry::function(&name) {
+                    // Cancelled before it arrived.
+                    Some(_) if self.runtime.cancels.take_early(&spec.task_id) => {
+                        (Err(TaskError::cancelled()), Vec::new())
+                    }
                     Some(function) => {
                         let running = crate::runtime_context::Running {
                             job_id: spec.job_id.clone(),
                             task_id: spec.task_id.clone(),
                             actor: None,
                         };
-                        let call = crate::runtime_context::run_as(running, catching((function.call)(args)));
+                        let work = catching((function.call)(args));
+                        let work = self.runtime.cancels.interruptible(&spec.task_id, work);
+                        let call = crate::runtime_context::run_as(running, work);
                         let (result, trace) = Traced::new(call).await;
                         (result, trace.retained())
                     }
@@ -1189,6 +1240,7 @@ impl Executor {
                     method: spec.method,
                     args,
                     reply: tx,
+                    cancelled: spec.cancelled,
                 });
                 // No answer: the actor was stopped before it answered (killed, or replaced by
                 // a restart): the caller follows it, as for a call that found it gone.
@@ -1259,6 +1311,7 @@ mod tests {
             method: "m".into(),
             args: Vec::new(),
             reply,
+            cancelled: false,
         };
         (call, rx)
     }

@@ -13,6 +13,7 @@
 //! - [`plasma`]: large objects in the node's shared-memory object store.
 //! - [`registry`]: remote functions and actor classes registered at link time.
 //! - [`api`]: `put`, `get`, `get_all`, `wait`.
+//! - [`cancel`]: `fleet::cancel`, for queued and running tasks and actor calls.
 //! - [`channel`]: `fleet::channel`, a typed bounded stream between actors on any nodes.
 //! - [`kv`]: `fleet::kv`, the cluster's small replicated key-value store (coordination).
 //! - [`runtime_context`]: `context()`, where and as what the calling code runs.
@@ -21,6 +22,7 @@
 
 pub mod actor;
 pub mod api;
+pub mod cancel;
 pub mod channel;
 pub mod checkpoint;
 pub mod codec;
@@ -41,6 +43,7 @@ mod tasks;
 
 pub use actor::{get_actor, get_actor_in, ActorBuilder, ActorHandle, ActorOptions, ActorType};
 pub use api::{get, get_all, get_timeout, kill, put, wait};
+pub use cancel::{cancel, cancel_with, CancelOptions};
 pub use channel::{channel, Receiver, Sender};
 pub use error::{Error, Location, RemoteError, Result, TaskFailure};
 pub use init::{

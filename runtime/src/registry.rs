@@ -47,6 +47,15 @@ impl TaskError {
         }
     }
 
+    /// The task was cancelled (`fleet::cancel`) before it finished.
+    pub fn cancelled() -> Self {
+        TaskError {
+            kind: TaskFailure::Cancelled,
+            message: "cancelled (fleet::cancel) before it finished".to_string(),
+            backtrace: String::new(),
+        }
+    }
+
     /// A failure of Fleet itself.
     pub fn system(message: impl std::fmt::Display) -> Self {
         TaskError {

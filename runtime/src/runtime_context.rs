@@ -44,9 +44,20 @@ tokio::task_local! {
 }
 
 /// Runs `future` as `running` (what `fleet::context()` reports inside it). Code that spawns
-/// tasks of its own from there does not carry it along.
+/// tasks of its own from there does not carry it along. When it ends, the tasks it submitted
+/// are no longer cancelled with it.
 pub(crate) async fn run_as<F: std::future::Future>(running: Running, future: F) -> F::Output {
-    RUNNING.scope(running, future).await
+    let task_id = running.task_id.clone();
+    let output = RUNNING.scope(running, future).await;
+    if let Some(runtime) = crate::context::try_current() {
+        runtime.cancels.forget_children(&task_id);
+    }
+    output
+}
+
+/// The task or actor call the calling code runs in, if any.
+pub(crate) fn current_task_id() -> Option<String> {
+    RUNNING.try_with(|running| running.task_id.clone()).ok()
 }
 
 /// Where and as what the calling code runs.

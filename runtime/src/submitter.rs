@@ -17,7 +17,8 @@ use fleet_proto::runtime::{
 };
 use tokio::sync::oneshot;
 
-use crate::error::{Error, Result};
+use crate::cancel::{Cancellable, RunningAt};
+use crate::error::{Error, Result, TaskFailure};
 use crate::object_ref::{Arg, Location, ObjectRef, RefGuard, Stored};
 
 /// How long returning a lease may take before the returner moves on.
@@ -563,12 +564,19 @@ pub fn submit_task<T>(
     let object_id = format!("{task_id}.ret");
     let result = ObjectRef::new(object_id.clone(), runtime.address.clone());
     runtime.store.slot(&object_id);
+    let registration =
+        crate::cancel::Registration::new(&runtime, &object_id, function.to_string(), false);
     let rt = runtime.clone();
     let stopped = runtime.clone();
     let answer_id = object_id.clone();
     runtime.tasks.spawn_answering(
         async move {
-            let outcome = run_task(&rt, &task_id, function, args, &options, &object_id).await;
+            let cancel = registration.cancellable();
+            let outcome = run_task(&rt, &task_id, function, args, &options, &object_id, cancel);
+            let outcome = outcome.await;
+            // Unregistered before the result is set: a cancel that finds the result set
+            // finds nothing left to stop.
+            drop(registration);
             rt.store.set_stored(&object_id, outcome);
         },
         move || stopped.store.set(&answer_id, Err(Error::ShutDown)),
@@ -652,9 +660,12 @@ async fn run_task(
     args: Vec<Arg>,
     options: &TaskOptions,
     object_id: &str,
+    cancel: &Arc<Cancellable>,
 ) -> Result<Stored> {
-    let (args, guards) = resolve_task_args(runtime, args).await?;
-    let stored = run_resolved(runtime, task_id, function, &args, options).await?;
+    let (args, guards) = cancel
+        .unless_cancelled(resolve_task_args(runtime, args))
+        .await??;
+    let stored = run_resolved(runtime, task_id, function, &args, options, cancel).await?;
     if matches!(stored, Stored::Plasma(..)) {
         // Its only copy lives in one node's store: keep what it takes to make it again.
         runtime.lineage.insert(
@@ -714,6 +725,7 @@ pub(crate) async fn rebuild(
         &lineage.function,
         &lineage.args,
         &lineage.options,
+        &Cancellable::unregistered(&lineage.function),
     )
     .await
     {
@@ -750,14 +762,24 @@ async fn run_resolved(
     function: &str,
     args: &[WireArg],
     options: &TaskOptions,
+    cancel: &Arc<Cancellable>,
 ) -> Result<Stored> {
     let pool = runtime.leases.clone();
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let lease = pool
-            .acquire(&options.resources, &options.scheduling, function)
-            .await?;
+        let lease = cancel
+            .unless_cancelled(pool.acquire(&options.resources, &options.scheduling, function))
+            .await??;
+        let running_at = RunningAt {
+            worker: lease.worker_address.clone(),
+            task_id: task_id.to_string(),
+            lease: Some(lease.clone()),
+        };
+        if !cancel.start(running_at) {
+            pool.release(&options.resources, &options.scheduling, lease, false);
+            return Err(cancel.error());
+        }
         let spec = TaskSpec {
             task_id: task_id.to_string(),
             job_id: runtime.job_id.clone(),
@@ -770,6 +792,7 @@ async fn run_resolved(
         };
         let node_id = lease.node_id.clone();
         let outcome = runtime.push(&lease.worker_address, spec).await;
+        let cancelled = cancel.stop();
         let failure = match &outcome {
             Ok(reply) => match &reply.result {
                 Some(task_reply::Result::Error(error)) => Some(error.message.clone()),
@@ -782,7 +805,9 @@ async fn run_resolved(
             attempt: attempts,
             job_id: runtime.job_id.clone(),
             name: function.to_string(),
-            state: if failure.is_some() {
+            state: if failure.is_some() && cancelled {
+                "CANCELLED"
+            } else if failure.is_some() {
                 "FAILED"
             } else {
                 "FINISHED"
@@ -806,6 +831,12 @@ async fn run_resolved(
                     Some(task_reply::Result::StoredId(id)) => {
                         return stored_id(&id, &reply.stored_at)
                     }
+                    Some(task_reply::Result::Error(error))
+                        if cancelled
+                            || crate::executor::failure_kind(&error) == TaskFailure::Cancelled =>
+                    {
+                        return Err(cancel.error())
+                    }
                     Some(task_reply::Result::Error(error)) => {
                         let retryable = options.retry_exceptions
                             && crate::executor::failure_kind(&error).is_user_failure();
@@ -819,6 +850,10 @@ async fn run_resolved(
             }
             Err(cause) => {
                 pool.release(&options.resources, &options.scheduling, lease, true);
+                if cancelled {
+                    // Killed by a forced cancel (or died while being cancelled): not retried.
+                    return Err(cancel.error());
+                }
                 if attempts > options.max_retries {
                     return Err(Error::WorkerDied {
                         function: function.to_string(),

@@ -17,6 +17,7 @@
 //! `init()` must run first in `main` (`#[fleet::main]` does it).
 
 pub use fleet_macros::{actor, main, remote};
+pub use fleet_runtime::{cancel, cancel_with, CancelOptions};
 pub use fleet_runtime::{channel, context, kv, Receiver, RuntimeContext, Sender};
 pub use fleet_runtime::{
     cluster_address, cluster_token, get, get_actor, get_actor_in, get_all, get_timeout, gpu_ids,

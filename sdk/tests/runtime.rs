@@ -14,6 +14,8 @@ use anyhow::{anyhow, ensure, Context, Result};
 
 #[path = "runtime/auth.rs"]
 mod auth;
+#[path = "runtime/cancel.rs"]
+mod cancel;
 #[path = "runtime/channels.rs"]
 mod channels;
 #[path = "runtime/hosts.rs"]
@@ -1195,6 +1197,25 @@ fn main() -> std::process::ExitCode {
             ("gets_with_a_timeout_name_the_object_and_its_task", || {
                 Box::pin(gets_with_a_timeout_name_the_object_and_its_task())
             }),
+            ("a_running_task_is_interrupted_at_its_next_await", || {
+                Box::pin(cancel::a_running_task_is_interrupted_at_its_next_await())
+            }),
+            ("a_queued_task_is_dropped_before_it_runs", || {
+                Box::pin(cancel::a_queued_task_is_dropped_before_it_runs())
+            }),
+            ("a_forced_cancel_kills_a_task_that_never_awaits", || {
+                Box::pin(cancel::a_forced_cancel_kills_a_task_that_never_awaits())
+            }),
+            ("a_recursive_cancel_reaches_the_tasks_it_submitted", || {
+                Box::pin(cancel::a_recursive_cancel_reaches_the_tasks_it_submitted())
+            }),
+            ("a_borrower_cancels_through_the_owner", || {
+                Box::pin(cancel::a_borrower_cancels_through_the_owner())
+            }),
+            (
+                "a_cancelled_actor_call_is_skipped_and_the_order_kept",
+                || Box::pin(cancel::a_cancelled_actor_call_is_skipped_and_the_order_kept()),
+            ),
             ("channels_carry_ordered_messages_between_processes", || {
                 Box::pin(channels::channels_carry_ordered_messages_between_processes())
             }),
