@@ -271,10 +271,30 @@ struct LinkState {
     dead: Option<String>,
 }
 
+/// Where a call's outcome goes: its result object, or (a streaming call) the end of its
+/// stream.
+#[derive(Clone)]
+enum Answer {
+    Object(String),
+    Stream(Arc<crate::stream::StreamState>),
+}
+
+impl Answer {
+    fn set(&self, runtime: &CoreWorker, outcome: Result<Stored>) {
+        match self {
+            Answer::Object(id) => runtime.store.set_stored(id, outcome),
+            Answer::Stream(state) => state.end(outcome.map(|_| ())),
+        }
+    }
+}
+
 struct Call {
+    /// One id for every attempt: a restored actor recognizes a retry it already applied,
+    /// and a streaming call's items are keyed by it.
+    task_id: String,
     method: String,
     args: Vec<Arg>,
-    result_id: String,
+    result_id: Answer,
     /// Registered with `fleet::cancel` until the result is set.
     cancel: crate::cancel::Registration,
     /// Counts the call against its handle's `max_pending_calls` until it is answered.
@@ -927,7 +947,7 @@ async fn dispatch(
                 while let Ok(call) = queue.try_recv() {
                     let Call { result_id, _slot, .. } = call;
                     drop(_slot);
-                    runtime.store.set(&result_id, Err(Error::ShutDown));
+                    result_id.set(&runtime, Err(Error::ShutDown));
                 }
                 return;
             }
@@ -935,6 +955,7 @@ async fn dispatch(
         let Some(call) = call else { return };
         let Some(link) = link.upgrade() else { return };
         let Call {
+            task_id,
             method,
             args,
             result_id,
@@ -945,7 +966,7 @@ async fn dispatch(
         let fail = |slot: InFlight, cancel: crate::cancel::Registration, error: Error| {
             drop(slot);
             drop(cancel);
-            runtime.store.set(&result_id, Err(error));
+            result_id.set(&runtime, Err(error));
         };
         // Resolved in submission order; large values go by reference (bounded messages).
         let resolve = crate::submitter::resolve_task_args(&runtime, args);
@@ -978,6 +999,7 @@ async fn dispatch(
                         link,
                         target,
                         PushedCall {
+                            task_id,
                             method,
                             args,
                             result_id,
@@ -985,7 +1007,7 @@ async fn dispatch(
                             _slot: slot,
                         },
                     ),
-                    move || stopped.store.set(&answer_id, Err(Error::ShutDown)),
+                    move || answer_id.set(&stopped, Err(Error::ShutDown)),
                 );
             }
             Err(error) => fail(slot, cancel, error),
@@ -995,10 +1017,11 @@ async fn dispatch(
 
 /// A call whose arguments are resolved, on its way to the actor.
 struct PushedCall {
+    task_id: String,
     method: String,
     /// The arguments as they travel, and the references they hold until the reply.
     args: (Vec<fleet_proto::runtime::Arg>, Vec<RefGuard>),
-    result_id: String,
+    result_id: Answer,
     cancel: crate::cancel::Registration,
     _slot: InFlight,
 }
@@ -1010,29 +1033,39 @@ async fn push_call(
     call: PushedCall,
 ) {
     let PushedCall {
+        task_id,
         method,
         args,
         result_id,
         cancel,
         _slot,
     } = call;
+    let streaming = matches!(result_id, Answer::Stream(_));
     // The references inside the arguments live until the reply (and its retained list).
     let (args, guards) = args;
-    let outcome = attempt_call(
-        &runtime,
-        &link,
-        target,
-        &method,
-        &args,
-        cancel.cancellable(),
-    )
-    .await;
+    let call = Attempt {
+        task_id: &task_id,
+        method: &method,
+        args: &args,
+        cancel: cancel.cancellable(),
+        streaming,
+    };
+    let outcome = attempt_call(&runtime, &link, target, &call).await;
     drop(guards);
     drop(cancel);
     // The handle's place is free before the caller learns the result, so a caller that
     // waits for its calls and submits more never finds them still counted.
     drop(_slot);
-    runtime.store.set_stored(&result_id, outcome);
+    result_id.set(&runtime, outcome);
+}
+
+/// One call as it is pushed (and pushed again after failures).
+struct Attempt<'a> {
+    task_id: &'a str,
+    method: &'a str,
+    args: &'a [fleet_proto::runtime::Arg],
+    cancel: &'a Arc<crate::cancel::Cancellable>,
+    streaming: bool,
 }
 
 /// Pushes a call until it is answered, retrying as the handle's policy allows.
@@ -1040,26 +1073,29 @@ async fn attempt_call(
     runtime: &Arc<CoreWorker>,
     link: &Arc<ActorLink>,
     target: (String, u64, u64),
-    method: &str,
-    args: &[fleet_proto::runtime::Arg],
-    cancel: &Arc<crate::cancel::Cancellable>,
+    call: &Attempt<'_>,
 ) -> Result<Stored> {
+    let Attempt {
+        task_id,
+        method,
+        args,
+        cancel,
+        streaming,
+    } = *call;
     let (mut address, mut incarnation, mut seq) = target;
     let mut retries = 0u32;
     let mut bounces = 0u32;
-    // One id for every attempt: a restored actor recognizes a retry it already applied.
-    let task_id = crate::ids::new_id("task");
     loop {
         // Numbered already: a call cancelled before it is sent still goes, empty, to keep
         // the caller's order whole; the actor answers it "cancelled" in its turn.
         let running_at = crate::cancel::RunningAt {
             worker: address.clone(),
-            task_id: task_id.clone(),
+            task_id: task_id.to_string(),
             lease: None,
         };
         let cancelled = !cancel.start(running_at);
         let spec = TaskSpec {
-            task_id: task_id.clone(),
+            task_id: task_id.to_string(),
             job_id: runtime.job_id.clone(),
             kind: TaskKind::ActorMethod as i32,
             function: link.class.clone(),
@@ -1070,6 +1106,7 @@ async fn attempt_call(
             seq,
             owner_address: runtime.address.clone(),
             cancelled,
+            streaming,
             ..TaskSpec::default()
         };
         let outcome = runtime.push(&address, spec).await;
@@ -1167,6 +1204,39 @@ impl ActorHandle {
         let result_id = crate::ids::new_id("obj");
         let result = ObjectRef::new(result_id.clone(), runtime.address.clone());
         runtime.store.slot(&result_id);
+        let task_id = crate::ids::new_id("task");
+        self.enqueue(&runtime, task_id, method, args, Answer::Object(result_id));
+        result
+    }
+
+    /// Calls a streaming method (one that takes a `fleet::Emitter<T>`): its items arrive
+    /// on the returned stream while it runs (used by generated code).
+    pub fn call_streaming<T>(
+        &self,
+        method: &str,
+        args: Vec<Arg>,
+    ) -> crate::stream::ObjectRefStream<T> {
+        let what = format!("{}::{method}", self.link.class);
+        let runtime = match current() {
+            Ok(runtime) => runtime,
+            Err(error) => return crate::stream::ObjectRefStream::failed(error, &what),
+        };
+        let task_id = crate::ids::new_id("task");
+        let state = crate::stream::open(&runtime, &task_id);
+        let answer = Answer::Stream(state.clone());
+        self.enqueue(&runtime, task_id.clone(), method, args, answer);
+        crate::stream::ObjectRefStream::new(Some(runtime), state, task_id, what)
+    }
+
+    /// Queues a call on the link (or answers it at once when it cannot be queued).
+    fn enqueue(
+        &self,
+        runtime: &Arc<CoreWorker>,
+        task_id: String,
+        method: &str,
+        args: Vec<Arg>,
+        answer: Answer,
+    ) {
         let link = &self.link;
         let in_flight = link
             .in_flight
@@ -1174,38 +1244,43 @@ impl ActorHandle {
         let slot = InFlight(link.in_flight.clone());
         if in_flight >= link.max_pending_calls {
             drop(slot);
-            runtime.store.set(
-                &result_id,
+            answer.set(
+                runtime,
                 Err(Error::PendingCallsExceeded {
                     actor: link.label.clone(),
                     limit: link.max_pending_calls,
                 }),
             );
-            return result;
+            return;
         }
+        // A streaming call is cancelled by its task's result id (it has no other).
+        let cancel_id = match &answer {
+            Answer::Object(id) => id.clone(),
+            Answer::Stream(_) => format!("{task_id}.ret"),
+        };
         let cancel = crate::cancel::Registration::new(
-            &runtime,
-            &result_id,
+            runtime,
+            &cancel_id,
             format!("{}::{method}", link.class),
             true,
         );
         let call = Call {
+            task_id,
             method: method.to_string(),
             args,
-            result_id: result_id.clone(),
+            result_id: answer,
             cancel,
             _slot: slot,
         };
-        if link.queue.send(call).is_err() {
-            runtime.store.set(
-                &result_id,
+        if let Err(refused) = link.queue.send(call) {
+            refused.0.result_id.set(
+                runtime,
                 Err(Error::ActorDied {
                     actor: link.label.clone(),
                     cause: "its handle was closed".into(),
                 }),
             );
         }
-        result
     }
 
     /// The actor's id.

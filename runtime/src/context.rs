@@ -166,6 +166,8 @@ pub struct CoreWorker {
     pub(crate) tasks: crate::tasks::TaskOwner,
     /// What `fleet::cancel` can stop: results this process waits for, tasks it runs.
     pub(crate) cancels: crate::cancel::Cancels,
+    /// Streams of the streaming tasks this process submitted, by task id.
+    pub(crate) streams: DashMap<String, Arc<crate::stream::StreamState>>,
     /// A driver's stream to its raylet, open for the driver's life (closed last by
     /// `fleet::shutdown()`, after the job's end is recorded).
     attachment: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -225,6 +227,7 @@ impl CoreWorker {
             incarnations: Default::default(),
             tasks,
             cancels: Default::default(),
+            streams: DashMap::new(),
             attachment: std::sync::Mutex::new(None),
         }
     }

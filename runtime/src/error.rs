@@ -246,6 +246,15 @@ pub enum Error {
         /// The result that was cancelled.
         object_id: String,
     },
+    /// A streaming task's consumer is gone: it dropped its `ObjectRefStream`, or cancelled
+    /// the task, or its process died.
+    #[error("the stream of {task} has no consumer any more (its ObjectRefStream was dropped, the task was cancelled, or the owner died: {cause}); stop producing")]
+    StreamClosed {
+        /// The streaming function or `Actor::method`.
+        task: String,
+        /// What was seen.
+        cause: String,
+    },
     /// A call's argument cannot be used (it says which, and what is accepted).
     #[error("{0}")]
     InvalidArgument(String),
@@ -404,6 +413,10 @@ impl Clone for Error {
                 limit: *limit,
             },
             Error::ShutDown => Error::ShutDown,
+            Error::StreamClosed { task, cause } => Error::StreamClosed {
+                task: task.clone(),
+                cause: cause.clone(),
+            },
             Error::Cancelled { task, object_id } => Error::Cancelled {
                 task: task.clone(),
                 object_id: object_id.clone(),

@@ -28,6 +28,7 @@ use crate::error::{Error, Location, RemoteError, TaskFailure};
 use crate::object_ref::{Stored, Traced};
 use crate::plasma::INLINE_LIMIT;
 use crate::registry::{self, ActorObject, Args, TaskError};
+use crate::stream::StreamTarget;
 use fleet_raylet::object_store::ObjectId;
 
 /// Calls an actor's mailbox holds before the stream that brings them waits (and with it
@@ -141,6 +142,8 @@ struct ActorCall {
     /// Cancelled by its caller after it took its place in the order: answered
     /// "cancelled" in its turn, never run.
     cancelled: bool,
+    /// A streaming call: where its `Emitter` sends items.
+    stream: Option<StreamTarget>,
 }
 
 /// References a finished call still holds or passed on.
@@ -335,6 +338,7 @@ impl Executor {
             job_id: spec.job_id.clone(),
             task_id: spec.task_id.clone(),
             actor: Some((spec.actor_id.clone(), spec.actor_restarts)),
+            stream: None,
         };
         let (instance, trace) = Traced::new(async move {
             if restore_state.is_empty() {
@@ -451,11 +455,17 @@ struct ActorIdentity {
 }
 
 impl ActorIdentity {
-    fn running(&self, task_id: &str, actor_id: &str) -> crate::runtime_context::Running {
+    fn running(
+        &self,
+        task_id: &str,
+        actor_id: &str,
+        stream: Option<StreamTarget>,
+    ) -> crate::runtime_context::Running {
         crate::runtime_context::Running {
             job_id: self.job_id.clone(),
             task_id: task_id.to_string(),
             actor: Some((actor_id.to_string(), self.restarts)),
+            stream,
         }
     }
 }
@@ -711,7 +721,7 @@ async fn actor_loop(
             if let Some(answer) = policy.answered(&call.task_id) {
                 finish(&policy, &mut held, call.reply, answer, Vec::new());
             } else {
-                let running = identity.running(&call.task_id, &policy.actor_id);
+                let running = identity.running(&call.task_id, &policy.actor_id, call.stream);
                 let dispatch = catching(instance.dispatch(&call.method, call.args));
                 let (outcome, trace) =
                     Traced::new(crate::runtime_context::run_as(running, dispatch)).await;
@@ -729,6 +739,14 @@ async fn actor_loop(
             let _ = commit_group(&runtime, instance.as_ref(), &mut policy, &mut held).await;
         }
     }
+}
+
+/// Where a streaming task's items go (none for other tasks).
+fn stream_target(task_id: &str, streaming: bool, owner: &str) -> Option<StreamTarget> {
+    streaming.then(|| StreamTarget {
+        owner: owner.to_string(),
+        task_id: task_id.to_string(),
+    })
 }
 
 /// The call, unless its caller cancelled it before it started: then it is answered
@@ -828,11 +846,12 @@ async fn run_shared(
                 args,
                 reply,
                 cancelled,
+                stream,
             } = call;
             match instance.dispatch_shared(&method, args) {
                 Ok(future) => {
                     started += 1;
-                    let as_call = identity.running(&task_id, &policy.actor_id);
+                    let as_call = identity.running(&task_id, &policy.actor_id, stream);
                     running.push(Box::pin(async move {
                         let call = crate::runtime_context::run_as(as_call, catching(future));
                         let (result, trace) = Traced::new(call).await;
@@ -848,6 +867,7 @@ async fn run_shared(
                         args,
                         reply,
                         cancelled,
+                        stream,
                     })
                 }
             }
@@ -1045,6 +1065,16 @@ impl CoreWorkerRpc for Executor {
             })?;
         Ok(Response::new(fleet_proto::runtime::CancelTaskReply {}))
     }
+
+    async fn report_stream_item(
+        &self,
+        request: Request<fleet_proto::runtime::StreamItem>,
+    ) -> Result<Response<fleet_proto::runtime::StreamItemReply>, Status> {
+        match crate::stream::on_item(&self.runtime, request.into_inner()).await {
+            Ok(reply) => Ok(Response::new(reply)),
+            Err(error) => Err(Status::invalid_argument(error.to_string())),
+        }
+    }
 }
 
 impl Executor {
@@ -1121,6 +1151,7 @@ impl Executor {
                         _ => Vec::new(),
                     })
                     .collect();
+                let stream = stream_target(&spec.task_id, spec.streaming, &spec.owner_address);
                 permit.send(ActorCall {
                     task_id: spec.task_id,
                     caller: spec.caller_id,
@@ -1132,6 +1163,7 @@ impl Executor {
                         actor_id: spec.actor_id,
                     },
                     cancelled: spec.cancelled,
+                    stream,
                 });
                 return;
             }
@@ -1204,6 +1236,11 @@ impl Executor {
                             job_id: spec.job_id.clone(),
                             task_id: spec.task_id.clone(),
                             actor: None,
+                            stream: stream_target(
+                                &spec.task_id,
+                                spec.streaming,
+                                &spec.owner_address,
+                            ),
                         };
                         let work = catching((function.call)(args));
                         let work = self.runtime.cancels.interruptible(&spec.task_id, work);
@@ -1241,6 +1278,7 @@ impl Executor {
                     args,
                     reply: tx,
                     cancelled: spec.cancelled,
+                    stream: stream_target(&spec.task_id, spec.streaming, &spec.owner_address),
                 });
                 // No answer: the actor was stopped before it answered (killed, or replaced by
                 // a restart): the caller follows it, as for a call that found it gone.
@@ -1312,6 +1350,7 @@ mod tests {
             args: Vec::new(),
             reply,
             cancelled: false,
+            stream: None,
         };
         (call, rx)
     }

@@ -14,6 +14,8 @@
 //! - [`registry`]: remote functions and actor classes registered at link time.
 //! - [`api`]: `put`, `get`, `get_all`, `wait`.
 //! - [`cancel`]: `fleet::cancel`, for queued and running tasks and actor calls.
+//! - [`stream`]: streaming returns: `Emitter<T>` in the producer, `ObjectRefStream<T>` for
+//!   the caller, with backpressure and exactly-once delivery across re-runs.
 //! - [`channel`]: `fleet::channel`, a typed bounded stream between actors on any nodes.
 //! - [`kv`]: `fleet::kv`, the cluster's small replicated key-value store (coordination).
 //! - [`runtime_context`]: `context()`, where and as what the calling code runs.
@@ -38,6 +40,7 @@ pub mod placement;
 pub mod plasma;
 pub mod registry;
 pub mod runtime_context;
+pub mod stream;
 pub mod submitter;
 mod tasks;
 
@@ -54,4 +57,5 @@ pub use placement::{
     remove_placement_group, Bundle, PlacementGroup, PlacementGroupHandle, PlacementStrategy,
 };
 pub use runtime_context::{context, RuntimeContext};
-pub use submitter::{submit_task, Scheduling, TaskOptions};
+pub use stream::{Emitter, ObjectRefStream, STREAM_WINDOW};
+pub use submitter::{submit_streaming_task, submit_task, Scheduling, TaskOptions};

@@ -37,6 +37,8 @@ pub(crate) struct Running {
     pub job_id: String,
     pub task_id: String,
     pub actor: Option<(String, u32)>,
+    /// A streaming task's caller, where its `Emitter` sends items.
+    pub stream: Option<crate::stream::StreamTarget>,
 }
 
 tokio::task_local! {
@@ -53,6 +55,14 @@ pub(crate) async fn run_as<F: std::future::Future>(running: Running, future: F) 
         runtime.cancels.forget_children(&task_id);
     }
     output
+}
+
+/// Where the streaming task the calling code runs in sends its items, if it is one.
+pub(crate) fn current_stream() -> Option<crate::stream::StreamTarget> {
+    RUNNING
+        .try_with(|running| running.stream.clone())
+        .ok()
+        .flatten()
 }
 
 /// The task or actor call the calling code runs in, if any.

@@ -571,9 +571,14 @@ pub fn submit_task<T>(
     let answer_id = object_id.clone();
     runtime.tasks.spawn_answering(
         async move {
-            let cancel = registration.cancellable();
-            let outcome = run_task(&rt, &task_id, function, args, &options, &object_id, cancel);
-            let outcome = outcome.await;
+            let run = Run {
+                task_id: &task_id,
+                function,
+                options: &options,
+                cancel: registration.cancellable(),
+                streaming: false,
+            };
+            let outcome = run_task(&rt, &run, args, &object_id).await;
             // Unregistered before the result is set: a cancel that finds the result set
             // finds nothing left to stop.
             drop(registration);
@@ -582,6 +587,46 @@ pub fn submit_task<T>(
         move || stopped.store.set(&answer_id, Err(Error::ShutDown)),
     );
     result
+}
+
+/// Submits a call of a streaming remote function (one that takes a `fleet::Emitter<T>`);
+/// its items arrive on the returned stream while it runs.
+pub fn submit_streaming_task<T>(
+    function: &'static str,
+    args: Vec<Arg>,
+    options: TaskOptions,
+) -> crate::stream::ObjectRefStream<T> {
+    let runtime = match crate::context::current() {
+        Ok(runtime) => runtime,
+        Err(error) => return crate::stream::ObjectRefStream::failed(error, function),
+    };
+    let task_id = crate::ids::new_id("task");
+    // The task's own result (`()`, or its error) is never handed out: it ends the stream.
+    let object_id = format!("{task_id}.ret");
+    let state = crate::stream::open(&runtime, &task_id);
+    let registration =
+        crate::cancel::Registration::new(&runtime, &object_id, function.to_string(), false);
+    let rt = runtime.clone();
+    let ended = state.clone();
+    let stopped = state.clone();
+    let id = task_id.clone();
+    runtime.tasks.spawn_answering(
+        async move {
+            let run = Run {
+                task_id: &id,
+                function,
+                options: &options,
+                cancel: registration.cancellable(),
+                streaming: true,
+            };
+            let outcome = run_task(&rt, &run, args, &object_id).await;
+            drop(registration);
+            // Its value (the function's `()`) is not kept: only the end matters.
+            ended.end(outcome.map(|_| ()));
+        },
+        move || stopped.end(Err(Error::ShutDown)),
+    );
+    crate::stream::ObjectRefStream::new(Some(runtime), state, task_id, function.to_string())
 }
 
 type WireArg = fleet_proto::runtime::Arg;
@@ -653,20 +698,29 @@ pub(crate) async fn resolve_task_args(
     Ok((wire, guards))
 }
 
+/// One task to run: what, how, and how it is cancelled.
+struct Run<'a> {
+    task_id: &'a str,
+    function: &'a str,
+    options: &'a TaskOptions,
+    cancel: &'a Arc<Cancellable>,
+    /// It emits a stream of items to this process (`fleet::Emitter`).
+    streaming: bool,
+}
+
 async fn run_task(
     runtime: &Arc<crate::context::CoreWorker>,
-    task_id: &str,
-    function: &str,
+    run: &Run<'_>,
     args: Vec<Arg>,
-    options: &TaskOptions,
     object_id: &str,
-    cancel: &Arc<Cancellable>,
 ) -> Result<Stored> {
-    let (args, guards) = cancel
+    let (function, options) = (run.function, run.options);
+    let (args, guards) = run
+        .cancel
         .unless_cancelled(resolve_task_args(runtime, args))
         .await??;
-    let stored = run_resolved(runtime, task_id, function, &args, options, cancel).await?;
-    if matches!(stored, Stored::Plasma(..)) {
+    let stored = run_resolved(runtime, run, &args).await?;
+    if matches!(stored, Stored::Plasma(..)) && !run.streaming {
         // Its only copy lives in one node's store: keep what it takes to make it again.
         runtime.lineage.insert(
             object_id.to_string(),
@@ -719,16 +773,14 @@ pub(crate) async fn rebuild(
     }
     tracing::info!(object, function = %lineage.function, "rebuilding a lost object from its lineage");
     let task_id = crate::ids::new_id("task");
-    match run_resolved(
-        runtime,
-        &task_id,
-        &lineage.function,
-        &lineage.args,
-        &lineage.options,
-        &Cancellable::unregistered(&lineage.function),
-    )
-    .await
-    {
+    let run = Run {
+        task_id: &task_id,
+        function: &lineage.function,
+        options: &lineage.options,
+        cancel: &Cancellable::unregistered(&lineage.function),
+        streaming: false,
+    };
+    match run_resolved(runtime, &run, &lineage.args).await {
         Ok(stored) => {
             runtime.store.relocate(object, stored.clone());
             Ok(stored)
@@ -758,12 +810,16 @@ fn take_rebuild(left: &std::sync::atomic::AtomicU32) -> bool {
 
 async fn run_resolved(
     runtime: &Arc<crate::context::CoreWorker>,
-    task_id: &str,
-    function: &str,
+    run: &Run<'_>,
     args: &[WireArg],
-    options: &TaskOptions,
-    cancel: &Arc<Cancellable>,
 ) -> Result<Stored> {
+    let Run {
+        task_id,
+        function,
+        options,
+        cancel,
+        streaming,
+    } = *run;
     let pool = runtime.leases.clone();
     let mut attempts = 0u32;
     loop {
@@ -788,6 +844,7 @@ async fn run_resolved(
             args: args.to_vec(),
             gpu_ids: lease.gpu_ids.clone(),
             owner_address: runtime.address.clone(),
+            streaming,
             ..TaskSpec::default()
         };
         let node_id = lease.node_id.clone();

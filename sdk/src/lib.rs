@@ -26,6 +26,7 @@ pub use fleet_runtime::{
     Location, ObjectRef, PlacementGroup, PlacementGroupHandle, PlacementStrategy, RemoteError,
     Result, Scheduling, TaskFailure, TaskOptions,
 };
+pub use fleet_runtime::{submit_streaming_task, Emitter, ObjectRefStream, STREAM_WINDOW};
 
 /// Used by the macros' generated code; not a stable API.
 #[doc(hidden)]
@@ -34,6 +35,7 @@ pub mod __private {
         decode_arg, encode_return, ActorFactory, ActorObject, Args, BoxFuture, LocalBoxFuture,
         RemoteFunction, TaskError,
     };
+    pub use fleet_runtime::stream::emitter;
     pub use inventory;
     pub use serde;
     pub use tokio;

@@ -22,6 +22,8 @@ mod channels;
 mod hosts;
 #[path = "runtime/kv.rs"]
 mod kv;
+#[path = "runtime/streams.rs"]
+mod streams;
 use fleet::{Error, ObjectRef, TaskFailure};
 use serde::{Deserialize, Serialize};
 
@@ -1216,6 +1218,22 @@ fn main() -> std::process::ExitCode {
                 "a_cancelled_actor_call_is_skipped_and_the_order_kept",
                 || Box::pin(cancel::a_cancelled_actor_call_is_skipped_and_the_order_kept()),
             ),
+            ("items_arrive_while_the_task_runs_with_backpressure", || {
+                Box::pin(streams::items_arrive_while_the_task_runs_with_backpressure())
+            }),
+            (
+                "a_sigkilled_producer_is_rerun_and_no_item_comes_twice",
+                || Box::pin(streams::a_sigkilled_producer_is_rerun_and_no_item_comes_twice()),
+            ),
+            ("a_failing_producer_ends_its_stream_with_the_error", || {
+                Box::pin(streams::a_failing_producer_ends_its_stream_with_the_error())
+            }),
+            ("large_items_travel_through_the_object_store", || {
+                Box::pin(streams::large_items_travel_through_the_object_store())
+            }),
+            ("an_actor_method_streams_and_a_consumer_may_leave", || {
+                Box::pin(streams::an_actor_method_streams_and_a_consumer_may_leave())
+            }),
             ("channels_carry_ordered_messages_between_processes", || {
                 Box::pin(channels::channels_carry_ordered_messages_between_processes())
             }),

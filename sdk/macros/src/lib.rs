@@ -82,6 +82,53 @@ fn arguments(
     Ok(out)
 }
 
+/// The `T` of a `fleet::Emitter<T>` parameter (a streaming function's item type).
+fn emitter_item(ty: &Type) -> Option<Type> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != "Emitter" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    args.args.iter().find_map(|a| match a {
+        GenericArgument::Type(t) => Some(t.clone()),
+        _ => None,
+    })
+}
+
+/// A signature's parameters: those that travel (in order), and the `fleet::Emitter<T>` a
+/// streaming function or method takes (its name and `T`), which the runtime supplies.
+struct Params {
+    wire: Vec<(syn::Ident, Type)>,
+    emitter: Option<(syn::Ident, Type)>,
+    /// Every parameter's name, in the signature's order (for the call).
+    all: Vec<syn::Ident>,
+}
+
+fn params(inputs: &syn::punctuated::Punctuated<FnArg, syn::token::Comma>) -> syn::Result<Params> {
+    let mut out = Params {
+        wire: Vec::new(),
+        emitter: None,
+        all: Vec::new(),
+    };
+    for (name, ty) in arguments(inputs)? {
+        out.all.push(name.clone());
+        match emitter_item(&ty) {
+            Some(item) if out.emitter.is_some() => {
+                return Err(syn::Error::new(
+                    item.span(),
+                    "fleet: a streaming function takes one fleet::Emitter (it sends every item through it)",
+                ))
+            }
+            Some(item) => out.emitter = Some((name, item)),
+            None => out.wire.push((name, ty)),
+        }
+    }
+    Ok(out)
+}
+
 /// Code that turns the call's output (`__out`) into encoded bytes or an application error.
 fn finish(fallible: bool, name: &TokenStream2) -> TokenStream2 {
     if fallible {
@@ -124,12 +171,27 @@ fn expand_remote(function: ItemFn) -> syn::Result<TokenStream2> {
     }
     let name = &sig.ident;
     let vis = &function.vis;
-    let args = arguments(&sig.inputs)?;
+    let params = params(&sig.inputs)?;
+    let args = &params.wire;
     let ret = returns(&sig.output);
     let value = &ret.value;
     let arg_names: Vec<_> = args.iter().map(|(n, _)| n).collect();
     let arg_types: Vec<_> = args.iter().map(|(_, t)| t).collect();
     let indices: Vec<usize> = (0..args.len()).collect();
+    let call_names = &params.all;
+    // A streaming function: the caller gets its items; the runtime supplies the emitter.
+    let (returned, submit, make_emitter) = match &params.emitter {
+        Some((emitter, item)) => (
+            quote!(::fleet::ObjectRefStream<#item>),
+            quote!(::fleet::submit_streaming_task),
+            quote!(let #emitter: ::fleet::Emitter<#item> = ::fleet::__private::emitter(NAME)?;),
+        ),
+        None => (
+            quote!(::fleet::ObjectRef<#value>),
+            quote!(::fleet::submit_task),
+            quote!(),
+        ),
+    };
     let awaited = if sig.asyncness.is_some() {
         quote!(.await)
     } else {
@@ -166,23 +228,25 @@ fn expand_remote(function: ItemFn) -> syn::Result<TokenStream2> {
                 /// Where it may run (default: hybrid).
                 pub fn scheduling(mut self, scheduling: ::fleet::Scheduling) -> Self { self.0.scheduling = scheduling; self }
                 /// Submits the call.
-                pub fn remote(self, #(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> ::fleet::ObjectRef<#value> {
-                    ::fleet::submit_task(NAME, ::std::vec![#(::fleet::IntoArg::<#arg_types>::into_arg(#arg_names)),*], self.0)
+                pub fn remote(self, #(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> #returned {
+                    #submit(NAME, ::std::vec![#(::fleet::IntoArg::<#arg_types>::into_arg(#arg_names)),*], self.0)
                 }
             }
 
             /// Options for a call.
             pub fn options() -> Options { Options::default() }
 
-            /// Submits a call; the reference resolves to its result.
-            pub fn remote(#(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> ::fleet::ObjectRef<#value> {
+            /// Submits a call; the reference (or, streaming, the stream of items) resolves
+            /// to its result.
+            pub fn remote(#(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> #returned {
                 options().remote(#(#arg_names),*)
             }
 
             fn __fleet_call(__args: ::fleet::__private::Args) -> ::fleet::__private::BoxFuture<'static, ::core::result::Result<::std::vec::Vec<u8>, ::fleet::__private::TaskError>> {
                 ::std::boxed::Box::pin(async move {
                     #(let #arg_names: #arg_types = ::fleet::__private::decode_arg(&__args, #indices, NAME)?;)*
-                    let __out = super::#name(#(#arg_names),*) #awaited;
+                    #make_emitter
+                    let __out = super::#name(#(#call_names),*) #awaited;
                     #finish
                 })
             }
@@ -324,7 +388,9 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
         let sig = &method.sig;
         let method_name = &sig.ident;
         let method_str = method_name.to_string();
-        let args = arguments(&sig.inputs)?;
+        let params = params(&sig.inputs)?;
+        let args = &params.wire;
+        let call_names = &params.all;
         let arg_names: Vec<_> = args.iter().map(|(n, _)| n.clone()).collect();
         let arg_types: Vec<_> = args.iter().map(|(_, t)| t.clone()).collect();
         let indices: Vec<usize> = (0..args.len()).collect();
@@ -335,6 +401,12 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
             quote!()
         };
         if method_str == "new" && !has_receiver {
+            if let Some((emitter, _)) = &params.emitter {
+                return Err(syn::Error::new(
+                    emitter.span(),
+                    "fleet::actor: a constructor cannot stream (take the fleet::Emitter in a method)",
+                ));
+            }
             constructor = Some(quote! {
                 impl #name {
                     /// Builds a remote instance: `.spawn().await` creates it.
@@ -365,16 +437,26 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
         let value = &ret.value;
         let full = quote!(concat!(stringify!(#name), "::", #method_str));
         let finish = finish(ret.fallible, &full);
+        let (returned, call, make_emitter) = match &params.emitter {
+            Some((emitter, item)) => (
+                quote!(::fleet::ObjectRefStream<#item>),
+                quote!(call_streaming),
+                quote!(let #emitter: ::fleet::Emitter<#item> = ::fleet::__private::emitter(#full)?;),
+            ),
+            None => (quote!(::fleet::ObjectRef<#value>), quote!(call), quote!()),
+        };
         handle_methods.push(quote! {
-            /// Calls the method on the actor; the reference resolves to its result.
-            pub fn #method_name(&self, #(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> ::fleet::ObjectRef<#value> {
-                self.0.call(#method_str, ::std::vec![#(::fleet::IntoArg::<#arg_types>::into_arg(#arg_names)),*])
+            /// Calls the method on the actor; the reference (or, streaming, the stream of
+            /// items) resolves to its result.
+            pub fn #method_name(&self, #(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> #returned {
+                self.0.#call(#method_str, ::std::vec![#(::fleet::IntoArg::<#arg_types>::into_arg(#arg_names)),*])
             }
         });
         dispatch_arms.push(quote! {
             #method_str => {
                 #(let #arg_names: #arg_types = ::fleet::__private::decode_arg(&__args, #indices, #full)?;)*
-                let __out = self.#method_name(#(#arg_names),*) #awaited;
+                #make_emitter
+                let __out = self.#method_name(#(#call_names),*) #awaited;
                 #finish
             }
         });
@@ -384,7 +466,8 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
             shared_arms.push(quote! {
                 #method_str => ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
                     #(let #arg_names: #arg_types = ::fleet::__private::decode_arg(&__args, #indices, #full)?;)*
-                    let __out = self.#method_name(#(#arg_names),*) #awaited;
+                    #make_emitter
+                    let __out = self.#method_name(#(#call_names),*) #awaited;
                     #finish
                 })),
             });
