@@ -684,7 +684,7 @@ async fn actor_loop(
             call.reply.send((result, Vec::new()));
             continue;
         }
-        let call = if concurrency > 1 {
+        let call = if concurrency > 1 || instance.has_concurrency_groups() {
             match run_shared(
                 instance.as_ref(),
                 call,
@@ -803,8 +803,16 @@ async fn run_shared(
     held: &mut Vec<HeldReply>,
 ) -> SharedOutcome {
     use futures::stream::{FuturesUnordered, StreamExt};
-    type Running<'a> =
-        registry::LocalBoxFuture<'a, (String, ReplySender, Result<Vec<u8>, TaskError>, Retained)>;
+    type Running<'a> = registry::LocalBoxFuture<
+        'a,
+        (
+            String,
+            ReplySender,
+            Result<Vec<u8>, TaskError>,
+            Retained,
+            usize,
+        ),
+    >;
     let SharedQueues {
         rx,
         order,
@@ -821,23 +829,50 @@ async fn run_shared(
     let mut done = 0u64;
     let mut started = 0usize;
     let mut next = Some(first);
+    // Calls in flight per concurrency group, and calls whose group was full (in arrival
+    // order): a full group holds back only its own calls.
+    let mut in_group = GroupSlots::new(concurrency);
+    let mut parked: VecDeque<ActorCall> = VecDeque::new();
     loop {
         // Start what may start.
-        while exclusive.is_none() && running.len() < concurrency && started < limit {
-            let Some(call) = next.take().or_else(|| ready.pop_front()) else {
-                break;
+        while exclusive.is_none() && started < limit {
+            // A parked call whose group has room goes first (it came earlier).
+            let call = match parked
+                .iter()
+                .position(|c| in_group.has_room(instance, &c.method))
+            {
+                Some(index) => parked.remove(index),
+                None => None,
             };
-            let Some(call) = unless_cancelled(runtime, call) else {
-                continue;
+            let call = match call {
+                Some(call) => call,
+                None => {
+                    let Some(call) = next.take().or_else(|| ready.pop_front()) else {
+                        break;
+                    };
+                    let Some(call) = unless_cancelled(runtime, call) else {
+                        continue;
+                    };
+                    if call.method == CHECKPOINT_METHOD {
+                        exclusive = Some(call);
+                        break;
+                    }
+                    if let Some(answer) = policy.answered(&call.task_id) {
+                        finish(policy, held, call.reply, answer, Vec::new());
+                        continue;
+                    }
+                    if !in_group.has_room(instance, &call.method) {
+                        if ready.len() + parked.len() >= READY_LIMIT {
+                            ready.push_front(call);
+                            break;
+                        }
+                        parked.push_back(call);
+                        continue;
+                    }
+                    call
+                }
             };
-            if call.method == CHECKPOINT_METHOD {
-                exclusive = Some(call);
-                break;
-            }
-            if let Some(answer) = policy.answered(&call.task_id) {
-                finish(policy, held, call.reply, answer, Vec::new());
-                continue;
-            }
+            let group = in_group.take(instance, &call.method);
             let ActorCall {
                 task_id,
                 caller,
@@ -855,10 +890,11 @@ async fn run_shared(
                     running.push(Box::pin(async move {
                         let call = crate::runtime_context::run_as(as_call, catching(future));
                         let (result, trace) = Traced::new(call).await;
-                        (task_id, reply, result, trace.retained())
+                        (task_id, reply, result, trace.retained(), group)
                     }))
                 }
                 Err(args) => {
+                    in_group.give_back(group);
                     exclusive = Some(ActorCall {
                         task_id,
                         caller,
@@ -877,24 +913,71 @@ async fn run_shared(
                 // Not started (the group was full): it runs after the checkpoint.
                 ready.push_front(call);
             }
+            // Likewise the parked ones, ahead of it, in their order.
+            while let Some(call) = parked.pop_back() {
+                ready.push_front(call);
+            }
             return match exclusive {
                 Some(call) => SharedOutcome::Exclusive(call),
                 None => SharedOutcome::Done(done),
             };
         }
         tokio::select! {
-            Some((task_id, reply, result, retained)) = running.next() => {
+            Some((task_id, reply, result, retained, group)) = running.next() => {
+                in_group.give_back(group);
                 if let Ok(bytes) = &result {
                     policy.remember(&task_id, bytes);
                 }
                 finish(policy, held, reply, result, retained);
                 done += 1;
             }
-            call = rx.recv(), if exclusive.is_none() && ready.len() < READY_LIMIT => {
+            call = rx.recv(), if exclusive.is_none() && ready.len() + parked.len() < READY_LIMIT => {
                 if let Some(call) = call {
                     order.admit(call, ready);
                 }
             }
+        }
+    }
+}
+
+/// The default group's number (methods without `#[group]`).
+const DEFAULT_GROUP: usize = usize::MAX;
+
+/// Calls in flight per concurrency group.
+struct GroupSlots {
+    default_limit: usize,
+    busy: HashMap<usize, usize>,
+}
+
+impl GroupSlots {
+    fn new(default_limit: usize) -> Self {
+        GroupSlots {
+            default_limit: default_limit.max(1),
+            busy: HashMap::new(),
+        }
+    }
+
+    fn group_of(&self, instance: &dyn ActorObject, method: &str) -> (usize, usize) {
+        instance
+            .concurrency_group(method)
+            .unwrap_or((DEFAULT_GROUP, self.default_limit))
+    }
+
+    fn has_room(&self, instance: &dyn ActorObject, method: &str) -> bool {
+        let (group, limit) = self.group_of(instance, method);
+        self.busy.get(&group).copied().unwrap_or(0) < limit
+    }
+
+    /// Takes a place in the method's group; returns the group (to give it back).
+    fn take(&mut self, instance: &dyn ActorObject, method: &str) -> usize {
+        let (group, _) = self.group_of(instance, method);
+        *self.busy.entry(group).or_default() += 1;
+        group
+    }
+
+    fn give_back(&mut self, group: usize) {
+        if let Some(busy) = self.busy.get_mut(&group) {
+            *busy = busy.saturating_sub(1);
         }
     }
 }

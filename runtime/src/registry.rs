@@ -95,6 +95,17 @@ pub trait ActorObject: Send + 'static {
     ) -> Result<LocalBoxFuture<'a, Result<Vec<u8>, TaskError>>, Args>;
     /// Its state for a checkpoint (`None`: the actor is not checkpointable).
     fn checkpoint(&self) -> Option<Result<Vec<u8>, TaskError>>;
+    /// The concurrency group of a `&self` method (`#[group(name)]` under
+    /// `#[fleet::actor(concurrency_groups(...))]`): the group's number and how many of its
+    /// calls may run at once. `None`: the default group (`max_concurrency`).
+    fn concurrency_group(&self, _method: &str) -> Option<(usize, usize)> {
+        None
+    }
+    /// Whether it declares concurrency groups (its `&self` calls then run by group, even
+    /// with `max_concurrency` 1).
+    fn has_concurrency_groups(&self) -> bool {
+        false
+    }
 }
 
 /// A constructed (or restored) actor, or why not.

@@ -18,6 +18,8 @@ mod auth;
 mod cancel;
 #[path = "runtime/channels.rs"]
 mod channels;
+#[path = "runtime/groups.rs"]
+mod groups;
 #[path = "runtime/hosts.rs"]
 mod hosts;
 #[path = "runtime/kv.rs"]
@@ -1233,6 +1235,9 @@ fn main() -> std::process::ExitCode {
             }),
             ("an_actor_method_streams_and_a_consumer_may_leave", || {
                 Box::pin(streams::an_actor_method_streams_and_a_consumer_may_leave())
+            }),
+            ("concurrency_groups_bound_each_group_on_its_own", || {
+                Box::pin(groups::concurrency_groups_bound_each_group_on_its_own())
             }),
             ("channels_carry_ordered_messages_between_processes", || {
                 Box::pin(channels::channels_carry_ordered_messages_between_processes())

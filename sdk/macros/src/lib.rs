@@ -116,9 +116,9 @@ fn params(inputs: &syn::punctuated::Punctuated<FnArg, syn::token::Comma>) -> syn
     for (name, ty) in arguments(inputs)? {
         out.all.push(name.clone());
         match emitter_item(&ty) {
-            Some(item) if out.emitter.is_some() => {
+            Some(_) if out.emitter.is_some() => {
                 return Err(syn::Error::new(
-                    item.span(),
+                    name.span(),
                     "fleet: a streaming function takes one fleet::Emitter (it sends every item through it)",
                 ))
             }
@@ -262,24 +262,33 @@ fn expand_remote(function: ItemFn) -> syn::Result<TokenStream2> {
 #[proc_macro_attribute]
 pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
     let attr = TokenStream2::from(attr);
-    let checkpoint = match attr.to_string().as_str() {
-        "" => false,
-        "checkpoint" => true,
-        other => {
-            return syn::Error::new(
-                Span::call_site(),
-                format!("fleet::actor: unknown option '{other}' (did you mean `checkpoint`?)"),
-            )
-            .to_compile_error()
-            .into()
-        }
-    };
     let item = TokenStream2::from(item);
     if let Ok(item_struct) = syn::parse2::<ItemStruct>(item.clone()) {
+        let checkpoint = match attr.to_string().as_str() {
+            "" => false,
+            "checkpoint" => true,
+            other => {
+                let hint = if other.starts_with("concurrency_groups") {
+                    "concurrency groups go on the actor's impl block: #[fleet::actor(concurrency_groups(io = 8))] impl ..."
+                } else {
+                    "did you mean `checkpoint`?"
+                };
+                return syn::Error::new(
+                    Span::call_site(),
+                    format!("fleet::actor: unknown option '{other}' on the struct ({hint})"),
+                )
+                .to_compile_error()
+                .into();
+            }
+        };
         return expand_actor_struct(item_struct, checkpoint).into();
     }
+    let groups = match concurrency_groups(attr) {
+        Ok(groups) => groups,
+        Err(error) => return error.to_compile_error().into(),
+    };
     match syn::parse2::<ItemImpl>(item) {
-        Ok(item_impl) => match expand_actor_impl(item_impl) {
+        Ok(item_impl) => match expand_actor_impl(item_impl, groups) {
             Ok(tokens) => tokens.into(),
             Err(error) => error.to_compile_error().into(),
         },
@@ -355,7 +364,126 @@ fn expand_actor_struct(item: ItemStruct, checkpoint: bool) -> TokenStream2 {
     }
 }
 
-fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
+/// A concurrency group declared on an actor's impl block: its name and limit.
+struct Group {
+    name: syn::Ident,
+    limit: usize,
+}
+
+/// Parses the impl block's `concurrency_groups(io = 8, compute = 1)` (or nothing).
+fn concurrency_groups(attr: TokenStream2) -> syn::Result<Vec<Group>> {
+    if attr.is_empty() {
+        return Ok(Vec::new());
+    }
+    let wrong = |span: Span| {
+        syn::Error::new(
+            span,
+            "fleet::actor on an impl block takes `concurrency_groups(name = limit, ...)`, e.g. #[fleet::actor(concurrency_groups(io = 8, compute = 1))] (checkpoint goes on the struct)",
+        )
+    };
+    let meta: syn::Meta = syn::parse2(attr).map_err(|e| wrong(e.span()))?;
+    let syn::Meta::List(list) = &meta else {
+        return Err(wrong(meta.span()));
+    };
+    if !list.path.is_ident("concurrency_groups") {
+        return Err(wrong(list.path.span()));
+    }
+    let pairs = list.parse_args_with(
+        syn::punctuated::Punctuated::<syn::MetaNameValue, syn::Token![,]>::parse_terminated,
+    )?;
+    let mut groups: Vec<Group> = Vec::new();
+    for pair in pairs {
+        let name = pair
+            .path
+            .get_ident()
+            .cloned()
+            .ok_or_else(|| wrong(pair.path.span()))?;
+        let limit = match &pair.value {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Int(int),
+                ..
+            }) => int.base10_parse::<usize>()?,
+            other => return Err(syn::Error::new(
+                other.span(),
+                "fleet::actor: a concurrency group's limit is a whole number of calls, e.g. io = 8",
+            )),
+        };
+        if limit == 0 {
+            return Err(syn::Error::new(
+                pair.value.span(),
+                format!("fleet::actor: concurrency group `{name}` must allow at least 1 call"),
+            ));
+        }
+        if groups.iter().any(|g| g.name == name) {
+            return Err(syn::Error::new(
+                name.span(),
+                format!("fleet::actor: concurrency group `{name}` is declared twice"),
+            ));
+        }
+        groups.push(Group { name, limit });
+    }
+    Ok(groups)
+}
+
+/// Takes a method's `#[group(name)]` off it; the group's number and limit, if it has one.
+fn take_group(
+    method: &mut syn::ImplItemFn,
+    groups: &[Group],
+) -> syn::Result<Option<(usize, usize)>> {
+    let Some(position) = method.attrs.iter().position(|a| a.path().is_ident("group")) else {
+        return Ok(None);
+    };
+    let attr = method.attrs.remove(position);
+    let name: syn::Ident = attr.parse_args().map_err(|_| {
+        syn::Error::new(
+            attr.meta.span(),
+            "fleet::actor: write a method's group as #[group(name)]",
+        )
+    })?;
+    let Some(index) = groups.iter().position(|g| g.name == name) else {
+        let declared: Vec<String> = groups.iter().map(|g| g.name.to_string()).collect();
+        return Err(syn::Error::new(
+            name.span(),
+            if declared.is_empty() {
+                format!("fleet::actor: no concurrency group `{name}`: declare it on the impl block, #[fleet::actor(concurrency_groups({name} = 4))]")
+            } else {
+                format!(
+                    "fleet::actor: no concurrency group `{name}` (declared: {})",
+                    declared.join(", ")
+                )
+            },
+        ));
+    };
+    let shared = matches!(method.sig.inputs.first(), Some(FnArg::Receiver(r)) if r.mutability.is_none() && r.reference.is_some());
+    if !shared {
+        return Err(syn::Error::new(
+            attr.meta.span(),
+            "fleet::actor: a concurrency group is for `&self` methods (a `&mut self` call always runs alone)",
+        ));
+    }
+    if method.attrs.iter().any(|a| a.path().is_ident("group")) {
+        return Err(syn::Error::new(
+            method.sig.ident.span(),
+            "fleet::actor: a method belongs to one concurrency group",
+        ));
+    }
+    Ok(Some((index, groups[index].limit)))
+}
+
+fn expand_actor_impl(mut item: ItemImpl, groups: Vec<Group>) -> syn::Result<TokenStream2> {
+    // `#[group]` is ours: read and removed before the impl block is emitted.
+    let mut method_groups = Vec::new();
+    for impl_item in &mut item.items {
+        if let ImplItem::Fn(method) = impl_item {
+            if let Some((index, limit)) = take_group(method, &groups)? {
+                let method_str = method.sig.ident.to_string();
+                method_groups.push(
+                    quote! { #method_str => ::core::option::Option::Some((#index, #limit)), },
+                );
+            }
+        }
+    }
+    let has_groups = !groups.is_empty();
     let Type::Path(self_path) = item.self_ty.as_ref() else {
         return Err(syn::Error::new(
             item.self_ty.span(),
@@ -510,6 +638,17 @@ fn expand_actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
 
             fn checkpoint(&self) -> ::core::option::Option<::core::result::Result<::std::vec::Vec<u8>, ::fleet::__private::TaskError>> {
                 self.__fleet_checkpoint()
+            }
+
+            fn concurrency_group(&self, __method: &str) -> ::core::option::Option<(usize, usize)> {
+                match __method {
+                    #(#method_groups)*
+                    _ => ::core::option::Option::None,
+                }
+            }
+
+            fn has_concurrency_groups(&self) -> bool {
+                #has_groups
             }
         }
 

@@ -1,0 +1,6 @@
+#[fleet_macros::remote]
+fn identity<T>(value: T) -> T {
+    value
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[fleet_macros::actor(concurrency_groups(io = 4))]
+pub struct Pool;
+
+fn main() {}
