@@ -282,7 +282,7 @@ enum Answer {
 impl Answer {
     fn set(&self, runtime: &CoreWorker, outcome: Result<Stored>) {
         match self {
-            Answer::Object(id) => runtime.store.set_stored(id, outcome),
+            Answer::Object(id) => runtime.set_result(id, outcome),
             Answer::Stream(state) => state.end(outcome.map(|_| ())),
         }
     }

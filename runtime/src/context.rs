@@ -419,6 +419,14 @@ impl CoreWorker {
     }
 
     /// Frees an owned value that nobody references any more (and forgets its lineage).
+    /// Sets a task's or call's result, freeing it at once if nobody holds a reference to it
+    /// any more.
+    pub(crate) fn set_result(&self, object: &str, outcome: Result<Stored>) {
+        if let Some(unwanted) = self.store.fill(object, outcome) {
+            self.free(object, unwanted);
+        }
+    }
+
     pub(crate) fn free(&self, object: &str, stored: Stored) {
         self.lineage.remove(object);
         let Stored::Plasma(id, at) = stored else {

@@ -114,6 +114,18 @@ impl MemoryStore {
         slot.ready.notify_waiters();
     }
 
+    /// Fills the slot of a result its owner still wants; hands the value back when the slot
+    /// is gone (every reference to it dropped while it was being made), for the caller to
+    /// free: otherwise a fire-and-forget task's result would stay in memory for good.
+    pub fn fill(&self, id: &str, value: Result<Stored>) -> Option<Stored> {
+        let Some(slot) = self.existing(id) else {
+            return value.ok();
+        };
+        let _ = slot.value.set(value);
+        slot.ready.notify_waiters();
+        None
+    }
+
     /// The value was rebuilt (its copy was lost): readers get `stored` from now on.
     pub fn relocate(&self, id: &str, stored: Stored) {
         if let Some(slot) = self.existing(id) {

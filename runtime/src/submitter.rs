@@ -582,7 +582,7 @@ pub fn submit_task<T>(
             // Unregistered before the result is set: a cancel that finds the result set
             // finds nothing left to stop.
             drop(registration);
-            rt.store.set_stored(&object_id, outcome);
+            rt.set_result(&object_id, outcome);
         },
         move || stopped.store.set(&answer_id, Err(Error::ShutDown)),
     );

@@ -34,6 +34,20 @@ fn double(x: u64) -> u64 {
     x * 2
 }
 
+/// Creates the file at `path`.
+#[fleet::remote]
+fn touch(path: String) -> u64 {
+    let _ = std::fs::write(path, b"ran");
+    1
+}
+
+/// Creates the file at `path` and returns `len` bytes (through the object store).
+#[fleet::remote]
+fn touch_big(path: String, len: usize) -> Vec<u8> {
+    let _ = std::fs::write(path, b"ran");
+    vec![3; len]
+}
+
 #[fleet::remote]
 fn add(a: u64, b: u64) -> u64 {
     a + b
@@ -1005,6 +1019,39 @@ async fn values_are_freed_with_their_last_reference() -> Result<()> {
             .collect::<fleet::Result<_>>()?;
         ensure!(sum_refs::remote(lent).await? == 210);
     }
+    // Fire and forget: results nobody holds any more when they arrive are freed on
+    // arrival (before, each stayed in the owner's memory for good), large ones too.
+    let marks = scratch().join("forgotten");
+    std::fs::create_dir_all(&marks)?;
+    let submitters_before = fleet::__private::background_tasks()?;
+    for i in 0..40 {
+        drop(touch::remote(
+            marks.join(i.to_string()).to_string_lossy().to_string(),
+        ));
+    }
+    drop(touch_big::remote(
+        marks.join("big").to_string_lossy().to_string(),
+        3usize << 20,
+    ));
+    // Done when every task ran and every submission ended (its result was set or freed).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ran = std::fs::read_dir(&marks)?.count();
+        let submitting = fleet::__private::background_tasks()?;
+        if ran == 41 && submitting <= submitters_before {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{ran} of 41 forgotten tasks ran; {submitting} background tasks (before: {submitters_before})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (held, stored) = fleet::__private::held_objects()?;
+    ensure!(
+        held <= values_before && stored <= stored_before,
+        "results of dropped tasks stay: {held} values (before: {values_before}), {stored:?} bytes stored (before: {stored_before:?})"
+    );
     // Everything above went out of scope: its values (and the stored object) are freed.
     let (after, stored) = fleet::__private::held_objects()?;
     ensure!(
