@@ -227,6 +227,8 @@ impl Cancellable {
 /// A pending result's registration; dropping it (the result is set) unregisters it.
 pub(crate) struct Registration {
     cancel: Arc<Cancellable>,
+    /// Other results of the same task it is also found by (its several return values).
+    aliases: Vec<String>,
 }
 
 impl Registration {
@@ -246,7 +248,22 @@ impl Registration {
         if let Some(parent) = crate::runtime_context::current_task_id() {
             runtime.cancels.note_child(&parent, object_id);
         }
-        Registration { cancel }
+        Registration {
+            cancel,
+            aliases: Vec::new(),
+        }
+    }
+
+    /// Makes the task cancellable through `ids` too (each of its return values).
+    pub(crate) fn also_by(mut self, runtime: &CoreWorker, ids: &[String]) -> Self {
+        for id in ids {
+            runtime
+                .cancels
+                .owned
+                .insert(id.clone(), self.cancel.clone());
+        }
+        self.aliases.extend_from_slice(ids);
+        self
     }
 
     pub(crate) fn cancellable(&self) -> &Arc<Cancellable> {
@@ -258,6 +275,9 @@ impl Drop for Registration {
     fn drop(&mut self) {
         if let Some(runtime) = crate::context::try_current() {
             runtime.cancels.owned.remove(&self.cancel.object_id);
+            for alias in &self.aliases {
+                runtime.cancels.owned.remove(alias);
+            }
         }
     }
 }

@@ -57,5 +57,5 @@ pub use placement::{
     remove_placement_group, Bundle, PlacementGroup, PlacementGroupHandle, PlacementStrategy,
 };
 pub use runtime_context::{context, RuntimeContext};
-pub use stream::{Emitter, ObjectRefStream, STREAM_WINDOW};
+pub use stream::{submit_with_returns, Emitter, ObjectRefStream, Returns, STREAM_WINDOW};
 pub use submitter::{submit_streaming_task, submit_task, Scheduling, TaskOptions};

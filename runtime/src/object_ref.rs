@@ -378,6 +378,14 @@ impl<T> ObjectRef<T> {
             .await
     }
 
+    /// The same reference, seen as another type (a return value of a multi-return task).
+    pub(crate) fn retype<U>(self) -> ObjectRef<U> {
+        ObjectRef {
+            inner: self.inner,
+            _type: PhantomData,
+        }
+    }
+
     pub(crate) fn mark_escaped(&self) {
         self.inner.escaped.store(true, Ordering::Relaxed);
     }

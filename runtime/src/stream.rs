@@ -53,8 +53,19 @@ struct Progress {
     waker: Option<Waker>,
 }
 
+/// How a stream's items are taken.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A streaming task: items are read one by one, at most a window ahead.
+    Stream,
+    /// A task with several return values: the caller already holds a reference to each
+    /// (their slots exist), so no window applies, and an item nobody holds is freed.
+    Returns,
+}
+
 /// The owner's side of one stream: what arrived, what was read, how it ended.
 pub(crate) struct StreamState {
+    mode: Mode,
     progress: Mutex<Progress>,
     /// Producers waiting for room (the consumer read, or left).
     room: Notify,
@@ -92,7 +103,10 @@ impl StreamState {
             notified.as_mut().enable();
             {
                 let progress = self.lock();
-                if progress.closed || progress.received - progress.consumed <= STREAM_WINDOW {
+                if self.mode == Mode::Returns
+                    || progress.closed
+                    || progress.received - progress.consumed <= STREAM_WINDOW
+                {
                     return;
                 }
             }
@@ -130,12 +144,92 @@ fn arrival(progress: &Progress, index: u64) -> Arrival {
 
 /// Registers a stream for the task `task_id` this process submits.
 pub(crate) fn open(runtime: &CoreWorker, task_id: &str) -> Arc<StreamState> {
+    open_as(runtime, task_id, Mode::Stream)
+}
+
+fn open_as(runtime: &CoreWorker, task_id: &str, mode: Mode) -> Arc<StreamState> {
     let state = Arc::new(StreamState {
+        mode,
         progress: Mutex::default(),
         room: Notify::new(),
     });
     runtime.streams.insert(task_id.to_string(), state.clone());
     state
+}
+
+/// Submits a call of a remote function with `count` return values (`num_returns`): a
+/// reference to each, in order, each freed on its own. The task sends them as items of a
+/// stream; one not sent (the task failed) becomes the task's error.
+pub fn submit_with_returns(
+    function: &'static str,
+    args: Vec<crate::object_ref::Arg>,
+    options: crate::submitter::TaskOptions,
+    count: usize,
+) -> Returns {
+    let runtime = match current() {
+        Ok(runtime) => runtime,
+        Err(_) => {
+            return Returns {
+                refs: (0..count)
+                    .map(|i| ObjectRef::new(format!("uninitialized.{i}"), String::new()))
+                    .collect(),
+            }
+        }
+    };
+    let task_id = crate::ids::new_id("task");
+    let ids: Vec<String> = (0..count as u64).map(|i| item_id(&task_id, i)).collect();
+    for id in &ids {
+        runtime.store.slot(id);
+    }
+    let refs = ids
+        .iter()
+        .map(|id| ObjectRef::new(id.clone(), runtime.address.clone()))
+        .collect();
+    let state = open_as(&runtime, &task_id, Mode::Returns);
+    let ids_for_cancel = ids.clone();
+    let on_end = {
+        let runtime = runtime.clone();
+        let task_id = task_id.clone();
+        move |outcome: Result<()>| {
+            runtime.streams.remove(&task_id);
+            let sent = state.lock().received;
+            // Values never sent: the task's failure, or (it ended without sending them) a
+            // mismatch between the declaration and what the function returned.
+            let missing = Err(outcome.err().unwrap_or_else(|| {
+                Error::Internal(format!(
+                    "{function} sent {sent} of its {count} return values"
+                ))
+            }));
+            for id in ids.iter().skip(sent as usize) {
+                runtime.set_result(id, missing.clone());
+            }
+        }
+    };
+    let aliases = ids_for_cancel;
+    crate::submitter::spawn_streaming(
+        &runtime,
+        (task_id, aliases),
+        function,
+        args,
+        options,
+        on_end,
+    );
+    Returns { refs }
+}
+
+/// The references to a task's return values, taken in order by generated code.
+pub struct Returns {
+    refs: Vec<ObjectRef<()>>,
+}
+
+impl Returns {
+    /// The next return value's reference, typed.
+    pub fn take<T>(&mut self) -> ObjectRef<T> {
+        if self.refs.is_empty() {
+            return ObjectRef::new("missing-return".to_string(), String::new());
+        }
+        self.refs.remove(0).retype()
+    }
 }
 
 /// The owner's answer to a `ReportStreamItem`.
@@ -189,7 +283,11 @@ pub(crate) async fn on_item(
                 )))
             }
             Arrival::Store => {
-                runtime.store.set_stored(&id, Ok(value));
+                match state.mode {
+                    Mode::Stream => runtime.store.set_stored(&id, Ok(value)),
+                    // The caller may have dropped this one already: then it is freed.
+                    Mode::Returns => runtime.set_result(&id, Ok(value)),
+                }
                 progress.received += 1;
                 progress.waker.take()
             }
@@ -245,6 +343,7 @@ impl<T> ObjectRefStream<T> {
     /// A stream that fails at once (Fleet is not initialized).
     pub(crate) fn failed(error: Error, what: &str) -> Self {
         let state = Arc::new(StreamState {
+            mode: Mode::Stream,
             progress: Mutex::default(),
             room: Notify::new(),
         });
@@ -385,8 +484,19 @@ impl<T: Serialize> Emitter<T> {
     /// Sends the next item; waits while the caller has [`STREAM_WINDOW`] items unread.
     /// `Error::StreamClosed` when the caller is gone: stop producing.
     pub async fn emit(&mut self, item: T) -> Result<()> {
-        let runtime = current()?;
         let bytes = crate::codec::encode(&item, &format!("an item of {}", self.what))?;
+        self.emit_encoded(bytes).await
+    }
+
+    /// Items sent so far.
+    pub fn emitted(&self) -> u64 {
+        self.next
+    }
+}
+
+impl<T> Emitter<T> {
+    async fn emit_encoded(&mut self, bytes: Vec<u8>) -> Result<()> {
+        let runtime = current()?;
         let (value, stored_at) = if bytes.len() >= INLINE_LIMIT {
             let id = ObjectId::random();
             runtime.plasma.put(id, &bytes).await?;
@@ -425,11 +535,21 @@ impl<T: Serialize> Emitter<T> {
         self.next += 1;
         Ok(())
     }
+}
 
-    /// Items sent so far.
-    pub fn emitted(&self) -> u64 {
-        self.next
+/// Sends a task's return values, each encoded (generated code of `num_returns` functions).
+pub async fn send_returns(
+    what: &str,
+    values: Vec<Vec<u8>>,
+) -> std::result::Result<(), crate::registry::TaskError> {
+    let mut emitter: Emitter<()> = emitter(what)?;
+    for value in values {
+        emitter
+            .emit_encoded(value)
+            .await
+            .map_err(crate::registry::TaskError::system)?;
     }
+    Ok(())
 }
 
 /// The emitter of the streaming task running now (generated code calls this).

@@ -601,19 +601,42 @@ pub fn submit_streaming_task<T>(
         Err(error) => return crate::stream::ObjectRefStream::failed(error, function),
     };
     let task_id = crate::ids::new_id("task");
+    let state = crate::stream::open(&runtime, &task_id);
+    let ended = state.clone();
+    spawn_streaming(
+        &runtime,
+        (task_id.clone(), Vec::new()),
+        function,
+        args,
+        options,
+        move |outcome| ended.end(outcome),
+    );
+    crate::stream::ObjectRefStream::new(Some(runtime), state, task_id, function.to_string())
+}
+
+/// Runs a task that sends items to this process (a stream, or several return values);
+/// `on_end` learns how it ended (once). `fleet::cancel` finds it by its task's result id,
+/// and by `ids` (the task id, and its return values' ids).
+pub(crate) fn spawn_streaming(
+    runtime: &Arc<crate::context::CoreWorker>,
+    (task_id, ids): (String, Vec<String>),
+    function: &'static str,
+    args: Vec<Arg>,
+    options: TaskOptions,
+    on_end: impl FnOnce(Result<()>) + Send + 'static,
+) {
     // The task's own result (`()`, or its error) is never handed out: it ends the stream.
     let object_id = format!("{task_id}.ret");
-    let state = crate::stream::open(&runtime, &task_id);
     let registration =
-        crate::cancel::Registration::new(&runtime, &object_id, function.to_string(), false);
+        crate::cancel::Registration::new(runtime, &object_id, function.to_string(), false)
+            .also_by(runtime, &ids);
     let rt = runtime.clone();
-    let ended = state.clone();
-    let stopped = state.clone();
-    let id = task_id.clone();
+    let on_end = Arc::new(Mutex::new(Some(on_end)));
+    let stopped = on_end.clone();
     runtime.tasks.spawn_answering(
         async move {
             let run = Run {
-                task_id: &id,
+                task_id: &task_id,
                 function,
                 options: &options,
                 cancel: registration.cancellable(),
@@ -622,11 +645,18 @@ pub fn submit_streaming_task<T>(
             let outcome = run_task(&rt, &run, args, &object_id).await;
             drop(registration);
             // Its value (the function's `()`) is not kept: only the end matters.
-            ended.end(outcome.map(|_| ()));
+            end_once(&on_end, outcome.map(|_| ()));
         },
-        move || stopped.end(Err(Error::ShutDown)),
+        move || end_once(&stopped, Err(Error::ShutDown)),
     );
-    crate::stream::ObjectRefStream::new(Some(runtime), state, task_id, function.to_string())
+}
+
+/// Runs the end handler of a streaming task, the first time only.
+fn end_once<F: FnOnce(Result<()>)>(on_end: &Mutex<Option<F>>, outcome: Result<()>) {
+    let taken = on_end.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(on_end) = taken {
+        on_end(outcome);
+    }
 }
 
 type WireArg = fleet_proto::runtime::Arg;

@@ -1283,6 +1283,9 @@ fn main() -> std::process::ExitCode {
             ("an_actor_method_streams_and_a_consumer_may_leave", || {
                 Box::pin(streams::an_actor_method_streams_and_a_consumer_may_leave())
             }),
+            ("multiple_returns_are_objects_of_their_own", || {
+                Box::pin(streams::multiple_returns_are_objects_of_their_own())
+            }),
             ("concurrency_groups_bound_each_group_on_its_own", || {
                 Box::pin(groups::concurrency_groups_bound_each_group_on_its_own())
             }),

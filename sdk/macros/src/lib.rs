@@ -146,22 +146,64 @@ fn finish(fallible: bool, name: &TokenStream2) -> TokenStream2 {
 /// `#[fleet::remote]`: makes a function callable as a task.
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
-    if !attr.is_empty() {
-        return syn::Error::new(
-            Span::call_site(),
-            "fleet::remote takes no arguments; set options with name::options()",
-        )
-        .to_compile_error()
-        .into();
-    }
+    let num_returns = match num_returns(TokenStream2::from(attr)) {
+        Ok(n) => n,
+        Err(error) => return error.to_compile_error().into(),
+    };
     let function = parse_macro_input!(item as ItemFn);
-    match expand_remote(function) {
+    match expand_remote(function, num_returns) {
         Ok(tokens) => tokens.into(),
         Err(error) => error.to_compile_error().into(),
     }
 }
 
-fn expand_remote(function: ItemFn) -> syn::Result<TokenStream2> {
+/// Parses `#[fleet::remote]`'s one option, `num_returns = N` (default 1).
+fn num_returns(attr: TokenStream2) -> syn::Result<usize> {
+    if attr.is_empty() {
+        return Ok(1);
+    }
+    let wrong = |span: Span| {
+        syn::Error::new(
+            span,
+            "fleet::remote takes one option, `num_returns = N` (a function returning a tuple of N values); set call options with name::options()",
+        )
+    };
+    let pair: syn::MetaNameValue = syn::parse2(attr).map_err(|e| wrong(e.span()))?;
+    if !pair.path.is_ident("num_returns") {
+        return Err(wrong(pair.path.span()));
+    }
+    let syn::Expr::Lit(syn::ExprLit {
+        lit: syn::Lit::Int(int),
+        ..
+    }) = &pair.value
+    else {
+        return Err(wrong(pair.value.span()));
+    };
+    let n = int.base10_parse::<usize>()?;
+    if n == 0 {
+        return Err(syn::Error::new(
+            int.span(),
+            "fleet::remote: num_returns must be at least 1",
+        ));
+    }
+    Ok(n)
+}
+
+/// The element types of a `num_returns = N` function's tuple.
+fn tuple_of(value: &TokenStream2, n: usize, span: Span) -> syn::Result<Vec<Type>> {
+    let wrong = || {
+        syn::Error::new(
+            span,
+            format!("fleet::remote(num_returns = {n}) needs a function returning a tuple of {n} values, e.g. -> ({})", (0..n).map(|i| format!("T{i}")).collect::<Vec<_>>().join(", ")),
+        )
+    };
+    match syn::parse2::<Type>(value.clone()) {
+        Ok(Type::Tuple(tuple)) if tuple.elems.len() == n => Ok(tuple.elems.into_iter().collect()),
+        _ => Err(wrong()),
+    }
+}
+
+fn expand_remote(function: ItemFn, num_returns: usize) -> syn::Result<TokenStream2> {
     let sig = &function.sig;
     if !sig.generics.params.is_empty() {
         return Err(syn::Error::new(
@@ -179,6 +221,15 @@ fn expand_remote(function: ItemFn) -> syn::Result<TokenStream2> {
     let arg_types: Vec<_> = args.iter().map(|(_, t)| t).collect();
     let indices: Vec<usize> = (0..args.len()).collect();
     let call_names = &params.all;
+    if num_returns > 1 {
+        if let Some((emitter, _)) = &params.emitter {
+            return Err(syn::Error::new(
+                emitter.span(),
+                "fleet::remote: a function streams (fleet::Emitter) or has num_returns, not both",
+            ));
+        }
+        return expand_multi_return(&function, &params, &ret, num_returns);
+    }
     // A streaming function: the caller gets its items; the runtime supplies the emitter.
     let (returned, submit, make_emitter) = match &params.emitter {
         Some((emitter, item)) => (
@@ -198,6 +249,7 @@ fn expand_remote(function: ItemFn) -> syn::Result<TokenStream2> {
         quote!()
     };
     let finish = finish(ret.fallible, &quote!(NAME));
+    let options = options_struct();
     Ok(quote! {
         #function
 
@@ -210,23 +262,9 @@ fn expand_remote(function: ItemFn) -> syn::Result<TokenStream2> {
             /// The name workers find this function by.
             pub const NAME: &str = module_path!();
 
-            /// Call options.
-            #[derive(Clone, Debug, Default)]
-            pub struct Options(pub ::fleet::TaskOptions);
+            #options
 
             impl Options {
-                /// CPUs the task needs (default 1).
-                pub fn num_cpus(mut self, cpus: f64) -> Self { self.0.resources.insert("CPU".into(), cpus); self }
-                /// GPUs the task needs.
-                pub fn num_gpus(mut self, gpus: f64) -> Self { self.0.resources.insert("GPU".into(), gpus); self }
-                /// A custom resource (or "memory" in bytes).
-                pub fn resource(mut self, name: &str, amount: f64) -> Self { self.0.resources.insert(name.into(), amount); self }
-                /// Retries when the worker dies (default 3).
-                pub fn max_retries(mut self, retries: u32) -> Self { self.0.max_retries = retries; self }
-                /// Also retry on an application error or panic.
-                pub fn retry_exceptions(mut self, retry: bool) -> Self { self.0.retry_exceptions = retry; self }
-                /// Where it may run (default: hybrid).
-                pub fn scheduling(mut self, scheduling: ::fleet::Scheduling) -> Self { self.0.scheduling = scheduling; self }
                 /// Submits the call.
                 pub fn remote(self, #(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> #returned {
                     #submit(NAME, ::std::vec![#(::fleet::IntoArg::<#arg_types>::into_arg(#arg_names)),*], self.0)
@@ -248,6 +286,114 @@ fn expand_remote(function: ItemFn) -> syn::Result<TokenStream2> {
                     #make_emitter
                     let __out = super::#name(#(#call_names),*) #awaited;
                     #finish
+                })
+            }
+
+            ::fleet::__private::inventory::submit! {
+                ::fleet::__private::RemoteFunction { name: NAME, call: __fleet_call }
+            }
+        }
+    })
+}
+
+/// A remote function's call options (`name::options()`), up to its `remote` method, which
+/// each kind of function writes itself.
+fn options_struct() -> TokenStream2 {
+    quote! {
+        /// Call options.
+        #[derive(Clone, Debug, Default)]
+        pub struct Options(pub ::fleet::TaskOptions);
+
+        impl Options {
+            /// CPUs the task needs (default 1).
+            pub fn num_cpus(mut self, cpus: f64) -> Self { self.0.resources.insert("CPU".into(), cpus); self }
+            /// GPUs the task needs.
+            pub fn num_gpus(mut self, gpus: f64) -> Self { self.0.resources.insert("GPU".into(), gpus); self }
+            /// A custom resource (or "memory" in bytes).
+            pub fn resource(mut self, name: &str, amount: f64) -> Self { self.0.resources.insert(name.into(), amount); self }
+            /// Retries when the worker dies (default 3).
+            pub fn max_retries(mut self, retries: u32) -> Self { self.0.max_retries = retries; self }
+            /// Also retry on an application error or panic.
+            pub fn retry_exceptions(mut self, retry: bool) -> Self { self.0.retry_exceptions = retry; self }
+            /// Where it may run (default: hybrid).
+            pub fn scheduling(mut self, scheduling: ::fleet::Scheduling) -> Self { self.0.scheduling = scheduling; self }
+        }
+    }
+}
+
+/// `#[fleet::remote(num_returns = N)]`: the caller gets a tuple of N references, one per
+/// value of the returned tuple, each its own object.
+fn expand_multi_return(
+    function: &ItemFn,
+    params: &Params,
+    ret: &Returns,
+    n: usize,
+) -> syn::Result<TokenStream2> {
+    let sig = &function.sig;
+    let name = &sig.ident;
+    let vis = &function.vis;
+    let span = match &sig.output {
+        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Default => sig.ident.span(),
+    };
+    let elems = tuple_of(&ret.value, n, span)?;
+    let arg_names: Vec<_> = params.wire.iter().map(|(n, _)| n).collect();
+    let arg_types: Vec<_> = params.wire.iter().map(|(_, t)| t).collect();
+    let indices: Vec<usize> = (0..arg_names.len()).collect();
+    let parts: Vec<_> = (0..n).map(|i| format_ident!("__r{}", i)).collect();
+    let awaited = if sig.asyncness.is_some() {
+        quote!(.await)
+    } else {
+        quote!()
+    };
+    let value = if ret.fallible {
+        quote! {
+            match __out {
+                ::core::result::Result::Ok(v) => v,
+                ::core::result::Result::Err(e) => return ::core::result::Result::Err(::fleet::__private::TaskError::application(e)),
+            }
+        }
+    } else {
+        quote!(__out)
+    };
+    let options = options_struct();
+    Ok(quote! {
+        #function
+
+        #[doc = concat!("Remote calls of [`", stringify!(#name), "`].")]
+        #[allow(non_snake_case, non_camel_case_types, dead_code)]
+        #vis mod #name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// The name workers find this function by.
+            pub const NAME: &str = module_path!();
+
+            #options
+
+            impl Options {
+                /// Submits the call: one reference per return value.
+                pub fn remote(self, #(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> (#(::fleet::ObjectRef<#elems>),*) {
+                    let mut __returns = ::fleet::__private::submit_with_returns(NAME, ::std::vec![#(::fleet::IntoArg::<#arg_types>::into_arg(#arg_names)),*], self.0, #n);
+                    (#(__returns.take::<#elems>()),*)
+                }
+            }
+
+            /// Options for a call.
+            pub fn options() -> Options { Options::default() }
+
+            /// Submits a call: one reference per return value, each its own object.
+            pub fn remote(#(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> (#(::fleet::ObjectRef<#elems>),*) {
+                options().remote(#(#arg_names),*)
+            }
+
+            fn __fleet_call(__args: ::fleet::__private::Args) -> ::fleet::__private::BoxFuture<'static, ::core::result::Result<::std::vec::Vec<u8>, ::fleet::__private::TaskError>> {
+                ::std::boxed::Box::pin(async move {
+                    #(let #arg_names: #arg_types = ::fleet::__private::decode_arg(&__args, #indices, NAME)?;)*
+                    let __out = super::#name(#(#arg_names),*) #awaited;
+                    let (#(#parts),*) = #value;
+                    ::fleet::__private::send_returns(NAME, ::std::vec![#(::fleet::__private::encode_return(&#parts, NAME)?),*]).await?;
+                    ::fleet::__private::encode_return(&(), NAME)
                 })
             }
 

@@ -243,3 +243,49 @@ pub async fn an_actor_method_streams_and_a_consumer_may_leave() -> Result<()> {
     tokenizer.raw().kill().await?;
     Ok(())
 }
+
+/// Three return values, the last one large (through the object store).
+#[fleet::remote(num_returns = 3)]
+fn split_three(x: u64) -> (u64, String, Vec<u8>) {
+    (x * 2, format!("#{x}"), vec![x as u8; 2 << 20])
+}
+
+/// Two return values, or an error for both.
+#[fleet::remote(num_returns = 2)]
+async fn pair_or_fail(fail: bool, wait_ms: u64) -> Result<(u64, u64), String> {
+    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+    if fail {
+        Err("no pair today".into())
+    } else {
+        Ok((1, 2))
+    }
+}
+
+pub async fn multiple_returns_are_objects_of_their_own() -> Result<()> {
+    let (doubled, name, big) = split_three::remote(7u64);
+    ensure!(name.get().await? == "#7");
+    drop(name);
+    ensure!(doubled.get().await? == 14);
+    let bytes = big.get().await?;
+    ensure!(bytes.len() == 2 << 20 && bytes.iter().all(|b| *b == 7));
+    // A failure reaches every return value.
+    let (left, right) = pair_or_fail::remote(true, 0u64);
+    for side in [&left, &right] {
+        match side.get().await {
+            Err(Error::Task(remote)) if remote.message.contains("no pair today") => {}
+            other => return Err(anyhow!("expected the task's error, got {other:?}")),
+        }
+    }
+    // Either return value cancels the task.
+    let (left, right) = pair_or_fail::remote(false, 60_000u64);
+    fleet::cancel(&right).await?;
+    for side in [&left, &right] {
+        match fleet::get_timeout(side, Duration::from_secs(10)).await {
+            Err(Error::Cancelled { .. }) => {}
+            other => return Err(anyhow!("expected Cancelled, got {other:?}")),
+        }
+    }
+    let (one, two) = pair_or_fail::remote(false, 0u64);
+    ensure!((one.get().await?, two.get().await?) == (1, 2));
+    Ok(())
+}

@@ -1,0 +1,6 @@
+#[fleet_macros::remote(retries = 2)]
+fn halves(x: u64) -> u64 {
+    x / 2
+}
+
+fn main() {}
