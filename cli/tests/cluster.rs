@@ -258,18 +258,22 @@ fsync = false
 [[nodes]]
 num_cpus = 2
 num_gpus = 0
+labels = { zone = "a" }
 
 [[nodes]]
 num_cpus = 2
 num_gpus = 2
+labels = { zone = "a" }
 
 [[nodes]]
 num_cpus = 2
 num_gpus = 1
+labels = { zone = "b", disk = "nvme" }
 
 [[nodes]]
 num_cpus = 2
 num_gpus = 1
+labels = { zone = "b" }
 "#;
 
 async fn spread_and_affinity() -> Result<()> {
@@ -367,6 +371,65 @@ async fn spread_and_affinity() -> Result<()> {
         "8 one-CPU tasks fit no single 2-CPU node, yet ran only on {nodes:?}"
     );
     Ok(())
+}
+
+/// Label selectors across nodes (node-0 and node-1 are zone a, node-2 and node-3 zone b,
+/// node-2 alone has disk=nvme): the driver's node-0 is never chosen for zone b.
+async fn label_selectors_across_nodes() -> Result<()> {
+    let zone_b = fleet::LabelSelector::new().require("zone", "b");
+    let runs: Vec<ObjectRef<String>> = (0..6)
+        .map(|_| {
+            where_am_i::options()
+                .label_selector(zone_b.clone())
+                .remote()
+        })
+        .collect();
+    let nodes: BTreeSet<String> = fleet::get_all(&runs).await?.into_iter().collect();
+    ensure!(
+        nodes.iter().all(|n| n == "node-2" || n == "node-3"),
+        "zone b tasks ran on {nodes:?}"
+    );
+    // Preferred nvme within zone b: node-2, the one that has it.
+    let nvme = where_am_i::options()
+        .label_selector(zone_b.clone().prefer("disk", "nvme"))
+        .remote()
+        .await?;
+    ensure!(nvme == "node-2", "the nvme preference ran on {nvme}");
+    // An actor kept out of zone a.
+    let actor = Pid::remote()
+        .label_selector(fleet::LabelSelector::new().require_not("zone", "a"))
+        .spawn()
+        .await?;
+    let actor_node = where_is(&actor).await;
+    // Killed before any check: later scenarios count the live actors of this type.
+    actor.raw().kill().await?;
+    let actor_node = actor_node?;
+    ensure!(
+        actor_node == "node-2" || actor_node == "node-3",
+        "an actor kept out of zone a lives on {actor_node}"
+    );
+    // No node in zone c: an error naming every node's labels.
+    let nowhere = where_am_i::options()
+        .label_selector(fleet::LabelSelector::new().require("zone", "c"))
+        .remote()
+        .await;
+    let message = format!("{:#}", nowhere.err().context("zone c cannot run it")?);
+    ensure!(
+        message.contains("zone=c") && message.contains("node-3 has {zone: b}"),
+        "the error names the selector and the nodes' labels: {message}"
+    );
+    println!("  zone b tasks ran on {nodes:?}; nvme preferred: {nvme}; actor on {actor_node}");
+    Ok(())
+}
+
+/// The node an actor lives on (from its pid's worker, via the GCS actor table).
+async fn where_is(actor: &PidHandle) -> Result<String> {
+    let gcs = fleet_gcs::GcsClient::connect(&fleet::cluster_address()?)?;
+    let info = gcs
+        .get_actor(actor.raw().actor_id())
+        .await?
+        .context("the actor is not in the actors table")?;
+    Ok(info.node_id)
 }
 
 async fn gpu_actors_are_pinned_across_nodes() -> Result<()> {
@@ -1315,6 +1378,10 @@ async fn run() -> Result<()> {
             Box::pin(gpu_actors_are_pinned_across_nodes()),
         ),
         ("spread_and_affinity", Box::pin(spread_and_affinity())),
+        (
+            "label_selectors_across_nodes",
+            Box::pin(label_selectors_across_nodes()),
+        ),
         (
             "fleet_job_submit_list_logs",
             Box::pin(fleet_job_submit_list_logs(&driver_address)),

@@ -18,6 +18,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::scheduling::NodeView;
 
+/// A live node from the GCS's nodes table: what its polls are joined with.
+struct Member {
+    node_id: String,
+    address: String,
+    total: BTreeMap<String, f64>,
+    labels: BTreeMap<String, String>,
+}
+
 /// How often the node list is re-read from the GCS.
 pub const MEMBERSHIP_REFRESH: Duration = Duration::from_millis(250);
 /// How often other nodes' free resources are polled.
@@ -118,7 +126,7 @@ impl ClusterView {
         local_node_id: String,
         stop: CancellationToken,
     ) {
-        let mut members: Vec<(String, String, BTreeMap<String, f64>)> = Vec::new();
+        let mut members: Vec<Member> = Vec::new();
         let mut last_membership: Option<tokio::time::Instant> = None;
         let mut clients = std::collections::HashMap::new();
         loop {
@@ -131,19 +139,24 @@ impl ClusterView {
                                 && n.node_id != local_node_id
                                 && !n.address.is_empty()
                         })
-                        .map(|n| {
-                            (
-                                n.node_id,
-                                n.address,
-                                n.resources_total.into_iter().collect(),
-                            )
+                        .map(|n| Member {
+                            node_id: n.node_id,
+                            address: n.address,
+                            total: n.resources_total.into_iter().collect(),
+                            labels: n.labels.into_iter().collect(),
                         })
                         .collect();
                     last_membership = Some(tokio::time::Instant::now());
                 }
             }
             let mut polls = tokio::task::JoinSet::new();
-            for (node_id, address, total) in &members {
+            for member in &members {
+                let Member {
+                    node_id,
+                    address,
+                    total,
+                    labels,
+                } = member;
                 let client = match clients.get(address) {
                     Some(client) => Client::clone(client),
                     None => match crate::transfer::connect(address) {
@@ -154,7 +167,12 @@ impl ClusterView {
                         Err(_) => continue,
                     },
                 };
-                let (node_id, address, total) = (node_id.clone(), address.clone(), total.clone());
+                let (node_id, address, total, labels) = (
+                    node_id.clone(),
+                    address.clone(),
+                    total.clone(),
+                    labels.clone(),
+                );
                 polls.spawn(async move {
                     let mut client = client;
                     let reply = tokio::time::timeout(
@@ -174,6 +192,7 @@ impl ClusterView {
                                     reply.total.into_iter().collect()
                                 },
                                 available: reply.available.into_iter().collect(),
+                                labels,
                             })
                         }
                         Ok(Err(status)) => {
@@ -225,6 +244,7 @@ mod tests {
             address: format!("{id}:1"),
             total: BTreeMap::from([("CPU".to_string(), 2.0)]),
             available: BTreeMap::from([("CPU".to_string(), cpus_free)]),
+            labels: BTreeMap::new(),
         }
     }
 

@@ -11,6 +11,7 @@
 //! - [`server`]: the gRPC service (worker registration, leases) and `start`.
 //! - [`object_store`]: the shared-memory object store with LRU spilling.
 //! - [`scheduling`]: where a lease goes (hybrid, spread, node affinity; pure).
+//! - [`labels`]: label selectors (required and preferred node labels; pure).
 //! - [`cluster_view`]: the other nodes' free resources, for spillback.
 //! - [`transfer`]: pulling objects between nodes, chunked and deduplicated.
 //! - [`bundles`]: placement-group bundles reserved on this node (two-phase commit; pure).
@@ -25,6 +26,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod gpu;
+pub mod labels;
 pub mod limits;
 pub mod object_store;
 pub mod resources;

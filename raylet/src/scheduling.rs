@@ -12,6 +12,9 @@
 //!   where it can ever fit.
 //! - spread: the least used node where it fits now, round-robin among equals.
 //! - node affinity: that node; when soft, hybrid if that node is dead or can never fit it.
+//! - label selectors (`crate::labels`), with hybrid or spread: only nodes whose labels
+//!   match the hard constraints are considered, and among them those matching the soft ones
+//!   while one of those can ever fit the request.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +29,8 @@ pub struct NodeView {
     pub total: BTreeMap<String, f64>,
     /// What was free at the last report.
     pub available: BTreeMap<String, f64>,
+    /// Its labels (from its config).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl NodeView {
@@ -156,6 +161,87 @@ pub fn decide(
                 spill(chosen)
             }
         }
+    }
+}
+
+/// [`decide`] over the nodes a label selector allows (and prefers). A node left out is never
+/// chosen; this node, left out, takes no lease here (it is seen as able to fit nothing).
+pub fn decide_with_labels(
+    strategy: &Strategy,
+    wanted: &BTreeMap<String, f64>,
+    selector: &crate::labels::LabelSelector,
+    local: &NodeView,
+    others: &[NodeView],
+    round_robin: usize,
+) -> Decision {
+    if selector.is_empty() {
+        return decide(strategy, wanted, local, others, round_robin);
+    }
+    let allowed = |n: &&NodeView| selector.allows(&n.labels);
+    let mut candidates: Vec<&NodeView> = std::iter::once(local)
+        .chain(others)
+        .filter(allowed)
+        .collect();
+    if candidates.is_empty() {
+        let mut nodes: Vec<String> = std::iter::once(local)
+            .chain(others)
+            .map(|n| {
+                format!(
+                    "{} has {}",
+                    n.node_id,
+                    crate::labels::describe_labels(&n.labels)
+                )
+            })
+            .collect();
+        nodes.sort();
+        return Decision::Infeasible(format!(
+            "no live node has the labels it requires ({}): {}; change the selector, or give a node those labels (its config's `labels`, `fleet raylet --label key=value`)",
+            selector.describe_required(),
+            nodes.join("; ")
+        ));
+    }
+    if selector.has_preferences() {
+        let preferred: Vec<&NodeView> = candidates
+            .iter()
+            .copied()
+            .filter(|n| selector.prefers(&n.labels) && n.feasible(wanted))
+            .collect();
+        if !preferred.is_empty() {
+            candidates = preferred;
+        }
+    }
+    if !candidates.iter().any(|n| n.feasible(wanted)) {
+        let mut nodes: Vec<String> = candidates
+            .iter()
+            .map(|n| format!("{} has {}", n.node_id, describe(&n.total)))
+            .collect();
+        nodes.sort();
+        return Decision::Infeasible(format!(
+            "no live node with the labels it requires ({}) can ever fit {} ({}); lower the request or widen the selector",
+            selector.describe_required(),
+            describe(wanted),
+            nodes.join("; ")
+        ));
+    }
+    let (local_candidate, rest): (Vec<&NodeView>, Vec<&NodeView>) = candidates
+        .into_iter()
+        .partition(|n| n.node_id == local.node_id);
+    let rest: Vec<NodeView> = rest.into_iter().cloned().collect();
+    if !local_candidate.is_empty() {
+        return decide(strategy, wanted, local, &rest, round_robin);
+    }
+    // This node is not a candidate: decide from the least used candidate's point of view,
+    // and where that says "here", send the lease there.
+    let Some(stand_in) = least_used(rest.iter().collect()).cloned() else {
+        return Decision::Infeasible("no candidate node".into());
+    };
+    let others: Vec<NodeView> = rest
+        .into_iter()
+        .filter(|n| n.node_id != stand_in.node_id)
+        .collect();
+    match decide(strategy, wanted, &stand_in, &others, round_robin) {
+        Decision::Local => spill(&stand_in),
+        other => other,
     }
 }
 
@@ -515,7 +601,100 @@ mod tests {
             address: format!("{id}:1"),
             total,
             available,
+            labels: BTreeMap::new(),
         }
+    }
+
+    fn labelled(mut node: NodeView, labels: &[(&str, &str)]) -> NodeView {
+        node.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        node
+    }
+
+    #[test]
+    fn label_selectors_choose_among_matching_nodes_only() {
+        use crate::labels::LabelSelector;
+        let cpu = BTreeMap::from([("CPU".to_string(), 1.0)]);
+        let local = labelled(node("n0", &[("CPU", 4.0)], &[]), &[("zone", "a")]);
+        let b1 = labelled(node("n1", &[("CPU", 4.0)], &[]), &[("zone", "b")]);
+        let b2 = labelled(
+            node("n2", &[("CPU", 4.0)], &[]),
+            &[("zone", "b"), ("gpu", "h100")],
+        );
+        let others = vec![b1.clone(), b2.clone()];
+        // Required zone b: never this (idle, zone a) node.
+        let zone_b = LabelSelector::new().require("zone", "b");
+        for rr in 0..4 {
+            match decide_with_labels(&Strategy::Hybrid, &cpu, &zone_b, &local, &others, rr) {
+                Decision::Spill { node_id, .. } => assert!(node_id == "n1" || node_id == "n2"),
+                other => panic!("zone b went to {other:?}"),
+            }
+        }
+        // Preferred gpu: the one node that has it, while it can fit.
+        let prefer_gpu = zone_b.clone().prefer("gpu", "h100");
+        assert_eq!(
+            decide_with_labels(&Strategy::Spread, &cpu, &prefer_gpu, &local, &others, 1),
+            Decision::Spill {
+                node_id: "n2".into(),
+                address: "n2:1".into()
+            }
+        );
+        // A preference nobody meets changes nothing; a requirement nobody meets is an error
+        // naming every node's labels and the fix.
+        let prefer_none = LabelSelector::new().prefer("zone", "z");
+        assert_eq!(
+            decide_with_labels(&Strategy::Hybrid, &cpu, &prefer_none, &local, &others, 0),
+            Decision::Local
+        );
+        match decide_with_labels(
+            &Strategy::Hybrid,
+            &cpu,
+            &LabelSelector::new().require("zone", "z"),
+            &local,
+            &others,
+            0,
+        ) {
+            Decision::Infeasible(message) => {
+                assert!(
+                    message.contains("zone=z") && message.contains("n2 has {gpu: h100, zone: b}")
+                );
+                assert!(message.contains("--label"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Matching nodes that can never fit it: the error says so.
+        let big = BTreeMap::from([("CPU".to_string(), 8.0)]);
+        assert!(matches!(
+            decide_with_labels(&Strategy::Hybrid, &big, &zone_b, &local, &others, 0),
+            Decision::Infeasible(message) if message.contains("can ever fit")
+        ));
+        // An actor that asks for no resources is still kept off a node the selector
+        // forbids (before, an idle local node took it: nothing to fit).
+        let nothing = BTreeMap::new();
+        for rr in 0..4 {
+            assert!(matches!(
+                decide_with_labels(&Strategy::Hybrid, &nothing, &zone_b, &local, &others, rr),
+                Decision::Spill { ref node_id, .. } if node_id != "n0"
+            ));
+        }
+        // Required zone a: this node, even busy (it queues here rather than spill to b).
+        let busy_local = labelled(
+            node("n0", &[("CPU", 4.0)], &[("CPU", 4.0)]),
+            &[("zone", "a")],
+        );
+        assert_eq!(
+            decide_with_labels(
+                &Strategy::Hybrid,
+                &cpu,
+                &LabelSelector::new().require("zone", "a"),
+                &busy_local,
+                &others,
+                0
+            ),
+            Decision::Local
+        );
     }
 
     fn want(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {

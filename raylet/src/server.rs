@@ -526,6 +526,7 @@ impl RayletService {
         NodeView {
             node_id: self.inner.config.node_id.clone(),
             address: self.inner.address.clone(),
+            labels: self.inner.config.labels.clone(),
             total: state.resources.total().to_map(),
             available,
         }
@@ -538,7 +539,33 @@ impl RayletService {
         request: &LeaseRequest,
         wanted: &BTreeMap<String, f64>,
     ) -> (Decision, Option<LocalHold>) {
+        let selector = match request
+            .strategy
+            .as_ref()
+            .map(|s| crate::labels::LabelSelector::from_wire(&s.labels))
+            .transpose()
+        {
+            Ok(selector) => selector.unwrap_or_default(),
+            Err(reason) => {
+                return (
+                    Decision::Infeasible(format!("its label selector cannot be read: {reason}")),
+                    None,
+                )
+            }
+        };
         if request.grant_or_reject {
+            // Spilled here by a view that judged this node's labels: they do not change,
+            // but a stale or forged request must not run where the selector forbids.
+            if !selector.allows(&self.inner.config.labels) {
+                return (
+                    Decision::Infeasible(format!(
+                        "node {} does not have the labels it requires ({})",
+                        self.inner.config.node_id,
+                        selector.describe_required()
+                    )),
+                    None,
+                );
+            }
             return (Decision::Local, None);
         }
         let strategy = match request.strategy.as_ref() {
@@ -560,9 +587,10 @@ impl RayletService {
             .local_holds
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let decision = crate::scheduling::decide(
+        let decision = crate::scheduling::decide_with_labels(
             &strategy,
             wanted,
+            &selector,
             &self.local_view(&holds),
             &self.inner.view.others(),
             counter,
@@ -612,6 +640,12 @@ impl RayletService {
             .as_ref()
             .filter(|s| s.kind == StrategyKind::PlacementGroup as i32)
         {
+            if !strategy.labels.is_empty() {
+                return Err(Error::InvalidRequest {
+                    what,
+                    reason: "a label selector does not apply inside a placement group (its bundles' nodes were chosen when the group was created); drop the selector, or place the group's bundles with it in mind".into(),
+                });
+            }
             let strategy = strategy.clone();
             return self
                 .lease_in_bundle(&request, &strategy, what, wanted)

@@ -64,6 +64,8 @@ pub struct ActorOptions {
     pub checkpoint_dir: PathBuf,
     /// Where it is placed (default: hybrid).
     pub scheduling: Scheduling,
+    /// Node labels it requires or prefers (default: any node).
+    pub label_selector: crate::submitter::LabelSelector,
     /// Calls a handle may have in flight (submitted, not yet answered) before further calls
     /// fail with `PendingCallsExceeded` instead of queueing without bound.
     pub max_pending_calls: usize,
@@ -97,6 +99,7 @@ impl Default for ActorOptions {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| std::env::temp_dir().join("fleet-checkpoints")),
             scheduling: Scheduling::Default,
+            label_selector: Default::default(),
             max_pending_calls: DEFAULT_MAX_PENDING_CALLS,
             get_if_exists: false,
             isolate: false,
@@ -215,6 +218,13 @@ impl<A: ActorType> ActorBuilder<A> {
     /// Where it is placed (spread, or pinned to a node).
     pub fn scheduling(mut self, scheduling: Scheduling) -> Self {
         self.options.scheduling = scheduling;
+        self
+    }
+
+    /// Node labels it requires (`require…`) or prefers (`prefer…`); see
+    /// [`LabelSelector`](crate::submitter::LabelSelector).
+    pub fn label_selector(mut self, selector: crate::submitter::LabelSelector) -> Self {
+        self.options.label_selector = selector;
         self
     }
 
@@ -549,6 +559,7 @@ async fn start_instance(
             dedicated: owner.options.isolate,
             detached: owner.options.detached,
             scheduling: &owner.options.scheduling,
+            labels: &owner.options.label_selector,
             actor_host: (!owner.options.isolate).then_some(link.actor_id.as_str()),
         })
         .await?;

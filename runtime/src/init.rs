@@ -40,6 +40,8 @@ pub struct InitOptions {
     pub num_gpus: Option<u32>,
     /// Embedded mode: custom resources.
     pub resources: BTreeMap<String, f64>,
+    /// Embedded mode: the node's labels (for label selectors).
+    pub labels: BTreeMap<String, String>,
     /// Namespace of named actors (default "default").
     pub namespace: Option<String>,
     /// Embedded mode: the node's object store capacity in bytes (default 2 GiB); beyond it,
@@ -427,6 +429,7 @@ async fn start_embedded(
     );
     config.worker_args = std::env::args().skip(1).collect();
     config.resources.extend(options.resources.clone());
+    config.labels.extend(options.labels.clone());
     if let Some(bytes) = options.object_store_bytes {
         config.object_store_bytes = bytes;
     }

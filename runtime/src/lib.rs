@@ -58,4 +58,4 @@ pub use placement::{
 };
 pub use runtime_context::{context, RuntimeContext};
 pub use stream::{submit_with_returns, Emitter, ObjectRefStream, Returns, STREAM_WINDOW};
-pub use submitter::{submit_streaming_task, submit_task, Scheduling, TaskOptions};
+pub use submitter::{submit_streaming_task, submit_task, LabelSelector, Scheduling, TaskOptions};

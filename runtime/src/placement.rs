@@ -308,6 +308,7 @@ async fn cluster_nodes(runtime: &Arc<CoreWorker>) -> Result<Vec<NodeView>> {
                         address: node.address,
                         total: reply.total.into_iter().collect(),
                         available: reply.available.into_iter().collect(),
+                        labels: node.labels.into_iter().collect(),
                     })
                 }
                 _ => None,

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use crate::cancel::{Cancellable, RunningAt};
 use crate::error::{Error, Result, TaskFailure};
 use crate::object_ref::{Arg, Location, ObjectRef, RefGuard, Stored};
+pub use fleet_raylet::labels::LabelSelector;
 
 /// How long returning a lease may take before the returner moves on.
 const RETURN_LEASE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -48,6 +49,8 @@ pub struct TaskOptions {
     pub retry_exceptions: bool,
     /// Where it may run.
     pub scheduling: Scheduling,
+    /// Node labels it requires or prefers (default: any node).
+    pub label_selector: LabelSelector,
 }
 
 impl Default for TaskOptions {
@@ -57,6 +60,7 @@ impl Default for TaskOptions {
             max_retries: 3,
             retry_exceptions: false,
             scheduling: Scheduling::Default,
+            label_selector: LabelSelector::default(),
         }
     }
 }
@@ -87,25 +91,31 @@ pub enum Scheduling {
 }
 
 impl Scheduling {
-    fn to_wire(&self) -> Option<SchedulingStrategy> {
+    fn to_wire(&self, labels: &LabelSelector) -> Option<SchedulingStrategy> {
+        let mut wire = self.kind_to_wire();
+        wire.labels = labels.to_wire();
+        (wire != SchedulingStrategy::default()).then_some(wire)
+    }
+
+    fn kind_to_wire(&self) -> SchedulingStrategy {
         match self {
-            Scheduling::Default => None,
-            Scheduling::Spread => Some(SchedulingStrategy {
+            Scheduling::Default => SchedulingStrategy::default(),
+            Scheduling::Spread => SchedulingStrategy {
                 kind: StrategyKind::Spread as i32,
                 ..SchedulingStrategy::default()
-            }),
-            Scheduling::NodeAffinity { node_id, soft } => Some(SchedulingStrategy {
+            },
+            Scheduling::NodeAffinity { node_id, soft } => SchedulingStrategy {
                 kind: StrategyKind::NodeAffinity as i32,
                 node_id: node_id.clone(),
                 soft: *soft,
                 ..SchedulingStrategy::default()
-            }),
-            Scheduling::PlacementGroup { id, bundle_index } => Some(SchedulingStrategy {
+            },
+            Scheduling::PlacementGroup { id, bundle_index } => SchedulingStrategy {
                 kind: StrategyKind::PlacementGroup as i32,
                 placement_group_id: id.clone(),
                 bundle_index: bundle_index.map_or(-1, |i| i32::try_from(i).unwrap_or(i32::MAX)),
                 ..SchedulingStrategy::default()
-            }),
+            },
         }
     }
 }
@@ -154,6 +164,7 @@ pub(crate) struct LeaseAsk<'a> {
     pub dedicated: bool,
     pub detached: bool,
     pub scheduling: &'a Scheduling,
+    pub labels: &'a LabelSelector,
     /// An actor that may share a host process with others (its id, for the raylet).
     pub actor_host: Option<&'a str>,
 }
@@ -214,7 +225,7 @@ impl Leaser {
             dedicated: ask.dedicated,
             job_id: self.inner.job_id.clone(),
             description: ask.description.to_string(),
-            strategy: ask.scheduling.to_wire(),
+            strategy: ask.scheduling.to_wire(ask.labels),
             grant_or_reject: false,
             job_binary: self.inner.job_binary.clone(),
             worker_args: self.inner.worker_args.clone(),
@@ -348,16 +359,18 @@ impl Leaser {
     }
 }
 
-type ShapeKey = (Vec<(String, u64)>, String);
+type ShapeKey = (Vec<(String, u64)>, String, LabelSelector);
 
-/// Leases are reused only by tasks of the same resources and placement.
-fn shape_key(resources: &BTreeMap<String, f64>, scheduling: &Scheduling) -> ShapeKey {
+/// Leases are reused only by tasks of the same resources, placement and labels.
+fn shape_key(options: &TaskOptions) -> ShapeKey {
     (
-        resources
+        options
+            .resources
             .iter()
             .map(|(k, v)| (k.clone(), v.to_bits()))
             .collect(),
-        format!("{scheduling:?}"),
+        format!("{:?}", options.scheduling),
+        options.label_selector.clone(),
     )
 }
 
@@ -454,11 +467,10 @@ impl LeasePool {
     /// Gets a worker for `resources`: an idle lease of this shape, or a new one.
     pub async fn acquire(
         self: &Arc<Self>,
-        resources: &BTreeMap<String, f64>,
-        scheduling: &Scheduling,
+        options: &TaskOptions,
         description: &str,
     ) -> Result<Lease> {
-        let key = shape_key(resources, scheduling);
+        let key = shape_key(options);
         let (tx, rx) = oneshot::channel();
         let request_more = {
             let mut shapes = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
@@ -470,8 +482,9 @@ impl LeasePool {
         };
         if request_more {
             let pool = self.clone();
-            let resources = resources.clone();
-            let scheduling = scheduling.clone();
+            let resources = options.resources.clone();
+            let scheduling = options.scheduling.clone();
+            let labels = options.label_selector.clone();
             let description = description.to_string();
             let lessee = self.clone();
             lessee.tasks.spawn(async move {
@@ -483,6 +496,7 @@ impl LeasePool {
                         dedicated: false,
                         detached: false,
                         scheduling: &scheduling,
+                        labels: &labels,
                         actor_host: None,
                     })
                     .await;
@@ -533,20 +547,14 @@ impl LeasePool {
     }
 
     /// Returns a lease after use: to the next task of its shape, or (failed) to the raylet.
-    pub fn release(
-        self: &Arc<Self>,
-        resources: &BTreeMap<String, f64>,
-        scheduling: &Scheduling,
-        lease: Lease,
-        worker_failed: bool,
-    ) {
+    pub fn release(self: &Arc<Self>, options: &TaskOptions, lease: Lease, worker_failed: bool) {
         if worker_failed {
             let leaser = self.leaser.clone();
             self.tasks
                 .spawn(async move { leaser.return_lease(&lease, true).await });
             return;
         }
-        self.hand_over(shape_key(resources, scheduling), lease);
+        self.hand_over(shape_key(options), lease);
     }
 }
 
@@ -855,7 +863,7 @@ async fn run_resolved(
     loop {
         attempts += 1;
         let lease = cancel
-            .unless_cancelled(pool.acquire(&options.resources, &options.scheduling, function))
+            .unless_cancelled(pool.acquire(options, function))
             .await??;
         let running_at = RunningAt {
             worker: lease.worker_address.clone(),
@@ -863,7 +871,7 @@ async fn run_resolved(
             lease: Some(lease.clone()),
         };
         if !cancel.start(running_at) {
-            pool.release(&options.resources, &options.scheduling, lease, false);
+            pool.release(options, lease, false);
             return Err(cancel.error());
         }
         let spec = TaskSpec {
@@ -909,7 +917,7 @@ async fn run_resolved(
         });
         match outcome {
             Ok(reply) => {
-                pool.release(&options.resources, &options.scheduling, lease, false);
+                pool.release(options, lease, false);
                 runtime.pin_retained(&reply.retained).await;
                 match reply.result {
                     Some(task_reply::Result::Value(bytes)) => {
@@ -936,7 +944,7 @@ async fn run_resolved(
                 }
             }
             Err(cause) => {
-                pool.release(&options.resources, &options.scheduling, lease, true);
+                pool.release(options, lease, true);
                 if cancelled {
                     // Killed by a forced cancel (or died while being cancelled): not retried.
                     return Err(cancel.error());

@@ -23,8 +23,8 @@ pub use fleet_runtime::{
     cluster_address, cluster_token, get, get_actor, get_actor_in, get_all, get_timeout, gpu_ids,
     init, init_with, kill, node_id, put, remove_placement_group, shutdown, submit_task, wait,
     ActorBuilder, ActorHandle, ActorOptions, ActorType, Bundle, Error, InitOptions, IntoArg,
-    Location, ObjectRef, PlacementGroup, PlacementGroupHandle, PlacementStrategy, RemoteError,
-    Result, Scheduling, TaskFailure, TaskOptions,
+    LabelSelector, Location, ObjectRef, PlacementGroup, PlacementGroupHandle, PlacementStrategy,
+    RemoteError, Result, Scheduling, TaskFailure, TaskOptions,
 };
 pub use fleet_runtime::{submit_streaming_task, Emitter, ObjectRefStream, STREAM_WINDOW};
 

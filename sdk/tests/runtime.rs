@@ -24,6 +24,8 @@ mod groups;
 mod hosts;
 #[path = "runtime/kv.rs"]
 mod kv;
+#[path = "runtime/labels.rs"]
+mod labels;
 #[path = "runtime/streams.rs"]
 mod streams;
 use fleet::{Error, ObjectRef, TaskFailure};
@@ -32,6 +34,12 @@ use serde::{Deserialize, Serialize};
 #[fleet::remote]
 fn double(x: u64) -> u64 {
     x * 2
+}
+
+/// The node it ran on.
+#[fleet::remote]
+fn where_am_i() -> String {
+    fleet::node_id()
 }
 
 /// Creates the file at `path`.
@@ -1155,6 +1163,10 @@ fn main() -> std::process::ExitCode {
         let options = fleet::InitOptions {
             num_cpus: Some(4.0),
             num_gpus: Some(2),
+            labels: [("zone", "here"), ("disk", "ssd")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Default::default()
         };
         if let Err(error) = fleet::init_with(options).await {
@@ -1285,6 +1297,9 @@ fn main() -> std::process::ExitCode {
             }),
             ("multiple_returns_are_objects_of_their_own", || {
                 Box::pin(streams::multiple_returns_are_objects_of_their_own())
+            }),
+            ("label_selectors_choose_nodes_by_their_labels", || {
+                Box::pin(labels::label_selectors_choose_nodes_by_their_labels())
             }),
             ("concurrency_groups_bound_each_group_on_its_own", || {
                 Box::pin(groups::concurrency_groups_bound_each_group_on_its_own())

@@ -317,6 +317,8 @@ fn options_struct() -> TokenStream2 {
             pub fn retry_exceptions(mut self, retry: bool) -> Self { self.0.retry_exceptions = retry; self }
             /// Where it may run (default: hybrid).
             pub fn scheduling(mut self, scheduling: ::fleet::Scheduling) -> Self { self.0.scheduling = scheduling; self }
+            /// Node labels it requires or prefers (default: any node).
+            pub fn label_selector(mut self, selector: ::fleet::LabelSelector) -> Self { self.0.label_selector = selector; self }
         }
     }
 }
