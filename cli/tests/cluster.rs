@@ -598,7 +598,8 @@ async fn placement_groups(gcs: &fleet_gcs::GcsClient) -> Result<()> {
         .name("spread3")
         .create()
         .await?;
-    let nodes: BTreeSet<&String> = spread.bundle_nodes().iter().collect();
+    let placed = spread.bundle_nodes();
+    let nodes: BTreeSet<&String> = placed.iter().collect();
     ensure!(
         nodes.len() == 3,
         "STRICT_SPREAD bundles share nodes: {:?}",
@@ -934,10 +935,58 @@ async fn surviving_node_loss(
                 .remote(150u64)
         })
         .collect();
+    // A placement group with a bundle on every node: node-3's moves when it dies.
+    let quarter = BTreeMap::from([("CPU".to_string(), 0.25)]);
+    let group = PlacementGroup::new(vec![quarter; 4])
+        .strategy(PlacementStrategy::Spread)
+        .name("follows-its-nodes")
+        .create()
+        .await?;
+    let on_3 = group
+        .bundle_nodes()
+        .iter()
+        .position(|n| n == "node-3")
+        .context("a SPREAD group of 4 bundles on 4 nodes has one on node-3")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let killed_at = Instant::now();
     cluster.kill_node(3)?;
+    // Asked for while its bundle's node is dying: it waits for the bundle to move.
+    let waiting_for_bundle = where_am_i::options()
+        .num_cpus(0.25)
+        .scheduling(group.scheduling(Some(on_3)))
+        .remote();
     let detection = wait_node_dead(gcs, "node-3").await?;
+    group.ready(Duration::from_secs(60)).await?;
+    let rescheduled = killed_at.elapsed();
+    let moved_to = group.bundle_nodes()[on_3].clone();
+    ensure!(
+        moved_to != "node-3" && group.is_ready(),
+        "bundle {on_3} is still on {moved_to}"
+    );
+    let info = gcs
+        .get_placement_group(group.id())
+        .await?
+        .context("the group is in the GCS")?;
+    ensure!(
+        info.state == fleet_proto::gcs::PlacementGroupState::PgCreated as i32
+            && info.bundles[on_3].node_id == moved_to,
+        "the GCS records the group CREATED with bundle {on_3} on {moved_to}: {info:?}"
+    );
+    let ran_in_bundle = where_am_i::options()
+        .num_cpus(0.25)
+        .scheduling(group.scheduling(Some(on_3)))
+        .remote()
+        .await?;
+    ensure!(
+        ran_in_bundle == moved_to,
+        "a task in the moved bundle ran on {ran_in_bundle}, not {moved_to}"
+    );
+    let waited = waiting_for_bundle.await?;
+    ensure!(
+        waited == moved_to,
+        "the task asked for while the bundle moved ran on {waited}, not {moved_to}"
+    );
+    fleet::remove_placement_group(&group).await?;
     while let Some(result) = workload.join_next().await {
         let acked = result??;
         ensure!(acked == 60);
@@ -986,8 +1035,9 @@ async fn surviving_node_loss(
         "the error names the loss and why it cannot be rebuilt: {error}"
     );
     println!(
-        "  node-3 SIGKILLed: declared dead after {:.0} ms; 3 checkpointed counters done with exact counts {:.0} ms after the kill; lost object rebuilt and read in {:.0} ms",
+        "  node-3 SIGKILLed: declared dead after {:.0} ms; placement group bundle moved to {moved_to} {:.0} ms after the kill; 3 checkpointed counters done with exact counts {:.0} ms after the kill; lost object rebuilt and read in {:.0} ms",
         detection.as_secs_f64() * 1e3,
+        rescheduled.as_secs_f64() * 1e3,
         recovered.as_secs_f64() * 1e3,
         rebuild_started.elapsed().as_secs_f64() * 1e3
     );

@@ -69,6 +69,18 @@ struct WorkerEntry {
     host: Option<u64>,
 }
 
+/// How long a lease for a bundle that is being placed again waits before it is answered
+/// "ask again" (the requester's poll period while the group is RESCHEDULING).
+const BUNDLE_MOVING_RETRY: Duration = Duration::from_millis(200);
+
+/// Where a placement group's bundle is, for a lease asked on another node.
+enum BundleAt {
+    /// On this node, behind this raylet.
+    Node(String, String),
+    /// Being placed again after its node died: ask again soon.
+    Moving,
+}
+
 /// How long a lease request waits queued on this node before it is placed again.
 const REPLACE_QUEUED_AFTER: Duration = Duration::from_millis(500);
 
@@ -804,12 +816,19 @@ impl RayletService {
                     ),
                 });
             }
-            let (node_id, address) = self.bundle_node(&group, index, &wanted, &what).await?;
-            return Ok(LeaseReply {
-                spillback_address: address,
-                spillback_node_id: node_id,
-                ..LeaseReply::default()
-            });
+            return match self.bundle_node(&group, index, &wanted, &what).await? {
+                BundleAt::Node(node_id, address) => Ok(LeaseReply {
+                    spillback_address: address,
+                    spillback_node_id: node_id,
+                    ..LeaseReply::default()
+                }),
+                BundleAt::Moving => {
+                    // Its owner is placing it again (its node died): the requester asks
+                    // again shortly, as Ray leaves such work pending.
+                    tokio::time::sleep(BUNDLE_MOVING_RETRY).await;
+                    Ok(self.ask_again())
+                }
+            };
         };
         let program = self.program(request).await?;
         let deadline = tokio::time::Instant::now() + self.inner.config.lease_wait_limit;
@@ -855,7 +874,7 @@ impl RayletService {
         index: Option<u32>,
         wanted: &ResourceSet,
         what: &str,
-    ) -> Result<(String, String)> {
+    ) -> Result<BundleAt> {
         use fleet_proto::gcs::PlacementGroupState;
         let invalid = |reason: String| Error::InvalidRequest {
             what: what.to_string(),
@@ -874,6 +893,9 @@ impl RayletService {
             })?;
         if info.state == PlacementGroupState::PgRemoved as i32 {
             return Err(invalid(format!("placement group {group} was removed")));
+        }
+        if info.state == PlacementGroupState::PgRescheduling as i32 {
+            return Ok(BundleAt::Moving);
         }
         if info.state != PlacementGroupState::PgCreated as i32 {
             return Err(invalid(format!(
@@ -927,16 +949,19 @@ impl RayletService {
             .into_iter()
             .find(|n| n.node_id == node_id)
         {
-            return Ok((node_id, node.address));
+            return Ok(BundleAt::Node(node_id, node.address));
         }
         let nodes = self.inner.gcs.list_nodes().await.unwrap_or_default();
         match nodes.into_iter().find(|n| {
             n.node_id == node_id && n.state == fleet_proto::gcs::NodeState::NodeAlive as i32
         }) {
-            Some(node) => Ok((node_id, node.address)),
-            None => Err(invalid(format!(
-                "bundle {bundle} of placement group {group} is on node {node_id}, which is dead"
-            ))),
+            Some(node) => Ok(BundleAt::Node(node_id, node.address)),
+            // Its node died and the group's owner has not marked it RESCHEDULING yet: it
+            // will (the owner reschedules every group of its that lost a node).
+            None => {
+                tracing::debug!(group, bundle, node = %node_id, "bundle on a dead node; waiting for its rescheduling");
+                Ok(BundleAt::Moving)
+            }
         }
     }
 

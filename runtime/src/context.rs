@@ -168,6 +168,8 @@ pub struct CoreWorker {
     pub(crate) cancels: crate::cancel::Cancels,
     /// Streams of the streaming tasks this process submitted, by task id.
     pub(crate) streams: DashMap<String, Arc<crate::stream::StreamState>>,
+    /// Placement groups this process created (it reschedules them when a node dies).
+    pub(crate) placement_groups: DashMap<String, crate::placement::PlacementGroupHandle>,
     /// A driver's stream to its raylet, open for the driver's life (closed last by
     /// `fleet::shutdown()`, after the job's end is recorded).
     attachment: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -228,6 +230,7 @@ impl CoreWorker {
             tasks,
             cancels: Default::default(),
             streams: DashMap::new(),
+            placement_groups: DashMap::new(),
             attachment: std::sync::Mutex::new(None),
         }
     }

@@ -278,6 +278,7 @@ async fn watch_node_deaths(runtime: Arc<CoreWorker>) {
                     };
                     if node.state == NodeState::NodeDead as i32 {
                         runtime.on_node_dead(&node.node_id, &node.death_cause);
+                        crate::placement::on_node_dead(&runtime, &node.node_id);
                     }
                 }
             }

@@ -14,6 +14,15 @@
 //! A coordinator that dies between 3 and 4 leaks nothing: uncommitted prepares expire on
 //! the raylets. Groups are released when removed ([`remove_placement_group`]) and when
 //! their job ends.
+//!
+//! **Rescheduling**: the creating process watches the nodes (the GCS's dead-node events).
+//! When a node holding some of a group's bundles dies, it marks the group RESCHEDULING,
+//! places just the lost bundles again on live nodes (keeping the strategy: under
+//! STRICT_SPREAD away from the nodes the other bundles use), reserves them with the same
+//! two-phase commit, and records the group CREATED with the new nodes; it keeps trying, with
+//! backoff, until that succeeds or the group is removed. Meanwhile work asking for the
+//! group's bundles waits (raylets answer "ask again") instead of failing, and
+//! [`PlacementGroupHandle::ready`] waits for the group to be placed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -38,6 +47,8 @@ pub type Bundle = BTreeMap<String, f64>;
 
 /// Rounds of (view, place, prepare) before a group that does not fit now fails.
 const ATTEMPTS: u32 = 5;
+/// The longest pause between two rescheduling rounds.
+const RESCHEDULE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long a raylet may take to answer `NodeInfo` before it is left out of the view.
 const NODE_INFO_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -144,6 +155,17 @@ impl PlacementGroup {
         };
         let bundle_nodes: Vec<String> = chosen.iter().map(|&n| nodes[n].node_id.clone()).collect();
         let addresses: Vec<String> = chosen.iter().map(|&n| nodes[n].address.clone()).collect();
+        let placed = Arc::new(Placed {
+            at: std::sync::Mutex::new(
+                bundle_nodes
+                    .iter()
+                    .cloned()
+                    .zip(addresses.iter().cloned())
+                    .collect(),
+            ),
+            rescheduling: std::sync::atomic::AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
+        });
         let recorded = runtime
             .gcs
             .update_placement_group(UpdatePlacementGroup {
@@ -165,14 +187,33 @@ impl PlacementGroup {
             cancel_everywhere(&runtime, &id, addresses.iter()).await;
             return Err(fail(format!("could not record it created: {error}")));
         }
-        Ok(PlacementGroupHandle {
+        let handle = PlacementGroupHandle {
             id,
             name: self.name,
             strategy: self.strategy,
             bundles: self.bundles,
-            bundle_nodes,
-            addresses,
-        })
+            placed,
+        };
+        // This process reschedules it when one of its nodes dies.
+        runtime
+            .placement_groups
+            .insert(handle.id.clone(), handle.clone());
+        Ok(handle)
+    }
+}
+
+/// Where a group's bundles are now (each bundle's node and raylet), and whether they are
+/// being placed again after a node died.
+#[derive(Debug)]
+struct Placed {
+    at: std::sync::Mutex<Vec<(String, String)>>,
+    rescheduling: std::sync::atomic::AtomicBool,
+    changed: tokio::sync::Notify,
+}
+
+impl Placed {
+    fn snapshot(&self) -> Vec<(String, String)> {
+        self.at.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -183,8 +224,7 @@ pub struct PlacementGroupHandle {
     name: String,
     strategy: PlacementStrategy,
     bundles: Vec<Bundle>,
-    bundle_nodes: Vec<String>,
-    addresses: Vec<String>,
+    placed: Arc<Placed>,
 }
 
 impl PlacementGroupHandle {
@@ -208,9 +248,43 @@ impl PlacementGroupHandle {
         &self.bundles
     }
 
-    /// The node holding each bundle, in bundle order.
-    pub fn bundle_nodes(&self) -> &[String] {
-        &self.bundle_nodes
+    /// The node holding each bundle now, in bundle order (bundles move when their node
+    /// dies; see [`ready`](Self::ready)).
+    pub fn bundle_nodes(&self) -> Vec<String> {
+        self.placed
+            .snapshot()
+            .into_iter()
+            .map(|(node, _)| node)
+            .collect()
+    }
+
+    /// Whether every bundle is reserved on a live node now (false while the group is being
+    /// placed again after one of its nodes died).
+    pub fn is_ready(&self) -> bool {
+        !self
+            .placed
+            .rescheduling
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until every bundle is reserved on a live node (Ray's `pg.ready()`): at once
+    /// for a group placed and intact, after its rescheduling for one that lost a node.
+    /// `Error::Timeout` when that takes longer than `within`.
+    pub async fn ready(&self, within: Duration) -> Result<()> {
+        let wait = async {
+            loop {
+                let changed = self.placed.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if self.is_ready() {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(within, wait)
+            .await
+            .map_err(|_| Error::Timeout(within))
     }
 
     /// Scheduling into bundle `index` (`None`: any bundle that fits).
@@ -227,8 +301,10 @@ impl PlacementGroupHandle {
 pub async fn remove_placement_group(handle: &PlacementGroupHandle) -> Result<()> {
     let runtime = crate::context::current()?;
     runtime.gcs.remove_placement_group(&handle.id).await?;
+    runtime.placement_groups.remove(&handle.id);
     let mut first_error = None;
-    let addresses: BTreeSet<&String> = handle.addresses.iter().collect();
+    let placed = handle.placed.snapshot();
+    let addresses: BTreeSet<&String> = placed.iter().map(|(_, address)| address).collect();
     let mut cancels = tokio::task::JoinSet::new();
     for address in addresses {
         let mut client = runtime.leaser.raylet_at(address)?;
@@ -334,11 +410,27 @@ async fn reserve(
     nodes: &[NodeView],
     chosen: &[usize],
 ) -> std::result::Result<(), String> {
+    let all: Vec<(u32, &Bundle, usize)> = bundles
+        .iter()
+        .zip(chosen)
+        .enumerate()
+        .map(|(index, (bundle, &node))| (index as u32, bundle, node))
+        .collect();
+    reserve_these(runtime, group, &all, nodes).await
+}
+
+/// Reserves these bundles (index, resources, node) with the two-phase commit.
+async fn reserve_these(
+    runtime: &Arc<CoreWorker>,
+    group: &str,
+    placements: &[(u32, &Bundle, usize)],
+    nodes: &[NodeView],
+) -> std::result::Result<(), String> {
     let mut per_node: BTreeMap<usize, Vec<BundleSpec>> = BTreeMap::new();
-    for (index, (bundle, &node)) in bundles.iter().zip(chosen).enumerate() {
+    for &(index, bundle, node) in placements {
         per_node.entry(node).or_default().push(BundleSpec {
             placement_group_id: group.to_string(),
-            bundle_index: index as u32,
+            bundle_index: index,
             resources: bundle.clone().into_iter().collect(),
             job_id: runtime.job_id.clone(),
         });
@@ -400,12 +492,22 @@ async fn cancel_everywhere<'a>(
     group: &str,
     addresses: impl Iterator<Item = &'a String>,
 ) {
+    cancel_bundles_at(runtime, group, addresses, &[]).await;
+}
+
+/// Releases these bundles (all of the group's when `indexes` is empty) on these raylets.
+async fn cancel_bundles_at<'a>(
+    runtime: &Arc<CoreWorker>,
+    group: &str,
+    addresses: impl Iterator<Item = &'a String>,
+    indexes: &[u32],
+) {
     let addresses: BTreeSet<&String> = addresses.collect();
     let cancels = addresses.into_iter().filter_map(|address| {
         let mut client = runtime.leaser.raylet_at(address).ok()?;
         let request = CancelBundlesRequest {
             placement_group_id: group.to_string(),
-            bundle_indexes: Vec::new(),
+            bundle_indexes: indexes.to_vec(),
         };
         Some(async move {
             if let Err(status) = client.cancel_bundles(request).await {
@@ -420,5 +522,273 @@ async fn cancel_everywhere<'a>(
 async fn forget(runtime: &Arc<CoreWorker>, group: &str) {
     if let Err(error) = runtime.gcs.remove_placement_group(group).await {
         tracing::debug!(%error, group, "could not mark a failed placement group removed");
+    }
+}
+
+/// A node died: every group this process created with a bundle there is placed again (in
+/// the background, until it succeeds or the group is removed).
+pub(crate) fn on_node_dead(runtime: &Arc<CoreWorker>, node_id: &str) {
+    for group in runtime.placement_groups.iter() {
+        let handle = group.value().clone();
+        let lost = handle
+            .placed
+            .snapshot()
+            .iter()
+            .any(|(node, _)| node == node_id);
+        if !lost
+            || handle
+                .placed
+                .rescheduling
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            // Not affected, or already being placed again (that round sees this death).
+            continue;
+        }
+        handle.placed.changed.notify_waiters();
+        tracing::info!(group = %handle.id, node = node_id, "a node holding bundles of a placement group died; rescheduling them");
+        let rt = runtime.clone();
+        runtime
+            .tasks
+            .spawn(async move { reschedule(&rt, handle).await });
+    }
+}
+
+/// Places the bundles of `handle` that are on dead nodes again; returns when the group is
+/// whole again (CREATED) or was removed.
+async fn reschedule(runtime: &Arc<CoreWorker>, handle: PlacementGroupHandle) {
+    let id = handle.id.clone();
+    let bundles_wire = |at: &[(String, String)]| -> Vec<WireBundle> {
+        handle
+            .bundles
+            .iter()
+            .zip(at)
+            .map(|(b, (node, _))| WireBundle {
+                resources: b.clone().into_iter().collect(),
+                node_id: node.clone(),
+            })
+            .collect()
+    };
+    let marked = runtime
+        .gcs
+        .update_placement_group(UpdatePlacementGroup {
+            placement_group_id: id.clone(),
+            expected_state: PlacementGroupState::PgCreated as i32,
+            new_state: PlacementGroupState::PgRescheduling as i32,
+            bundles: Vec::new(),
+        })
+        .await;
+    if let Err(error) = marked {
+        // Removed meanwhile (or already RESCHEDULING from an earlier round that failed to
+        // record its end): the loop below finds out which.
+        tracing::debug!(group = %id, %error, "marking a placement group RESCHEDULING");
+    }
+    let mut pause = Duration::from_millis(200);
+    loop {
+        if !runtime.placement_groups.contains_key(&id) {
+            return;
+        }
+        match reschedule_round(runtime, &handle).await {
+            Ok(at) => {
+                let recorded = runtime
+                    .gcs
+                    .update_placement_group(UpdatePlacementGroup {
+                        placement_group_id: id.clone(),
+                        expected_state: PlacementGroupState::PgRescheduling as i32,
+                        new_state: PlacementGroupState::PgCreated as i32,
+                        bundles: bundles_wire(&at),
+                    })
+                    .await;
+                match recorded {
+                    Ok(_) => {
+                        *handle.placed.at.lock().unwrap_or_else(|e| e.into_inner()) = at;
+                        handle
+                            .placed
+                            .rescheduling
+                            .store(false, std::sync::atomic::Ordering::Release);
+                        handle.placed.changed.notify_waiters();
+                        tracing::info!(group = %id, "placement group rescheduled");
+                        // A node that died during this round: place again.
+                        let now_dead = dead_nodes_among(runtime, &handle).await;
+                        if let Some(node) = now_dead.first() {
+                            on_node_dead(runtime, node);
+                        }
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(group = %id, %error, "could not record a rescheduled placement group; releasing and trying again");
+                        let addresses: Vec<String> = at.into_iter().map(|(_, a)| a).collect();
+                        let lost: Vec<u32> = lost_indexes(runtime, &handle).await;
+                        cancel_bundles_at(runtime, &id, addresses.iter(), &lost).await;
+                        if let Ok(Some(info)) = runtime.gcs.get_placement_group(&id).await {
+                            if info.state == PlacementGroupState::PgRemoved as i32 {
+                                runtime.placement_groups.remove(&id);
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(reason) => {
+                tracing::debug!(group = %id, %reason, "rescheduling round failed; trying again");
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RESCHEDULE_BACKOFF_MAX);
+    }
+}
+
+/// Where lost bundles may go, and how they are placed there, keeping the group's strategy:
+/// under STRICT_SPREAD not on a node another bundle keeps; under STRICT_PACK on the node
+/// the others keep (a node's death takes all of a strict-packed group, so normally there is
+/// none and the whole group is placed again); best-effort strategies anywhere.
+fn replacement_nodes(
+    strategy: PlacementStrategy,
+    nodes: &[NodeView],
+    kept: &BTreeSet<&String>,
+) -> (PlacementStrategy, Vec<NodeView>) {
+    let filtered = |keep: bool| -> Vec<NodeView> {
+        nodes
+            .iter()
+            .filter(|n| kept.contains(&n.node_id) == keep)
+            .cloned()
+            .collect()
+    };
+    match strategy {
+        PlacementStrategy::StrictSpread => (strategy, filtered(false)),
+        PlacementStrategy::StrictPack if !kept.is_empty() => (strategy, filtered(true)),
+        other => (other, nodes.to_vec()),
+    }
+}
+
+/// The bundles (by index) whose node is not alive now.
+async fn lost_indexes(runtime: &Arc<CoreWorker>, handle: &PlacementGroupHandle) -> Vec<u32> {
+    let alive = alive_node_ids(runtime).await;
+    handle
+        .placed
+        .snapshot()
+        .iter()
+        .enumerate()
+        .filter(|(_, (node, _))| !alive.contains(node))
+        .map(|(i, _)| i as u32)
+        .collect()
+}
+
+async fn dead_nodes_among(runtime: &Arc<CoreWorker>, handle: &PlacementGroupHandle) -> Vec<String> {
+    let alive = alive_node_ids(runtime).await;
+    let mut dead: Vec<String> = handle
+        .placed
+        .snapshot()
+        .into_iter()
+        .map(|(node, _)| node)
+        .filter(|node| !alive.contains(node))
+        .collect();
+    dead.dedup();
+    dead
+}
+
+async fn alive_node_ids(runtime: &Arc<CoreWorker>) -> BTreeSet<String> {
+    runtime
+        .gcs
+        .list_nodes()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.state == fleet_proto::gcs::NodeState::NodeAlive as i32)
+        .map(|n| n.node_id)
+        .collect()
+}
+
+/// One round: the lost bundles placed and reserved; returns where every bundle is now.
+async fn reschedule_round(
+    runtime: &Arc<CoreWorker>,
+    handle: &PlacementGroupHandle,
+) -> std::result::Result<Vec<(String, String)>, String> {
+    let nodes = cluster_nodes(runtime).await.map_err(|e| e.to_string())?;
+    let mut at = handle.placed.snapshot();
+    let lost: Vec<usize> = at
+        .iter()
+        .enumerate()
+        .filter(|(_, (node, _))| !nodes.iter().any(|n| &n.node_id == node))
+        .map(|(i, _)| i)
+        .collect();
+    if lost.is_empty() {
+        return Ok(at);
+    }
+    let kept_nodes: BTreeSet<&String> = at
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !lost.contains(i))
+        .map(|(_, (node, _))| node)
+        .collect();
+    let lost_bundles: Vec<Bundle> = lost.iter().map(|&i| handle.bundles[i].clone()).collect();
+    let (strategy, candidates) = replacement_nodes(handle.strategy, &nodes, &kept_nodes);
+    let chosen = place_bundles(strategy, &lost_bundles, &candidates).map_err(|e| e.to_string())?;
+    let placements: Vec<(u32, &Bundle, usize)> = lost
+        .iter()
+        .zip(&lost_bundles)
+        .zip(&chosen)
+        .map(|((&index, bundle), &node)| (index as u32, bundle, node))
+        .collect();
+    if let Err(reason) = reserve_these(runtime, &handle.id, &placements, &candidates).await {
+        let addresses: Vec<String> = chosen
+            .iter()
+            .map(|&n| candidates[n].address.clone())
+            .collect();
+        let indexes: Vec<u32> = lost.iter().map(|&i| i as u32).collect();
+        cancel_bundles_at(runtime, &handle.id, addresses.iter(), &indexes).await;
+        return Err(reason);
+    }
+    for (&index, &node) in lost.iter().zip(&chosen) {
+        at[index] = (
+            candidates[node].node_id.clone(),
+            candidates[node].address.clone(),
+        );
+    }
+    Ok(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str) -> NodeView {
+        NodeView {
+            node_id: id.into(),
+            address: format!("{id}:1"),
+            total: BTreeMap::from([("CPU".to_string(), 2.0)]),
+            available: BTreeMap::from([("CPU".to_string(), 2.0)]),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn lost_bundles_go_where_the_strategy_still_holds() {
+        let nodes = vec![node("a"), node("b"), node("c")];
+        let (a, b) = ("a".to_string(), "b".to_string());
+        let kept: BTreeSet<&String> = [&a, &b].into_iter().collect();
+        let ids = |v: Vec<NodeView>| v.into_iter().map(|n| n.node_id).collect::<Vec<_>>();
+        // STRICT_SPREAD: only the node no surviving bundle uses.
+        let (strategy, spread) = replacement_nodes(PlacementStrategy::StrictSpread, &nodes, &kept);
+        assert_eq!(
+            (strategy, ids(spread)),
+            (PlacementStrategy::StrictSpread, vec!["c".to_string()])
+        );
+        // STRICT_PACK with survivors: with them.
+        let only_a: BTreeSet<&String> = [&a].into_iter().collect();
+        let (_, pack) = replacement_nodes(PlacementStrategy::StrictPack, &nodes, &only_a);
+        assert_eq!(ids(pack), vec!["a".to_string()]);
+        // STRICT_PACK, whole group lost: anywhere, still all on one node.
+        let none = BTreeSet::new();
+        let (strategy, pack) = replacement_nodes(PlacementStrategy::StrictPack, &nodes, &none);
+        assert_eq!((strategy, pack.len()), (PlacementStrategy::StrictPack, 3));
+        // Best effort: anywhere.
+        let (_, anywhere) = replacement_nodes(PlacementStrategy::Spread, &nodes, &kept);
+        assert_eq!(anywhere.len(), 3);
+        // And the placement over the candidates keeps STRICT_SPREAD's promise.
+        let lost = vec![BTreeMap::from([("CPU".to_string(), 1.0)])];
+        let (strategy, candidates) =
+            replacement_nodes(PlacementStrategy::StrictSpread, &nodes, &kept);
+        let chosen = place_bundles(strategy, &lost, &candidates).expect("c has room");
+        assert_eq!(candidates[chosen[0]].node_id, "c");
     }
 }
