@@ -182,6 +182,34 @@ impl Connector for ControlStoreConnector {
     }
 }
 
+/// The runtime that runs every connection's background tasks (its HTTP/2 driver and its
+/// request buffer), when the process set one ([`set_io_runtime`]).
+static IO_RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+
+/// Runs the background tasks of every channel made from now on on `handle`'s runtime,
+/// whichever runtime first uses the channel. Without it they run on the runtime that made
+/// the channel: a channel first used from an actor's own thread then stalls, for every
+/// user in the process, whenever that thread is busy, and dies with it (seen as "Service
+/// was not ready" from the control store for 30 s). `fleet::init` sets the process's main
+/// runtime; the first call wins.
+pub fn set_io_runtime(handle: tokio::runtime::Handle) {
+    let _ = IO_RUNTIME.set(handle);
+}
+
+/// Spawns a connection's tasks on the I/O runtime.
+#[derive(Clone)]
+struct OnIoRuntime(tokio::runtime::Handle);
+
+impl<F> hyper::rt::Executor<F> for OnIoRuntime
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        self.0.spawn(future);
+    }
+}
+
 /// A lazily connecting channel to `address` with HTTP/2 keepalive pings every
 /// `keepalive_interval` while calls are in flight, each answered within `keepalive_timeout`.
 fn tcp_channel(
@@ -201,6 +229,10 @@ fn tcp_channel(
         // snapshots) on a window update every 64 KiB.
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
+    let endpoint = match IO_RUNTIME.get() {
+        Some(handle) => endpoint.executor(OnIoRuntime(handle.clone())),
+        None => endpoint,
+    };
     let endpoint = match &tls {
         // End to end: through an egress proxy too, the TLS session is with the peer.
         Some(tls) => endpoint

@@ -181,6 +181,9 @@ fn raylet_client(address: &str) -> Result<RayletClient<fleet_gcs::auth::AuthChan
 pub async fn init_with(options: InitOptions) -> Result<()> {
     // A driver or host talking to thousands of actors holds many connections.
     fleet_raylet::limits::raise_open_files_limit();
+    // Connections are driven by this (the process's main) runtime, never by an actor's
+    // thread that happened to use one first.
+    fleet_gcs::transport::set_io_runtime(tokio::runtime::Handle::current());
     if let Ok(worker_id) = std::env::var(env::WORKER_ID) {
         run_worker(worker_id).await;
     }
