@@ -499,11 +499,31 @@ fn on(node: &str) -> Scheduling {
 async fn objects_move_once_per_node(gcs: &fleet_gcs::GcsClient) -> Result<()> {
     const LEN: usize = 4 << 20;
     let started = Instant::now();
+    let driver_node_before = raylet_info(gcs, "node-0").await?;
     let blob: ObjectRef<Vec<u8>> = make_blob::options()
         .scheduling(on("node-1"))
         .remote(LEN, 7u8);
-    fleet::wait(std::slice::from_ref(&blob), 1, None).await?;
+    // Ready without bringing it to the driver's node (it is only passed on).
+    let (ready, _) = fleet::wait_with(
+        std::slice::from_ref(&blob),
+        fleet::WaitOptions::new(1).fetch_local(false),
+    )
+    .await?;
+    ensure!(ready.len() == 1, "the object never became ready");
     println!("  made a 4 MiB object on node-1 in {:?}", started.elapsed());
+    let driver_node_after = raylet_info(gcs, "node-0").await?;
+    ensure!(
+        driver_node_after.objects_pulled == driver_node_before.objects_pulled,
+        "wait with fetch_local(false) pulled the object to the driver's node"
+    );
+    // The default wait does bring it here (the control for the check above).
+    fleet::wait(std::slice::from_ref(&blob), 1, None).await?;
+    let fetched = raylet_info(gcs, "node-0").await?;
+    ensure!(
+        fetched.objects_pulled == driver_node_before.objects_pulled + 1,
+        "a default wait pulled the object {} times",
+        fetched.objects_pulled - driver_node_before.objects_pulled
+    );
     let started = Instant::now();
     let before = raylet_info(gcs, "node-2").await?;
     // Six readers on node-2 at once: one transfer.

@@ -123,14 +123,59 @@ pub async fn get_all<T: DeserializeOwned>(objects: &[ObjectRef<T>]) -> Result<Ve
 }
 
 /// Waits until `num_returns` of `objects` are ready (a value or an error) or `timeout`
-/// passes; returns (ready, not ready), each in the order given.
+/// passes; returns (ready, not ready), each in the order given. A ready object is also
+/// brought to this node (Ray's default, `fetch_local=True`); see [`wait_with`].
 pub async fn wait<T>(
     objects: &[ObjectRef<T>],
     num_returns: usize,
     timeout: Option<Duration>,
 ) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+    let mut options = WaitOptions::new(num_returns);
+    options.timeout = timeout;
+    wait_with(objects, options).await
+}
+
+/// How [`wait_with`] waits.
+#[derive(Clone, Copy, Debug)]
+pub struct WaitOptions {
+    num_returns: usize,
+    timeout: Option<Duration>,
+    fetch_local: bool,
+}
+
+impl WaitOptions {
+    /// Wait for `num_returns` objects, as long as it takes, fetching each to this node.
+    pub fn new(num_returns: usize) -> Self {
+        WaitOptions {
+            num_returns,
+            timeout: None,
+            fetch_local: true,
+        }
+    }
+
+    /// Give up after `timeout` (the objects not ready by then are returned as such).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// `false`: an object is ready once it exists anywhere; its bytes are not brought to
+    /// this node (Ray's `fetch_local=False`), for a caller that only passes the references
+    /// on to tasks elsewhere.
+    pub fn fetch_local(mut self, fetch_local: bool) -> Self {
+        self.fetch_local = fetch_local;
+        self
+    }
+}
+
+/// [`wait`] with options (`fetch_local`).
+pub async fn wait_with<T>(
+    objects: &[ObjectRef<T>],
+    options: WaitOptions,
+) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
     let runtime = current()?;
-    let wanted = num_returns.min(objects.len());
+    let wanted = options.num_returns.min(objects.len());
+    let fetch_local = options.fetch_local;
     let mut pending: futures::stream::FuturesUnordered<_> = objects
         .iter()
         .enumerate()
@@ -138,13 +183,17 @@ pub async fn wait<T>(
             let runtime = runtime.clone();
             let o = o.clone();
             async move {
-                let _ = runtime.get_bytes(o.id(), o.owner()).await;
+                if fetch_local {
+                    let _ = runtime.get_bytes(o.id(), o.owner()).await;
+                } else {
+                    runtime.object_ready(o.id(), o.owner()).await;
+                }
                 i
             }
         })
         .collect();
     let mut ready_index = Vec::new();
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let deadline = options.timeout.map(|t| tokio::time::Instant::now() + t);
     while ready_index.len() < wanted {
         let next = futures::StreamExt::next(&mut pending);
         let index = match deadline {

@@ -665,6 +665,30 @@ impl CoreWorker {
     /// The serialized value of an object: from this process's store when it owns (or has
     /// cached) it, from the node's object store when it is large, otherwise fetched from its
     /// owner.
+    /// Returns once the object exists (or failed) anywhere, without bringing its bytes to
+    /// this node: an owned one when its slot is filled, a borrowed one when its owner
+    /// answers (a large one's owner answers with where it is, which is not fetched).
+    pub(crate) async fn object_ready(&self, id: &str, owner: &str) {
+        if owner == self.address {
+            let _ = self.store.slot(id).wait().await;
+            return;
+        }
+        if let Some(slot) = self.store.existing(id) {
+            if slot.try_get().is_some() {
+                return;
+            }
+        }
+        if let Ok(mut client) = self.worker_client(owner) {
+            // Any answer means ready: a value, where it is stored, or why it failed.
+            let _ = client
+                .get_object(GetObjectRequest {
+                    object_id: id.to_string(),
+                    lost_at: String::new(),
+                })
+                .await;
+        }
+    }
+
     pub async fn get_bytes(self: &Arc<Self>, id: &str, owner: &str) -> Result<ObjectData> {
         if owner == self.address {
             let stored = self.store.slot(id).wait().await?;

@@ -12,7 +12,7 @@
 //! - [`placement`]: placement groups, reserved across raylets with two-phase commit.
 //! - [`plasma`]: large objects in the node's shared-memory object store.
 //! - [`registry`]: remote functions and actor classes registered at link time.
-//! - [`api`]: `put`, `get`, `get_all`, `wait`.
+//! - [`api`]: `put`, `get`, `get_all`, `wait` (and `wait_with`: `fetch_local`).
 //! - [`cancel`]: `fleet::cancel`, for queued and running tasks and actor calls.
 //! - [`stream`]: streaming returns: `Emitter<T>` in the producer, `ObjectRefStream<T>` for
 //!   the caller, with backpressure and exactly-once delivery across re-runs.
@@ -45,7 +45,7 @@ pub mod submitter;
 mod tasks;
 
 pub use actor::{get_actor, get_actor_in, ActorBuilder, ActorHandle, ActorOptions, ActorType};
-pub use api::{get, get_all, get_timeout, kill, put, wait};
+pub use api::{get, get_all, get_timeout, kill, put, wait, wait_with, WaitOptions};
 pub use cancel::{cancel, cancel_with, CancelOptions};
 pub use channel::{channel, Receiver, Sender};
 pub use error::{Error, Location, RemoteError, Result, TaskFailure};

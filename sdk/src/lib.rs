@@ -27,6 +27,7 @@ pub use fleet_runtime::{
     RemoteError, Result, Scheduling, TaskFailure, TaskOptions,
 };
 pub use fleet_runtime::{submit_streaming_task, Emitter, ObjectRefStream, STREAM_WINDOW};
+pub use fleet_runtime::{wait_with, WaitOptions};
 
 /// Used by the macros' generated code; not a stable API.
 #[doc(hidden)]

@@ -1143,6 +1143,17 @@ async fn wait_returns_the_first_ready() -> Result<()> {
     ensure!(values == vec![10, 20], "{values:?}");
     let (ready, _) = fleet::wait(&refs, 4, Some(Duration::from_millis(1))).await?;
     ensure!(ready.len() < 4, "the timeout bounds the wait");
+    // Without fetching: the same readiness, for owned and borrowed references alike.
+    let fresh: Vec<_> = [1500u64, 5, 10].into_iter().map(sleep_ms::remote).collect();
+    let options = fleet::WaitOptions::new(2)
+        .timeout(Duration::from_secs(1))
+        .fetch_local(false);
+    let (ready, not_ready) = fleet::wait_with(&fresh, options).await?;
+    ensure!(
+        ready.len() == 2 && not_ready.len() == 1 && not_ready[0].id() == fresh[0].id(),
+        "{} ready without fetching",
+        ready.len()
+    );
     Ok(())
 }
 
