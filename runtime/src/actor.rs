@@ -66,6 +66,9 @@ pub struct ActorOptions {
     pub scheduling: Scheduling,
     /// Node labels it requires or prefers (default: any node).
     pub label_selector: crate::submitter::LabelSelector,
+    /// With placement-group scheduling: what its methods submit without a placement of
+    /// their own goes into the same group (see `TaskOptions::capture_child_tasks`).
+    pub capture_child_tasks: bool,
     /// Calls a handle may have in flight (submitted, not yet answered) before further calls
     /// fail with `PendingCallsExceeded` instead of queueing without bound.
     pub max_pending_calls: usize,
@@ -100,6 +103,7 @@ impl Default for ActorOptions {
                 .unwrap_or_else(|| std::env::temp_dir().join("fleet-checkpoints")),
             scheduling: Scheduling::Default,
             label_selector: Default::default(),
+            capture_child_tasks: false,
             max_pending_calls: DEFAULT_MAX_PENDING_CALLS,
             get_if_exists: false,
             isolate: false,
@@ -228,9 +232,20 @@ impl<A: ActorType> ActorBuilder<A> {
         self
     }
 
+    /// With placement-group scheduling: the tasks and actors its methods submit without a
+    /// placement of their own go into the same group (Ray's
+    /// `placement_group_capture_child_tasks`).
+    pub fn capture_child_tasks(mut self, capture: bool) -> Self {
+        self.options.capture_child_tasks = capture;
+        self
+    }
+
     /// Creates the actor and returns its handle once it is alive.
-    pub async fn spawn(self) -> Result<A::Handle> {
+    pub async fn spawn(mut self) -> Result<A::Handle> {
         let runtime = current()?;
+        self.options
+            .scheduling
+            .captured(&mut self.options.capture_child_tasks);
         let existing = match (&self.options.name, self.options.get_if_exists) {
             (Some(name), true) => {
                 let namespace = self
@@ -590,6 +605,11 @@ async fn start_instance(
             .resources
             .get("CPU")
             .is_some_and(|cpus| *cpus > 0.0),
+        capture_placement_group: owner
+            .options
+            .scheduling
+            .capturing_group(owner.options.capture_child_tasks)
+            .unwrap_or_default(),
         ..TaskSpec::default()
     };
     let outcome = runtime.push(&reply.worker_address, spec).await;

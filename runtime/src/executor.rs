@@ -339,6 +339,7 @@ impl Executor {
             task_id: spec.task_id.clone(),
             actor: Some((spec.actor_id.clone(), spec.actor_restarts)),
             stream: None,
+            capture_group: capture_group(&spec),
         };
         let (instance, trace) = Traced::new(async move {
             if restore_state.is_empty() {
@@ -389,6 +390,7 @@ impl Executor {
         let identity = ActorIdentity {
             job_id: spec.job_id.clone(),
             restarts: spec.actor_restarts,
+            capture_group: capture_group(&spec),
         };
         let stop = CancellationToken::new();
         let stopped = stop.clone();
@@ -452,6 +454,8 @@ impl Executor {
 struct ActorIdentity {
     job_id: String,
     restarts: u32,
+    /// The placement group that captures what its methods submit.
+    capture_group: Option<String>,
 }
 
 impl ActorIdentity {
@@ -466,6 +470,7 @@ impl ActorIdentity {
             task_id: task_id.to_string(),
             actor: Some((actor_id.to_string(), self.restarts)),
             stream,
+            capture_group: self.capture_group.clone(),
         }
     }
 }
@@ -739,6 +744,11 @@ async fn actor_loop(
             let _ = commit_group(&runtime, instance.as_ref(), &mut policy, &mut held).await;
         }
     }
+}
+
+/// The placement group that captures what a task submits (none unless it asked).
+fn capture_group(spec: &TaskSpec) -> Option<String> {
+    (!spec.capture_placement_group.is_empty()).then(|| spec.capture_placement_group.clone())
 }
 
 /// Where a streaming task's items go (none for other tasks).
@@ -1324,6 +1334,7 @@ impl Executor {
                                 spec.streaming,
                                 &spec.owner_address,
                             ),
+                            capture_group: capture_group(&spec),
                         };
                         let work = catching((function.call)(args));
                         let work = self.runtime.cancels.interruptible(&spec.task_id, work);

@@ -39,6 +39,9 @@ pub(crate) struct Running {
     pub actor: Option<(String, u32)>,
     /// A streaming task's caller, where its `Emitter` sends items.
     pub stream: Option<crate::stream::StreamTarget>,
+    /// The placement group that captures what this code submits (see
+    /// `TaskOptions::capture_child_tasks`).
+    pub capture_group: Option<String>,
 }
 
 tokio::task_local! {
@@ -61,6 +64,14 @@ pub(crate) async fn run_as<F: std::future::Future>(running: Running, future: F) 
 pub(crate) fn current_stream() -> Option<crate::stream::StreamTarget> {
     RUNNING
         .try_with(|running| running.stream.clone())
+        .ok()
+        .flatten()
+}
+
+/// The placement group that captures the tasks and actors the calling code submits.
+pub(crate) fn captured_group() -> Option<String> {
+    RUNNING
+        .try_with(|running| running.capture_group.clone())
         .ok()
         .flatten()
 }

@@ -163,9 +163,10 @@ fn open_as(runtime: &CoreWorker, task_id: &str, mode: Mode) -> Arc<StreamState> 
 pub fn submit_with_returns(
     function: &'static str,
     args: Vec<crate::object_ref::Arg>,
-    options: crate::submitter::TaskOptions,
+    mut options: crate::submitter::TaskOptions,
     count: usize,
 ) -> Returns {
+    options.apply_capture();
     let runtime = match current() {
         Ok(runtime) => runtime,
         Err(_) => {

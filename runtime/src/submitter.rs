@@ -51,6 +51,10 @@ pub struct TaskOptions {
     pub scheduling: Scheduling,
     /// Node labels it requires or prefers (default: any node).
     pub label_selector: LabelSelector,
+    /// With placement-group scheduling: the tasks and actors it submits without a placement
+    /// of their own go into the same group (any bundle), and so on down (Ray's
+    /// `placement_group_capture_child_tasks`).
+    pub capture_child_tasks: bool,
 }
 
 impl Default for TaskOptions {
@@ -61,6 +65,7 @@ impl Default for TaskOptions {
             retry_exceptions: false,
             scheduling: Scheduling::Default,
             label_selector: LabelSelector::default(),
+            capture_child_tasks: false,
         }
     }
 }
@@ -91,6 +96,29 @@ pub enum Scheduling {
 }
 
 impl Scheduling {
+    /// The placement group that captures children of work scheduled this way with
+    /// `capture` set (none otherwise).
+    pub(crate) fn capturing_group(&self, capture: bool) -> Option<String> {
+        match self {
+            Scheduling::PlacementGroup { id, .. } if capture => Some(id.clone()),
+            _ => None,
+        }
+    }
+
+    /// Where work with no placement of its own goes when submitted by code running inside a
+    /// capturing placement group: into that group (any bundle), capturing in turn.
+    pub(crate) fn captured(&mut self, capture: &mut bool) {
+        if *self == Scheduling::Default {
+            if let Some(id) = crate::runtime_context::captured_group() {
+                *self = Scheduling::PlacementGroup {
+                    id,
+                    bundle_index: None,
+                };
+                *capture = true;
+            }
+        }
+    }
+
     fn to_wire(&self, labels: &LabelSelector) -> Option<SchedulingStrategy> {
         let mut wire = self.kind_to_wire();
         wire.labels = labels.to_wire();
@@ -117,6 +145,13 @@ impl Scheduling {
                 ..SchedulingStrategy::default()
             },
         }
+    }
+}
+
+impl TaskOptions {
+    /// Inside a capturing placement group, a task with no placement of its own joins it.
+    pub(crate) fn apply_capture(&mut self) {
+        self.scheduling.captured(&mut self.capture_child_tasks);
     }
 }
 
@@ -562,8 +597,9 @@ impl LeasePool {
 pub fn submit_task<T>(
     function: &'static str,
     args: Vec<Arg>,
-    options: TaskOptions,
+    mut options: TaskOptions,
 ) -> ObjectRef<T> {
+    options.apply_capture();
     let Ok(runtime) = crate::context::current() else {
         // Without a runtime, awaiting the reference reports NotInitialized.
         return ObjectRef::new(crate::ids::new_id("obj"), String::new());
@@ -602,8 +638,9 @@ pub fn submit_task<T>(
 pub fn submit_streaming_task<T>(
     function: &'static str,
     args: Vec<Arg>,
-    options: TaskOptions,
+    mut options: TaskOptions,
 ) -> crate::stream::ObjectRefStream<T> {
+    options.apply_capture();
     let runtime = match crate::context::current() {
         Ok(runtime) => runtime,
         Err(error) => return crate::stream::ObjectRefStream::failed(error, function),
@@ -883,6 +920,10 @@ async fn run_resolved(
             gpu_ids: lease.gpu_ids.clone(),
             owner_address: runtime.address.clone(),
             streaming,
+            capture_placement_group: options
+                .scheduling
+                .capturing_group(options.capture_child_tasks)
+                .unwrap_or_default(),
             ..TaskSpec::default()
         };
         let node_id = lease.node_id.clone();

@@ -26,6 +26,8 @@ mod hosts;
 mod kv;
 #[path = "runtime/labels.rs"]
 mod labels;
+#[path = "runtime/placement.rs"]
+mod placement;
 #[path = "runtime/streams.rs"]
 mod streams;
 use fleet::{Error, ObjectRef, TaskFailure};
@@ -1311,6 +1313,9 @@ fn main() -> std::process::ExitCode {
             }),
             ("label_selectors_choose_nodes_by_their_labels", || {
                 Box::pin(labels::label_selectors_choose_nodes_by_their_labels())
+            }),
+            ("a_capturing_placement_group_takes_in_child_tasks", || {
+                Box::pin(placement::a_capturing_placement_group_takes_in_child_tasks())
             }),
             ("concurrency_groups_bound_each_group_on_its_own", || {
                 Box::pin(groups::concurrency_groups_bound_each_group_on_its_own())

@@ -319,6 +319,8 @@ fn options_struct() -> TokenStream2 {
             pub fn scheduling(mut self, scheduling: ::fleet::Scheduling) -> Self { self.0.scheduling = scheduling; self }
             /// Node labels it requires or prefers (default: any node).
             pub fn label_selector(mut self, selector: ::fleet::LabelSelector) -> Self { self.0.label_selector = selector; self }
+            /// With placement-group scheduling: what it submits without a placement of its own goes into the same group.
+            pub fn capture_child_tasks(mut self, capture: bool) -> Self { self.0.capture_child_tasks = capture; self }
         }
     }
 }
