@@ -29,6 +29,33 @@ fn nap_where(ms: u64) -> String {
     fleet::node_id()
 }
 
+/// Writes its node and pid to `marker`, then awaits for `ms` (cancellable at that await).
+#[fleet::remote]
+async fn nap_marked(marker: String, ms: u64) -> String {
+    let _ = std::fs::write(&marker, format!("{} {}", fleet::node_id(), std::process::id()));
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    fleet::node_id()
+}
+
+/// Blocks its thread for `ms` after writing its node and pid to `marker`.
+#[fleet::remote]
+fn spin_marked(marker: String, ms: u64) -> String {
+    let _ = std::fs::write(&marker, format!("{} {}", fleet::node_id(), std::process::id()));
+    std::thread::sleep(Duration::from_millis(ms));
+    fleet::node_id()
+}
+
+/// Streams `count` items of `len` bytes each (large ones go through its node's store).
+#[fleet::remote]
+async fn stream_blobs(count: u64, len: usize, mut out: fleet::Emitter<(String, Vec<u8>)>) -> Result<(), String> {
+    for i in 0..count {
+        out.emit((fleet::node_id(), vec![i as u8; len]))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// A value big enough for the object store (not inline).
 #[fleet::remote]
 fn make_blob(len: usize, seed: u8) -> Vec<u8> {
@@ -430,6 +457,84 @@ async fn where_is(actor: &PidHandle) -> Result<String> {
         .await?
         .context("the actor is not in the actors table")?;
     Ok(info.node_id)
+}
+
+/// Waits for a marker file ("node pid") a remote task writes.
+async fn marker(path: &std::path::Path) -> Result<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Some((node, pid)) = text.split_once(' ') {
+                return Ok((node.to_string(), pid.to_string()));
+            }
+        }
+        ensure!(Instant::now() < deadline, "{} never appeared", path.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Cancelling tasks on other nodes, and streams whose items cross nodes.
+async fn cancel_and_streams_across_nodes() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("fleet-cluster-cancel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    // A running task on node-3, interrupted at its await: its worker lives on.
+    let path = dir.join("nap");
+    let napping = nap_marked::options()
+        .scheduling(on("node-3"))
+        .remote(path.to_string_lossy().to_string(), 60_000u64);
+    let (node, pid) = marker(&path).await?;
+    ensure!(node == "node-3", "the napping task ran on {node}");
+    let asked = Instant::now();
+    fleet::cancel(&napping).await?;
+    match fleet::get_timeout(&napping, Duration::from_secs(20)).await {
+        Err(fleet::Error::Cancelled { .. }) => {}
+        other => return Err(anyhow!("a cancelled task on node-3 gave {other:?}")),
+    }
+    let interrupted = asked.elapsed();
+    ensure!(
+        std::path::Path::new("/proc").join(&pid).exists(),
+        "a plain cancel killed worker {pid} on node-3"
+    );
+    // A task on node-1 that never awaits: killed by its node's raylet with force.
+    let path = dir.join("spin");
+    let spinning = spin_marked::options()
+        .scheduling(on("node-1"))
+        .remote(path.to_string_lossy().to_string(), 60_000u64);
+    let (node, pid) = marker(&path).await?;
+    ensure!(node == "node-1", "the spinning task ran on {node}");
+    let asked = Instant::now();
+    fleet::cancel_with(&spinning, fleet::CancelOptions::default().force()).await?;
+    match fleet::get_timeout(&spinning, Duration::from_secs(20)).await {
+        Err(fleet::Error::Cancelled { .. }) => {}
+        other => return Err(anyhow!("a force-cancelled task on node-1 gave {other:?}")),
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::path::Path::new("/proc").join(&pid).exists() {
+        ensure!(Instant::now() < deadline, "worker {pid} on node-1 outlived a forced cancel");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed = asked.elapsed();
+    // A stream produced on node-2 and read here: small items inline, large ones through
+    // node-2's object store.
+    for (len, label) in [(64usize, "small"), (1usize << 20, "1 MiB")] {
+        let started = Instant::now();
+        let items = stream_blobs::options()
+            .scheduling(on("node-2"))
+            .remote(20u64, len)
+            .collect_values()
+            .await?;
+        ensure!(items.len() == 20, "{label}: {} items", items.len());
+        for (i, (node, bytes)) in items.iter().enumerate() {
+            ensure!(node == "node-2", "{label} item {i} came from {node}");
+            ensure!(bytes.len() == len && bytes.iter().all(|b| *b == i as u8));
+        }
+        println!("  20 {label} stream items from node-2 read in {:?}", started.elapsed());
+    }
+    println!(
+        "  cancel on node-3 answered in {interrupted:?} (worker kept); forced cancel on node-1 killed the worker in {killed:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 async fn gpu_actors_are_pinned_across_nodes() -> Result<()> {
@@ -1451,6 +1556,10 @@ async fn run() -> Result<()> {
         (
             "label_selectors_across_nodes",
             Box::pin(label_selectors_across_nodes()),
+        ),
+        (
+            "cancel_and_streams_across_nodes",
+            Box::pin(cancel_and_streams_across_nodes()),
         ),
         (
             "fleet_job_submit_list_logs",
