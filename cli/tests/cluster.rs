@@ -32,7 +32,10 @@ fn nap_where(ms: u64) -> String {
 /// Writes its node and pid to `marker`, then awaits for `ms` (cancellable at that await).
 #[fleet::remote]
 async fn nap_marked(marker: String, ms: u64) -> String {
-    let _ = std::fs::write(&marker, format!("{} {}", fleet::node_id(), std::process::id()));
+    let _ = std::fs::write(
+        &marker,
+        format!("{} {}", fleet::node_id(), std::process::id()),
+    );
     tokio::time::sleep(Duration::from_millis(ms)).await;
     fleet::node_id()
 }
@@ -40,14 +43,21 @@ async fn nap_marked(marker: String, ms: u64) -> String {
 /// Blocks its thread for `ms` after writing its node and pid to `marker`.
 #[fleet::remote]
 fn spin_marked(marker: String, ms: u64) -> String {
-    let _ = std::fs::write(&marker, format!("{} {}", fleet::node_id(), std::process::id()));
+    let _ = std::fs::write(
+        &marker,
+        format!("{} {}", fleet::node_id(), std::process::id()),
+    );
     std::thread::sleep(Duration::from_millis(ms));
     fleet::node_id()
 }
 
 /// Streams `count` items of `len` bytes each (large ones go through its node's store).
 #[fleet::remote]
-async fn stream_blobs(count: u64, len: usize, mut out: fleet::Emitter<(String, Vec<u8>)>) -> Result<(), String> {
+async fn stream_blobs(
+    count: u64,
+    len: usize,
+    mut out: fleet::Emitter<(String, Vec<u8>)>,
+) -> Result<(), String> {
     for i in 0..count {
         out.emit((fleet::node_id(), vec![i as u8; len]))
             .await
@@ -468,7 +478,11 @@ async fn marker(path: &std::path::Path) -> Result<(String, String)> {
                 return Ok((node.to_string(), pid.to_string()));
             }
         }
-        ensure!(Instant::now() < deadline, "{} never appeared", path.display());
+        ensure!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -510,7 +524,10 @@ async fn cancel_and_streams_across_nodes() -> Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::path::Path::new("/proc").join(&pid).exists() {
-        ensure!(Instant::now() < deadline, "worker {pid} on node-1 outlived a forced cancel");
+        ensure!(
+            Instant::now() < deadline,
+            "worker {pid} on node-1 outlived a forced cancel"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let killed = asked.elapsed();
@@ -528,7 +545,10 @@ async fn cancel_and_streams_across_nodes() -> Result<()> {
             ensure!(node == "node-2", "{label} item {i} came from {node}");
             ensure!(bytes.len() == len && bytes.iter().all(|b| *b == i as u8));
         }
-        println!("  20 {label} stream items from node-2 read in {:?}", started.elapsed());
+        println!(
+            "  20 {label} stream items from node-2 read in {:?}",
+            started.elapsed()
+        );
     }
     println!(
         "  cancel on node-3 answered in {interrupted:?} (worker kept); forced cancel on node-1 killed the worker in {killed:?}"

@@ -894,12 +894,17 @@ impl RayletService {
         if info.state == PlacementGroupState::PgRemoved as i32 {
             return Err(invalid(format!("placement group {group} was removed")));
         }
-        if info.state == PlacementGroupState::PgRescheduling as i32 {
+        // Being placed (submitted, not yet placed) or placed again (a node died): the
+        // work waits for it, as Ray leaves it pending.
+        if info.state == PlacementGroupState::PgRescheduling as i32
+            || info.state == PlacementGroupState::PgPending as i32
+        {
             return Ok(BundleAt::Moving);
         }
         if info.state != PlacementGroupState::PgCreated as i32 {
             return Err(invalid(format!(
-                "placement group {group} is not created yet (await its create())"
+                "placement group {group} is in an unknown state ({})",
+                info.state
             )));
         }
         let candidates: Vec<(usize, String)> = match index {

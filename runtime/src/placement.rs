@@ -82,6 +82,45 @@ impl PlacementGroup {
         self
     }
 
+    /// Records the group PENDING and returns at once, placing it in the background until
+    /// it fits (Ray's `placement_group()`): wait for it with
+    /// [`PlacementGroupHandle::ready`]. Work scheduled into it waits meanwhile. A group that
+    /// can never fit the cluster fails its `ready` naming the bundles and nodes; malformed
+    /// bundles fail here.
+    pub async fn submit(self) -> Result<PlacementGroupHandle> {
+        let runtime = crate::context::current()?;
+        let id = crate::ids::new_id("pg");
+        let label = if self.name.is_empty() {
+            id.clone()
+        } else {
+            self.name.clone()
+        };
+        validate(&self.bundles).map_err(|reason| Error::PlacementGroup {
+            group: label,
+            reason,
+        })?;
+        record_pending(&runtime, &id, &self).await?;
+        let handle = PlacementGroupHandle {
+            id: id.clone(),
+            name: self.name,
+            strategy: self.strategy,
+            placed: Arc::new(Placed {
+                at: std::sync::Mutex::new(vec![(String::new(), String::new()); self.bundles.len()]),
+                rescheduling: std::sync::atomic::AtomicBool::new(true),
+                failure: std::sync::Mutex::new(None),
+                changed: tokio::sync::Notify::new(),
+            }),
+            bundles: self.bundles,
+        };
+        runtime.placement_groups.insert(id, handle.clone());
+        let rt = runtime.clone();
+        let placing = handle.clone();
+        runtime.tasks.spawn(async move {
+            place_in_background(&rt, placing, PlacementGroupState::PgPending).await
+        });
+        Ok(handle)
+    }
+
     /// Reserves every bundle; resolves once all are reserved. A group that can never fit
     /// the cluster fails at once, one that does not fit what is free after a few tries
     /// fails too; either error names the bundles and the nodes.
@@ -98,24 +137,7 @@ impl PlacementGroup {
             reason,
         };
         validate(&self.bundles).map_err(fail)?;
-        runtime
-            .gcs
-            .create_placement_group(PlacementGroupInfo {
-                placement_group_id: id.clone(),
-                name: self.name.clone(),
-                job_id: runtime.job_id.clone(),
-                strategy: wire_strategy(self.strategy) as i32,
-                state: PlacementGroupState::PgPending as i32,
-                bundles: self
-                    .bundles
-                    .iter()
-                    .map(|b| WireBundle {
-                        resources: b.clone().into_iter().collect(),
-                        node_id: String::new(),
-                    })
-                    .collect(),
-            })
-            .await?;
+        record_pending(&runtime, &id, &self).await?;
         let mut last = String::new();
         let mut placed = None;
         for attempt in 0..ATTEMPTS {
@@ -164,6 +186,7 @@ impl PlacementGroup {
                     .collect(),
             ),
             rescheduling: std::sync::atomic::AtomicBool::new(false),
+            failure: std::sync::Mutex::new(None),
             changed: tokio::sync::Notify::new(),
         });
         let recorded = runtime
@@ -207,7 +230,10 @@ impl PlacementGroup {
 #[derive(Debug)]
 struct Placed {
     at: std::sync::Mutex<Vec<(String, String)>>,
+    /// Not every bundle is reserved on a live node (just submitted, or a node died).
     rescheduling: std::sync::atomic::AtomicBool,
+    /// A submitted group that can never fit: why.
+    failure: std::sync::Mutex<Option<Error>>,
     changed: tokio::sync::Notify,
 }
 
@@ -215,6 +241,29 @@ impl Placed {
     fn snapshot(&self) -> Vec<(String, String)> {
         self.at.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
+
+/// Records a group PENDING in the GCS.
+async fn record_pending(runtime: &Arc<CoreWorker>, id: &str, group: &PlacementGroup) -> Result<()> {
+    runtime
+        .gcs
+        .create_placement_group(PlacementGroupInfo {
+            placement_group_id: id.to_string(),
+            name: group.name.clone(),
+            job_id: runtime.job_id.clone(),
+            strategy: wire_strategy(group.strategy) as i32,
+            state: PlacementGroupState::PgPending as i32,
+            bundles: group
+                .bundles
+                .iter()
+                .map(|b| WireBundle {
+                    resources: b.clone().into_iter().collect(),
+                    node_id: String::new(),
+                })
+                .collect(),
+        })
+        .await?;
+    Ok(())
 }
 
 /// A created placement group.
@@ -268,23 +317,33 @@ impl PlacementGroupHandle {
     }
 
     /// Waits until every bundle is reserved on a live node (Ray's `pg.ready()`): at once
-    /// for a group placed and intact, after its rescheduling for one that lost a node.
-    /// `Error::Timeout` when that takes longer than `within`.
+    /// for a group placed and intact, once placed for one [`submit`](PlacementGroup::submit)
+    /// ted, after its rescheduling for one that lost a node. `Error::Timeout` when that
+    /// takes longer than `within`; the group's error when it can never fit the cluster.
     pub async fn ready(&self, within: Duration) -> Result<()> {
         let wait = async {
             loop {
                 let changed = self.placed.changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
+                if let Some(error) = self
+                    .placed
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                {
+                    return Err(error);
+                }
                 if self.is_ready() {
-                    return;
+                    return Ok(());
                 }
                 changed.await;
             }
         };
         tokio::time::timeout(within, wait)
             .await
-            .map_err(|_| Error::Timeout(within))
+            .map_err(|_| Error::Timeout(within))?
     }
 
     /// Scheduling into bundle `index` (`None`: any bundle that fits).
@@ -547,16 +606,27 @@ pub(crate) fn on_node_dead(runtime: &Arc<CoreWorker>, node_id: &str) {
         handle.placed.changed.notify_waiters();
         tracing::info!(group = %handle.id, node = node_id, "a node holding bundles of a placement group died; rescheduling them");
         let rt = runtime.clone();
-        runtime
-            .tasks
-            .spawn(async move { reschedule(&rt, handle).await });
+        runtime.tasks.spawn(async move {
+            place_in_background(&rt, handle, PlacementGroupState::PgCreated).await
+        });
     }
 }
 
-/// Places the bundles of `handle` that are on dead nodes again; returns when the group is
-/// whole again (CREATED) or was removed.
-async fn reschedule(runtime: &Arc<CoreWorker>, handle: PlacementGroupHandle) {
+/// Places the bundles of `handle` that are on no live node (all of them for a group just
+/// submitted, PENDING; those of dead nodes for a CREATED group, marked RESCHEDULING first);
+/// returns when the group is whole (CREATED), was removed, or (just submitted) can never
+/// fit the cluster.
+async fn place_in_background(
+    runtime: &Arc<CoreWorker>,
+    handle: PlacementGroupHandle,
+    from: PlacementGroupState,
+) {
     let id = handle.id.clone();
+    let placing = if from == PlacementGroupState::PgPending {
+        PlacementGroupState::PgPending
+    } else {
+        PlacementGroupState::PgRescheduling
+    };
     let bundles_wire = |at: &[(String, String)]| -> Vec<WireBundle> {
         handle
             .bundles
@@ -568,19 +638,21 @@ async fn reschedule(runtime: &Arc<CoreWorker>, handle: PlacementGroupHandle) {
             })
             .collect()
     };
-    let marked = runtime
-        .gcs
-        .update_placement_group(UpdatePlacementGroup {
-            placement_group_id: id.clone(),
-            expected_state: PlacementGroupState::PgCreated as i32,
-            new_state: PlacementGroupState::PgRescheduling as i32,
-            bundles: Vec::new(),
-        })
-        .await;
-    if let Err(error) = marked {
-        // Removed meanwhile (or already RESCHEDULING from an earlier round that failed to
-        // record its end): the loop below finds out which.
-        tracing::debug!(group = %id, %error, "marking a placement group RESCHEDULING");
+    if from == PlacementGroupState::PgCreated {
+        let marked = runtime
+            .gcs
+            .update_placement_group(UpdatePlacementGroup {
+                placement_group_id: id.clone(),
+                expected_state: PlacementGroupState::PgCreated as i32,
+                new_state: PlacementGroupState::PgRescheduling as i32,
+                bundles: Vec::new(),
+            })
+            .await;
+        if let Err(error) = marked {
+            // Removed meanwhile (or already RESCHEDULING from an earlier round that failed
+            // to record its end): the loop below finds out which.
+            tracing::debug!(group = %id, %error, "marking a placement group RESCHEDULING");
+        }
     }
     let mut pause = Duration::from_millis(200);
     loop {
@@ -593,7 +665,7 @@ async fn reschedule(runtime: &Arc<CoreWorker>, handle: PlacementGroupHandle) {
                     .gcs
                     .update_placement_group(UpdatePlacementGroup {
                         placement_group_id: id.clone(),
-                        expected_state: PlacementGroupState::PgRescheduling as i32,
+                        expected_state: placing as i32,
                         new_state: PlacementGroupState::PgCreated as i32,
                         bundles: bundles_wire(&at),
                     })
@@ -606,7 +678,7 @@ async fn reschedule(runtime: &Arc<CoreWorker>, handle: PlacementGroupHandle) {
                             .rescheduling
                             .store(false, std::sync::atomic::Ordering::Release);
                         handle.placed.changed.notify_waiters();
-                        tracing::info!(group = %id, "placement group rescheduled");
+                        tracing::info!(group = %id, "placement group placed");
                         // A node that died during this round: place again.
                         let now_dead = dead_nodes_among(runtime, &handle).await;
                         if let Some(node) = now_dead.first() {
@@ -628,8 +700,28 @@ async fn reschedule(runtime: &Arc<CoreWorker>, handle: PlacementGroupHandle) {
                     }
                 }
             }
+            Err(PlacementError::Infeasible(reason)) if from == PlacementGroupState::PgPending => {
+                // Never fits the cluster: the submitter's `ready` says so; nothing is held.
+                runtime.placement_groups.remove(&id);
+                forget(runtime, &id).await;
+                let label = if handle.name.is_empty() {
+                    id.clone()
+                } else {
+                    handle.name.clone()
+                };
+                *handle
+                    .placed
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(Error::PlacementGroup {
+                    group: label,
+                    reason,
+                });
+                handle.placed.changed.notify_waiters();
+                return;
+            }
             Err(reason) => {
-                tracing::debug!(group = %id, %reason, "rescheduling round failed; trying again");
+                tracing::debug!(group = %id, %reason, "placement round failed; trying again");
             }
         }
         tokio::time::sleep(pause).await;
@@ -702,8 +794,10 @@ async fn alive_node_ids(runtime: &Arc<CoreWorker>) -> BTreeSet<String> {
 async fn reschedule_round(
     runtime: &Arc<CoreWorker>,
     handle: &PlacementGroupHandle,
-) -> std::result::Result<Vec<(String, String)>, String> {
-    let nodes = cluster_nodes(runtime).await.map_err(|e| e.to_string())?;
+) -> std::result::Result<Vec<(String, String)>, PlacementError> {
+    let nodes = cluster_nodes(runtime)
+        .await
+        .map_err(|e| PlacementError::Unavailable(e.to_string()))?;
     let mut at = handle.placed.snapshot();
     let lost: Vec<usize> = at
         .iter()
@@ -722,7 +816,7 @@ async fn reschedule_round(
         .collect();
     let lost_bundles: Vec<Bundle> = lost.iter().map(|&i| handle.bundles[i].clone()).collect();
     let (strategy, candidates) = replacement_nodes(handle.strategy, &nodes, &kept_nodes);
-    let chosen = place_bundles(strategy, &lost_bundles, &candidates).map_err(|e| e.to_string())?;
+    let chosen = place_bundles(strategy, &lost_bundles, &candidates)?;
     let placements: Vec<(u32, &Bundle, usize)> = lost
         .iter()
         .zip(&lost_bundles)
@@ -736,7 +830,7 @@ async fn reschedule_round(
             .collect();
         let indexes: Vec<u32> = lost.iter().map(|&i| i as u32).collect();
         cancel_bundles_at(runtime, &handle.id, addresses.iter(), &indexes).await;
-        return Err(reason);
+        return Err(PlacementError::Unavailable(reason));
     }
     for (&index, &node) in lost.iter().zip(&chosen) {
         at[index] = (

@@ -1317,6 +1317,9 @@ fn main() -> std::process::ExitCode {
             ("a_capturing_placement_group_takes_in_child_tasks", || {
                 Box::pin(placement::a_capturing_placement_group_takes_in_child_tasks())
             }),
+            ("a_submitted_placement_group_waits_for_room", || {
+                Box::pin(placement::a_submitted_placement_group_waits_for_room())
+            }),
             ("concurrency_groups_bound_each_group_on_its_own", || {
                 Box::pin(groups::concurrency_groups_bound_each_group_on_its_own())
             }),

@@ -43,3 +43,42 @@ pub async fn a_capturing_placement_group_takes_in_child_tasks() -> Result<()> {
     fleet::remove_placement_group(&group).await?;
     Ok(())
 }
+
+fn cpus(n: f64) -> std::collections::BTreeMap<String, f64> {
+    std::collections::BTreeMap::from([("CPU".to_string(), n)])
+}
+
+pub async fn a_submitted_placement_group_waits_for_room() -> Result<()> {
+    use std::time::Duration;
+    // 3 of the node's 4 CPUs held: a 2-CPU group cannot be placed yet.
+    let holder = fleet::PlacementGroup::new(vec![cpus(3.0)]).create().await?;
+    let waiting = fleet::PlacementGroup::new(vec![cpus(2.0)])
+        .name("waits")
+        .submit()
+        .await?;
+    match waiting.ready(Duration::from_millis(500)).await {
+        Err(Error::Timeout(_)) => {}
+        other => return Err(anyhow!("a group with no room yet: {other:?}")),
+    }
+    ensure!(!waiting.is_ready());
+    // Work for it waits with it, rather than failing.
+    let inside = super::where_am_i::options()
+        .scheduling(waiting.scheduling(Some(0)))
+        .remote();
+    fleet::remove_placement_group(&holder).await?;
+    waiting.ready(Duration::from_secs(30)).await?;
+    ensure!(waiting.bundle_nodes() == vec![fleet::node_id()]);
+    ensure!(inside.await? == fleet::node_id());
+    fleet::remove_placement_group(&waiting).await?;
+    // One that can never fit says so through `ready`, at once.
+    let never = fleet::PlacementGroup::new(vec![cpus(64.0)])
+        .name("never")
+        .submit()
+        .await?;
+    match never.ready(Duration::from_secs(30)).await {
+        Err(Error::PlacementGroup { group, reason })
+            if group == "never" && reason.contains("64") => {}
+        other => return Err(anyhow!("a group that can never fit: {other:?}")),
+    }
+    Ok(())
+}
