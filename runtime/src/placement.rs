@@ -90,13 +90,8 @@ impl PlacementGroup {
     pub async fn submit(self) -> Result<PlacementGroupHandle> {
         let runtime = crate::context::current()?;
         let id = crate::ids::new_id("pg");
-        let label = if self.name.is_empty() {
-            id.clone()
-        } else {
-            self.name.clone()
-        };
         validate(&self.bundles).map_err(|reason| Error::PlacementGroup {
-            group: label,
+            group: label(&self.name, &id),
             reason,
         })?;
         record_pending(&runtime, &id, &self).await?;
@@ -127,11 +122,7 @@ impl PlacementGroup {
     pub async fn create(self) -> Result<PlacementGroupHandle> {
         let runtime = crate::context::current()?;
         let id = crate::ids::new_id("pg");
-        let label = if self.name.is_empty() {
-            id.clone()
-        } else {
-            self.name.clone()
-        };
+        let label = label(&self.name, &id);
         let fail = |reason: String| Error::PlacementGroup {
             group: label.clone(),
             reason,
@@ -241,6 +232,11 @@ impl Placed {
     fn snapshot(&self) -> Vec<(String, String)> {
         self.at.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
+
+/// How a group is named in errors: its name, or its id when it has none.
+fn label(name: &str, id: &str) -> String {
+    if name.is_empty() { id } else { name }.to_string()
 }
 
 /// Records a group PENDING in the GCS.
@@ -704,17 +700,12 @@ async fn place_in_background(
                 // Never fits the cluster: the submitter's `ready` says so; nothing is held.
                 runtime.placement_groups.remove(&id);
                 forget(runtime, &id).await;
-                let label = if handle.name.is_empty() {
-                    id.clone()
-                } else {
-                    handle.name.clone()
-                };
                 *handle
                     .placed
                     .failure
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = Some(Error::PlacementGroup {
-                    group: label,
+                    group: label(&handle.name, &id),
                     reason,
                 });
                 handle.placed.changed.notify_waiters();

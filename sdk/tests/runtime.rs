@@ -1146,11 +1146,17 @@ async fn wait_returns_the_first_ready() -> Result<()> {
     let (ready, _) = fleet::wait(&refs, 4, Some(Duration::from_millis(1))).await?;
     ensure!(ready.len() < 4, "the timeout bounds the wait");
     // Without fetching: the same readiness, for owned and borrowed references alike.
-    let fresh: Vec<_> = [1500u64, 5, 10].into_iter().map(sleep_ms::remote).collect();
+    // (The long one, which blocks its thread, is force-cancelled after: its CPU is needed
+    // by later scenarios.)
+    let fresh: Vec<_> = [30_000u64, 5, 10]
+        .into_iter()
+        .map(sleep_ms::remote)
+        .collect();
     let options = fleet::WaitOptions::new(2)
-        .timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(20))
         .fetch_local(false);
     let (ready, not_ready) = fleet::wait_with(&fresh, options).await?;
+    fleet::cancel_with(&fresh[0], fleet::CancelOptions::default().force()).await?;
     ensure!(
         ready.len() == 2 && not_ready.len() == 1 && not_ready[0].id() == fresh[0].id(),
         "{} ready without fetching",

@@ -212,7 +212,6 @@ fn expand_remote(function: ItemFn, num_returns: usize) -> syn::Result<TokenStrea
         ));
     }
     let name = &sig.ident;
-    let vis = &function.vis;
     let params = params(&sig.inputs)?;
     let args = &params.wire;
     let ret = returns(&sig.output);
@@ -249,20 +248,9 @@ fn expand_remote(function: ItemFn, num_returns: usize) -> syn::Result<TokenStrea
         quote!()
     };
     let finish = finish(ret.fallible, &quote!(NAME));
-    let options = options_struct();
-    Ok(quote! {
-        #function
-
-        #[doc = concat!("Remote calls of [`", stringify!(#name), "`].")]
-        #[allow(non_snake_case, non_camel_case_types, dead_code)]
-        #vis mod #name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            /// The name workers find this function by.
-            pub const NAME: &str = module_path!();
-
-            #options
+    Ok(remote_module(
+        &function,
+        quote! {
 
             impl Options {
                 /// Submits the call.
@@ -289,15 +277,41 @@ fn expand_remote(function: ItemFn, num_returns: usize) -> syn::Result<TokenStrea
                 })
             }
 
+        },
+    ))
+}
+
+/// The function, and next to it the module of its remote calls: its registry name, its call
+/// options (`name::options()`), `items` (its `remote` methods and `__fleet_call`, which
+/// each kind of function writes itself) and its registration.
+fn remote_module(function: &ItemFn, items: TokenStream2) -> TokenStream2 {
+    let name = &function.sig.ident;
+    let vis = &function.vis;
+    let options = options_struct();
+    quote! {
+        #function
+
+        #[doc = concat!("Remote calls of [`", stringify!(#name), "`].")]
+        #[allow(non_snake_case, non_camel_case_types, dead_code)]
+        #vis mod #name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// The name workers find this function by.
+            pub const NAME: &str = module_path!();
+
+            #options
+
+            #items
+
             ::fleet::__private::inventory::submit! {
                 ::fleet::__private::RemoteFunction { name: NAME, call: __fleet_call }
             }
         }
-    })
+    }
 }
 
-/// A remote function's call options (`name::options()`), up to its `remote` method, which
-/// each kind of function writes itself.
+/// A remote function's call options (`name::options()`), up to its `remote` method.
 fn options_struct() -> TokenStream2 {
     quote! {
         /// Call options.
@@ -335,7 +349,6 @@ fn expand_multi_return(
 ) -> syn::Result<TokenStream2> {
     let sig = &function.sig;
     let name = &sig.ident;
-    let vis = &function.vis;
     let span = match &sig.output {
         ReturnType::Type(_, ty) => ty.span(),
         ReturnType::Default => sig.ident.span(),
@@ -360,20 +373,9 @@ fn expand_multi_return(
     } else {
         quote!(__out)
     };
-    let options = options_struct();
-    Ok(quote! {
-        #function
-
-        #[doc = concat!("Remote calls of [`", stringify!(#name), "`].")]
-        #[allow(non_snake_case, non_camel_case_types, dead_code)]
-        #vis mod #name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            /// The name workers find this function by.
-            pub const NAME: &str = module_path!();
-
-            #options
+    Ok(remote_module(
+        function,
+        quote! {
 
             impl Options {
                 /// Submits the call: one reference per return value.
@@ -401,11 +403,8 @@ fn expand_multi_return(
                 })
             }
 
-            ::fleet::__private::inventory::submit! {
-                ::fleet::__private::RemoteFunction { name: NAME, call: __fleet_call }
-            }
-        }
-    })
+        },
+    ))
 }
 
 /// `#[fleet::actor]` on a struct or its `impl` block.
