@@ -553,6 +553,11 @@ pub async fn send_returns(
     Ok(())
 }
 
+/// The next item of a stream a streaming function returned (generated code calls this).
+pub async fn next_item<S: futures::Stream + Unpin>(items: &mut S) -> Option<S::Item> {
+    futures::StreamExt::next(items).await
+}
+
 /// The emitter of the streaming task running now (generated code calls this).
 pub fn emitter<T>(what: &str) -> std::result::Result<Emitter<T>, crate::registry::TaskError> {
     match crate::runtime_context::current_stream() {

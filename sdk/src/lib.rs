@@ -36,7 +36,9 @@ pub mod __private {
         decode_arg, encode_return, ActorFactory, ActorObject, Args, BoxFuture, LocalBoxFuture,
         RemoteFunction, TaskError,
     };
-    pub use fleet_runtime::stream::{emitter, send_returns, submit_with_returns, Returns};
+    pub use fleet_runtime::stream::{
+        emitter, next_item, send_returns, submit_with_returns, Returns,
+    };
     pub use inventory;
     pub use serde;
     pub use tokio;

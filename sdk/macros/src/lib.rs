@@ -98,6 +98,85 @@ fn emitter_item(ty: &Type) -> Option<Type> {
     })
 }
 
+/// The `T` of a returned `impl Stream<Item = T>` (a streaming function written as a
+/// stream rather than with an emitter).
+fn returned_stream_item(output: &ReturnType) -> Option<Type> {
+    let ReturnType::Type(_, ty) = output else {
+        return None;
+    };
+    let Type::ImplTrait(implemented) = ty.as_ref() else {
+        return None;
+    };
+    implemented.bounds.iter().find_map(|bound| {
+        let syn::TypeParamBound::Trait(bound) = bound else {
+            return None;
+        };
+        let last = bound.path.segments.last()?;
+        if last.ident != "Stream" {
+            return None;
+        }
+        let PathArguments::AngleBracketed(args) = &last.arguments else {
+            return None;
+        };
+        args.args.iter().find_map(|a| match a {
+            GenericArgument::AssocType(assoc) if assoc.ident == "Item" => Some(assoc.ty.clone()),
+            _ => None,
+        })
+    })
+}
+
+/// How a streaming function's items leave it: through the emitter it takes, or (it returns
+/// a stream) pumped from the returned stream into an emitter made for it.
+enum Streaming {
+    No,
+    Emitter(syn::Ident, Type),
+    Returned(Type),
+}
+
+impl Streaming {
+    fn of(sig: &syn::Signature, params: &Params) -> syn::Result<Self> {
+        match (&params.emitter, returned_stream_item(&sig.output)) {
+            (Some((emitter, _)), Some(_)) => Err(syn::Error::new(
+                emitter.span(),
+                "fleet: a streaming function either takes a fleet::Emitter or returns an impl Stream, not both",
+            )),
+            (Some((emitter, item)), None) => Ok(Streaming::Emitter(emitter.clone(), item.clone())),
+            (None, Some(item)) => Ok(Streaming::Returned(item)),
+            (None, None) => Ok(Streaming::No),
+        }
+    }
+
+    /// The item type, when it streams.
+    fn item(&self) -> Option<&Type> {
+        match self {
+            Streaming::No => None,
+            Streaming::Emitter(_, item) | Streaming::Returned(item) => Some(item),
+        }
+    }
+
+    /// Code before the call (the emitter), and code after it in place of `finish` (the
+    /// pump), for `what` (the function's name expression).
+    fn wrap(&self, what: &TokenStream2, finish: TokenStream2) -> (TokenStream2, TokenStream2) {
+        match self {
+            Streaming::No => (quote!(), finish),
+            Streaming::Emitter(emitter, item) => (
+                quote!(let #emitter: ::fleet::Emitter<#item> = ::fleet::__private::emitter(#what)?;),
+                finish,
+            ),
+            Streaming::Returned(item) => (
+                quote!(let mut __emitter: ::fleet::Emitter<#item> = ::fleet::__private::emitter(#what)?;),
+                quote! {
+                    let mut __items = ::std::pin::pin!(__out);
+                    while let ::core::option::Option::Some(__item) = ::fleet::__private::next_item(&mut __items).await {
+                        __emitter.emit(__item).await.map_err(::fleet::__private::TaskError::system)?;
+                    }
+                    ::fleet::__private::encode_return(&(), #what)
+                },
+            ),
+        }
+    }
+}
+
 /// A signature's parameters: those that travel (in order), and the `fleet::Emitter<T>` a
 /// streaming function or method takes (its name and `T`), which the runtime supplies.
 struct Params {
@@ -220,26 +299,25 @@ fn expand_remote(function: ItemFn, num_returns: usize) -> syn::Result<TokenStrea
     let arg_types: Vec<_> = args.iter().map(|(_, t)| t).collect();
     let indices: Vec<usize> = (0..args.len()).collect();
     let call_names = &params.all;
+    let streaming = Streaming::of(sig, &params)?;
     if num_returns > 1 {
-        if let Some((emitter, _)) = &params.emitter {
+        if streaming.item().is_some() {
             return Err(syn::Error::new(
-                emitter.span(),
-                "fleet::remote: a function streams (fleet::Emitter) or has num_returns, not both",
+                sig.ident.span(),
+                "fleet::remote: a function streams or has num_returns, not both",
             ));
         }
         return expand_multi_return(&function, &params, &ret, num_returns);
     }
     // A streaming function: the caller gets its items; the runtime supplies the emitter.
-    let (returned, submit, make_emitter) = match &params.emitter {
-        Some((emitter, item)) => (
+    let (returned, submit) = match streaming.item() {
+        Some(item) => (
             quote!(::fleet::ObjectRefStream<#item>),
             quote!(::fleet::submit_streaming_task),
-            quote!(let #emitter: ::fleet::Emitter<#item> = ::fleet::__private::emitter(NAME)?;),
         ),
         None => (
             quote!(::fleet::ObjectRef<#value>),
             quote!(::fleet::submit_task),
-            quote!(),
         ),
     };
     let awaited = if sig.asyncness.is_some() {
@@ -247,7 +325,7 @@ fn expand_remote(function: ItemFn, num_returns: usize) -> syn::Result<TokenStrea
     } else {
         quote!()
     };
-    let finish = finish(ret.fallible, &quote!(NAME));
+    let (make_emitter, finish) = streaming.wrap(&quote!(NAME), finish(ret.fallible, &quote!(NAME)));
     Ok(remote_module(
         &function,
         quote! {
@@ -713,14 +791,14 @@ fn expand_actor_impl(mut item: ItemImpl, groups: Vec<Group>) -> syn::Result<Toke
         let ret = returns(&sig.output);
         let value = &ret.value;
         let full = quote!(concat!(stringify!(#name), "::", #method_str));
-        let finish = finish(ret.fallible, &full);
-        let (returned, call, make_emitter) = match &params.emitter {
-            Some((emitter, item)) => (
+        let streaming = Streaming::of(sig, &params)?;
+        let (make_emitter, finish) = streaming.wrap(&full, finish(ret.fallible, &full));
+        let (returned, call) = match streaming.item() {
+            Some(item) => (
                 quote!(::fleet::ObjectRefStream<#item>),
                 quote!(call_streaming),
-                quote!(let #emitter: ::fleet::Emitter<#item> = ::fleet::__private::emitter(#full)?;),
             ),
-            None => (quote!(::fleet::ObjectRef<#value>), quote!(call), quote!()),
+            None => (quote!(::fleet::ObjectRef<#value>), quote!(call)),
         };
         handle_methods.push(quote! {
             /// Calls the method on the actor; the reference (or, streaming, the stream of

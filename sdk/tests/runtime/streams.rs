@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use fleet::{Emitter, Error};
+use futures::StreamExt;
 
 /// Emits `0..count`, each `pause_ms` apart, and records how far it got in `progress`.
 #[fleet::remote]
@@ -76,6 +77,12 @@ async fn until_nobody_reads(stopped: String, mut out: Emitter<u64>) -> u64 {
     }
 }
 
+/// A streaming function written as a stream: the squares of 0..n.
+#[fleet::remote]
+fn squares(n: u64) -> impl futures::Stream<Item = u64> {
+    futures::stream::iter((0..n).map(|i| i * i))
+}
+
 #[fleet::actor]
 pub struct Tokenizer {
     prefix: String,
@@ -85,6 +92,12 @@ pub struct Tokenizer {
 impl Tokenizer {
     pub fn new(prefix: String) -> Self {
         Tokenizer { prefix }
+    }
+
+    /// Streams the letters of `word`, each with the actor's prefix (as a returned stream).
+    pub fn letters(&self, word: String) -> impl futures::Stream<Item = String> + '_ {
+        let letters: Vec<char> = word.chars().collect();
+        futures::stream::iter(letters).map(move |c| format!("{}{c}", self.prefix))
     }
 
     /// Streams the words of `text`, each with the actor's prefix.
@@ -205,6 +218,14 @@ pub async fn an_actor_method_streams_and_a_consumer_may_leave() -> Result<()> {
         words == vec!["#the", "#quick", "#brown", "#fox"],
         "{words:?}"
     );
+    // Written as returned streams, a function's and a method's items arrive the same way.
+    let letters = tokenizer
+        .letters("abc".to_string())
+        .collect_values()
+        .await?;
+    ensure!(letters == vec!["#a", "#b", "#c"], "{letters:?}");
+    let squares = squares::remote(6u64).collect_values().await?;
+    ensure!(squares == vec![0, 1, 4, 9, 16, 25], "{squares:?}");
     // A consumer that drops its stream stops the producer (its next emit fails).
     let dir = fresh_dir("stream-leave")?;
     let stopped = dir.join("stopped");
