@@ -292,12 +292,7 @@ pub fn hostname() -> String {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use fleet_gcs::clock::now_ms;
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@
 //!   peer messages into `Ready`s, persisting, sending and applying them.
 //! - [`transport`]: how replicas reach each other and clients reach replicas (real TCP or an
 //!   injected connector, for simulation).
+//! - [`clock`]: wall-clock milliseconds for records, for every crate.
 //! - [`auth`]: the cluster token: every request carries it, every server checks it.
 //! - [`service`]: the gRPC services (`Gcs` for clients, `RaftTransport` for peers).
 //! - [`health`]: the leader's health checks of raylets (declares silent nodes dead).
@@ -26,6 +27,7 @@
 pub mod auth;
 pub mod bench;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod health;

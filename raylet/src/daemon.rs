@@ -6,6 +6,7 @@
 //! too: its actors may already be running elsewhere, and a node that came back on its own
 //! would split them. Restart it to rejoin as a new incarnation.
 
+use fleet_gcs::clock::now_ms;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -18,13 +19,6 @@ use crate::error::{Error, Result};
 
 /// How often a running node checks that the GCS still counts it alive.
 pub const SELF_CHECK_PERIOD: Duration = Duration::from_secs(1);
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// How a node's run ended.
 #[derive(Debug)]

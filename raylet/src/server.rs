@@ -7,6 +7,7 @@
 //! (actors) always gets a new process, started with `CUDA_VISIBLE_DEVICES` set to its GPU
 //! ids, which is never shared and exits when the lease ends.
 
+use fleet_gcs::clock::now_ms;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -1795,13 +1796,6 @@ impl Raylet for RayletService {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// `CUDA_VISIBLE_DEVICES` for a worker holding the node's GPUs `gpu_ids`. The node's GPU ids

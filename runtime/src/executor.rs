@@ -1042,10 +1042,7 @@ async fn checkpoint(
         sequence,
         url: format!("file://{}", path.display()),
         size,
-        committed_at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
+        committed_at_ms: fleet_gcs::clock::now_ms(),
     };
     if let Err(error) = runtime.gcs.commit_checkpoint(info).await {
         // Not committed: nobody will read it.

@@ -7,6 +7,7 @@
 //! - Embedded mode (no address): start a one-replica GCS and a raylet inside this process,
 //!   as real gRPC servers, with this program's own binary as the worker executable.
 
+use fleet_gcs::clock::now_ms;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::{Arc, OnceLock};
@@ -386,13 +387,6 @@ async fn attach_driver(
         while let Ok(Some(_)) = stream.message().await {}
     }));
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 async fn start_embedded(

@@ -950,10 +950,7 @@ async fn run_resolved(
             }
             .into(),
             node_id,
-            time_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            time_ms: fleet_gcs::clock::now_ms(),
             error: failure.unwrap_or_default(),
         });
         match outcome {
