@@ -440,6 +440,10 @@ async fn start_embedded(
     config.object_store_dir = shm_root.join(format!("fleet-{node_id}"));
     let shm_dir = config.object_store_dir.clone();
     config.spill_dir = dir.path().join("spill");
+    // Job binaries and the like go with the cluster's directory (removed with it, or swept
+    // when its process died), not into a temp directory of their own that nothing removes
+    // (each kept a copy of the program: tens of MiB per run).
+    config.node_dir = dir.path().join("node");
     if std::fs::create_dir_all(&config.object_store_dir).is_ok() {
         mark_owner(&config.object_store_dir);
     }
