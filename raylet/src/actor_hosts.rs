@@ -48,6 +48,26 @@ pub struct ActorHost {
     pub start: watch::Receiver<HostStart>,
     /// Actors placed in it (leases granted or being granted).
     pub actors: u32,
+    /// Since when it has had no actor (a host left empty exits after `host_idle_grace`).
+    pub empty_since: Option<std::time::Instant>,
+}
+
+/// The hosts that have been empty for at least `grace` at `now`: they exit (a job that
+/// creates actors again soon reuses a host within the grace instead of starting one).
+pub fn idle_hosts<'a>(
+    hosts: impl Iterator<Item = (&'a u64, &'a ActorHost)>,
+    now: std::time::Instant,
+    grace: std::time::Duration,
+) -> Vec<u64> {
+    hosts
+        .filter(|(_, host)| {
+            host.actors == 0
+                && host
+                    .empty_since
+                    .is_some_and(|since| now.saturating_duration_since(since) >= grace)
+        })
+        .map(|(&id, _)| id)
+        .collect()
 }
 
 /// A host's load, as [`choose_host`] sees it.
@@ -86,6 +106,38 @@ pub fn choose_host(hosts: &[HostLoad], limit: usize) -> HostChoice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_empty_for_the_grace_are_idle_and_no_others() {
+        use std::time::{Duration, Instant};
+        let now = Instant::now();
+        let (_tx, start) = watch::channel(HostStart::Starting);
+        let host = |actors: u32, empty_for: Option<u64>| ActorHost {
+            key: HostKey {
+                pool_key: "p".into(),
+                job_id: "j".into(),
+                detached: false,
+            },
+            worker_id: Some("w".into()),
+            start: start.clone(),
+            actors,
+            empty_since: empty_for.map(|s| now - Duration::from_secs(s)),
+        };
+        let hosts: std::collections::BTreeMap<u64, ActorHost> = [
+            (1, host(0, Some(5))),
+            (2, host(0, Some(1))),
+            (3, host(2, None)),
+            // Emptied once, then given an actor again (its `empty_since` not yet cleared
+            // by a sweep): an actor in it keeps it.
+            (4, host(1, Some(9))),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            idle_hosts(hosts.iter(), now, Duration::from_secs(3)),
+            vec![1]
+        );
+    }
 
     fn loads(actors: &[u32]) -> Vec<HostLoad> {
         actors

@@ -26,6 +26,9 @@ pub struct RayletConfig {
     /// Shared actor-host processes per job on this node (actors that need no process of
     /// their own are spread over these; see `actor_hosts`).
     pub actor_hosts_per_job: usize,
+    /// How long a shared actor host may stay without actors before it exits (an idle host
+    /// holds a process and its memory; a job that makes actors again soon reuses it).
+    pub host_idle_grace: Duration,
     /// How long a new worker has to register before its start counts as failed.
     pub worker_start_timeout: Duration,
     /// The GCS (comma-separated replicas).
@@ -121,6 +124,7 @@ impl RayletConfig {
             prestart_workers: cpus.ceil() as usize,
             max_idle_workers: (cpus.ceil() as usize).max(2) * 2,
             actor_hosts_per_job: (cpus.ceil() as usize).max(1),
+            host_idle_grace: Duration::from_secs(3),
             worker_start_timeout: Duration::from_secs(30),
             gcs_address: gcs_address.into(),
             object_store_dir: shm.join(format!("fleet-{node_id}")),

@@ -181,6 +181,9 @@ impl State {
             retire = entry.actors == 0 && entry.key.detached;
             if retire {
                 self.hosts.remove(&host);
+            } else if entry.actors == 0 {
+                // Exits after the grace unless an actor comes first (`retire_idle_hosts`).
+                entry.empty_since = Some(std::time::Instant::now());
             }
         }
         let worker = self.workers.get_mut(worker_id)?;
@@ -1126,6 +1129,7 @@ impl RayletService {
             match chosen.and_then(|id| state.hosts.get_mut(&id).map(|host| (id, host))) {
                 Some((host_id, host)) => {
                     host.actors += 1;
+                    host.empty_since = None;
                     (host_id, host.start.clone(), None)
                 }
                 None => {
@@ -1139,6 +1143,7 @@ impl RayletService {
                             worker_id: None,
                             start: rx.clone(),
                             actors: 1,
+                            empty_since: None,
                         },
                     );
                     (host_id, rx, Some(tx))
@@ -1374,7 +1379,8 @@ impl RayletService {
         released.len()
     }
 
-    /// Releases prepared bundles whose commit never came, every second until `stop`.
+    /// Every second until `stop`: releases prepared bundles whose commit never came, and
+    /// retires shared actor hosts left empty for `host_idle_grace`.
     async fn expire_bundles(self, stop: CancellationToken) {
         loop {
             tokio::select! {
@@ -1382,6 +1388,27 @@ impl RayletService {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             self.release_bundles(None);
+            self.retire_idle_hosts();
+        }
+    }
+
+    /// Retires the shared actor hosts that have had no actor for `host_idle_grace`.
+    fn retire_idle_hosts(&self) {
+        let mut state = self.lock();
+        let idle = crate::actor_hosts::idle_hosts(
+            state.hosts.iter(),
+            std::time::Instant::now(),
+            self.inner.config.host_idle_grace,
+        );
+        for host_id in idle {
+            let Some(host) = state.hosts.remove(&host_id) else {
+                continue;
+            };
+            let Some(worker) = host.worker_id.and_then(|id| state.workers.get_mut(&id)) else {
+                continue;
+            };
+            tracing::debug!(host = host_id, "an actor host left empty exits");
+            worker.process.retire(false);
         }
     }
 

@@ -935,6 +935,25 @@ async fn second_driver() -> Result<()> {
         double::remote(21).await? == 42,
         "tasks run on the cluster's workers"
     );
+    // This job's shared actor hosts exit once their actors are gone (after the node's
+    // `host_idle_grace`), instead of staying until the job ends.
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let actor = hosts::Resident::remote(0u32).spawn().await?;
+        let (_, _, pid, _) = actor.report().await?;
+        pids.push(pid);
+        actor.raw().kill().await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for pid in &pids {
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            ensure!(
+                Instant::now() < deadline,
+                "the empty actor host {pid} did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     Ok(())
 }
 
