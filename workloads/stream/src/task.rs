@@ -1,0 +1,564 @@
+//! One operator instance at run time: the [`StreamTask`] actor and its loop.
+//!
+//! A source instance polls its reader, runs the stage and sends frames; on a trigger from
+//! the coordinator it snapshots its state (the reader's offset among it), sends a barrier
+//! on every output and acknowledges. An inner instance reads its inputs; on a barrier from
+//! one input it stops reading that input until every other input brought the same barrier
+//! (alignment), then snapshots, forwards the barrier and acknowledges. Snapshots go to the
+//! GCS (`fleet::kv`) from a background task while records flow on.
+//!
+//! Inputs are read by one task per channel into small bounded queues (`fleet::channel`'s
+//! `recv` is not cancel-safe; these queues are), so a blocked input exerts backpressure on
+//! its sender while the others are read.
+
+use std::future::poll_fn;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::graph::InstanceContext;
+use crate::pipe::OperatorState;
+use crate::sink::SinkReport;
+use crate::source::SourceStatus;
+use crate::stage::{Frame, StageBody};
+
+/// Records a source instance reads per poll.
+const POLL_RECORDS: usize = 1024;
+/// How often a stage sends its watermark on (as Flink's auto-watermark interval): more
+/// often costs small frames, less often costs latency of windowed results.
+const WATERMARK_INTERVAL: Duration = Duration::from_millis(50);
+/// The KV namespace of checkpoint state.
+pub(crate) const KV_NAMESPACE: &str = "fleet-stream";
+/// Checkpoint state is stored in pieces of this size (a KV value holds at most 1 MiB).
+const STATE_CHUNK_BYTES: usize = 768 << 10;
+
+/// What the coordinator tells an instance.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub enum Control {
+    /// (Sources) take checkpoint `id` now.
+    Trigger(u64),
+    /// (Sources) take the final checkpoint `id`, then end the stream.
+    TriggerFinal(u64),
+    /// Checkpoint `id` is complete: commit what it covers.
+    Complete(u64),
+}
+
+/// What an instance tells the coordinator.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum TaskEvent {
+    /// Running (with the pid of its process and its node).
+    Started { pid: u32, node: String },
+    /// Its state for checkpoint `checkpoint` is stored (in `chunks` KV values).
+    Acked {
+        checkpoint: u64,
+        chunks: u32,
+        bytes: u64,
+    },
+    /// (Sources) the split is read to its end.
+    Exhausted,
+}
+
+/// Where an instance restores from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RestorePoint {
+    pub checkpoint: u64,
+    pub chunks: u32,
+}
+
+/// Everything an instance needs (the argument of [`StreamTask::run`]).
+#[derive(Serialize, Deserialize)]
+pub struct TaskCall {
+    pub job_type: String,
+    pub job: Vec<u8>,
+    pub job_name: String,
+    pub parallelism: usize,
+    pub stage: usize,
+    pub instance: usize,
+    /// Input channels and the port each feeds.
+    pub inputs: Vec<(usize, fleet::Receiver<Vec<u8>>)>,
+    /// One channel per instance of the downstream stage.
+    pub outputs: Vec<fleet::Sender<Vec<u8>>>,
+    pub control: fleet::Receiver<Control>,
+    pub events: fleet::Sender<TaskEvent>,
+    pub restore: Option<RestorePoint>,
+}
+
+/// What an instance reports when the job ends.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub stage: usize,
+    pub instance: usize,
+    pub late_records: u64,
+    pub sink: Option<SinkReport>,
+}
+
+/// The actor one operator instance runs in.
+#[fleet::actor]
+pub struct StreamTask {
+    label: String,
+}
+
+#[fleet::actor]
+impl StreamTask {
+    pub fn new(label: String) -> Self {
+        StreamTask { label }
+    }
+
+    /// Runs the instance until the job ends (or fails).
+    pub async fn run(&mut self, call: TaskCall) -> Result<TaskReport, String> {
+        let label = self.label.clone();
+        run_task(call).await.map_err(|e| format!("{label}: {e}"))
+    }
+}
+
+pub(crate) fn state_key(
+    job: &str,
+    checkpoint: u64,
+    stage: usize,
+    instance: usize,
+    chunk: u32,
+) -> String {
+    format!("{job}/cp/{checkpoint:016}/{stage}/{instance}/{chunk}")
+}
+
+async fn write_state(
+    job: &str,
+    checkpoint: u64,
+    stage: usize,
+    instance: usize,
+    bytes: &[u8],
+) -> Result<u32, String> {
+    let mut chunks = 0u32;
+    for piece in bytes.chunks(STATE_CHUNK_BYTES) {
+        fleet::kv::put(
+            KV_NAMESPACE,
+            &state_key(job, checkpoint, stage, instance, chunks),
+            piece,
+        )
+        .await
+        .map_err(|e| format!("storing checkpoint {checkpoint}'s state: {e}"))?;
+        chunks += 1;
+    }
+    Ok(chunks)
+}
+
+async fn read_state(
+    job: &str,
+    point: &RestorePoint,
+    stage: usize,
+    instance: usize,
+) -> Result<Vec<OperatorState>, String> {
+    let mut bytes = Vec::new();
+    for chunk in 0..point.chunks {
+        let key = state_key(job, point.checkpoint, stage, instance, chunk);
+        let entry = fleet::kv::get(KV_NAMESPACE, &key)
+            .await
+            .map_err(|e| format!("reading checkpoint {}'s state: {e}", point.checkpoint))?
+            .ok_or_else(|| format!("checkpoint {} lacks its piece {key}", point.checkpoint))?;
+        bytes.extend_from_slice(&entry.value);
+    }
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    bincode::deserialize(&bytes).map_err(|e| {
+        format!(
+            "checkpoint {}'s state of stage {stage} instance {instance} does not decode ({e})",
+            point.checkpoint
+        )
+    })
+}
+
+/// An instance's outputs and its event queue to the coordinator.
+struct Outputs {
+    channels: Vec<fleet::Sender<Vec<u8>>>,
+    frames: Vec<(usize, Vec<u8>)>,
+    watermark: i64,
+    watermark_sent_at: Instant,
+    events: mpsc::UnboundedSender<TaskEvent>,
+    job: String,
+    stage: usize,
+    instance: usize,
+}
+
+impl Outputs {
+    /// Sends the data frames the body has ready (`all`: partial ones too).
+    async fn send_data(&mut self, body: &mut dyn StageBody, all: bool) -> Result<(), String> {
+        body.drain_frames(all, &mut self.frames);
+        for (target, payload) in self.frames.drain(..) {
+            let channel = self
+                .channels
+                .get_mut(target)
+                .ok_or_else(|| format!("no output channel {target}"))?;
+            channel
+                .send(Frame::Data(payload).encode())
+                .await
+                .map_err(|e| format!("sending to instance {target} of the next stage: {e}"))?;
+        }
+        Ok(())
+    }
+
+    async fn broadcast(&mut self, frame: Frame) -> Result<(), String> {
+        let bytes = frame.encode();
+        for (target, channel) in self.channels.iter_mut().enumerate() {
+            channel
+                .send_ref(&bytes)
+                .await
+                .map_err(|e| format!("sending to instance {target} of the next stage: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Sends the watermark on when it advanced (and, unless `now`, the interval passed);
+    /// the records it covers go first.
+    async fn watermark(
+        &mut self,
+        body: &mut dyn StageBody,
+        watermark: i64,
+        now: bool,
+    ) -> Result<(), String> {
+        if watermark <= self.watermark
+            || (!now && self.watermark_sent_at.elapsed() < WATERMARK_INTERVAL)
+        {
+            return Ok(());
+        }
+        self.send_data(body, true).await?;
+        self.watermark = watermark;
+        self.watermark_sent_at = Instant::now();
+        self.broadcast(Frame::Watermark(watermark)).await
+    }
+
+    /// Takes checkpoint `checkpoint`: everything before the barrier goes out, the state is
+    /// snapshotted, the barrier follows, and the state is stored in the background.
+    async fn checkpoint(
+        &mut self,
+        body: &mut dyn StageBody,
+        checkpoint: u64,
+    ) -> Result<(), String> {
+        self.send_data(body, true).await?;
+        let states = body.snapshot(checkpoint)?;
+        self.broadcast(Frame::Barrier(checkpoint)).await?;
+        let bytes = bincode::serialize(&states)
+            .map_err(|e| format!("checkpoint {checkpoint}'s state does not encode: {e}"))?;
+        let (job, stage, instance) = (self.job.clone(), self.stage, self.instance);
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            match write_state(&job, checkpoint, stage, instance, &bytes).await {
+                Ok(chunks) => {
+                    let _ = events.send(TaskEvent::Acked {
+                        checkpoint,
+                        chunks,
+                        bytes: bytes.len() as u64,
+                    });
+                }
+                // Not acknowledged: the checkpoint does not complete; the next one retries.
+                Err(error) => tracing::warn!(checkpoint, %error, "checkpoint state not stored"),
+            }
+        });
+        Ok(())
+    }
+
+    async fn end(&mut self) -> Result<(), String> {
+        self.broadcast(Frame::End).await?;
+        // The end frame is the stream's logical end; a receiver may drop its end as soon
+        // as it has read it, so a close that finds the peer gone is not a failure.
+        for channel in self.channels.drain(..) {
+            let _ = channel.close().await;
+        }
+        Ok(())
+    }
+}
+
+async fn run_task(call: TaskCall) -> Result<TaskReport, String> {
+    let plan = (crate::job::find(&call.job_type)?)(&call.job, call.parallelism)?;
+    let spec = plan
+        .stages
+        .get(call.stage)
+        .ok_or_else(|| format!("the job has no stage {}", call.stage))?;
+    let factory = spec
+        .body
+        .clone()
+        .ok_or_else(|| format!("stage {} has no body", call.stage))?;
+    let context = InstanceContext {
+        job: call.job_name.clone(),
+        stage: call.stage,
+        instance: call.instance,
+        parallelism: call.parallelism,
+    };
+    let mut body = factory(&context)?;
+    let restored = match &call.restore {
+        Some(point) => Some((
+            point.checkpoint,
+            read_state(&call.job_name, point, call.stage, call.instance).await?,
+        )),
+        None => None,
+    };
+    body.restore(restored)?;
+
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<TaskEvent>();
+    let mut events = call.events;
+    let event_writer = tokio::spawn(async move {
+        while let Some(event) = events_rx.recv().await {
+            events.send(event).await.map_err(|e| e.to_string())?;
+        }
+        events.close().await.map_err(|e| e.to_string())
+    });
+    let node = fleet::context().map(|c| c.node_id).unwrap_or_default();
+    let _ = events_tx.send(TaskEvent::Started {
+        pid: std::process::id(),
+        node,
+    });
+
+    let (control_tx, mut control) = mpsc::channel::<Result<Control, String>>(16);
+    let mut control_rx = call.control;
+    let control_reader = tokio::spawn(async move {
+        loop {
+            let message = match control_rx.recv().await {
+                Ok(Some(message)) => Ok(message),
+                Ok(None) => Err("the coordinator closed its control channel".to_string()),
+                Err(e) => Err(format!("the coordinator is gone ({e})")),
+            };
+            let stop = message.is_err();
+            if control_tx.send(message).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+
+    let mut outputs = Outputs {
+        channels: call.outputs,
+        frames: Vec::new(),
+        watermark: i64::MIN,
+        watermark_sent_at: Instant::now(),
+        events: events_tx,
+        job: call.job_name,
+        stage: call.stage,
+        instance: call.instance,
+    };
+    let result = if spec.is_source {
+        source_loop(body.as_mut(), &mut outputs, &mut control).await
+    } else {
+        inner_loop(body.as_mut(), &mut outputs, &mut control, call.inputs).await
+    };
+    control_reader.abort();
+    let report = TaskReport {
+        stage: call.stage,
+        instance: call.instance,
+        late_records: body.late_records(),
+        sink: body.sink_report(),
+    };
+    drop(outputs);
+    result?;
+    match tokio::time::timeout(Duration::from_secs(10), event_writer).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(format!("reporting to the coordinator: {e}")),
+        _ => return Err("reporting to the coordinator did not finish".into()),
+    }
+    Ok(report)
+}
+
+async fn source_loop(
+    body: &mut dyn StageBody,
+    outputs: &mut Outputs,
+    control: &mut mpsc::Receiver<Result<Control, String>>,
+) -> Result<(), String> {
+    let mut exhausted = false;
+    let mut final_checkpoint: Option<u64> = None;
+    loop {
+        let message = if exhausted {
+            control.recv().await
+        } else {
+            control.try_recv().ok()
+        };
+        if let Some(message) = message {
+            match message? {
+                Control::Trigger(checkpoint) => outputs.checkpoint(body, checkpoint).await?,
+                Control::TriggerFinal(checkpoint) => {
+                    outputs.checkpoint(body, checkpoint).await?;
+                    outputs.end().await?;
+                    final_checkpoint = Some(checkpoint);
+                }
+                Control::Complete(checkpoint) => {
+                    body.checkpoint_complete(checkpoint)?;
+                    if final_checkpoint.is_some_and(|last| checkpoint >= last) {
+                        return Ok(());
+                    }
+                }
+            }
+            continue;
+        }
+        let status = body.poll(POLL_RECORDS)?;
+        let mut watermark = body.generated_watermark()?;
+        if status == SourceStatus::Exhausted {
+            watermark = Some(body.on_watermark(i64::MAX)?);
+        }
+        outputs
+            .send_data(body, status != SourceStatus::More)
+            .await?;
+        if let Some(watermark) = watermark {
+            outputs
+                .watermark(body, watermark, status == SourceStatus::Exhausted)
+                .await?;
+        }
+        match status {
+            SourceStatus::More => tokio::task::yield_now().await,
+            SourceStatus::Idle => tokio::time::sleep(Duration::from_millis(1)).await,
+            SourceStatus::Exhausted => {
+                exhausted = true;
+                let _ = outputs.events.send(TaskEvent::Exhausted);
+            }
+        }
+    }
+}
+
+enum Next {
+    Control(Result<Control, String>),
+    Input(usize, Result<Frame, String>),
+}
+
+async fn inner_loop(
+    body: &mut dyn StageBody,
+    outputs: &mut Outputs,
+    control: &mut mpsc::Receiver<Result<Control, String>>,
+    inputs: Vec<(usize, fleet::Receiver<Vec<u8>>)>,
+) -> Result<(), String> {
+    let count = inputs.len();
+    let mut ports = Vec::with_capacity(count);
+    let mut queues = Vec::with_capacity(count);
+    let mut readers = Vec::with_capacity(count);
+    for (index, (port, mut receiver)) in inputs.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel::<Result<Frame, String>>(4);
+        ports.push(port);
+        queues.push(rx);
+        readers.push(tokio::spawn(async move {
+            loop {
+                let frame = match receiver.recv().await {
+                    Ok(Some(bytes)) => Frame::decode(bytes),
+                    Ok(None) => Err(format!("input {index} closed before its end frame")),
+                    Err(e) => Err(format!("input {index}: {e}")),
+                };
+                let stop = !matches!(
+                    frame,
+                    Ok(Frame::Data(_) | Frame::Watermark(_) | Frame::Barrier(_))
+                );
+                if tx.send(frame).await.is_err() || stop {
+                    break;
+                }
+            }
+        }));
+    }
+    let result = align_and_run(body, outputs, control, &ports, &mut queues).await;
+    for reader in readers {
+        reader.abort();
+    }
+    result
+}
+
+async fn align_and_run(
+    body: &mut dyn StageBody,
+    outputs: &mut Outputs,
+    control: &mut mpsc::Receiver<Result<Control, String>>,
+    ports: &[usize],
+    queues: &mut [mpsc::Receiver<Result<Frame, String>>],
+) -> Result<(), String> {
+    let count = queues.len();
+    let mut blocked = vec![false; count];
+    let mut ended = vec![false; count];
+    let mut watermarks = vec![i64::MIN; count];
+    let mut current = i64::MIN;
+    let mut aligning: Option<u64> = None;
+    let mut last_barrier: Option<u64> = None;
+    let mut finished = false;
+    let mut turn = 0usize;
+    loop {
+        let next = poll_fn(|cx| {
+            if let Poll::Ready(message) = control.poll_recv(cx) {
+                return Poll::Ready(Next::Control(
+                    message.unwrap_or_else(|| Err("the control reader stopped".into())),
+                ));
+            }
+            for k in 0..count {
+                let i = (turn + k) % count;
+                if blocked[i] || ended[i] {
+                    continue;
+                }
+                if let Poll::Ready(frame) = queues[i].poll_recv(cx) {
+                    turn = i + 1;
+                    return Poll::Ready(Next::Input(
+                        i,
+                        frame.unwrap_or_else(|| Err(format!("input {i}'s reader stopped"))),
+                    ));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match next {
+            Next::Control(message) => match message? {
+                Control::Complete(checkpoint) => {
+                    body.checkpoint_complete(checkpoint)?;
+                    if finished && last_barrier.is_none_or(|last| checkpoint >= last) {
+                        return Ok(());
+                    }
+                }
+                Control::Trigger(_) | Control::TriggerFinal(_) => {}
+            },
+            Next::Input(i, frame) => match frame? {
+                Frame::Data(payload) => {
+                    body.input(ports[i], &payload)?;
+                    outputs.send_data(body, false).await?;
+                }
+                Frame::Watermark(watermark) => {
+                    watermarks[i] = watermarks[i].max(watermark);
+                    advance(body, outputs, &watermarks, &mut current).await?;
+                }
+                Frame::Barrier(checkpoint) => {
+                    if let Some(other) = aligning.filter(|c| *c != checkpoint) {
+                        return Err(format!(
+                            "input {i} brought barrier {checkpoint} while barrier {other} was being aligned"
+                        ));
+                    }
+                    blocked[i] = true;
+                    aligning = Some(checkpoint);
+                }
+                Frame::End => {
+                    ended[i] = true;
+                    watermarks[i] = i64::MAX;
+                    advance(body, outputs, &watermarks, &mut current).await?;
+                }
+            },
+        }
+        if let Some(checkpoint) = aligning {
+            if (0..count).all(|i| blocked[i] || ended[i]) {
+                outputs.checkpoint(body, checkpoint).await?;
+                blocked.iter_mut().for_each(|b| *b = false);
+                aligning = None;
+                last_barrier = Some(checkpoint);
+            }
+        }
+        if !finished && ended.iter().all(|e| *e) {
+            outputs.send_data(body, true).await?;
+            outputs.end().await?;
+            finished = true;
+        }
+    }
+}
+
+/// Moves the stage's watermark to the least of its inputs'.
+async fn advance(
+    body: &mut dyn StageBody,
+    outputs: &mut Outputs,
+    watermarks: &[i64],
+    current: &mut i64,
+) -> Result<(), String> {
+    let least = watermarks.iter().copied().min().unwrap_or(i64::MAX);
+    if least <= *current {
+        return Ok(());
+    }
+    *current = least;
+    let out = body.on_watermark(least)?;
+    outputs.send_data(body, false).await?;
+    // Upstream stages already pace their watermarks: pass each advance on at once.
+    outputs.watermark(body, out, true).await
+}
