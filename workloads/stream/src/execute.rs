@@ -34,6 +34,9 @@ use crate::{Result, StreamError};
 /// to `FRAME_RECORDS` records): what bounds memory and makes backpressure.
 const CHANNEL_FRAMES: usize = 8;
 
+/// See [`StreamExecution::alignment_timeout`].
+const DEFAULT_ALIGNMENT_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// How to run a job.
 pub struct StreamExecution<J> {
     job: J,
@@ -41,6 +44,7 @@ pub struct StreamExecution<J> {
     parallelism: usize,
     checkpoint_interval: Duration,
     checkpoint_timeout: Duration,
+    alignment_timeout: Option<Duration>,
     max_failovers: u32,
     progress: Option<Box<dyn FnMut(&JobProgress) + Send>>,
 }
@@ -124,6 +128,8 @@ struct InFlight {
     started: Instant,
     acks: HashMap<usize, (u32, u64)>,
     is_final: bool,
+    /// When the inner instances are told to snapshot unaligned (if still in flight).
+    unaligned_at: Option<Instant>,
 }
 
 /// What the coordinator keeps across attempts.
@@ -148,6 +154,7 @@ impl<J: StreamJob> StreamExecution<J> {
             parallelism: 2,
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_timeout: Duration::from_secs(60),
+            alignment_timeout: Some(DEFAULT_ALIGNMENT_TIMEOUT),
             max_failovers: 3,
             progress: None,
         }
@@ -168,6 +175,17 @@ impl<J: StreamJob> StreamExecution<J> {
     /// A checkpoint not complete after this is abandoned (the next one is taken).
     pub fn checkpoint_timeout(mut self, timeout: Duration) -> Self {
         self.checkpoint_timeout = timeout;
+        self
+    }
+
+    /// How long a checkpoint may stay aligned (barriers travelling with the data, inputs
+    /// waiting for each other) before it turns unaligned: every instance that has not
+    /// snapshotted yet is told to snapshot at once and record the data in flight on its
+    /// inputs instead. Under backpressure barriers queue behind full channels; this bounds
+    /// how long a checkpoint takes. `None`: always aligned. `Some(ZERO)`: always unaligned.
+    /// Default 200 ms.
+    pub fn alignment_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.alignment_timeout = timeout;
         self
     }
 
@@ -359,9 +377,26 @@ impl<J: StreamJob> StreamExecution<J> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
 
+        let inner: Vec<usize> = (0..total)
+            .filter(|idx| !plan.stages[idx / p].is_source)
+            .collect();
+        let far_future = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let outcome: std::result::Result<Vec<TaskReport>, String> = loop {
+            let unaligned_at = in_flight
+                .as_ref()
+                .and_then(|f| f.unaligned_at)
+                .unwrap_or(far_future);
             let event = tokio::select! {
                 _ = ticker.tick() => None,
+                _ = tokio::time::sleep_until(unaligned_at.into()) => {
+                    if let Some(flight) = in_flight.as_mut() {
+                        flight.unaligned_at = None;
+                        if let Err(cause) = send_all(&mut controls, &inner, Control::Trigger(flight.id)).await {
+                            break Err(cause);
+                        }
+                    }
+                    continue;
+                }
                 event = events.recv() => match event {
                     Some(event) => Some(event),
                     None => break Err("every instance's reporting stopped".into()),
@@ -391,6 +426,7 @@ impl<J: StreamJob> StreamExecution<J> {
                             started: Instant::now(),
                             acks: HashMap::new(),
                             is_final: false,
+                            unaligned_at: self.alignment_timeout.map(|t| Instant::now() + t),
                         });
                     }
                 }
@@ -476,11 +512,13 @@ impl<J: StreamJob> StreamExecution<J> {
                 {
                     break Err(cause);
                 }
+                // The final checkpoint stays aligned: the end frames follow its barriers.
                 in_flight = Some(InFlight {
                     id,
                     started: Instant::now(),
                     acks: HashMap::new(),
                     is_final: true,
+                    unaligned_at: None,
                 });
             }
         };

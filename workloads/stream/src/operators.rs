@@ -271,6 +271,8 @@ where
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Batch<O>) -> i64 {
+        // Never backwards (a restored operator sees its inputs' watermarks start again).
+        let watermark = watermark.max(self.watermark);
         self.watermark = watermark;
         let mut timers = Vec::new();
         while let Some((time, _)) = self.timers.first() {

@@ -11,12 +11,12 @@
 //! `recv` is not cancel-safe; these queues are), so a blocked input exerts backpressure on
 //! its sender while the others are read.
 
-use std::future::poll_fn;
-use std::task::Poll;
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::graph::InstanceContext;
 use crate::pipe::OperatorState;
@@ -58,6 +58,16 @@ pub enum TaskEvent {
     },
     /// (Sources) the split is read to its end.
     Exhausted,
+}
+
+/// What an instance stores for a checkpoint.
+#[derive(Default, Serialize, Deserialize)]
+pub(crate) struct TaskState {
+    /// Each operator's state, head first.
+    pub operators: Vec<OperatorState>,
+    /// Data in flight on each input (port, encoded batches) at an unaligned checkpoint:
+    /// replayed into the operators on a restore, before anything new is read.
+    pub in_flight: Vec<(usize, Vec<Vec<u8>>)>,
 }
 
 /// Where an instance restores from.
@@ -109,7 +119,23 @@ impl StreamTask {
     /// Runs the instance until the job ends (or fails).
     pub async fn run(&mut self, call: TaskCall) -> Result<TaskReport, String> {
         let label = self.label.clone();
-        run_task(call).await.map_err(|e| format!("{label}: {e}"))
+        let node = fleet::context().map(|c| c.node_id).unwrap_or_default();
+        // An actor's calls run on one thread. The instance gets a runtime of its own, so
+        // that its input readers, its control channel and its checkpoint writes go on
+        // while an operator or a sink blocks that thread (a slow sink is the case where
+        // checkpoints matter most).
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("fleet-stream")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("{label}: cannot start the instance's threads: {e}"))?;
+        let outcome = runtime.spawn(run_task(call, node)).await;
+        runtime.shutdown_background();
+        match outcome {
+            Ok(result) => result.map_err(|e| format!("{label}: {e}")),
+            Err(e) => Err(format!("{label}: the instance stopped ({e})")),
+        }
     }
 }
 
@@ -149,7 +175,7 @@ async fn read_state(
     point: &RestorePoint,
     stage: usize,
     instance: usize,
-) -> Result<Vec<OperatorState>, String> {
+) -> Result<TaskState, String> {
     let mut bytes = Vec::new();
     for chunk in 0..point.chunks {
         let key = state_key(job, point.checkpoint, stage, instance, chunk);
@@ -160,7 +186,7 @@ async fn read_state(
         bytes.extend_from_slice(&entry.value);
     }
     if bytes.is_empty() {
-        return Ok(Vec::new());
+        return Ok(TaskState::default());
     }
     bincode::deserialize(&bytes).map_err(|e| {
         format!(
@@ -229,17 +255,33 @@ impl Outputs {
         self.broadcast(Frame::Watermark(watermark)).await
     }
 
-    /// Takes checkpoint `checkpoint`: everything before the barrier goes out, the state is
-    /// snapshotted, the barrier follows, and the state is stored in the background.
+    /// Takes checkpoint `checkpoint` (a source's, or an aligned one): everything before the
+    /// barrier goes out, the state is snapshotted, the barrier follows, and the state is
+    /// stored in the background.
     async fn checkpoint(
         &mut self,
         body: &mut dyn StageBody,
         checkpoint: u64,
     ) -> Result<(), String> {
         self.send_data(body, true).await?;
-        let states = body.snapshot(checkpoint)?;
+        let operators = body.snapshot(checkpoint)?;
         self.broadcast(Frame::Barrier(checkpoint)).await?;
-        let bytes = bincode::serialize(&states)
+        self.store(checkpoint, operators, Vec::new())
+    }
+
+    /// Stores a checkpoint's state in the GCS from a background task (records flow on),
+    /// then acknowledges it to the coordinator.
+    fn store(
+        &mut self,
+        checkpoint: u64,
+        operators: Vec<OperatorState>,
+        in_flight: Vec<(usize, Vec<Vec<u8>>)>,
+    ) -> Result<(), String> {
+        let state = TaskState {
+            operators,
+            in_flight,
+        };
+        let bytes = bincode::serialize(&state)
             .map_err(|e| format!("checkpoint {checkpoint}'s state does not encode: {e}"))?;
         let (job, stage, instance) = (self.job.clone(), self.stage, self.instance);
         let events = self.events.clone();
@@ -270,7 +312,7 @@ impl Outputs {
     }
 }
 
-async fn run_task(call: TaskCall) -> Result<TaskReport, String> {
+async fn run_task(call: TaskCall, node: String) -> Result<TaskReport, String> {
     let plan = (crate::job::find(&call.job_type)?)(&call.job, call.parallelism)?;
     let spec = plan
         .stages
@@ -287,14 +329,15 @@ async fn run_task(call: TaskCall) -> Result<TaskReport, String> {
         parallelism: call.parallelism,
     };
     let mut body = factory(&context)?;
-    let restored = match &call.restore {
-        Some(point) => Some((
-            point.checkpoint,
-            read_state(&call.job_name, point, call.stage, call.instance).await?,
-        )),
-        None => None,
-    };
-    body.restore(restored)?;
+    let mut in_flight = Vec::new();
+    match &call.restore {
+        Some(point) => {
+            let state = read_state(&call.job_name, point, call.stage, call.instance).await?;
+            body.restore(Some((point.checkpoint, state.operators)))?;
+            in_flight = state.in_flight;
+        }
+        None => body.restore(None)?,
+    }
 
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<TaskEvent>();
     let mut events = call.events;
@@ -304,7 +347,6 @@ async fn run_task(call: TaskCall) -> Result<TaskReport, String> {
         }
         events.close().await.map_err(|e| e.to_string())
     });
-    let node = fleet::context().map(|c| c.node_id).unwrap_or_default();
     let _ = events_tx.send(TaskEvent::Started {
         pid: std::process::id(),
         node,
@@ -336,7 +378,20 @@ async fn run_task(call: TaskCall) -> Result<TaskReport, String> {
         stage: call.stage,
         instance: call.instance,
     };
-    let result = if spec.is_source {
+    // Data that was in flight at the restored (unaligned) checkpoint goes first.
+    let replay = async {
+        for (port, frames) in in_flight {
+            for payload in frames {
+                body.input(port, &payload)?;
+                outputs.send_data(body.as_mut(), false).await?;
+            }
+        }
+        Ok::<(), String>(())
+    }
+    .await;
+    let result = if let Err(error) = replay {
+        Err(error)
+    } else if spec.is_source {
         source_loop(body.as_mut(), &mut outputs, &mut control).await
     } else {
         inner_loop(body.as_mut(), &mut outputs, &mut control, call.inputs).await
@@ -412,101 +467,211 @@ async fn source_loop(
     }
 }
 
+/// Frames an input may hold read ahead of the operator (beyond the channel's own
+/// capacity), except while its in-flight data is being recorded for a checkpoint.
+const INPUT_QUEUE_FRAMES: usize = 4;
+
+/// One input channel's frames, read by its reader task, taken by the instance's loop.
+#[derive(Default)]
+struct InputQueue {
+    frames: VecDeque<Result<Frame, String>>,
+    /// Recording this channel's in-flight data for an unaligned checkpoint: the data
+    /// frames read until the upstream's barrier.
+    recording: Option<Vec<Vec<u8>>>,
+    /// The recording, complete (the barrier, or the end, was read).
+    recorded: Option<Vec<Vec<u8>>>,
+}
+
+struct Input {
+    port: usize,
+    queue: std::sync::Mutex<InputQueue>,
+    /// Room in the queue (the loop took a frame) or a recording started.
+    space: Notify,
+}
+
+impl Input {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InputQueue> {
+        // A poisoned lock only means a reader panicked mid-push; the queue is still whole.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Reads one channel into its queue. Bounded to `INPUT_QUEUE_FRAMES` (so backpressure
+/// reaches the sender), except while recording: then it reads on until the barrier, so
+/// that an unaligned checkpoint completes without waiting for the operator to work through
+/// the backlog.
+async fn read_input(
+    input: Arc<Input>,
+    mut receiver: fleet::Receiver<Vec<u8>>,
+    ready: Arc<Notify>,
+    index: usize,
+) {
+    loop {
+        loop {
+            let space = input.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            {
+                let queue = input.lock();
+                if queue.frames.len() < INPUT_QUEUE_FRAMES || queue.recording.is_some() {
+                    break;
+                }
+            }
+            space.await;
+        }
+        let frame = match receiver.recv().await {
+            Ok(Some(bytes)) => Frame::decode(bytes),
+            Ok(None) => Err(format!("input {index} closed before its end frame")),
+            Err(e) => Err(format!("input {index}: {e}")),
+        };
+        let stop = !matches!(
+            frame,
+            Ok(Frame::Data(_) | Frame::Watermark(_) | Frame::Barrier(_))
+        );
+        {
+            let mut queue = input.lock();
+            match (&frame, queue.recording.as_mut()) {
+                (Ok(Frame::Data(payload)), Some(recording)) => recording.push(payload.clone()),
+                (Ok(Frame::Barrier(_) | Frame::End), Some(_)) => {
+                    queue.recorded = queue.recording.take();
+                }
+                _ => {}
+            }
+            queue.frames.push_back(frame);
+        }
+        ready.notify_one();
+        if stop {
+            break;
+        }
+    }
+}
+
 enum Next {
     Control(Result<Control, String>),
     Input(usize, Result<Frame, String>),
+    /// A recording may have completed.
+    Recorded,
+}
+
+/// An unaligned checkpoint in progress: the state is snapshotted, the channels' in-flight
+/// data is being recorded.
+struct Unaligned {
+    checkpoint: u64,
+    operators: Vec<OperatorState>,
+    in_flight: Vec<(usize, Vec<Vec<u8>>)>,
+    done: Vec<bool>,
 }
 
 async fn inner_loop(
     body: &mut dyn StageBody,
     outputs: &mut Outputs,
     control: &mut mpsc::Receiver<Result<Control, String>>,
-    inputs: Vec<(usize, fleet::Receiver<Vec<u8>>)>,
+    channels: Vec<(usize, fleet::Receiver<Vec<u8>>)>,
 ) -> Result<(), String> {
-    let count = inputs.len();
-    let mut ports = Vec::with_capacity(count);
-    let mut queues = Vec::with_capacity(count);
-    let mut readers = Vec::with_capacity(count);
-    for (index, (port, mut receiver)) in inputs.into_iter().enumerate() {
-        let (tx, rx) = mpsc::channel::<Result<Frame, String>>(4);
-        ports.push(port);
-        queues.push(rx);
-        readers.push(tokio::spawn(async move {
-            loop {
-                let frame = match receiver.recv().await {
-                    Ok(Some(bytes)) => Frame::decode(bytes),
-                    Ok(None) => Err(format!("input {index} closed before its end frame")),
-                    Err(e) => Err(format!("input {index}: {e}")),
-                };
-                let stop = !matches!(
-                    frame,
-                    Ok(Frame::Data(_) | Frame::Watermark(_) | Frame::Barrier(_))
-                );
-                if tx.send(frame).await.is_err() || stop {
-                    break;
-                }
-            }
-        }));
+    let ready = Arc::new(Notify::new());
+    let mut inputs = Vec::with_capacity(channels.len());
+    let mut readers = Vec::with_capacity(channels.len());
+    for (index, (port, receiver)) in channels.into_iter().enumerate() {
+        let input = Arc::new(Input {
+            port,
+            queue: std::sync::Mutex::new(InputQueue::default()),
+            space: Notify::new(),
+        });
+        inputs.push(input.clone());
+        readers.push(tokio::spawn(read_input(
+            input,
+            receiver,
+            ready.clone(),
+            index,
+        )));
     }
-    let result = align_and_run(body, outputs, control, &ports, &mut queues).await;
+    let result = run_inputs(body, outputs, control, &inputs, &ready).await;
     for reader in readers {
         reader.abort();
     }
     result
 }
 
-async fn align_and_run(
+async fn run_inputs(
     body: &mut dyn StageBody,
     outputs: &mut Outputs,
     control: &mut mpsc::Receiver<Result<Control, String>>,
-    ports: &[usize],
-    queues: &mut [mpsc::Receiver<Result<Frame, String>>],
+    inputs: &[Arc<Input>],
+    ready: &Notify,
 ) -> Result<(), String> {
-    let count = queues.len();
+    let count = inputs.len();
     let mut blocked = vec![false; count];
     let mut ended = vec![false; count];
     let mut watermarks = vec![i64::MIN; count];
     let mut current = i64::MIN;
     let mut aligning: Option<u64> = None;
-    let mut last_barrier: Option<u64> = None;
+    let mut unaligned: Option<Unaligned> = None;
+    // The latest checkpoint this instance snapshotted (aligned or not).
+    let mut last_snapshot: Option<u64> = None;
     let mut finished = false;
     let mut turn = 0usize;
     loop {
-        let next = poll_fn(|cx| {
-            if let Poll::Ready(message) = control.poll_recv(cx) {
-                return Poll::Ready(Next::Control(
-                    message.unwrap_or_else(|| Err("the control reader stopped".into())),
-                ));
+        let next = loop {
+            let notified = ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Ok(message) = control.try_recv() {
+                break Next::Control(message);
             }
+            if unaligned.is_some() && inputs.iter().any(|i| i.lock().recorded.is_some()) {
+                break Next::Recorded;
+            }
+            let mut found = None;
             for k in 0..count {
                 let i = (turn + k) % count;
                 if blocked[i] || ended[i] {
                     continue;
                 }
-                if let Poll::Ready(frame) = queues[i].poll_recv(cx) {
+                let frame = inputs[i].lock().frames.pop_front();
+                if let Some(frame) = frame {
+                    inputs[i].space.notify_one();
                     turn = i + 1;
-                    return Poll::Ready(Next::Input(
-                        i,
-                        frame.unwrap_or_else(|| Err(format!("input {i}'s reader stopped"))),
-                    ));
+                    found = Some(Next::Input(i, frame));
+                    break;
                 }
             }
-            Poll::Pending
-        })
-        .await;
+            if let Some(next) = found {
+                break next;
+            }
+            tokio::select! {
+                message = control.recv() => {
+                    break Next::Control(message.unwrap_or_else(|| Err("the control reader stopped".into())));
+                }
+                _ = &mut notified => {}
+            }
+        };
         match next {
             Next::Control(message) => match message? {
                 Control::Complete(checkpoint) => {
                     body.checkpoint_complete(checkpoint)?;
-                    if finished && last_barrier.is_none_or(|last| checkpoint >= last) {
+                    if finished && last_snapshot.is_none_or(|last| checkpoint >= last) {
                         return Ok(());
                     }
                 }
-                Control::Trigger(_) | Control::TriggerFinal(_) => {}
+                // The coordinator's out-of-band trigger: alignment took too long (or the
+                // job runs unaligned): snapshot now, record what is in flight.
+                Control::Trigger(checkpoint) => {
+                    if last_snapshot.is_none_or(|last| checkpoint > last) {
+                        unaligned = Some(
+                            start_unaligned(body, outputs, inputs, checkpoint, &blocked, &ended)
+                                .await?,
+                        );
+                        blocked.iter_mut().for_each(|b| *b = false);
+                        aligning = None;
+                        last_snapshot = Some(checkpoint);
+                    }
+                }
+                Control::TriggerFinal(_) => {}
             },
+            Next::Recorded => {}
             Next::Input(i, frame) => match frame? {
                 Frame::Data(payload) => {
-                    body.input(ports[i], &payload)?;
+                    body.input(inputs[i].port, &payload)?;
                     outputs.send_data(body, false).await?;
                 }
                 Frame::Watermark(watermark) => {
@@ -514,10 +679,18 @@ async fn align_and_run(
                     advance(body, outputs, &watermarks, &mut current).await?;
                 }
                 Frame::Barrier(checkpoint) => {
+                    // Already snapshotted (unaligned): the reader recorded up to here.
+                    if last_snapshot.is_some_and(|last| checkpoint <= last) {
+                        continue;
+                    }
                     if let Some(other) = aligning.filter(|c| *c != checkpoint) {
-                        return Err(format!(
-                            "input {i} brought barrier {checkpoint} while barrier {other} was being aligned"
-                        ));
+                        // A checkpoint abandoned midway: align on the newer one.
+                        tracing::debug!(
+                            other,
+                            checkpoint,
+                            "alignment restarted on a newer barrier"
+                        );
+                        blocked.iter_mut().for_each(|b| *b = false);
                     }
                     blocked[i] = true;
                     aligning = Some(checkpoint);
@@ -531,10 +704,33 @@ async fn align_and_run(
         }
         if let Some(checkpoint) = aligning {
             if (0..count).all(|i| blocked[i] || ended[i]) {
-                outputs.checkpoint(body, checkpoint).await?;
+                outputs.send_data(body, true).await?;
+                let operators = body.snapshot(checkpoint)?;
+                outputs.broadcast(Frame::Barrier(checkpoint)).await?;
+                outputs.store(checkpoint, operators, Vec::new())?;
                 blocked.iter_mut().for_each(|b| *b = false);
                 aligning = None;
-                last_barrier = Some(checkpoint);
+                last_snapshot = Some(checkpoint);
+            }
+        }
+        if let Some(mut pending) = unaligned.take() {
+            for (i, input) in inputs.iter().enumerate() {
+                if pending.done[i] {
+                    continue;
+                }
+                let recorded = {
+                    let mut queue = input.lock();
+                    queue.recorded.take()
+                };
+                if let Some(frames) = recorded {
+                    pending.in_flight[i].1.extend(frames);
+                    pending.done[i] = true;
+                }
+            }
+            if pending.done.iter().all(|d| *d) {
+                outputs.store(pending.checkpoint, pending.operators, pending.in_flight)?;
+            } else {
+                unaligned = Some(pending);
             }
         }
         if !finished && ended.iter().all(|e| *e) {
@@ -543,6 +739,56 @@ async fn align_and_run(
             finished = true;
         }
     }
+}
+
+/// Takes checkpoint `checkpoint` at once, without waiting for the barriers: the state now,
+/// the barrier on to the next stage, and for every input whose barrier has not arrived,
+/// the data in flight — what is queued here now and what its reader reads until the
+/// barrier (Chandy–Lamport's channel state).
+async fn start_unaligned(
+    body: &mut dyn StageBody,
+    outputs: &mut Outputs,
+    inputs: &[Arc<Input>],
+    checkpoint: u64,
+    blocked: &[bool],
+    ended: &[bool],
+) -> Result<Unaligned, String> {
+    outputs.send_data(body, true).await?;
+    let operators = body.snapshot(checkpoint)?;
+    let mut in_flight = Vec::with_capacity(inputs.len());
+    let mut done = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        let mut frames = Vec::new();
+        let mut complete = blocked[i] || ended[i];
+        if !complete {
+            let mut queue = input.lock();
+            queue.recorded = None;
+            for frame in &queue.frames {
+                match frame {
+                    Ok(Frame::Data(payload)) => frames.push(payload.clone()),
+                    Ok(Frame::Barrier(_) | Frame::End) | Err(_) => {
+                        complete = true;
+                        break;
+                    }
+                    Ok(Frame::Watermark(_)) => {}
+                }
+            }
+            if !complete {
+                queue.recording = Some(Vec::new());
+            }
+        }
+        input.space.notify_one();
+        in_flight.push((input.port, frames));
+        done.push(complete);
+    }
+    // After the recordings started: the barrier may make the next stage answer at once.
+    outputs.broadcast(Frame::Barrier(checkpoint)).await?;
+    Ok(Unaligned {
+        checkpoint,
+        operators,
+        in_flight,
+        done,
+    })
 }
 
 /// Moves the stage's watermark to the least of its inputs'.

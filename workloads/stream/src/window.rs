@@ -209,6 +209,8 @@ where
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Batch<WindowResult<K, A::Out>>) -> i64 {
+        // Never backwards (a restored operator sees its inputs' watermarks start again).
+        let watermark = watermark.max(self.watermark);
         self.watermark = watermark;
         while let Some((&end, _)) = self.open.first_key_value() {
             if end - 1 + self.allowed_lateness > watermark {

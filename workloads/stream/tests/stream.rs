@@ -205,6 +205,12 @@ impl SinkWriter<u64> for ThrottledWriter {
     fn restore(&mut self, _restored: Option<(u64, &[u8])>) -> Result<(), String> {
         Ok(())
     }
+    fn report(&self) -> fleet_stream::SinkReport {
+        fleet_stream::SinkReport {
+            records: self.written.load(Ordering::Relaxed),
+            latencies_ms: Vec::new(),
+        }
+    }
 }
 
 /// Counts per key over a sequence, into a throttled sink.
@@ -219,7 +225,7 @@ impl StreamJob for SlowSinkJob {
             .key_by(|i: &u64| *i % 1000)
             .process(PassThrough)
             .sink(ThrottledSink {
-                per_record: Duration::from_micros(100),
+                per_record: Duration::from_micros(50),
                 written: Arc::new(AtomicU64::new(0)),
             });
     }
@@ -242,8 +248,9 @@ impl fleet_stream::KeyedProcessFunction<u64, u64, u64> for PassThrough {
 }
 
 async fn a_throttled_sink_slows_the_source_and_checkpoints_still_complete() -> Result<()> {
-    // 2 sink instances at ~10,000 records/s each: 60,000 records take about 3 s.
-    let job = SlowSinkJob { records: 60_000 };
+    // 2 sink instances at ~20,000 records/s each: 150,000 records take about 4 s, of which
+    // the source needs about 2.5 s to hand over all but what the channels hold.
+    let job = SlowSinkJob { records: 150_000 };
     let interval = Duration::from_millis(250);
     let report = StreamExecution::new("test-slow-sink", job)
         .parallelism(2)
@@ -251,7 +258,7 @@ async fn a_throttled_sink_slows_the_source_and_checkpoints_still_complete() -> R
         .run()
         .await?;
     ensure!(
-        report.records_out() == 60_000,
+        report.records_out() == 150_000,
         "{} written",
         report.records_out()
     );
@@ -259,11 +266,15 @@ async fn a_throttled_sink_slows_the_source_and_checkpoints_still_complete() -> R
     // read all 60,000 records in milliseconds).
     ensure!(
         report.checkpoints >= 4,
-        "{} checkpoints in {:?}",
+        "{} checkpoints in {:?}: {:?}",
         report.checkpoints,
-        report.elapsed
+        report.elapsed,
+        report.checkpoint_durations
     );
+    // The last one is the final checkpoint: aligned by design (the end follows its
+    // barriers), so it waits for the backlog; the periodic ones must not.
     let mut durations = report.checkpoint_durations.clone();
+    durations.pop();
     durations.sort();
     println!(
         "  {} checkpoints under backpressure in {:?}; median {:?}, max {:?}",
