@@ -17,6 +17,8 @@
 //! - [`parameter_server`]: the `parameter_server` workload (sparse logistic regression on a
 //!   replicated `fleet-ps` server; every acknowledged push applied exactly once on both
 //!   replicas of every shard).
+//! - [`stream`]: the `stream` workload (Nexmark q5 on `fleet-stream`; the committed
+//!   output must equal the exact answer across node and GCS-leader loss).
 //! - [`report`]: the report, for people and (`--json`) machines.
 //! - [`runner`]: ties them together.
 
@@ -26,6 +28,7 @@ pub mod parameter_server;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod stream;
 pub mod training;
 pub mod workloads;
 

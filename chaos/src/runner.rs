@@ -153,6 +153,11 @@ async fn drive(
                 cluster.node_ids(),
             ))
         }
+        WorkloadKind::Stream => Box::new(crate::stream::StreamWorkload::new(
+            scenario.workload.events,
+            scenario.workload.rate,
+            work_dir.join("stream-output"),
+        )),
     };
     let report = run_on(cluster, network, scenario, workload).await;
     fleet::shutdown().await;

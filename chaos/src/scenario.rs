@@ -10,7 +10,7 @@
 //! nodes = [{ num_cpus = 2, count = 3 }]
 //!
 //! [workload]
-//! kind = "counters"        # counters | fanout | register | actor_creation
+//! kind = "counters"        # counters | fanout | register | actor_creation | training | parameter_server | stream
 //! actors = 4               # counters: how many checkpointed counter actors
 //! task_retries = 20        # counters: the runtime's retries per call before the workload's
 //!                          # own retry with the call's idempotency token takes over
@@ -125,6 +125,19 @@ pub struct WorkloadSpec {
     /// parameter_server: server shards (two replica actors each).
     #[serde(default = "default_shards")]
     pub shards: usize,
+    /// stream: Nexmark events in all.
+    #[serde(default = "default_events")]
+    pub events: u64,
+    /// stream: the source's pace, events per second.
+    #[serde(default = "default_rate")]
+    pub rate: u64,
+}
+
+fn default_events() -> u64 {
+    200_000
+}
+fn default_rate() -> u64 {
+    20_000
 }
 
 fn default_workers() -> usize {
@@ -181,6 +194,9 @@ pub enum WorkloadKind {
     /// Sparse logistic regression on a replicated parameter server; every acknowledged
     /// push applied exactly once on both replicas of every shard, the target loss reached.
     ParameterServer,
+    /// Nexmark q5 on `fleet-stream` with checkpoints every second; the committed output
+    /// must equal the exact answer (nothing lost, nothing twice).
+    Stream,
 }
 
 /// One fault.

@@ -4,6 +4,7 @@
 pub mod actors;
 pub mod channel;
 pub mod collective;
+pub mod nexmark;
 pub mod placement;
 pub mod ps;
 pub mod runtime;
@@ -55,6 +56,36 @@ enum BenchTarget {
     /// The parameter server (`fleet-ps`): keys/s for 1/2/4 workers and 1/2 shards, time to
     /// 1% of the optimal log-loss under BSP, SSP(2), ASP; `--peer` adds the Ray version.
     Ps(PsBenchArgs),
+    /// Nexmark queries on `fleet-stream`: events/s per core (checkpoints every second) and
+    /// end-to-end latency p50/p99 at a paced rate; `--peer` adds Apache Flink on the same
+    /// events.
+    Nexmark(NexmarkBenchArgs),
+}
+
+#[derive(Args)]
+struct NexmarkBenchArgs {
+    /// Queries, comma-separated (q0, q1, q2, q3, q5, q7, q8).
+    #[arg(long, default_value = "q0,q1,q2,q3,q5,q7,q8")]
+    query: String,
+    /// Events per throughput run.
+    #[arg(long, default_value_t = 2_000_000)]
+    events: u64,
+    /// Instances of every operator.
+    #[arg(long, default_value_t = 2)]
+    parallelism: usize,
+    /// Throughput runs per query (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Input rate of the latency runs, events/s (0: no latency runs).
+    #[arg(long, default_value_t = 100_000)]
+    latency_rate: u64,
+    /// Length of each latency run, seconds.
+    #[arg(long, default_value_t = 10)]
+    latency_seconds: u64,
+    /// Also run Apache Flink (bench/flink_nexmark.py) with this Python (a virtualenv with
+    /// `apache-flink`; needs a JDK).
+    #[arg(long)]
+    peer: Option<String>,
 }
 
 #[derive(Args)]
@@ -326,6 +357,30 @@ impl BenchCommand {
                     consistency,
                     epochs: args.epochs,
                     gap: args.gap,
+                    peer_python: args.peer,
+                })
+                .await?
+            }
+            BenchTarget::Nexmark(args) => {
+                let queries = args
+                    .query
+                    .split(',')
+                    .map(|q| {
+                        fleet_stream::nexmark::Query::parse(q).ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "--query {q:?}: Fleet has q0, q1, q2, q3, q5, q7 and q8"
+                            )
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                anyhow::ensure!(args.events > 0, "--events must be at least 1");
+                nexmark::run(nexmark::NexmarkBench {
+                    queries,
+                    events: args.events,
+                    parallelism: args.parallelism.max(1),
+                    repeat: args.repeat,
+                    latency_rate: args.latency_rate,
+                    latency_seconds: args.latency_seconds,
                     peer_python: args.peer,
                 })
                 .await?

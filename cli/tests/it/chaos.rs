@@ -1,4 +1,4 @@
-//! The chaos smoke subset CI runs: eight shipped scenarios through `fleet chaos run --json`
+//! The chaos smoke subset CI runs: ten shipped scenarios through `fleet chaos run --json`
 //! (real daemons; SIGKILLs, partitions, latency and loss through the fault proxies); each
 //! must pass with no acknowledged operation lost. The other
 //! scenarios and longer soaks are documented commands (docs/chaos.md).
@@ -88,6 +88,24 @@ fn node_loss_under_parameter_server_training_applies_every_push_once() {
         assert!(
             fault["detected_ms"].as_u64().is_some() && fault["recovered_ms"].as_u64().is_some(),
             "every killed node is detected and every worker pushes again: {report:#}"
+        );
+    }
+}
+
+#[test]
+fn node_and_gcs_leader_loss_under_a_stream_commits_every_result_once() {
+    let report = run_scenario("node-and-gcs-leader-loss-stream.toml");
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert_eq!(report["lost_acknowledged"], 0, "{report:#}");
+    let invariants = report["invariants"].as_array().cloned().unwrap_or_default();
+    assert_eq!(invariants.len(), 2, "{report:#}");
+    // The node kill hit operator instances mid-run: the job failed over at least once.
+    let evidence = invariants[0]["evidence"].as_str().unwrap_or_default();
+    assert!(!evidence.contains(" 0 failovers"), "{report:#}");
+    for fault in report["faults"].as_array().cloned().unwrap_or_default() {
+        assert!(
+            fault["recovered_ms"].as_u64().is_some(),
+            "checkpoints complete again after every fault: {report:#}"
         );
     }
 }

@@ -93,7 +93,6 @@ pub async fn latency(
     let events = (rate as f64 * duration.as_secs_f64()) as u64;
     let mut source = NexmarkSource::new(events).paced(rate);
     source.event_rate = rate;
-    source.base_time = crate::now_ms().max(0) as u64;
     let mut job = NexmarkJob::new(query, source, Output::Discard);
     // The watermark trails event time by the out-of-orderness bound, which adds to every
     // windowed result's latency: events here are in order within a split.
@@ -113,4 +112,49 @@ pub async fn latency(
     }
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
     Ok((at(0.5), at(0.99), latencies.len()))
+}
+
+/// Published per-core throughput of Flink 1.13 on Nexmark (the Nexmark repository's
+/// README: 8 slots, exactly-once checkpoints every 3 minutes), events/s per core.
+pub fn flink_published_per_core(query: Query) -> Option<f64> {
+    Some(match query {
+        Query::Q0 => 155_000.0,
+        Query::Q1 => 158_000.0,
+        Query::Q2 => 175_000.0,
+        Query::Q3 => 152_000.0,
+        Query::Q5 => 22_100.0,
+        Query::Q7 => 12_300.0,
+        Query::Q8 => 146_000.0,
+    })
+}
+
+/// Writes every event of `source` as JSON lines in the nexmark-flink table layout
+/// (`event_type`, `person`, `auction`, `bid`; the other two null), for a peer to read the
+/// same events.
+pub fn write_events_json(source: &NexmarkSource, path: &std::path::Path) -> Result<u64> {
+    use std::io::Write;
+    let file = std::fs::File::create(path)
+        .map_err(|e| StreamError::Invalid(format!("cannot create {}: {e}", path.display())))?;
+    let mut out = std::io::BufWriter::new(file);
+    let mut count = 0;
+    for event in source.all_events() {
+        let line = match &event {
+            ::nexmark::event::Event::Person(p) => {
+                serde_json::json!({"event_type": 0, "person": p, "auction": null, "bid": null})
+            }
+            ::nexmark::event::Event::Auction(a) => {
+                serde_json::json!({"event_type": 1, "person": null, "auction": a, "bid": null})
+            }
+            ::nexmark::event::Event::Bid(b) => {
+                serde_json::json!({"event_type": 2, "person": null, "auction": null, "bid": b})
+            }
+        };
+        serde_json::to_writer(&mut out, &line)
+            .and_then(|_| out.write_all(b"\n").map_err(serde_json::Error::io))
+            .map_err(|e| StreamError::Invalid(format!("writing {}: {e}", path.display())))?;
+        count += 1;
+    }
+    out.flush()
+        .map_err(|e| StreamError::Invalid(format!("writing {}: {e}", path.display())))?;
+    Ok(count)
 }

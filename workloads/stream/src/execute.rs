@@ -46,7 +46,8 @@ pub struct StreamExecution<J> {
     checkpoint_timeout: Duration,
     alignment_timeout: Option<Duration>,
     max_failovers: u32,
-    progress: Option<Box<dyn FnMut(&JobProgress) + Send>>,
+    scheduling: fleet::Scheduling,
+    progress: Option<Box<dyn FnMut(&JobProgress) + Send + Sync>>,
 }
 
 /// Where a running job is (handed to the `on_progress` callback).
@@ -56,6 +57,8 @@ pub struct JobProgress {
     pub checkpoints: u64,
     /// The latest complete checkpoint.
     pub last_checkpoint: Option<u64>,
+    /// How long it took from its trigger.
+    pub last_checkpoint_took: Option<Duration>,
     /// Restarts from a checkpoint so far.
     pub failovers: u32,
     /// The running instances: (stage, instance, pid, node).
@@ -156,6 +159,7 @@ impl<J: StreamJob> StreamExecution<J> {
             checkpoint_timeout: Duration::from_secs(60),
             alignment_timeout: Some(DEFAULT_ALIGNMENT_TIMEOUT),
             max_failovers: 3,
+            scheduling: fleet::Scheduling::Default,
             progress: None,
         }
     }
@@ -189,6 +193,13 @@ impl<J: StreamJob> StreamExecution<J> {
         self
     }
 
+    /// Where the instances go (default: the scheduler's choice; `Scheduling::Spread` puts
+    /// them on as many nodes as it can).
+    pub fn scheduling(mut self, scheduling: fleet::Scheduling) -> Self {
+        self.scheduling = scheduling;
+        self
+    }
+
     /// Restarts from a checkpoint allowed before the job fails (default 3).
     pub fn max_failovers(mut self, failovers: u32) -> Self {
         self.max_failovers = failovers;
@@ -196,7 +207,10 @@ impl<J: StreamJob> StreamExecution<J> {
     }
 
     /// Called as the job runs (instances started, checkpoints completed, failovers).
-    pub fn on_progress(mut self, progress: impl FnMut(&JobProgress) + Send + 'static) -> Self {
+    pub fn on_progress(
+        mut self,
+        progress: impl FnMut(&JobProgress) + Send + Sync + 'static,
+    ) -> Self {
         self.progress = Some(Box::new(progress));
         self
     }
@@ -287,6 +301,7 @@ impl<J: StreamJob> StreamExecution<J> {
                 let actor = StreamTask::remote(label.clone())
                     .num_cpus(0.0)
                     .isolate()
+                    .scheduling(self.scheduling.clone())
                     .spawn()
                     .await
                     .map_err(|e| StreamError::Fleet(format!("starting {label}: {e}")))?;
@@ -556,7 +571,7 @@ impl<J: StreamJob> StreamExecution<J> {
         record: CheckpointRecord,
     ) -> std::result::Result<(), String> {
         let bytes = bincode::serialize(&record).map_err(|e| e.to_string())?;
-        fleet::kv::put(KV_NAMESPACE, &format!("{}/latest", self.name), &bytes)
+        crate::task::put_with_retries(&format!("{}/latest", self.name), &bytes)
             .await
             .map_err(|e| format!("committing checkpoint {}: {e}", record.id))?;
         if let Some(previous) = coordination.completed.replace(record) {
@@ -584,6 +599,7 @@ impl<J: StreamJob> StreamExecution<J> {
         progress(&JobProgress {
             checkpoints: coordination.report.checkpoints,
             last_checkpoint: coordination.completed.as_ref().map(|r| r.id),
+            last_checkpoint_took: coordination.report.checkpoint_durations.last().copied(),
             failovers: coordination.report.failovers,
             instances,
             elapsed: started.elapsed(),

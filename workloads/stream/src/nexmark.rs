@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ::nexmark::event::{Auction, Bid, Event, Person};
+pub use ::nexmark::event::{Auction, Bid, Event, Person};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Count, MaxBy};

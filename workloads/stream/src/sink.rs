@@ -298,8 +298,13 @@ impl<T> SinkWriter<T> for DiscardWriter {
             if *ts == NO_TIMESTAMP {
                 continue;
             }
-            self.seen_with_time += 1;
             let latency = now - *ts as f64;
+            // A result stamped in the future is a window flushed at the end of the input
+            // (its end not yet reached in wall-clock time): not a latency.
+            if latency < 0.0 {
+                continue;
+            }
+            self.seen_with_time += 1;
             // Reservoir sampling: a uniform sample of every record's latency.
             if self.latencies.len() < LATENCY_SAMPLES {
                 self.latencies.push(latency);

@@ -78,11 +78,16 @@ impl NexmarkSource {
         }
     }
 
-    /// Paces the source to `rate` events/s of wall-clock time, starting from now: with
-    /// `base_time` set to the start and `event_rate == rate`, an event's timestamp is the
-    /// wall-clock time it is emitted (end-to-end latency is then measurable at the sink).
+    /// Paces the source to `rate` events/s of wall-clock time from `base_time` (event `n`
+    /// is emitted once `base_time + n / rate` has come): with `base_time` set to the start
+    /// and `event_rate == rate`, an event's timestamp is the wall-clock time it comes due
+    /// (end-to-end latency is then measurable at the sink).
+    ///
+    /// Sets `base_time` to now: build the source once and share it (a reference answer
+    /// computed from a clone sees the same events).
     pub fn paced(mut self, rate: u64) -> NexmarkSource {
         self.paced_rate = Some(rate.max(1));
+        self.base_time = crate::now_ms().max(0) as u64;
         self
     }
 
@@ -107,8 +112,8 @@ struct NexmarkReader {
     split: u64,
     splits: u64,
     events: u64,
-    pace: Option<(Instant, f64)>,
-    emitted: u64,
+    /// Paced: (the wall-clock ms the first event is due, events/s over all splits).
+    pace: Option<(u64, u64)>,
 }
 
 impl Source for NexmarkSource {
@@ -123,10 +128,7 @@ impl Source for NexmarkSource {
             split: split as u64,
             splits,
             events: self.events,
-            pace: self
-                .paced_rate
-                .map(|rate| (Instant::now(), rate as f64 / splits as f64)),
-            emitted: 0,
+            pace: self.paced_rate.map(|rate| (self.base_time, rate)),
         }))
     }
 }
@@ -134,9 +136,16 @@ impl Source for NexmarkSource {
 impl SourceReader<Event> for NexmarkReader {
     fn poll(&mut self, max: usize, out: &mut Batch<Event>) -> Result<SourceStatus, String> {
         let mut budget = max as u64;
-        if let Some((start, per_split)) = self.pace {
-            let due = (start.elapsed().as_secs_f64() * per_split) as u64;
-            budget = budget.min(due.saturating_sub(self.emitted));
+        if let Some((start_ms, rate)) = self.pace {
+            // Global events due by now (event n is due at start + n / rate), and this
+            // split's share of them: each event is emitted when it comes due, whenever the
+            // reader started or was restored (a late start catches up, as a backlog would).
+            let elapsed_ms = (crate::now_ms().max(0) as u64).saturating_sub(start_ms);
+            let due = elapsed_ms.saturating_mul(rate) / 1000;
+            let offset = self.generator.offset();
+            let due_here = due.saturating_sub(self.split).div_ceil(self.splits);
+            let emitted_here = offset.saturating_sub(self.split) / self.splits;
+            budget = budget.min(due_here.saturating_sub(emitted_here));
             if budget == 0 {
                 return Ok(SourceStatus::Idle);
             }
@@ -149,7 +158,6 @@ impl SourceReader<Event> for NexmarkReader {
                 return Ok(SourceStatus::Exhausted);
             };
             out.push((event.timestamp() as i64, event));
-            self.emitted += 1;
         }
         Ok(if self.generator.offset() >= self.events {
             SourceStatus::Exhausted
@@ -171,11 +179,6 @@ impl SourceReader<Event> for NexmarkReader {
             ));
         }
         self.generator = self.generator.clone().with_offset(position);
-        // Pacing restarts from the resumed position.
-        if let Some((_, per_split)) = self.pace {
-            self.pace = Some((Instant::now(), per_split));
-            self.emitted = 0;
-        }
         Ok(())
     }
 }

@@ -31,6 +31,8 @@ const POLL_RECORDS: usize = 1024;
 const WATERMARK_INTERVAL: Duration = Duration::from_millis(50);
 /// The KV namespace of checkpoint state.
 pub(crate) const KV_NAMESPACE: &str = "fleet-stream";
+/// How long a checkpoint write is retried (longer than a GCS leader election).
+const STORE_RETRY_FOR: Duration = Duration::from_secs(10);
 /// Checkpoint state is stored in pieces of this size (a KV value holds at most 1 MiB).
 const STATE_CHUNK_BYTES: usize = 768 << 10;
 
@@ -158,16 +160,29 @@ async fn write_state(
 ) -> Result<u32, String> {
     let mut chunks = 0u32;
     for piece in bytes.chunks(STATE_CHUNK_BYTES) {
-        fleet::kv::put(
-            KV_NAMESPACE,
-            &state_key(job, checkpoint, stage, instance, chunks),
-            piece,
-        )
-        .await
-        .map_err(|e| format!("storing checkpoint {checkpoint}'s state: {e}"))?;
+        let key = state_key(job, checkpoint, stage, instance, chunks);
+        put_with_retries(&key, piece)
+            .await
+            .map_err(|e| format!("storing checkpoint {checkpoint}'s state: {e}"))?;
         chunks += 1;
     }
     Ok(chunks)
+}
+
+/// Writes a KV value, retrying for a while: a GCS leader change makes writes fail for
+/// about an election, and a checkpoint that is not stored waits for its timeout.
+pub(crate) async fn put_with_retries(key: &str, value: &[u8]) -> Result<(), String> {
+    let deadline = Instant::now() + STORE_RETRY_FOR;
+    loop {
+        match fleet::kv::put(KV_NAMESPACE, key, value).await {
+            Ok(_) => return Ok(()),
+            Err(error) if Instant::now() < deadline => {
+                tracing::debug!(key, %error, "checkpoint write failed; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    }
 }
 
 async fn read_state(

@@ -97,7 +97,7 @@ async fn nexmark_queries_match_their_reference_answers() -> Result<()> {
 fn killer(
     plan: Vec<(u64, usize)>,
 ) -> (
-    impl FnMut(&JobProgress) + Send + 'static,
+    impl FnMut(&JobProgress) + Send + Sync + 'static,
     Arc<Mutex<Vec<(usize, u32)>>>,
 ) {
     let killed = Arc::new(Mutex::new(Vec::new()));
@@ -126,9 +126,8 @@ fn killer(
 
 async fn sigkilled_operators_and_sources_lose_and_duplicate_nothing() -> Result<()> {
     for query in [Query::Q5, Query::Q3] {
-        let mut source = NexmarkSource::new(120_000);
         // Paced so that the kills land mid-run: about 3 s of input.
-        source.paced_rate = Some(40_000);
+        let source = NexmarkSource::new(120_000).paced(40_000);
         let dir = tempfile::tempdir()?;
         let job = NexmarkJob::new(
             query,
