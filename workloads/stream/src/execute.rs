@@ -37,6 +37,9 @@ const CHANNEL_FRAMES: usize = 8;
 /// See [`StreamExecution::alignment_timeout`].
 const DEFAULT_ALIGNMENT_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// What `on_progress` calls.
+type ProgressCallback = Box<dyn FnMut(&JobProgress) + Send + Sync>;
+
 /// How to run a job.
 pub struct StreamExecution<J> {
     job: J,
@@ -47,7 +50,7 @@ pub struct StreamExecution<J> {
     alignment_timeout: Option<Duration>,
     max_failovers: u32,
     scheduling: fleet::Scheduling,
-    progress: Option<Box<dyn FnMut(&JobProgress) + Send + Sync>>,
+    progress: Option<ProgressCallback>,
 }
 
 /// Where a running job is (handed to the `on_progress` callback).

@@ -303,7 +303,8 @@ where
     }
 
     fn snapshot(&mut self) -> Result<OperatorState, String> {
-        let mut groups: HashMap<u32, (Vec<(&K, &F::State)>, Vec<(i64, &K)>)> = HashMap::new();
+        type Group<'a, K, S> = (Vec<(&'a K, &'a S)>, Vec<(i64, &'a K)>);
+        let mut groups: HashMap<u32, Group<K, F::State>> = HashMap::new();
         for (key, state) in &self.states {
             groups
                 .entry(key_group(key_hash(key)))

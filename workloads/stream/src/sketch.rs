@@ -123,7 +123,7 @@ impl<K: Hash + Eq + Clone> HeavyHitters<K> {
 
     /// The candidates, largest estimate first.
     pub fn ranked(mut self) -> Vec<(K, u64)> {
-        self.top.sort_by(|a, b| b.1.cmp(&a.1));
+        self.top.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
         self.top
     }
 }
@@ -349,7 +349,7 @@ mod tests {
             .iter()
             .for_each(|i| *exact.entry(*i).or_default() += 1);
         let mut truth: Vec<(u64, u64)> = exact.into_iter().collect();
-        truth.sort_by(|a, b| b.1.cmp(&a.1));
+        truth.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
         let top = TopK {
             field: |v: &u64| *v,
             k: 10,

@@ -92,15 +92,13 @@ async fn nexmark_queries_match_their_reference_answers() -> Result<()> {
     Ok(())
 }
 
-/// Kills (SIGKILL) one process of `stage` once `after` checkpoints are complete, then one
-/// of `then_stage` after `then_after` more: returns the pids killed.
-fn killer(
-    plan: Vec<(u64, usize)>,
-) -> (
-    impl FnMut(&JobProgress) + Send + Sync + 'static,
-    Arc<Mutex<Vec<(usize, u32)>>>,
-) {
-    let killed = Arc::new(Mutex::new(Vec::new()));
+/// The pids a [`Killer`] killed, with their stages.
+type Killed = Arc<Mutex<Vec<(usize, u32)>>>;
+
+/// For each `(after, stage)` in turn: SIGKILLs the process of one instance of `stage` once
+/// `after` checkpoints are complete. Returns the progress callback and what it killed.
+fn killer(plan: Vec<(u64, usize)>) -> (impl FnMut(&JobProgress) + Send + Sync + 'static, Killed) {
+    let killed: Killed = Arc::new(Mutex::new(Vec::new()));
     let record = killed.clone();
     let mut pending = plan;
     let callback = move |progress: &JobProgress| {
